@@ -1,0 +1,63 @@
+# slidefuse — the two commands a newcomer needs:
+#   make demo   set up (system libvips with OpenSlide, .venv, the package) and segment a real slide
+#   make test   set up the same way and run ruff, mypy and the test suite
+# Both are idempotent and quick when everything is already in place.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+CACHE  := .cache
+DEMO_SLIDE := $(CACHE)/demo/CMU-1-Small-Region.svs
+DEMO_OUT   := demo-out
+
+.PHONY: demo test test-slow lint typecheck setup setup-dev system-deps bench-cpu clean help
+
+help:
+	@echo "make demo       set up and segment the real CMU-1-Small-Region slide with the default model"
+	@echo "make test       set up and run ruff, mypy and pytest"
+	@echo "make test-slow  also run the slow tests (real-size phikon / lunit exports)"
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+
+# Re-install only when the package metadata changes.
+$(VENV)/.stamp-base: setup.cfg pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.stamp-dev: setup.cfg pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q -e ".[export,dev]"
+	@touch $@ $(VENV)/.stamp-base
+
+system-deps: $(VENV)/.stamp-base
+	@bash tools/ensure_libvips.sh $(VPY)
+
+setup: $(VENV)/.stamp-base system-deps
+
+setup-dev: $(VENV)/.stamp-dev system-deps
+
+$(DEMO_SLIDE): tools/fetch_demo_slide.py | $(VPY)
+	$(VPY) tools/fetch_demo_slide.py --dest $@
+
+demo: setup $(DEMO_SLIDE)
+	$(VENV)/bin/slidefuse info $(DEMO_SLIDE)
+	$(VENV)/bin/slidefuse segment $(DEMO_SLIDE) --out $(DEMO_OUT)
+	@echo ""
+	@echo "Outputs for the demo slide are in $(DEMO_OUT)/CMU-1-Small-Region/"
+	@ls -l $(DEMO_OUT)/CMU-1-Small-Region/
+
+lint: setup-dev
+	$(VENV)/bin/ruff check slidefuse tests benchmarks tools
+
+typecheck: setup-dev
+	$(VENV)/bin/mypy
+
+test: setup-dev lint typecheck
+	$(VENV)/bin/python -m pytest -q
+
+test-slow: setup-dev
+	$(VENV)/bin/python -m pytest -q -m "slow and not gpu"
+
+clean:
+	rm -rf $(VENV) $(CACHE) $(DEMO_OUT) *.egg-info

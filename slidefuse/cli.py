@@ -1,0 +1,74 @@
+"""The `slidefuse` command line. Each verb lives in `slidefuse/commands/<verb>.py`; this module only builds
+the group, sets up logging, and turns slidefuse's errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from slidefuse import __version__
+from slidefuse.errors import SlidefuseError
+
+
+class _Group(click.Group):
+    """A click group that prints SlidefuseError as one line (no traceback) and exits with its code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SlidefuseError as exc:
+            click.echo(f"slidefuse: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("slidefuse: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("slidefuse")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="slidefuse")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """slidefuse: segment whole-slide images with pathology foundation-model encoders exported to
+    fused ONNX / TensorRT engines.
+
+    \b
+    Typical use:
+      slidefuse models
+      slidefuse export tiny --random-weights --classes background,tissue --mpp 2 --out tiny.bundle
+      slidefuse segment slides/ --model tiny.bundle --out results/
+      slidefuse info results/... or a slide or a bundle
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+    ctx.obj["verbose"] = verbose
+    _setup_logging(verbose, quiet)
+
+
+def _register() -> None:
+    # Command modules import only click at module level; heavy imports happen inside each command.
+    from slidefuse.commands import bench, build, export, info, models, segment, train
+
+    for mod in (models, export, build, segment, bench, info, train):
+        cli.add_command(mod.command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="slidefuse")

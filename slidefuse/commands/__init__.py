@@ -1,0 +1,1 @@
+"""One module per CLI verb. Each exposes `command` (a click.Command or click.Group)."""

@@ -1,0 +1,13 @@
+"""`slidefuse models` (being written; see the issue tracker)."""
+
+from __future__ import annotations
+
+import click
+
+from slidefuse.errors import SlidefuseError
+
+
+@click.command("models")
+def command() -> None:
+    """Not available yet in this build."""
+    raise SlidefuseError("'slidefuse models' is not implemented in this build yet")

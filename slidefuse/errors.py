@@ -1,0 +1,86 @@
+"""Typed errors. Each subclasses both SlidefuseError and the closest builtin, so callers can catch either.
+
+Messages are one line: the bad value, what was expected, and how to fix it. The CLI prints them
+without a traceback and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class SlidefuseError(Exception):
+    """Base class of every error slidefuse raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(SlidefuseError, ValueError):
+    """Options that conflict or are out of range."""
+
+    exit_code = 2
+
+
+class SlideNotFound(SlidefuseError, FileNotFoundError):
+    """A slide path that does not exist."""
+
+
+class SlideReadError(SlidefuseError, OSError):
+    """A file that exists but is not a slide libvips can open, or is corrupt."""
+
+
+class MissingPixelSize(SlidefuseError, ValueError):
+    """A slide without a pixel size and no --mpp given."""
+
+
+class BundleError(SlidefuseError, ValueError):
+    """A model bundle that is missing, incomplete or fails its integrity check."""
+
+
+class BundleNotFound(BundleError, FileNotFoundError):
+    """A bundle folder (or its manifest.json) that does not exist."""
+
+
+class IntegrityError(BundleError):
+    """A bundle file whose sha256 differs from the manifest's."""
+
+
+class UnknownName(SlidefuseError, KeyError):
+    """An unknown registry name (encoder, backend, ...). The message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(SlidefuseError, ValueError):
+    """A checkpoint that does not match the architecture, or is in an unsupported format."""
+
+
+class ParityError(SlidefuseError, RuntimeError):
+    """An exported graph whose outputs differ from the PyTorch model beyond the thresholds."""
+
+
+class BackendUnavailable(SlidefuseError, RuntimeError):
+    """A backend whose runtime (CUDA, TensorRT, torch, ...) is not installed or has no device."""
+
+
+class EngineMismatch(SlidefuseError, RuntimeError):
+    """A TensorRT engine built for another GPU or TensorRT version."""
+
+
+class MissingExtra(SlidefuseError, ImportError):
+    """An optional dependency group that is not installed."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs '{module}', which is not installed: "
+            f"pip install 'slidefuse[{extra}]'"
+        )
+
+
+def require(module: str, extra: str, purpose: str):  # type: ignore[no-untyped-def]
+    """Import an optional module or raise MissingExtra naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtra(module, extra, purpose) from exc

@@ -1,0 +1,2 @@
+"""Building models (encoder registry, decoder, checkpoints) and exporting them to bundles. Needs the
+`export` extra (torch, timm, onnx)."""

@@ -1,0 +1,1 @@
+"""Running model bundles over slides: readers, tiling, pipeline, backends, outputs. No torch here."""

@@ -1,0 +1,185 @@
+"""Model bundles: a folder with `manifest.json`, `model.onnx` and friends.
+
+The manifest lists the sha256 of every file in the bundle; `load_bundle` verifies them, so a changed or
+missing file is refused everywhere a bundle is used. This module needs no torch: the export side writes
+manifests with `write_manifest`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slidefuse.errors import BundleError, BundleNotFound, IntegrityError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    name: str  # class name as shown in QuPath and reports; index 0 is background
+    color: tuple[int, int, int]  # RGB, 0..255
+
+
+@dataclass(frozen=True)
+class Manifest:
+    encoder: str  # encoder registry id, e.g. "uni"
+    patch_size: int  # encoder patch size P in px
+    tile_size: int  # model input tile side in px, at `mpp`
+    mpp: float  # microns per pixel the model expects
+    classes: tuple[ClassInfo, ...]  # output classes; index = class id in masks
+    mean: tuple[float, float, float]  # normalisation mean (0..1 scale), applied inside the graph
+    std: tuple[float, float, float]  # normalisation std (0..1 scale), applied inside the graph
+    model_file: str = "model.onnx"  # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T]
+    fp16_model_file: str | None = None  # optional fp16 graph with the same contract
+    input_name: str = "tiles"  # graph input name
+    output_name: str = "probabilities"  # graph output name
+    opset: int = 17  # ONNX opset of the graphs
+    overlap: int = 64  # recommended tile overlap in px (at `mpp`) for sliding-window inference
+    random_weights: bool = False  # True when the weights are random (tests/benchmarks only)
+    demo: bool = False  # True for the bundled demonstration model
+    weights: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint names and sha256
+    parity: dict[str, Any] = field(default_factory=dict)  # parity-gate figures (fp32 vs torch, fp16 vs fp32)
+    engines: tuple[dict[str, Any], ...] = ()  # TensorRT engines: file, gpu, compute capability, trt version, ...
+    tools: dict[str, str] = field(default_factory=dict)  # versions of the tools that made the bundle
+    created: str = ""  # ISO 8601 UTC time of export
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of every bundle file
+    format_version: int = FORMAT_VERSION  # manifest schema version
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["classes"] = [{"name": c.name, "color": list(c.color)} for c in self.classes]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["classes"] = tuple(ClassInfo(c["name"], tuple(c["color"])) for c in d["classes"])  # type: ignore[misc]
+        kw["mean"] = tuple(d["mean"])
+        kw["std"] = tuple(d["std"])
+        kw["engines"] = tuple(d.get("engines", ()))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path  # bundle folder
+    manifest: Manifest
+    digest: str  # sha256 of manifest.json: identifies the bundle (used to skip finished slides)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under `folder` except the manifest, keyed by POSIX relative path."""
+    out: dict[str, str] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"):
+            out[p.relative_to(folder).as_posix()] = sha256_file(p)
+    return out
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Hash every file in `folder`, store the hashes in the manifest and write it atomically."""
+    manifest = dataclasses.replace(manifest, files=hash_files(folder))
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def read_manifest(folder: Path) -> Manifest:
+    folder = Path(folder)
+    if not folder.exists():
+        raise BundleNotFound(f"{folder}: no such model bundle; make one with 'slidefuse export' or check the path")
+    mpath = folder / MANIFEST if folder.is_dir() else folder
+    if folder.is_dir() and not mpath.exists():
+        raise BundleNotFound(
+            f"{folder}: not a model bundle (no {MANIFEST}); pass a folder made by 'slidefuse export'"
+        )
+    try:
+        return Manifest.from_dict(json.loads(mpath.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{mpath}: unreadable manifest ({exc}); re-export the bundle with 'slidefuse export'") from exc
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """Raise IntegrityError when a file listed in the manifest is missing or its sha256 differs."""
+    if not manifest.files:
+        raise IntegrityError(f"{folder / MANIFEST}: lists no file hashes; re-export the bundle")
+    for rel, expected in manifest.files.items():
+        p = folder / rel
+        if not p.is_file():
+            raise IntegrityError(f"{p}: missing from the bundle; re-export it or restore the file")
+        got = sha256_file(p)
+        if got != expected:
+            raise IntegrityError(
+                f"{p}: sha256 {got[:12]}… differs from the manifest's {expected[:12]}…; "
+                "the file was changed or corrupted: re-export the bundle"
+            )
+
+
+def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
+    """Read a bundle's manifest and (by default) verify the sha256 of every file it lists."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: a bundle is a folder with {MANIFEST}; pass the folder")
+    if verify:
+        verify_files(folder, manifest)
+    digest = sha256_file(folder / MANIFEST)
+    return Bundle(path=folder, manifest=manifest, digest=digest)
+
+
+def model_card(bundle: Bundle, verified: bool = True) -> str:
+    """A human-readable summary of a bundle: encoder, classes, tile, mpp, parity, engines."""
+    m = bundle.manifest
+    lines = [
+        f"bundle     {bundle.path}",
+        f"integrity  {'all ' + str(len(m.files)) + ' files match their sha256' if verified else 'not checked'}",
+        f"encoder    {m.encoder} (patch {m.patch_size})",
+        f"tile       {m.tile_size} px at {m.mpp:g} um/px, overlap {m.overlap} px",
+        f"weights    {'RANDOM (tests/benchmarks only)' if m.random_weights else m.weights or 'n/a'}",
+        "classes",
+    ]
+    for i, c in enumerate(m.classes):
+        lines.append(f"  {i}: {c.name:<16} #{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}")
+    lines.append(f"graphs     {m.model_file}" + (f", {m.fp16_model_file}" if m.fp16_model_file else ""))
+    for k, v in m.parity.items():
+        lines.append(f"parity     {k}: {v}")
+    if m.engines:
+        for e in m.engines:
+            lines.append(f"engine     {e}")
+    else:
+        lines.append("engines    none (build one with 'slidefuse build')")
+    if m.demo:
+        lines.append("note       demonstration model: not for diagnostic use")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Plain data passed between the runtime's stages (reader -> pipeline/stitcher -> outputs).
+
+Coordinate frames are in the names: `l0_` = slide level-0 pixels; `model_` / `mask_` = pixels at the
+bundle's microns per pixel (the frame of tiles and of the stitched mask); `thumb_` = thumbnail pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    width: int  # level width in px
+    height: int  # level height in px
+    downsample: float  # level-0 px per level px
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    path: Path  # the slide file
+    width: int  # level-0 width in px
+    height: int  # level-0 height in px
+    mpp: float  # microns per level-0 pixel in use (after any --mpp override)
+    mpp_source: str  # where `mpp` came from: "openslide", "tiff", "ome", "user"
+    vendor: str  # OpenSlide vendor ("aperio", ...) or "tiff" / "ome-tiff"
+    loader: str  # libvips loader used: "openslideload" or "tiffload"
+    levels: tuple[LevelInfo, ...]  # pyramid levels, finest first
+    objective_power: float | None = None  # nominal magnification, where the file says
+    properties: dict[str, str] = field(default_factory=dict)  # a few raw metadata entries for reports
+
+
+@dataclass
+class MaskResult:
+    """What the stitcher hands to the output writers for one slide."""
+
+    raw_path: Path  # uint8 class indices, row-major, mask_width * mask_height bytes, at `mpp`
+    mask_width: int  # mask width in px
+    mask_height: int  # mask height in px
+    mpp: float  # microns per mask pixel (the bundle's mpp)
+    class_pixels: np.ndarray  # int64 [C]: mask pixel count per class (class 0 includes non-tissue)
+    tissue: np.ndarray  # bool [thumb_h, thumb_w]: tissue detected on the thumbnail
+    thumbnail: np.ndarray  # uint8 [thumb_h, thumb_w, 3] RGB slide thumbnail (same frame as `tissue`)
+    tile_counts: dict[str, int]  # "grid" (all tiles), "tissue" (tiles touching tissue), "run" (inferred)
+    timings: dict[str, float]  # seconds per stage: read, tissue, inference, stitch, write, total
+    backend: dict[str, Any]  # backend.info(): what ran
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else worth reporting (tile, overlap, ...)

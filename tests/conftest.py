@@ -1,0 +1,59 @@
+"""Fixtures shared by every test area. Area-specific fixtures live in tests/<area>/conftest.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SLIDEFUSE_SHARED", REPO.parent / "shared"))
+SLIDES = SHARED / "data" / "slides"
+
+CMU = SLIDES / "CMU-1-Small-Region.svs"  # Aperio SVS, JPEG, 2220x2967, 0.499 um/px
+TCGA = SLIDES / "TCGA-CR-7395-01A-01-TS1.svs"  # Aperio SVS, JPEG 2000, two levels, no pixel size
+OME = SLIDES / "OS-2-vsi.ome.tif"  # OME-TIFF, 1445x1445, ~0.35 um/px
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (tests that need ../shared/data/slides skip without it)")
+    return path
+
+
+@pytest.fixture
+def cmu_slide() -> Path:
+    return _need(CMU)
+
+
+@pytest.fixture
+def tcga_slide() -> Path:
+    return _need(TCGA)
+
+
+@pytest.fixture
+def ome_slide() -> Path:
+    return _need(OME)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests, with a reason, when no CUDA device is present."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # torch absent or broken: no GPU tests
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
