@@ -38,6 +38,8 @@ class Manifest:
     std: tuple[float, float, float]  # normalisation std (0..1 scale), applied inside the graph
     model_file: str = "model.onnx"  # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T]
     fp16_model_file: str | None = None  # optional fp16 graph with the same contract
+    torch_weights: str | None = "model.safetensors"  # SegmentationModel state dict, for the torch backends
+    decoder_width: int = 256  # decoder width D (rebuilds the torch model with `num_classes`, `tile_size`)
     input_name: str = "tiles"  # graph input name
     output_name: str = "probabilities"  # graph output name
     opset: int = 17  # ONNX opset of the graphs
