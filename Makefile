@@ -18,8 +18,7 @@ help:
 	@echo "make test-slow  also run the slow tests (real-size phikon / lunit exports)"
 
 $(VPY):
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+	@bash tools/ensure_python.sh "$(PYTHON)" $(VENV)
 
 # Re-install only when the package metadata changes.
 $(VENV)/.stamp-base: setup.cfg pyproject.toml | $(VPY)
