@@ -1,0 +1,290 @@
+"""Loading published checkpoints from local files, converted to the timm layout and loaded strictly.
+
+Files: `.safetensors` (safetensors.torch.load_file) or `.bin` / `.pth` / `.pt` / `.ckpt` (torch.load with
+weights_only=True; arbitrary pickles are never executed). Nothing is ever downloaded.
+
+Layouts (`EncoderSpec.checkpoint_format`):
+- "timm": a timm VisionTransformer state dict (UNI, UNI2-h, Virchow, Prov-GigaPath, H-optimus, ...).
+- "hf-vit": transformers `ViTModel` (Phikon): separate q/k/v, `layernorm_before/after`, pooler dropped.
+- "hf-dinov2": transformers `Dinov2Model` (Phikon-v2): LayerScale `lambda1`, mask token dropped.
+- "hf-dinov2-reg": transformers `Dinov2WithRegistersModel` / Hibou's custom DINOv2 with registers; the class
+  token's position embedding is folded into the class token (timm `no_embed_class` layout).
+- "open_clip-conch": the CONCH open_clip CoCa checkpoint; only the vision trunk (`visual.trunk.*`) is kept.
+
+Wrappers are unwrapped ("teacher", "model", "state_dict", "module" entries; "module.", "backbone.",
+"_orig_mod." prefixes). Position embeddings made for another input size are resampled once (bicubic, timm's
+`resample_abs_pos_embed`) to the model's grid. Anything else that does not fit is a CheckpointError naming the
+encoder and the first mismatching keys or shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from slidefuse.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    from slidefuse.export.registry import EncoderSpec
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+WRAPPER_KEYS = ("teacher", "model", "state_dict", "module", "model_state_dict")
+STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.", "vit.", "dinov2.", "trunk.")
+SHOW = 5  # how many mismatching keys an error lists
+
+
+# ---------------------------------------------------------------------------------------------- files
+def read_state_file(path: Path | str) -> StateDict:
+    """Tensors of a local checkpoint file (CPU), wrappers removed. Raises CheckpointError for an unsupported
+    suffix, a file that is not a checkpoint, or one that holds Python objects besides tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"weights file {path} does not exist: pass the path of a local checkpoint file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: object = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-save it") from exc
+    elif suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors, which slidefuse does not unpickle "
+                f"(weights_only=True): re-save it as a plain state dict or as .safetensors"
+            ) from exc
+        except (RuntimeError, OSError, EOFError) as exc:
+            raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from exc
+    else:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint suffix {suffix!r}; expected .safetensors or one of "
+            f"{', '.join(TORCH_SUFFIXES)}"
+        )
+    return unwrap(obj, path)
+
+
+def unwrap(obj: object, path: Path | str = "checkpoint") -> StateDict:
+    """The tensor dict inside common wrappers ({"teacher": ...}, {"state_dict": ...}, ...), with prefixes
+    shared by every key ("module.", "backbone.", ...) removed."""
+    for _ in range(4):
+        if isinstance(obj, Mapping) and not _all_tensors(obj):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                raise CheckpointError(
+                    f"{path}: no state dict found; top-level entries are {', '.join(map(str, list(obj)[:10]))}, "
+                    f"expected tensors or one of {', '.join(WRAPPER_KEYS)}"
+                )
+            obj = inner
+    if not isinstance(obj, Mapping) or not _all_tensors(obj):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
+    sd: StateDict = dict(obj)
+    changed = True
+    while changed and sd:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def _all_tensors(obj: Mapping[object, object]) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def save_state(module: nn.Module, path: Path | str) -> Path:
+    """Write `module.state_dict()` (CPU, contiguous) to a .safetensors file; returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+def _qkv(sd: StateDict, out: StateDict, src: str, dst: str) -> None:
+    """Fuse separate query/key/value Linear weights into timm's `qkv`."""
+    for kind in ("weight", "bias"):
+        parts = [sd.pop(f"{src}.{n}.{kind}", None) for n in ("query", "key", "value")]
+        if all(p is not None for p in parts):
+            out[f"{dst}.qkv.{kind}"] = torch.cat(parts, dim=0)  # type: ignore[arg-type]
+        else:  # leave what exists so the strict check reports it
+            for n, p in zip(("query", "key", "value"), parts, strict=True):
+                if p is not None:
+                    sd[f"{src}.{n}.{kind}"] = p
+
+
+_HF_BLOCK = {
+    # hf-vit
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    # hf-dinov2 (+ registers)
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.fc1",
+    "mlp.weights_out": "mlp.fc2",
+    "layer_scale1": "ls1.gamma",
+    "layer_scale2": "ls2.gamma",
+    "attention.output.dense": "attn.proj",
+}
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.register_tokens": "reg_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_DROP = re.compile(r"^(pooler\.|embeddings\.mask_token$)")
+_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+
+
+def hf_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
+    """transformers ViTModel / Dinov2Model / Dinov2WithRegistersModel keys -> timm VisionTransformer keys.
+    Unknown keys are kept unchanged so the strict check reports them."""
+    sd = dict(sd)
+    dropped = [k for k in sd if _HF_DROP.match(k)]
+    for k in dropped:
+        del sd[k]
+    if dropped:
+        log.info("%s: dropped %d training-only/pooler tensors (%s)", spec.id, len(dropped), ", ".join(dropped))
+    out: StateDict = {}
+    layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
+    for i in layers:
+        _qkv(sd, out, f"encoder.layer.{i}.attention.attention", f"blocks.{i}.attn")
+    for key in list(sd):
+        if key in _HF_TOP:
+            out[_HF_TOP[key]] = sd.pop(key)
+            continue
+        m = _LAYER.match(key)
+        if m:
+            layer, name, kind = m.group(1), m.group(2), m.group(3)
+            if name in _HF_BLOCK:
+                dst = f"blocks.{layer}.{_HF_BLOCK[name]}"
+                out[dst if kind == "lambda1" else f"{dst}.{kind}"] = sd.pop(key)
+                continue
+        out[key] = sd.pop(key)
+    if "reg_token" in out and out["reg_token"].dim() == 2:  # HF stores [1, R, d] already; be lenient on [R, d]
+        out["reg_token"] = out["reg_token"].unsqueeze(0)
+    if spec.no_embed_class and "pos_embed" in out and "cls_token" in out:
+        # HF adds the position embedding to [cls, patches]; timm no_embed_class adds it to patches only.
+        pos = out["pos_embed"]
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    return out
+
+
+def open_clip_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
+    """The CONCH open_clip checkpoint -> its vision trunk (`visual.trunk.*`, a timm ViT) in timm keys."""
+    prefix = "visual.trunk."
+    trunk = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not trunk:
+        raise CheckpointError(
+            f"checkpoint for encoder '{spec.id}' has no '{prefix}*' tensors (the CONCH vision trunk); "
+            f"first keys: {', '.join(list(sd)[:SHOW])}; pass the open_clip CONCH checkpoint"
+        )
+    log.info("%s: kept %d vision-trunk tensors, ignored %d others (text tower, poolers)",
+             spec.id, len(trunk), len(sd) - len(trunk))
+    return trunk
+
+
+def to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
+    """Convert a state dict in `spec.checkpoint_format` to timm VisionTransformer keys."""
+    fmt = spec.checkpoint_format
+    if fmt == "open_clip-conch":
+        sd = open_clip_to_timm(sd, spec)
+    elif fmt in ("hf-vit", "hf-dinov2", "hf-dinov2-reg"):
+        sd = hf_to_timm(sd, spec)
+    # A classifier head is never used for segmentation (the trunk is built with num_classes=0).
+    return {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _resample_pos_embed(sd: StateDict, model: nn.Module, spec: EncoderSpec) -> None:
+    """Resample a checkpoint's position embeddings to the model's grid once, at load time."""
+    target = model.state_dict().get("pos_embed")
+    pos = sd.get("pos_embed")
+    if target is None or pos is None or pos.shape == target.shape:
+        return
+    if pos.dim() != 3 or pos.shape[-1] != target.shape[-1]:
+        return  # a width mismatch: the strict check reports it
+    prefix = 0 if spec.no_embed_class else spec.num_prefix_tokens
+    old_n, new_n = pos.shape[1] - prefix, target.shape[1] - prefix
+    old_g, new_g = math.isqrt(old_n), math.isqrt(new_n)
+    if old_g * old_g != old_n or new_g * new_g != new_n:
+        return  # not square grids (e.g. wrong prefix count): the strict check reports it
+    from timm.layers import resample_abs_pos_embed
+
+    log.info("%s: resampling position embeddings from a %dx%d to a %dx%d grid", spec.id, old_g, old_g, new_g, new_g)
+    sd["pos_embed"] = resample_abs_pos_embed(
+        pos.float(), new_size=[new_g, new_g], old_size=[old_g, old_g], num_prefix_tokens=prefix
+    ).to(pos.dtype)
+
+
+def load_strict(module: nn.Module, sd: StateDict, what: str, path: Path | str) -> None:
+    """Load `sd` into `module` requiring the same keys and shapes; tensors are cast to the parameters'
+    dtype. Raises CheckpointError listing the first missing / unexpected keys or the first shape mismatch."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {_first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {_first(unexpected)}")
+        raise CheckpointError(f"{Path(path).name} does not fit {what}: {'; '.join(parts)}")
+    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if sd[k].shape != v.shape]
+    if bad:
+        k, got, want = bad[0]
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{Path(path).name} does not fit {what}: parameter {k} has shape {list(got)} in the checkpoint, "
+            f"the model expects {list(want)}{more}"
+        )
+    module.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=True)
+
+
+def _first(keys: list[str]) -> str:
+    more = f", ... (+{len(keys) - SHOW} more)" if len(keys) > SHOW else ""
+    return ", ".join(keys[:SHOW]) + more
+
+
+def load_encoder_weights(encoder: nn.Module, spec: EncoderSpec, path: Path | str) -> None:
+    """Load a published checkpoint (layout `spec.checkpoint_format`) into the timm trunk `encoder`, strictly."""
+    sd = to_timm(read_state_file(path), spec)
+    _resample_pos_embed(sd, encoder, spec)
+    what = f"encoder '{spec.id}' ({spec.architecture}; {spec.checkpoint_format} layout)"
+    load_strict(encoder, sd, what, path)
+    log.info("%s: loaded encoder weights from %s", spec.id, path)
+
+
+def load_decoder_weights(decoder: nn.Module, path: Path | str) -> None:
+    """Load a decoder state dict (the decoder's own keys, or a whole SegmentationModel's `decoder.*` keys)
+    strictly."""
+    sd = read_state_file(path)
+    if any(k.startswith("decoder.") for k in sd):
+        sd = {k[len("decoder.") :]: v for k, v in sd.items() if k.startswith("decoder.")}
+    load_strict(decoder, sd, "the decoder", path)
+    log.info("loaded decoder weights from %s", path)
