@@ -48,6 +48,7 @@ class Manifest:
     demo: bool = False  # True for the bundled demonstration model
     weights: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint names and sha256
     parity: dict[str, Any] = field(default_factory=dict)  # parity-gate figures (fp32 vs torch, fp16 vs fp32)
+    export: dict[str, Any] = field(default_factory=dict)  # how the graphs were made: exporter, simplified, ...
     engines: tuple[dict[str, Any], ...] = ()  # TensorRT engines: file, gpu, compute capability, trt version, ...
     tools: dict[str, str] = field(default_factory=dict)  # versions of the tools that made the bundle
     created: str = ""  # ISO 8601 UTC time of export

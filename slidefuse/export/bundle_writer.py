@@ -1,0 +1,139 @@
+"""Writing model bundles atomically: a staging folder beside the target, renamed into place at the end.
+
+A failed export (parity miss, exporter crash, Ctrl-C) removes its staging folder, so no half-made bundle is
+ever left under the target name. An existing bundle is replaced only with `force=True`, and a folder that is
+not a bundle is never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from slidefuse.errors import UsageError
+from slidefuse.runtime.bundle import MANIFEST, ClassInfo, sha256_file
+
+log = logging.getLogger(__name__)
+
+# Class colours when none are given: background black, then a fixed palette of distinct colours
+# (ColorBrewer Set1 followed by Dark2), cycled when there are more classes.
+BACKGROUND_COLOR = (0, 0, 0)
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (255, 255, 51),
+    (166, 86, 40), (247, 129, 191), (27, 158, 119), (217, 95, 2), (117, 112, 179), (231, 41, 138),
+    (102, 166, 30), (230, 171, 2), (153, 153, 153),
+)
+
+
+def default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
+    """RGB colours (0..255) for `n` classes: class 0 (background) black, then PALETTE in order."""
+    return tuple([BACKGROUND_COLOR] + [PALETTE[(i - 1) % len(PALETTE)] for i in range(1, n)])[:n]
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'#rrggbb', 'rrggbb' or 'r:g:b' (0..255) -> (r, g, b)."""
+    s = text.strip()
+    try:
+        if ":" in s:
+            parts = tuple(int(p) for p in s.split(":"))
+            if len(parts) != 3 or not all(0 <= p <= 255 for p in parts):
+                raise ValueError
+            return parts[0], parts[1], parts[2]
+        h = s.lstrip("#")
+        if len(h) != 6:
+            raise ValueError
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+    except ValueError:
+        raise UsageError(f"colour {text!r}: expected '#rrggbb' or 'r:g:b' with values 0..255") from None
+
+
+def make_classes(names: Sequence[str], colors: Sequence[tuple[int, int, int]] | None) -> tuple[ClassInfo, ...]:
+    """Validate class names (non-empty, unique) and pair them with colours (default_colors when None)."""
+    names = [n.strip() for n in names]
+    if len(names) < 2:
+        raise UsageError(f"classes {','.join(names)!r}: expected at least two (background first), "
+                         "e.g. --classes background,tumour")
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise UsageError(f"classes {','.join(names)!r}: expected unique, non-empty names")
+    cols = tuple(colors) if colors is not None else default_colors(len(names))
+    if len(cols) != len(names):
+        raise UsageError(f"{len(cols)} colours for {len(names)} classes: give one colour per class, in order")
+    return tuple(ClassInfo(n, (int(c[0]), int(c[1]), int(c[2]))) for n, c in zip(names, cols, strict=True))
+
+
+def checkpoint_provenance(path: Path | None) -> dict[str, Any] | None:
+    """{'file': name, 'sha256': ..., 'bytes': ...} of a checkpoint the user named, or None."""
+    if path is None:
+        return None
+    return {"file": Path(path).name, "sha256": sha256_file(Path(path)), "bytes": Path(path).stat().st_size}
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the packages that made a bundle (those installed)."""
+    out: dict[str, str] = {}
+    for dist in ("slidefuse", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnxslim", "safetensors"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if "slidefuse" not in out:
+        from slidefuse import __version__
+
+        out["slidefuse"] = __version__
+    return out
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def check_target(out: Path, force: bool) -> None:
+    """Refuse an existing target unless `force`; never replace a non-empty folder that is not a bundle."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder; choose another path")
+    is_bundle = (out / MANIFEST).exists()
+    empty = not any(out.iterdir())
+    if not force and not empty:
+        raise UsageError(f"--out {out}: a {'bundle' if is_bundle else 'folder'} already exists there; "
+                         "pass --force to replace it or choose another path")
+    if force and not is_bundle and not empty:
+        raise UsageError(f"--out {out}: is a non-empty folder without {MANIFEST}, not a bundle; "
+                         "refusing to replace it even with --force: choose another path")
+
+
+@contextlib.contextmanager
+def staging_folder(out: Path, force: bool) -> Iterator[Path]:
+    """Yield an empty sibling folder of `out`; on success rename it to `out`, on any error delete it.
+
+    The caller writes every file (and the manifest) into the yielded folder.
+    """
+    out = Path(out)
+    check_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        yield stage
+        check_target(out, force)  # something may have appeared meanwhile
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(stage, out)
+        log.info("bundle written to %s", out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

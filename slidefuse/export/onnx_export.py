@@ -1,0 +1,320 @@
+"""Fused ONNX export of a SegmentationModel into a verified model bundle.
+
+One graph holds the whole model: uint8 RGB tiles `tiles [B, T, T, 3]` (0..255) -> cast and mean/std
+normalisation -> encoder -> decoder -> softmax -> float32 `probabilities [B, C, T, T]`, with a dynamic batch
+axis. Stages, in order (`export_bundle` calls them):
+
+1. `export_onnx`: torch's dynamo exporter (`torch.onnx.export(dynamo=True)`, needs onnxscript). The legacy
+   TorchScript exporter is not used: on a timm ViT it traced the batch size into reshapes, so its graph was wrong
+   for any other batch size (max |dp| ~0.05 at batch 1 and 3 for a graph traced at batch 2).
+2. `check_graph`: the ONNX checker with strict shape inference, the input/output contract, opset >= 17 and
+   LayerNorm kept as one LayerNormalization operator.
+3. `simplify_graph`: onnxslim (constant folding, dead-node removal); kept only when the result checks out.
+4. the parity gate (`parity.py`) against the PyTorch model; optionally the fp16 graph (`fp16.py`) and its
+   parity against the fp32 graph.
+5. `model.safetensors`, the manifest with the sha256 of every file, and an atomic rename into place.
+
+Models whose weights exceed `EXTERNAL_DATA_BYTES` are saved with ONNX's external-data format
+(`model.onnx` + one `*.data` file); the manifest hashes the data file too.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slidefuse.errors import SlidefuseError, UsageError
+from slidefuse.export.bundle_writer import (
+    checkpoint_provenance,
+    make_classes,
+    staging_folder,
+    tool_versions,
+    utc_now,
+)
+from slidefuse.export.parity import (
+    FP16_THRESHOLDS,
+    FP32_THRESHOLDS,
+    ParityThresholds,
+    check_parity,
+    ort_runner,
+    parity_tiles,
+    torch_runner,
+)
+from slidefuse.runtime.bundle import Bundle, Manifest, load_bundle, write_manifest
+
+if TYPE_CHECKING:
+    import onnx
+
+    from slidefuse.export.model import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 17  # LayerNormalization exists from opset 17
+DEFAULT_OPSET = 18  # the dynamo exporter's native opset (17 goes through the ONNX version converter)
+EXTERNAL_DATA_BYTES = 1_800_000_000  # above this many bytes of weights, use the external-data format
+INPUT_NAME = "tiles"
+OUTPUT_NAME = "probabilities"
+MAX_BATCH = 4096  # upper bound of the dynamic batch axis given to the exporter
+
+
+class ExportError(SlidefuseError, RuntimeError):
+    """An export whose graph fails the ONNX checker or the bundle's input/output contract."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything `export_bundle` needs. Saved, minus paths, in the manifest."""
+
+    encoder: str  # encoder registry id, e.g. "phikon" or "tiny"
+    classes: tuple[str, ...]  # class names; index 0 is background
+    mpp: float  # microns per pixel the model expects its tiles at
+    out: Path  # bundle folder to create
+    tile_size: int = 512  # tile side T in px
+    colors: tuple[tuple[int, int, int], ...] | None = None  # RGB per class; None = default palette
+    overlap: int | None = None  # recommended sliding-window overlap in px; None = tile_size // 8
+    encoder_weights: Path | None = None  # publisher-format encoder checkpoint
+    decoder_weights: Path | None = None  # decoder (or whole-model) state dict
+    random_weights: bool = False  # random weights for missing parts (tests/benchmarks only)
+    seed: int = 0  # seed for random weights and random parity tiles
+    decoder_width: int | None = None  # decoder width D; None = the encoder's default (256)
+    opset: int = DEFAULT_OPSET  # ONNX opset, >= 17
+    fp16: bool = False  # also write model.fp16.onnx with its own parity figures
+    force: bool = False  # replace an existing bundle at `out`
+    external_data: bool | None = None  # None = automatic (weights > EXTERNAL_DATA_BYTES)
+    simplify: bool = True  # run onnxslim on graphs stored in one file
+    parity_real_tiles: int = 4  # tissue tiles from ../shared/data/slides in the parity gate (when present)
+    parity_random_tiles: int = 2  # random uint8 tiles in the parity gate
+    parity: ParityThresholds = FP32_THRESHOLDS  # fp32 graph vs torch thresholds
+    fp16_parity: ParityThresholds = FP16_THRESHOLDS  # fp16 graph vs fp32 graph thresholds
+    slides_dir: Path | None = None  # folder with the real slides; None = parity.default_slides_dir()
+
+    def check(self) -> None:
+        """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
+        if not self.mpp > 0:
+            raise UsageError(f"--mpp {self.mpp}: expected a positive pixel size in um/px, e.g. 0.5")
+        if self.tile_size < 8:
+            raise UsageError(f"--tile {self.tile_size}: expected a tile side of at least 8 px, e.g. 512")
+        if self.overlap is not None and not 0 <= self.overlap < self.tile_size:
+            raise UsageError(f"--overlap {self.overlap}: expected 0 <= overlap < tile size {self.tile_size}")
+        if self.opset < MIN_OPSET:
+            raise UsageError(f"--opset {self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)")
+        if self.parity_real_tiles + self.parity_random_tiles < 1:
+            raise UsageError("parity gate with no tiles: expected at least one real or random tile")
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def export_onnx(model: SegmentationModel, path: Path, *, opset: int, external_data: bool) -> list[Path]:
+    """Export `model` to `path` with a dynamic batch axis; return the files written (graph [+ data file])."""
+    import torch
+
+    before = set(path.parent.iterdir())
+    t = model.tile_size
+    example = torch.randint(0, 256, (2, t, t, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    t0 = time.perf_counter()
+    try:
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=external_data,
+            optimize=True, verbose=False, report=False,
+        )
+    except ImportError as exc:
+        from slidefuse.errors import MissingExtra
+
+        raise MissingExtra(exc.name or "onnxscript", "export", "the ONNX export (torch dynamo exporter)") from exc
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; expected an ONNXProgram from the dynamo exporter")
+    program.save(str(path), external_data=external_data)
+    written = sorted(set(path.parent.iterdir()) - before)
+    log.info("exported %s in %.1f s (%s)", path.name, time.perf_counter() - t0, ", ".join(p.name for p in written))
+    return written
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def check_graph(path: Path, *, tile_size: int, num_classes: int, min_opset: int = MIN_OPSET) -> dict[str, Any]:
+    """ONNX checker (with strict shape inference) plus the bundle contract; returns a summary for the manifest.
+
+    Contract: one input 'tiles' uint8 [batch, T, T, 3] with a symbolic batch, one output 'probabilities'
+    float32 [batch, C, T, T], default-domain opset >= `min_opset`, at least one LayerNormalization operator.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path.name}: fails the ONNX checker ({first}); the export is broken") from exc
+    m = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < min_opset:
+        raise ExportError(f"{path.name}: opset {opset}, expected >= {min_opset}")
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    if ops["LayerNormalization"] == 0:
+        raise ExportError(f"{path.name}: no LayerNormalization operator (LayerNorm was decomposed); "
+                          f"export with opset >= {MIN_OPSET}")
+    if [i.name for i in m.graph.input] != [INPUT_NAME] or [o.name for o in m.graph.output] != [OUTPUT_NAME]:
+        raise ExportError(f"{path.name}: inputs {[i.name for i in m.graph.input]} / outputs "
+                          f"{[o.name for o in m.graph.output]}, expected ['{INPUT_NAME}'] / ['{OUTPUT_NAME}']")
+    inp, out = m.graph.input[0], m.graph.output[0]
+    din, dout = _dims(inp), _dims(out)
+    want_in, want_out = [tile_size, tile_size, 3], [num_classes, tile_size, tile_size]
+    if (inp.type.tensor_type.elem_type != onnx.TensorProto.UINT8 or len(din) != 4 or not isinstance(din[0], str)
+            or din[1:] != want_in):
+        raise ExportError(f"{path.name}: input {din} of type {inp.type.tensor_type.elem_type}, expected uint8 "
+                          f"[batch, {tile_size}, {tile_size}, 3] with a dynamic batch")
+    if (out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dout) != 4
+            or dout[1:] != want_out or dout[0] != din[0]):
+        raise ExportError(f"{path.name}: output {dout}, expected float32 [{din[0]}, {num_classes}, "
+                          f"{tile_size}, {tile_size}]")
+    return {"opset": opset, "nodes": sum(ops.values()), "layernorm_ops": ops["LayerNormalization"],
+            "ops": dict(sorted(ops.items()))}
+
+
+def simplify_graph(path: Path, *, tile_size: int, num_classes: int) -> bool:
+    """Simplify a single-file graph in place with onnxslim; keep the original when slimming fails the checks.
+
+    Returns True when the simplified graph replaced the original.
+    """
+    import onnx
+
+    try:
+        import onnxslim
+    except ImportError:
+        log.warning("onnxslim is not installed; graph not simplified (pip install 'slidefuse[export]')")
+        return False
+    original = path.read_bytes()
+    try:
+        slim = onnxslim.slim(onnx.load(str(path)))
+        onnx.save(slim, str(path))
+        check_graph(path, tile_size=tile_size, num_classes=num_classes)
+    except (ExportError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+        log.warning("onnxslim output rejected (%s); keeping the unsimplified graph", exc)
+        path.write_bytes(original)
+        return False
+    return True
+
+
+def save_graph(model: onnx.ModelProto, path: Path, external_data: bool) -> list[Path]:
+    """Save a graph, in one file or with all weights in `<name>.data` beside it; return the files written."""
+    import onnx
+
+    if external_data:
+        data = path.with_name(path.name + ".data")
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        return [path, data]
+    onnx.save_model(model, str(path))
+    return [path]
+
+
+def write_fp16_graph(fp32_path: Path, fp16_path: Path, *, tile_size: int, num_classes: int,
+                     precision: str = "fp16") -> tuple[list[Path], dict[str, Any]]:
+    """Write the mixed-precision copy of `fp32_path` (see fp16.py) and check it; returns (files, summary)."""
+    import onnx
+
+    from slidefuse.export.fp16 import DEFAULT_KEEP_FP32_OPS, convert_to_low_precision
+
+    m32 = onnx.load(str(fp32_path), load_external_data=True)
+    weight_bytes = sum(len(i.raw_data) for i in m32.graph.initializer)
+    m16 = convert_to_low_precision(m32, precision)
+    del m32
+    files = save_graph(m16, fp16_path, external_data=weight_bytes // 2 > EXTERNAL_DATA_BYTES)
+    summary = check_graph(fp16_path, tile_size=tile_size, num_classes=num_classes)
+    summary["kept_fp32"] = ["preprocessing (cast + normalisation)", *DEFAULT_KEEP_FP32_OPS, "output softmax"]
+    return files, summary
+
+
+# ---------------------------------------------------------------------------------------------- orchestrator
+def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) -> Bundle:
+    """Export a model to a verified bundle at `config.out` and return it (loaded and sha256-checked).
+
+    Builds the model from the registry (`build_model`) unless `model` is given (its encoder id, class count and
+    tile size must match `config`). Raises ParityError (leaving no bundle behind) when the graph's outputs differ
+    from the model's beyond `config.parity`, UsageError for bad options, ExportError for a broken graph.
+    """
+    config.check()
+    classes = make_classes(config.classes, config.colors)
+    from slidefuse.export.bundle_writer import check_target
+
+    check_target(config.out, config.force)
+    if model is None:
+        from slidefuse.export.model import build_model
+
+        model = build_model(
+            config.encoder, len(classes), tile_size=config.tile_size, decoder_width=config.decoder_width,
+            encoder_weights=config.encoder_weights, decoder_weights=config.decoder_weights,
+            random_weights=config.random_weights, seed=config.seed,
+        )
+    elif (model.spec.id, model.num_classes, model.tile_size) != (config.encoder, len(classes), config.tile_size):
+        raise UsageError(f"model ({model.spec.id}, {model.num_classes} classes, tile {model.tile_size}) does not "
+                         f"match the config ({config.encoder}, {len(classes)} classes, tile {config.tile_size})")
+    model = model.eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = config.external_data if config.external_data is not None else weight_bytes > EXTERNAL_DATA_BYTES
+    t, c = config.tile_size, len(classes)
+    t_start = time.perf_counter()
+    with staging_folder(config.out, config.force) as stage:
+        onnx_path = stage / "model.onnx"
+        files = export_onnx(model, onnx_path, opset=config.opset, external_data=external)
+        graph = check_graph(onnx_path, tile_size=t, num_classes=c)
+        simplified = False
+        if config.simplify and not external:
+            simplified = simplify_graph(onnx_path, tile_size=t, num_classes=c)
+            graph = check_graph(onnx_path, tile_size=t, num_classes=c)
+        tiles = parity_tiles(t, config.parity_real_tiles, config.parity_random_tiles, config.seed,
+                             config.slides_dir)
+        fp32_report, _, fp32_out = check_parity(
+            torch_runner(model), ort_runner(onnx_path), tiles, config.parity,
+            reference_name="torch fp32 (cpu)", candidate_name="model.onnx (onnxruntime CPU)",
+        )
+        parity: dict[str, Any] = {"fp32": fp32_report}
+        fp16_file: str | None = None
+        fp16_graph: dict[str, Any] | None = None
+        if config.fp16:
+            fp16_path = stage / "model.fp16.onnx"
+            _, fp16_graph = write_fp16_graph(onnx_path, fp16_path, tile_size=t, num_classes=c)
+            parity["fp16"], _, _ = check_parity(
+                ort_runner(onnx_path), ort_runner(fp16_path), tiles, config.fp16_parity,
+                reference_name="model.onnx (onnxruntime CPU)", candidate_name="model.fp16.onnx (onnxruntime CPU)",
+                reference_out=fp32_out,
+            )
+            fp16_file = fp16_path.name
+        from slidefuse.export.model import save_model_state
+
+        save_model_state(model, stage / "model.safetensors")
+        manifest = Manifest(
+            encoder=model.spec.id, patch_size=model.spec.patch_size, tile_size=t, mpp=float(config.mpp),
+            classes=classes, mean=tuple(model.spec.mean), std=tuple(model.spec.std),  # type: ignore[arg-type]
+            model_file=onnx_path.name, fp16_model_file=fp16_file, torch_weights="model.safetensors",
+            decoder_width=int(model.decoder_width), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+            opset=int(graph["opset"]), overlap=config.overlap if config.overlap is not None else t // 8,
+            random_weights=config.random_weights and (config.encoder_weights is None
+                                                     or config.decoder_weights is None),
+            weights={
+                "encoder": checkpoint_provenance(config.encoder_weights),
+                "decoder": checkpoint_provenance(config.decoder_weights),
+                "random_seed": config.seed if config.random_weights else None,
+            },
+            parity=parity,
+            export={
+                "exporter": "torch.onnx.export(dynamo=True)",
+                "simplified": simplified,
+                "external_data": [p.name for p in files if p != onnx_path],
+                "graph": {k: v for k, v in graph.items() if k != "ops"},
+                "fp16_graph": {k: v for k, v in fp16_graph.items() if k != "ops"} if fp16_graph else None,
+                "weight_bytes": weight_bytes,
+                "seconds": round(time.perf_counter() - t_start, 1),
+            },
+            tools=tool_versions(),
+            created=utc_now(),
+        )
+        write_manifest(stage, manifest)
+    return load_bundle(config.out)
+
