@@ -92,7 +92,7 @@ def _mpp_from_resolution(res: float | None, unit: str | None, path: Path, what: 
     if unit in ("cm", "centimeter", "centimetre", "3"):
         per_mm = res / 10.0
     elif unit in ("in", "inch", "2"):
-        if res <= 1200 and float(res).is_integer():  # 72, 96, 300, 600 dpi: a print placeholder
+        if res <= 1200.5 and abs(res - round(res)) < 0.01:  # 72, 96, 300, 600 dpi: a print placeholder
             log.debug("%s: ignoring %s of %g dpi (a print placeholder, not a scan pixel size)", path, what, res)
             return None
         per_mm = res / 25.4
