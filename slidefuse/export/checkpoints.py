@@ -216,6 +216,11 @@ def to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
         sd = open_clip_to_timm(sd, spec)
     elif fmt in ("hf-vit", "hf-dinov2", "hf-dinov2-reg"):
         sd = hf_to_timm(sd, spec)
+    elif any(k.startswith("trunk.") for k in sd):
+        # A vision tower wrapping a timm trunk (CONCH v1.5: trunk.* + attn_pool_contrast.* + ln_contrast.*).
+        trunk = {k[len("trunk.") :]: v for k, v in sd.items() if k.startswith("trunk.")}
+        log.info("%s: kept %d trunk.* tensors, ignored %d others (poolers)", spec.id, len(trunk), len(sd) - len(trunk))
+        sd = trunk
     # A classifier head is never used for segmentation (the trunk is built with num_classes=0).
     return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
