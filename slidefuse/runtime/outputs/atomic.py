@@ -1,0 +1,113 @@
+"""Atomic file writes: write under a temporary name in the same folder, fsync, then rename.
+
+A temporary file is `<final name>.partial` next to its final name, so a rename never crosses file systems
+and a killed run leaves only `*.partial` files behind, which `clean_temporaries` removes. A file under its
+final name is therefore always complete: either the previous version or the new one, never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".partial"  # suffix of files being written; never a final name
+
+
+def temporary_path(final: Path) -> Path:
+    """The temporary name under which `final` is written: same folder, `.partial` appended."""
+    final = Path(final)
+    return final.with_name(final.name + TMP_SUFFIX)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (so a rename after it cannot expose an empty file after a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames, unlinks) to disk; a no-op where the OS cannot open folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write `final` to; on success rename it to `final`, on error remove it.
+
+    The caller writes the complete file to the yielded path (with any writer: PIL, pyvips, open()).
+    With `durable`, the data is fsynced before the rename and the folder after it.
+    """
+    final = Path(final)
+    tmp = temporary_path(final)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"{tmp}: the writer did not create the file")
+        if durable:
+            fsync_file(tmp)
+        os.replace(tmp, final)
+        if durable:
+            fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> Path:
+    """Write `data` to `final` atomically; returns `final`."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)
+
+
+def write_text_atomic(final: Path, text: str) -> Path:
+    """Write UTF-8 `text` to `final` atomically; returns `final`."""
+    return write_bytes_atomic(final, text.encode("utf-8"))
+
+
+def write_json_atomic(final: Path, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write `obj` as JSON (with a trailing newline) to `final` atomically; returns `final`."""
+    return write_text_atomic(final, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def find_temporaries(folder: Path) -> list[Path]:
+    """The `*.partial` files directly inside `folder` (none when the folder does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith(TMP_SUFFIX))
+
+
+def clean_temporaries(folder: Path) -> list[Path]:
+    """Remove the `*.partial` files a killed run left directly inside `folder`; returns what was removed."""
+    removed = []
+    for p in find_temporaries(folder):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            continue
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), folder)
+        fsync_dir(Path(folder))
+    return removed

@@ -1,0 +1,326 @@
+"""`mask.geojson`: one QuPath annotation per connected region of each non-background class.
+
+Polygonisation is exact on the pixel grid, then simplified:
+
+1. For each class, the boundary between its pixels and the rest is a set of unit edges along pixel sides
+   (grid vertices are pixel corners, `grid_xy`). Each edge is directed with the class on its right (on
+   screen, y down), so every region's outer ring runs clockwise on screen and every hole ring
+   counter-clockwise.
+2. Edges are chained into rings by a vectorised successor lookup: at each vertex the ring turns right if it
+   can, else goes straight, else turns left. Turning right first makes regions 4-connected (pixels that
+   touch only diagonally are separate regions), which keeps every ring simple, so polygons are valid
+   (rings of a polygon may touch at a vertex, which OGC allows).
+3. Rings are ordered by list ranking (pointer jumping), reduced to their corners, and grouped into
+   polygons by the connected-component label of the pixel they enclose (`scipy.ndimage.label`, 4-conn.):
+   the ring with positive area is the shell, the others its holes.
+4. Polygons are simplified with a tolerance of at most one grid pixel (topology-preserving), scaled to
+   slide level-0 pixels (`l0_xy = grid_xy * slide size / grid size`), checked with `is_valid` and repaired
+   with `make_valid` where simplification or rounding broke one.
+
+Bounded memory and time: the grid is the mask itself when it holds at most `max_pixels` pixels, else the
+mask mode-downsampled (with pyvips, streaming from the raw file) to that many pixels; the report records
+the grid's resolution. Memory is about 6 bytes per grid pixel plus about 100 bytes per boundary edge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidefuse.runtime.bundle import ClassInfo
+from slidefuse.runtime.outputs.atomic import atomic_path
+from slidefuse.runtime.outputs.raster import downsample_classes, grid_size_for, open_mask
+from slidefuse.runtime.types import MaskResult, SlideInfo
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 1 << 26  # default cap on the polygonised grid (67 Mpx, e.g. 8192 x 8192)
+SIMPLIFY_PX = 1.0  # simplification tolerance in grid px (SPEC: within one output pixel)
+DECIMALS = 2  # decimals of level-0 coordinates in the file
+
+# Edge directions, clockwise on screen (y down): east, south, west, north. Turning right is d + 1.
+_DX = np.array([1, 0, -1, 0], dtype=np.int64)
+_DY = np.array([0, 1, 0, -1], dtype=np.int64)
+
+
+def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Directed unit boundary edges of a bool [h, w] mask, the class on each edge's right (y down).
+
+    Returns (x0, y0, d, row, col): start vertex in grid_xy (pixel corners, int64), direction (0 E, 1 S,
+    2 W, 3 N) and the (row, col) of the foreground pixel each edge borders.
+    """
+    h, w = fg.shape
+    pad = np.zeros((h + 2, w + 2), dtype=bool)
+    pad[1:-1, 1:-1] = fg
+    core = pad[1:-1, 1:-1]
+    parts = []
+    # (neighbour offset that must be background, direction, start vertex offset from the pixel corner)
+    for (dr, dc), direction, (ox, oy) in (
+        ((-1, 0), 0, (0, 0)),  # top side: east, from (c, r)
+        ((0, 1), 1, (1, 0)),  # right side: south, from (c+1, r)
+        ((1, 0), 2, (1, 1)),  # bottom side: west, from (c+1, r+1)
+        ((0, -1), 3, (0, 1)),  # left side: north, from (c, r+1)
+    ):
+        nb = pad[1 + dr : h + 1 + dr, 1 + dc : w + 1 + dc]
+        rows, cols = np.nonzero(core & ~nb)
+        parts.append((cols + ox, rows + oy, np.full(rows.shape, direction, np.int64), rows, cols))
+    x0 = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    y0 = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    d = np.concatenate([p[2] for p in parts])
+    row = np.concatenate([p[3] for p in parts]).astype(np.int64)
+    col = np.concatenate([p[4] for p in parts]).astype(np.int64)
+    return x0, y0, d, row, col
+
+
+def _successors(x0: np.ndarray, y0: np.ndarray, d: np.ndarray, w: int) -> np.ndarray:
+    """Index of the edge that follows each edge in its ring: right turn, else straight, else left turn."""
+    stride = w + 1  # vertices per grid row
+    keys = (y0 * stride + x0) * 4 + d
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    end = (y0 + _DY[d]) * stride + (x0 + _DX[d])
+    succ = np.full(keys.shape, -1, dtype=np.int64)
+    for turn in (1, 0, 3):  # right, straight, left
+        todo = succ < 0
+        if not todo.any():
+            break
+        want = end[todo] * 4 + (d[todo] + turn) % 4
+        pos = np.searchsorted(sorted_keys, want)
+        pos = np.minimum(pos, len(sorted_keys) - 1)
+        found = sorted_keys[pos] == want
+        idx = np.nonzero(todo)[0]
+        succ[idx[found]] = order[pos[found]]
+    if (succ < 0).any():  # cannot happen for a closed boundary; guards against a logic error
+        raise RuntimeError("polygonisation: an open boundary chain; please report this as a bug")
+    return succ
+
+
+def _rank_rings(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ring id and position of each edge along its ring (list ranking by pointer jumping).
+
+    `succ` is a permutation made of disjoint cycles. Returns (ring int64 [n], rank int64 [n]); ring ids are
+    the smallest edge index in each cycle.
+    """
+    n = len(succ)
+    # Ring id = min index in the cycle: propagate minima by pointer jumping.
+    ring = np.arange(n, dtype=np.int64)
+    nxt = succ.copy()
+    steps = 1
+    while steps < n:
+        ring = np.minimum(ring, ring[nxt])
+        nxt = nxt[nxt]
+        steps *= 2
+    # Break each cycle before its head, then rank by distance to the tail.
+    pred = np.empty(n, dtype=np.int64)
+    pred[succ] = np.arange(n, dtype=np.int64)
+    nxt = succ.copy()
+    is_tail = np.zeros(n, dtype=bool)
+    is_tail[pred[ring == np.arange(n)]] = True
+    nxt[is_tail] = np.nonzero(is_tail)[0]
+    dist = (~is_tail).astype(np.int64)
+    steps = 1
+    while steps < n:
+        dist = dist + dist[nxt]
+        nxt = nxt[nxt]
+        steps *= 2
+    length = np.bincount(ring, minlength=n)
+    rank = length[ring] - 1 - dist
+    return ring, rank
+
+
+def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0) -> Any:
+    """Polygons of the 4-connected regions of a bool [h, w] mask, in grid_xy (pixel corners, y down).
+
+    Returns a numpy object array with one valid shapely geometry per region whose area is at least
+    `min_area_px` grid pixels: a Polygon (holes kept, exact pixel outlines, not simplified), or rarely a
+    MultiPolygon where repairing a self-touching ring split it.
+    """
+    import shapely
+    from scipy import ndimage
+
+    fg = np.asarray(fg, dtype=bool)
+    if not fg.any():
+        return np.empty(0, dtype=object)
+    h, w = fg.shape
+    labels, n_regions = ndimage.label(fg)
+    x0, y0, d, row, col = _boundary_edges(fg)
+    succ = _successors(x0, y0, d, w)
+    ring, rank = _rank_rings(succ)
+    pred = np.empty_like(succ)
+    pred[succ] = np.arange(len(succ))
+    corner = d != d[pred]  # keep only vertices where the direction changes
+    # Signed area per ring (shoelace over all edges), > 0 for shells (clockwise on screen, y down).
+    x1, y1 = x0 + _DX[d], y0 + _DY[d]
+    area2 = np.bincount(ring, weights=(x0 * y1 - x1 * y0).astype(np.float64), minlength=len(succ))
+    heads = np.nonzero(ring == np.arange(len(succ)))[0]  # one edge per ring
+    region = labels[row[heads], col[heads]]  # label of the pixel each ring encloses
+    is_shell = area2[heads] > 0
+    shell_area = np.zeros(n_regions + 1)
+    shell_area[region[is_shell]] = area2[heads][is_shell] / 2
+    hole_area = np.bincount(region[~is_shell], weights=-area2[heads][~is_shell] / 2, minlength=n_regions + 1)
+    keep_region = (shell_area - hole_area) >= max(min_area_px, 1e-9)
+    # Order the corner vertices: by region, shell before holes, ring, position in ring.
+    ring_region = np.zeros(len(succ), dtype=np.int64)
+    ring_region[heads] = region
+    ring_hole = np.zeros(len(succ), dtype=np.int64)
+    ring_hole[heads] = ~is_shell
+    sel = corner & keep_region[ring_region[ring]]
+    e_ring, e_rank = ring[sel], rank[sel]
+    order = np.lexsort((e_rank, e_ring, ring_hole[e_ring], ring_region[e_ring]))
+    xs, ys = x0[sel][order], y0[sel][order]
+    e_ring = e_ring[order]
+    # Ring index (0..R-1) per vertex and polygon index per ring, for shapely's vectorised constructors.
+    ring_starts = np.r_[True, e_ring[1:] != e_ring[:-1]]
+    ring_idx = np.cumsum(ring_starts) - 1
+    ring_ids = e_ring[ring_starts]
+    rings = shapely.linearrings(np.column_stack([xs, ys]).astype(np.float64), indices=ring_idx)
+    ring_reg = ring_region[ring_ids]
+    poly_starts = np.r_[True, ring_reg[1:] != ring_reg[:-1]]
+    poly_idx = np.cumsum(poly_starts) - 1
+    polys = shapely.polygons(rings, indices=poly_idx)
+    # A region whose pixels touch diagonally around a background pocket has a shell that touches itself
+    # at a vertex; OGC wants that as a shell plus a hole touching it, which make_valid produces exactly.
+    bad = ~shapely.is_valid(polys)
+    for i in np.nonzero(bad)[0]:
+        parts = _polygonal(shapely.make_valid(polys[i]))
+        polys[i] = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+    return polys
+
+
+def _polygonal(geom: Any) -> list[Any]:
+    """The polygons in a (possibly mixed) geometry, e.g. what make_valid returns."""
+    import shapely
+
+    t = shapely.get_type_id(geom)
+    if t == 3:  # Polygon
+        return [] if geom.is_empty else [geom]
+    if t in (6, 7):  # MultiPolygon, GeometryCollection
+        out: list[Any] = []
+        for g in shapely.get_parts(geom):
+            out.extend(_polygonal(g))
+        return out
+    return []
+
+
+def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX) -> list[Any]:
+    """Simplify grid_xy polygons within `tolerance_px`, scale to l0_xy, round, and make each valid.
+
+    Returns one shapely Polygon or MultiPolygon per input polygon (empty results are dropped).
+    """
+    import shapely
+
+    if len(polys) == 0:
+        return []
+    if tolerance_px > 0:
+        polys = shapely.simplify(polys, tolerance_px, preserve_topology=True)
+    scale = np.array([sx, sy])
+    polys = shapely.transform(polys, lambda c: np.round(c * scale, DECIMALS))
+    valid = shapely.is_valid(polys)
+    out = []
+    for g, ok in zip(polys, valid, strict=True):
+        if ok:
+            if not g.is_empty:
+                out.append(g)
+            continue
+        parts = _polygonal(shapely.make_valid(g))
+        if len(parts) == 1:
+            out.append(parts[0])
+        elif parts:
+            out.append(shapely.MultiPolygon(parts))
+    return out
+
+
+def feature(geom: Any, cls: ClassInfo) -> dict[str, Any]:
+    """A QuPath-style GeoJSON annotation Feature for a Polygon/MultiPolygon in l0_xy."""
+    import shapely
+
+    return {
+        "type": "Feature",
+        "geometry": json.loads(shapely.to_geojson(geom)),
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": cls.name, "color": [int(v) for v in cls.color]},
+            "isLocked": False,
+        },
+    }
+
+
+def iter_features(
+    grid: np.ndarray, classes: Sequence[ClassInfo], sx: float, sy: float, *, min_area_px: float = 0.0
+) -> Iterator[tuple[int, Any]]:
+    """(class index, l0_xy geometry) for every region of every class >= 1 of a uint8 [h, w] class grid."""
+    for c in range(1, len(classes)):
+        fg = grid == c
+        if not fg.any():
+            continue
+        for g in to_l0(polygonize(fg, min_area_px=min_area_px), sx, sy):
+            yield c, g
+
+
+def write_geojson(
+    result: MaskResult,
+    slide: SlideInfo,
+    classes: Sequence[ClassInfo],
+    path: Path,
+    *,
+    geojson_mpp: float | None = None,
+    max_pixels: int | None = MAX_PIXELS,
+    min_area_px: float = 0.0,
+) -> dict[str, Any]:
+    """Write `mask.geojson` atomically; return how it was made (grid size and mpp, features per class).
+
+    The grid is the mask at `geojson_mpp` (um/px; None = the mask's own), capped at `max_pixels`.
+    Features are streamed to the file one per line, so the file never sits in memory whole.
+    """
+    import shapely
+
+    t0 = time.perf_counter()
+    gw, gh = grid_size_for(result, geojson_mpp, max_pixels)
+    img = open_mask(result)
+    method = "none"
+    if (gw, gh) != (result.mask_width, result.mask_height):
+        method = "mode"
+        img = downsample_classes(img, gw, gh, num_classes=len(classes), method=method)
+    grid = img.numpy()
+    if grid.ndim == 3:
+        grid = grid[..., 0]
+    sx, sy = slide.width / gw, slide.height / gh  # l0 px per grid px
+    counts = {c.name: 0 for c in classes[1:]}
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        first = True
+        for c, geom in iter_features(grid, classes, sx, sy, min_area_px=min_area_px):
+            props = feature(shapely.Polygon(), classes[c])["properties"]
+            text = '{"type": "Feature", "geometry": ' + shapely.to_geojson(geom) + ', "properties": '
+            text += json.dumps(props) + "}"
+            f.write(("" if first else ",\n") + text)
+            first = False
+            counts[classes[c].name] += 1
+        f.write("\n]}\n")
+    seconds = time.perf_counter() - t0
+    grid_mpp = result.mask_width * result.mpp / gw
+    logger.info(
+        "wrote %s: %d features from a %dx%d grid at %.3g um/px in %.2f s",
+        path, sum(counts.values()), gw, gh, grid_mpp, seconds,
+    )
+    return {
+        "file": Path(path).name,
+        "grid_width": gw,
+        "grid_height": gh,
+        "grid_mpp_x": grid_mpp,
+        "grid_mpp_y": result.mask_height * result.mpp / gh,
+        "l0_per_grid_px_x": sx,
+        "l0_per_grid_px_y": sy,
+        "downsampling": method,
+        "simplify_tolerance_px": SIMPLIFY_PX,
+        "min_area_px": min_area_px,
+        "connectivity": 4,
+        "features": counts,
+        "seconds": seconds,
+    }

@@ -1,0 +1,111 @@
+"""`mask.tif`: the class-index mask as a pyramidal, tiled, losslessly compressed TIFF.
+
+Layout: 1 band, uint8 class indices (0 = background), 256x256 tiles, deflate compression, a full pyramid
+(each level half the previous, down to one tile) in the main IFD chain, which is what OpenSlide's
+generic-tiff driver, libvips and QuPath (Bio-Formats or OpenSlide) read. Pyramid levels are shrunk with
+the 2x2 mode, so every level holds exact class indices too. The pixel size is written as
+XResolution/YResolution in pixels per centimetre with ResolutionUnit = centimetre: OpenSlide exposes them
+as `tiff.XResolution` / `tiff.ResolutionUnit` (and OpenSlide >= 4 as `openslide.mpp-x`), Bio-Formats as the
+physical pixel size.
+
+Geometry: the TIFF covers the same physical extent as the slide; one TIFF pixel spans
+`slide.width / tiff_width` level-0 pixels horizontally (and likewise vertically), and the written pixel
+size is the mask's extent divided by the TIFF size, so `tiff px * tiff mpp == mask px * mask mpp` exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from slidefuse.errors import UsageError
+from slidefuse.runtime.outputs.atomic import atomic_path
+from slidefuse.runtime.outputs.raster import OutputError, downsample_classes, open_mask
+from slidefuse.runtime.types import MaskResult, SlideInfo
+
+logger = logging.getLogger(__name__)
+
+TILE = 256  # TIFF tile side in px
+COMPRESSION = "deflate"  # lossless: class indices must stay exact (never jpeg)
+BIGTIFF_PIXELS = 1 << 31  # above this many pixels, write BigTIFF (classic TIFF stops at 4 GB)
+
+
+def tiff_size(result: MaskResult, mask_mpp: float | None) -> tuple[int, int]:
+    """Width and height of `mask.tif` in px: the mask's size, or that size at `mask_mpp` um/px."""
+    if mask_mpp is None:
+        return result.mask_width, result.mask_height
+    if mask_mpp < result.mpp * (1 - 1e-6):
+        raise UsageError(
+            f"--mask-mpp {mask_mpp:g} is finer than the model's {result.mpp:g} um/px; "
+            f"pass a value >= {result.mpp:g} or leave it out"
+        )
+    scale = result.mpp / mask_mpp
+    return max(1, round(result.mask_width * scale)), max(1, round(result.mask_height * scale))
+
+
+def write_mask_tiff(
+    result: MaskResult,
+    slide: SlideInfo,
+    path: Path,
+    *,
+    num_classes: int,
+    mask_mpp: float | None = None,
+) -> dict[str, Any]:
+    """Write `mask.tif` atomically from the raw mask and return its description for the report.
+
+    `mask_mpp` (um/px, >= result.mpp) writes a coarser TIFF, each pixel the mode of the classes under it.
+    The returned dict holds width, height, mpp_x, mpp_y (um/px), l0 px per TIFF px, levels, compression.
+    """
+    t0 = time.perf_counter()
+    width, height = tiff_size(result, mask_mpp)
+    img = open_mask(result)
+    method = "none"
+    if (width, height) != (result.mask_width, result.mask_height):
+        method = "mode"
+        img = downsample_classes(img, width, height, num_classes=num_classes, method=method)
+    mpp_x = result.mask_width * result.mpp / width  # um per TIFF px
+    mpp_y = result.mask_height * result.mpp / height
+    bigtiff = width * height > BIGTIFF_PIXELS
+    with atomic_path(Path(path)) as tmp:
+        try:
+            img.tiffsave(
+                str(tmp),
+                tile=True,
+                tile_width=TILE,
+                tile_height=TILE,
+                pyramid=True,
+                region_shrink="mode",
+                compression=COMPRESSION,
+                xres=1000.0 / mpp_x,  # px per mm; libvips converts to the resunit
+                yres=1000.0 / mpp_y,
+                resunit="cm",
+                bigtiff=bigtiff,
+                strip=True,
+            )
+        except Exception as exc:  # pyvips.Error, with libvips' own message
+            raise OutputError(f"{path}: libvips could not write the mask TIFF: {exc}".strip()) from exc
+    levels = 1
+    w, h = width, height
+    while w > TILE or h > TILE:
+        w, h = (w + 1) // 2, (h + 1) // 2
+        levels += 1
+    seconds = time.perf_counter() - t0
+    logger.info("wrote %s (%dx%d, %.3g um/px) in %.2f s", path, width, height, mpp_x, seconds)
+    return {
+        "file": Path(path).name,
+        "width": width,
+        "height": height,
+        "mpp_x": mpp_x,
+        "mpp_y": mpp_y,
+        "l0_per_px_x": slide.width / width,
+        "l0_per_px_y": slide.height / height,
+        "downsampling": method,
+        "levels": levels,
+        "tile": TILE,
+        "compression": COMPRESSION,
+        "bigtiff": bigtiff,
+        "resolution_unit": "centimeter",
+        "seconds": seconds,
+    }
