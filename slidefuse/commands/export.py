@@ -1,13 +1,87 @@
-"""`slidefuse export` (being written; see the issue tracker)."""
+"""`slidefuse export ENCODER ...`: fused ONNX graph(s) + parity gate -> a verified model bundle."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import click
 
-from slidefuse.errors import SlidefuseError
+
+def _classes(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(","))
 
 
 @click.command("export")
-def command() -> None:
-    """Not available yet in this build."""
-    raise SlidefuseError("'slidefuse export' is not implemented in this build yet")
+@click.argument("encoder")
+@click.option("--classes", required=True, help="Comma-separated class names, background first: background,tumour,stroma.")
+@click.option("--colors", default=None, help="Comma-separated colours, one per class: '#000000,#e41a1c,...' or "
+              "'r:g:b,...'. Default: background black, then a fixed distinct palette.")
+@click.option("--mpp", type=float, required=True, help="Microns per pixel the model expects its tiles at.")
+@click.option("--tile", "tile_size", type=int, default=512, show_default=True, help="Tile side in px.")
+@click.option("--overlap", type=int, default=None, help="Recommended sliding-window overlap in px [tile // 8].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create.")
+@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Encoder checkpoint in its publisher's format.")
+@click.option("--decoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Trained decoder (or whole-model) state dict.")
+@click.option("--random-weights", is_flag=True, help="Random weights for missing parts (tests and benchmarks only).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights and parity tiles.")
+@click.option("--decoder-width", type=int, default=None, help="Decoder width D [the encoder's default, 256].")
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx, with its own parity figures.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in model.onnx.data [automatic: above 1.8 GB].")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
+@click.option("--parity-tiles", default="4:2", show_default=True,
+              help="REAL:RANDOM tiles in the parity gate (real ones from ../shared/data/slides when present).")
+@click.option("--parity-max-diff", type=float, default=1e-3, show_default=True,
+              help="fp32 gate: largest allowed |p_onnx - p_torch|.")
+@click.option("--parity-min-agreement", type=float, default=0.999, show_default=True,
+              help="fp32 gate: smallest allowed per-pixel argmax agreement.")
+@click.option("--fp16-max-diff", type=float, default=5e-2, show_default=True,
+              help="fp16 gate (vs the fp32 graph): largest allowed |dp|.")
+@click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
+              help="fp16 gate: smallest allowed argmax agreement.")
+def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int, overlap: int | None,
+            out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
+            decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
+            no_simplify: bool, parity_tiles: str, parity_max_diff: float, parity_min_agreement: float,
+            fp16_max_diff: float, fp16_min_agreement: float) -> None:
+    """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle.
+
+    \b
+    Every export passes a parity gate (onnxruntime vs PyTorch on real and random tiles) or leaves nothing behind.
+    Example:
+      slidefuse export phikon --random-weights --classes background,tumour,stroma --mpp 0.5 --out phikon.bundle
+    """
+    from slidefuse.errors import UsageError
+
+    if decoder_weights is not None and random_weights and encoder_weights is not None:
+        raise UsageError("--random-weights with both --encoder-weights and --decoder-weights: nothing is random; "
+                         "drop --random-weights")
+    try:
+        n_real, n_random = (int(x) for x in parity_tiles.split(":"))
+    except ValueError:
+        raise UsageError(f"--parity-tiles {parity_tiles!r}: expected REAL:RANDOM counts, e.g. 4:2") from None
+    from slidefuse.export.bundle_writer import parse_color
+    from slidefuse.export.onnx_export import ExportConfig, export_bundle
+    from slidefuse.export.parity import ParityThresholds
+
+    cfg = ExportConfig(
+        encoder=encoder, classes=_classes(classes), mpp=mpp, out=out, tile_size=tile_size,
+        colors=tuple(parse_color(c) for c in colors.split(",")) if colors else None, overlap=overlap,
+        encoder_weights=encoder_weights, decoder_weights=decoder_weights, random_weights=random_weights,
+        seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
+        simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random,
+        parity=ParityThresholds(parity_max_diff, parity_min_agreement),
+        fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
+    )
+    t0 = time.perf_counter()
+    bundle = export_bundle(cfg)
+    m = bundle.manifest
+    click.echo(f"bundle {bundle.path} ({time.perf_counter() - t0:.0f} s)")
+    for name, rep in m.parity.items():
+        click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
+                   f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles")

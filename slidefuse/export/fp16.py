@@ -151,7 +151,7 @@ def convert_to_low_precision(
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[TensorProto] = []
     used_inits: set[str] = set()
-    suffix = {TensorProto.FLOAT: "fp32", low: precision}
+    suffix: dict[int, str] = {int(TensorProto.FLOAT): "fp32", int(low): precision}
 
     def as_type(name: str, want: int) -> str:
         """Name of a tensor holding `name` converted to `want` (an initializer copy or a Cast node)."""

@@ -139,7 +139,8 @@ def parity_tiles(
 
 def _batches(n: int) -> list[int]:
     """Batch sizes 1, 2, 3, 1, 2, 3, ... summing to n: exercises the dynamic batch axis."""
-    sizes, i = [], 0
+    sizes: list[int] = []
+    i = 0
     while sum(sizes) < n:
         sizes.append(min(i % 3 + 1, n - sum(sizes)))
         i += 1

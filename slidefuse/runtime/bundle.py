@@ -162,27 +162,62 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     return Bundle(path=folder, manifest=manifest, digest=digest)
 
 
+def _parity_line(name: str, rep: dict[str, Any]) -> str:
+    if not isinstance(rep, dict) or "max_abs_diff" not in rep:
+        reason = rep.get("reason", "") if isinstance(rep, dict) else rep
+        return f"parity     {name}: not measured ({reason})"
+    th = rep.get("thresholds", {})
+    limits = (f" (limits {th['max_abs_diff']:g} / {th['min_argmax_agreement']:g})"
+              if {"max_abs_diff", "min_argmax_agreement"} <= set(th) else "")
+    return (f"parity     {name}: {rep.get('candidate', '?')} vs {rep.get('reference', '?')}: "
+            f"max |dp| {rep['max_abs_diff']:.3g}, argmax agreement {rep['argmax_agreement']:.5f} "
+            f"on {rep.get('tiles', '?')} tiles{limits}")
+
+
+def _engine_line(e: dict[str, Any]) -> str:
+    b = e.get("batch") or {}
+    batch = f"batch {b.get('min')}:{b.get('opt')}:{b.get('max')}" if b else ""
+    return (f"engine     {e.get('file')}  {e.get('precision')}  {e.get('gpu')} (sm {e.get('compute_capability')}), "
+            f"TensorRT {e.get('trt_version')}  {batch}").rstrip()
+
+
+def _weights_line(m: Manifest) -> str:
+    if m.random_weights:
+        return "RANDOM (tests/benchmarks only)"
+    parts = []
+    for part in ("encoder", "decoder"):
+        w = m.weights.get(part)
+        if isinstance(w, dict):
+            parts.append(f"{part} {w.get('file')} (sha256 {str(w.get('sha256', ''))[:12]})")
+    return ", ".join(parts) or "n/a"
+
+
 def model_card(bundle: Bundle, verified: bool = True) -> str:
-    """A human-readable summary of a bundle: encoder, classes, tile, mpp, parity, engines."""
+    """A human-readable summary of a bundle: encoder, classes and colours, tile, mpp, parity, engines."""
     m = bundle.manifest
     lines = [
         f"bundle     {bundle.path}",
         f"integrity  {'all ' + str(len(m.files)) + ' files match their sha256' if verified else 'not checked'}",
         f"encoder    {m.encoder} (patch {m.patch_size})",
         f"tile       {m.tile_size} px at {m.mpp:g} um/px, overlap {m.overlap} px",
-        f"weights    {'RANDOM (tests/benchmarks only)' if m.random_weights else m.weights or 'n/a'}",
+        f"normalise  mean {tuple(round(x, 4) for x in m.mean)}, std {tuple(round(x, 4) for x in m.std)} (in graph)",
+        f"weights    {_weights_line(m)}",
         "classes",
     ]
     for i, c in enumerate(m.classes):
         lines.append(f"  {i}: {c.name:<16} #{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}")
-    lines.append(f"graphs     {m.model_file}" + (f", {m.fp16_model_file}" if m.fp16_model_file else ""))
+    lines.append(f"graphs     {m.model_file}" + (f", {m.fp16_model_file}" if m.fp16_model_file else "")
+                 + f" (opset {m.opset}; input '{m.input_name}' uint8 [B,{m.tile_size},{m.tile_size},3], "
+                 f"output '{m.output_name}' float32 [B,{m.num_classes},{m.tile_size},{m.tile_size}])")
     for k, v in m.parity.items():
-        lines.append(f"parity     {k}: {v}")
+        lines.append(_parity_line(k, v))
     if m.engines:
-        for e in m.engines:
-            lines.append(f"engine     {e}")
+        lines.extend(_engine_line(e) for e in m.engines)
     else:
         lines.append("engines    none (build one with 'slidefuse build')")
+    if m.tools:
+        lines.append("made with  " + ", ".join(f"{k} {v}" for k, v in m.tools.items())
+                     + (f" at {m.created}" if m.created else ""))
     if m.demo:
         lines.append("note       demonstration model: not for diagnostic use")
     return "\n".join(lines)
