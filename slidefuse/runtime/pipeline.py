@@ -1,0 +1,280 @@
+"""The streaming pipeline: reader threads -> preallocated batches -> backend -> stitcher, overlapped in time.
+
+Threads and queues (all bounded, so memory is a fixed number of batches plus the stitcher's band):
+
+- a *feeder* thread takes a free preallocated uint8 batch buffer ``[B, T, T, 3]``, asks the reader pool to fill
+  its slots (one task per run of neighbouring tiles; libvips releases the GIL, so reads run in parallel) and
+  queues the batch, up to ``prefetch`` batches ahead;
+- an *inference* thread waits for a batch's reads, runs ``backend.run`` on it, hands the buffer back to the
+  free pool and queues the probabilities;
+- the calling thread stitches results in order.
+
+Order is preserved (one feeder, one inference thread, FIFO queues). An exception in any thread stops the
+others and is re-raised in the calling thread; nothing hangs and no tile is silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from slidefuse.runtime.grid import TileGrid, TileRC
+from slidefuse.runtime.stitch import Stitcher
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (tiles done, tiles total)
+
+
+class TileSource(Protocol):
+    """What the pipeline reads from (``slide.ScaledView``): model-frame boxes -> uint8 ``[h, w, 3]`` RGB."""
+
+    def read(self, model_x: int, model_y: int, w: int, h: int) -> np.ndarray: ...
+
+
+class TileRunner(Protocol):
+    """What the pipeline runs (``backends.Backend``): uint8 ``[B, T, T, 3]`` -> float32 ``[B, C, T, T]``."""
+
+    def run(self, tiles: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    batch_size: int = 8  # tiles per backend call
+    workers: int = 4  # reader threads
+    prefetch: int = 2  # batches read ahead of the engine (buffers = prefetch + 2)
+    run_length: int = 4  # at most this many neighbouring tiles of one row are read as one region
+
+
+@dataclass
+class PipelineStats:
+    """Per-stage seconds. ``read`` sums all reader threads (so it can exceed the wall time); the ``*_wait``
+    figures are time a stage sat idle: ``read_wait`` = the engine waiting for reads, ``infer_wait`` = the
+    stitcher waiting for the engine."""
+
+    tiles: int = 0  # tiles run
+    batches: int = 0  # backend calls
+    read: float = 0.0  # seconds reading tiles, summed over reader threads
+    read_wait: float = 0.0  # seconds the inference thread waited for a batch's reads
+    inference: float = 0.0  # seconds inside backend.run
+    stitch: float = 0.0  # seconds inside the stitcher
+    infer_wait: float = 0.0  # seconds the stitching thread waited for results
+    wall: float = 0.0  # wall-clock seconds of the whole pipeline
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "read": self.read,
+            "read_wait": self.read_wait,
+            "inference": self.inference,
+            "stitch": self.stitch,
+            "infer_wait": self.infer_wait,
+            "pipeline": self.wall,
+        }
+
+
+class _Stop(Exception):
+    """Raised inside a worker thread when another thread failed and the pipeline is shutting down."""
+
+
+_DONE = object()  # end-of-stream marker
+
+
+@dataclass
+class _Batch:
+    buffer_id: int
+    tiles: list[TileRC]
+    futures: list[Future[float]]
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def run_pipeline(
+    source: TileSource,
+    grid: TileGrid,
+    tiles: Sequence[TileRC],
+    backend: TileRunner,
+    stitcher: Stitcher,
+    options: PipelineOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> PipelineStats:
+    """Read ``tiles`` (model-frame ``tile_rc`` of ``grid``, row-major order) from ``source``, run them through
+    ``backend`` in batches and add the probabilities to ``stitcher`` in the same order. Does not call
+    ``stitcher.finish()``. Re-raises the first exception of any thread. Returns per-stage timings."""
+    opts = options or PipelineOptions()
+    if opts.batch_size < 1 or opts.workers < 1 or opts.prefetch < 1:
+        raise ValueError(f"batch_size, workers and prefetch must be >= 1, got {opts}")
+    order = [r * grid.n_cols + c for r, c in tiles]
+    if any(b <= a for a, b in zip(order, order[1:], strict=False)):
+        raise ValueError("tiles must be in row-major order without repeats")
+    stats = PipelineStats()
+    t_start = time.perf_counter()
+    total = len(tiles)
+    if total == 0:
+        return stats
+
+    t = grid.tile
+    n_buffers = opts.prefetch + 2  # prefetch queued + one being inferred + one being filled
+    buffers = [np.empty((opts.batch_size, t, t, 3), dtype=np.uint8) for _ in range(n_buffers)]
+    free: queue.Queue[int] = queue.Queue()
+    for i in range(n_buffers):
+        free.put(i)
+    ready: queue.Queue[Any] = queue.Queue(maxsize=opts.prefetch)
+    results: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def put(q: queue.Queue[Any], item: Any) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while True:
+            if stop.is_set():
+                raise _Stop
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def read_run(buf: np.ndarray, slots: list[int], run: list[TileRC]) -> float:
+        if stop.is_set():
+            return 0.0
+        t0 = time.perf_counter()
+        boxes = [grid.tile_box(rc) for rc in run]
+        if len(boxes) == 1:
+            buf[slots[0]] = source.read(*boxes[0])
+        else:
+            x0, y0 = boxes[0][0], boxes[0][1]
+            region = source.read(x0, y0, boxes[-1][0] + t - x0, t)
+            for slot, (x, _, _, _) in zip(slots, boxes, strict=True):
+                buf[slot] = region[:, x - x0 : x - x0 + t]
+        return time.perf_counter() - t0
+
+    pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="slidefuse-read")
+
+    def feeder() -> None:
+        try:
+            for start in range(0, total, opts.batch_size):
+                batch_tiles = list(tiles[start : start + opts.batch_size])
+                buffer_id = get(free)
+                buf = buffers[buffer_id]
+                futures = [
+                    pool.submit(read_run, buf, slots, run) for slots, run in _runs(batch_tiles, opts.run_length)
+                ]
+                put(ready, _Batch(buffer_id, batch_tiles, futures))
+            put(ready, _DONE)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the calling thread
+            stop_with(exc)
+
+    def infer() -> None:
+        try:
+            while True:
+                item = get(ready)
+                if item is _DONE:
+                    put(results, _DONE)
+                    return
+                t0 = time.perf_counter()
+                read_seconds = sum(f.result() for f in item.futures)
+                t1 = time.perf_counter()
+                n = len(item.tiles)
+                probs = backend.run(buffers[item.buffer_id][:n])
+                t2 = time.perf_counter()
+                free.put(item.buffer_id)
+                with lock:
+                    stats.read += read_seconds
+                    stats.read_wait += t1 - t0
+                    stats.inference += t2 - t1
+                    stats.batches += 1
+                put(results, (item.tiles, probs))
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the calling thread
+            stop_with(exc)
+
+    failures: list[BaseException] = []
+
+    def stop_with(exc: BaseException) -> None:
+        with lock:
+            failures.append(exc)
+        stop.set()
+
+    threads = [
+        threading.Thread(target=feeder, name="slidefuse-feed", daemon=True),
+        threading.Thread(target=infer, name="slidefuse-infer", daemon=True),
+    ]
+    for th in threads:
+        th.start()
+    done = 0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = get(results)
+            except _Stop:
+                break
+            stats.infer_wait += time.perf_counter() - t0
+            if item is _DONE:
+                break
+            batch_tiles, probs = item
+            if probs.shape[0] != len(batch_tiles):
+                raise RuntimeError(f"backend returned {probs.shape[0]} results for {len(batch_tiles)} tiles")
+            t1 = time.perf_counter()
+            for i, rc in enumerate(batch_tiles):
+                stitcher.add(rc, probs[i])
+            stats.stitch += time.perf_counter() - t1
+            done += len(batch_tiles)
+            if progress is not None:
+                progress(done, total)
+    except BaseException as exc:
+        stop_with(exc)
+        raise
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for th in threads:
+            th.join()
+    if failures:
+        raise failures[0]
+    if done != total:  # cannot happen without a failure; never return a silently short result
+        raise RuntimeError(f"pipeline stopped after {done} of {total} tiles")
+    stats.tiles = done
+    stats.wall = time.perf_counter() - t_start
+    log.debug("pipeline: %d tiles in %d batches, %s", done, stats.batches,
+              ", ".join(f"{k} {v:.2f}s" for k, v in stats.as_dict().items()))
+    return stats
+
+
+def _runs(batch_tiles: list[TileRC], run_length: int) -> list[tuple[list[int], list[TileRC]]]:
+    """Split a batch into runs of consecutive tiles of one row (at most ``run_length`` each):
+    ``[(slots in the batch, tile_rcs)]``, read as one region per run."""
+    out: list[tuple[list[int], list[TileRC]]] = []
+    for slot, rc in enumerate(batch_tiles):
+        if out:
+            slots, run = out[-1]
+            pr, pc = run[-1]
+            if rc[0] == pr and rc[1] == pc + 1 and len(run) < run_length:
+                slots.append(slot)
+                run.append(rc)
+                continue
+        out.append(([slot], [rc]))
+    return out
