@@ -118,14 +118,14 @@ def save_state(module: nn.Module, path: Path | str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- layouts
-def _qkv(sd: StateDict, out: StateDict, src: str, dst: str) -> None:
-    """Fuse separate query/key/value Linear weights into timm's `qkv`."""
+def _qkv(sd: StateDict, out: StateDict, src: str, dst: str, names: tuple[str, str, str]) -> None:
+    """Fuse separate query/key/value Linear weights (`{src}.{name}.weight|bias`) into timm's `{dst}.qkv`."""
     for kind in ("weight", "bias"):
-        parts = [sd.pop(f"{src}.{n}.{kind}", None) for n in ("query", "key", "value")]
+        parts = [sd.pop(f"{src}.{n}.{kind}", None) for n in names]
         if all(p is not None for p in parts):
             out[f"{dst}.qkv.{kind}"] = torch.cat(parts, dim=0)  # type: ignore[arg-type]
         else:  # leave what exists so the strict check reports it
-            for n, p in zip(("query", "key", "value"), parts, strict=True):
+            for n, p in zip(names, parts, strict=True):
                 if p is not None:
                     sd[f"{src}.{n}.{kind}"] = p
 
@@ -146,6 +146,7 @@ _HF_BLOCK = {
     "layer_scale1": "ls1.gamma",
     "layer_scale2": "ls2.gamma",
     "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",  # transformers 5 in-memory layout
 }
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
@@ -172,7 +173,9 @@ def hf_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
     out: StateDict = {}
     layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
     for i in layers:
-        _qkv(sd, out, f"encoder.layer.{i}.attention.attention", f"blocks.{i}.attn")
+        # published files: attention.attention.{query,key,value}; transformers 5 state dicts: attention.{q,k,v}_proj
+        _qkv(sd, out, f"encoder.layer.{i}.attention.attention", f"blocks.{i}.attn", ("query", "key", "value"))
+        _qkv(sd, out, f"encoder.layer.{i}.attention", f"blocks.{i}.attn", ("q_proj", "k_proj", "v_proj"))
     for key in list(sd):
         if key in _HF_TOP:
             out[_HF_TOP[key]] = sd.pop(key)

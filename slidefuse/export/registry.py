@@ -14,6 +14,7 @@ Prov-GigaPath (prov-gigapath/prov-gigapath), H-optimus-0/1 (bioptimus), kaiko
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -195,9 +196,10 @@ def get_spec(encoder_id: str) -> EncoderSpec:
         ) from None
 
 
+@functools.cache
 def count_params(encoder_id: str, img_size: int | None = None) -> int:
     """Parameters of the encoder as built by slidefuse (at `img_size`, default its native size), counted on
-    torch's meta device so that even the 1.1 B models allocate no memory."""
+    torch's meta device so that even the 1.1 B models allocate no memory. Cached per (id, size)."""
     import torch
 
     spec = get_spec(encoder_id)
