@@ -7,6 +7,7 @@ the image holds a legend of class names, colours and areas.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from collections.abc import Sequence
@@ -45,35 +46,51 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, colors: Sequence[tuple[int, int
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _font(size: int) -> tuple[Any, str]:
-    """A font of `size` px and the area unit it can draw ("mm²" with DejaVu Sans, else "mm^2")."""
-    from PIL import ImageFont
+def _text_mask(text: str, size_px: int) -> np.ndarray:
+    """Rendered `text` as a uint8 [h, w] coverage mask (255 = ink), about `size_px` px tall.
 
+    Text is drawn by libvips (Pango), not by Pillow's FreeType: once libvips is loaded, the system
+    libfreetype it links to clashes with the copy bundled in Pillow's wheels and Pillow draws garbage.
+    Where libvips has no text support, Pillow's built-in bitmap font (no FreeType) is used instead.
+    """
     try:
-        return ImageFont.truetype("DejaVuSans.ttf", size), "mm²"
-    except OSError:  # no DejaVu on this system: Pillow's own font, which lacks "²"
-        pass
-    try:
-        return ImageFont.load_default(size=size), "mm^2"
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default(), "mm^2"
+        import pyvips
+
+        img = pyvips.Image.text(html.escape(text), font=f"sans {size_px}px", dpi=72)  # text is Pango markup
+        mask = img.numpy()
+        return np.asarray(mask[..., 0] if mask.ndim == 3 else mask, dtype=np.uint8)
+    except Exception:  # libvips without Pango: fall back to the bitmap font
+        from PIL import Image, ImageDraw, ImageFont
+
+        font = ImageFont.load_default_imagefont()
+        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+        left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+        canvas = Image.new("L", (max(1, right), max(1, bottom)), 0)
+        ImageDraw.Draw(canvas).text((0, 0), text, fill=255, font=font)
+        return np.asarray(canvas, dtype=np.uint8)
+
+
+def _draw_text(img: Any, xy: tuple[int, int], text: str, size_px: int, color: tuple[int, int, int]) -> int:
+    """Draw `text` on a PIL RGB image with its top-left at `xy`; returns the text's width in px."""
+    from PIL import Image
+
+    mask = _text_mask(text, size_px)
+    img.paste(color, (xy[0], xy[1], xy[0] + mask.shape[1], xy[1] + mask.shape[0]), Image.fromarray(mask))
+    return int(mask.shape[1])
 
 
 def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float], title: str) -> Any:
     """A white strip, `width` px wide, with a title line and one swatch + name + area per class >= 1."""
     from PIL import Image, ImageDraw
 
-    font, unit = _font(17)
-    small, _ = _font(14)
-    pad, sw, row_h = 12, 18, 26
+    pad, sw, row_h, text_px, title_px = 12, 18, 28, 17, 14
     entries = [(c, areas_mm2[i] if i < len(areas_mm2) else 0.0) for i, c in enumerate(classes) if i > 0]
     # Lay entries out left to right, wrapping at the strip's width.
-    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     cells = []
     for c, mm2 in entries:
-        label = f"{c.name}  {mm2:.3g} {unit}"
-        cells.append((c, label, sw + 8 + int(draw_probe.textlength(label, font=font)) + 24))
-    rows: list[list[tuple[ClassInfo, str, int]]] = [[]]
+        mask = _text_mask(f"{c.name}  {mm2:.3g} mm²", text_px)
+        cells.append((c, mask, sw + 8 + mask.shape[1] + 28))
+    rows: list[list[tuple[ClassInfo, np.ndarray, int]]] = [[]]
     x = pad
     for cell in cells:
         if rows[-1] and x + cell[2] > width - pad:
@@ -84,13 +101,14 @@ def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float]
     height = pad + row_h + len(rows) * row_h + pad // 2
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    draw.text((pad, pad), title, fill=(40, 40, 40), font=small)
+    _draw_text(img, (pad, pad), title, title_px, (40, 40, 40))
     y = pad + row_h
     for row in rows:
         x = pad
-        for c, label, cw in row:
-            draw.rectangle([x, y + 2, x + sw, y + 2 + sw], fill=tuple(c.color), outline=(60, 60, 60))
-            draw.text((x + sw + 8, y), label, fill=(0, 0, 0), font=font)
+        for c, mask, cw in row:
+            draw.rectangle([x, y + 1, x + sw, y + 1 + sw], fill=tuple(c.color), outline=(60, 60, 60))
+            ty = y + 1 + (sw - mask.shape[0]) // 2
+            img.paste((0, 0, 0), (x + sw + 8, ty, x + sw + 8 + mask.shape[1], ty + mask.shape[0]), Image.fromarray(mask))
             x += cw
         y += row_h
     return img
