@@ -64,8 +64,8 @@ def _text_mask(text: str, size_px: int) -> np.ndarray:
 
         font = ImageFont.load_default_imagefont()
         probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-        left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
-        canvas = Image.new("L", (max(1, right), max(1, bottom)), 0)
+        _, _, right, bottom = probe.textbbox((0, 0), text, font=font)
+        canvas = Image.new("L", (max(1, int(right)), max(1, int(bottom))), 0)
         ImageDraw.Draw(canvas).text((0, 0), text, fill=255, font=font)
         return np.asarray(canvas, dtype=np.uint8)
 
