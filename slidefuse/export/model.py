@@ -61,7 +61,8 @@ class SegmentationModel(nn.Module):
         """uint8 [B, T, T, 3] RGB 0..255 -> float [B, 3, T, T] normalised with the encoder's mean/std
         (in the dtype of the model's parameters)."""
         t = self.tile_size
-        if tiles.dim() != 4 or tiles.shape[1] != t or tiles.shape[2] != t or tiles.shape[3] != 3:
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # shapes are fixed by the export
+        if not tracing and (tiles.dim() != 4 or tuple(tiles.shape[1:]) != (t, t, 3)):
             raise UsageError(
                 f"tiles of shape {list(tiles.shape)}: expected [B, {self.tile_size}, {self.tile_size}, 3] "
                 f"(uint8 RGB); cut tiles of the model's tile size"
