@@ -1,13 +1,161 @@
-"""`slidefuse segment` (being written; see the issue tracker)."""
+"""`slidefuse segment SLIDE_OR_DIR... --model BUNDLE --out OUT`: segment slides into masks and reports.
+
+The command checks its options, loads (and sha256-verifies) the bundle, then hands over to
+`slidefuse.runtime.segment.segment_many`. Each failed slide is printed as one line; the exit code is 1 when any
+slide failed.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
-from slidefuse.errors import SlidefuseError
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "data" / "default"  # the demonstration model
+
+
+def _default_model() -> Path | None:
+    return DEFAULT_BUNDLE if (DEFAULT_BUNDLE / "manifest.json").is_file() else None
 
 
 @click.command("segment")
-def command() -> None:
-    """Not available yet in this build."""
-    raise SlidefuseError("'slidefuse segment' is not implemented in this build yet")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "-m", "model", type=click.Path(path_type=Path), default=None,
+              help="Model bundle folder (made by 'slidefuse export'). Default: the bundled demonstration "
+                   "model, where installed.")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
+              help="Output folder: one sub-folder per slide, plus run.json.")
+@click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (see 'slidefuse bench').")
+@click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per engine call.")
+@click.option("--overlap", type=int, default=None,
+              help="Tile overlap in px at the model's resolution (0..tile/2). Default: the bundle's.")
+@click.option("--mpp", type=float, default=None,
+              help="Slide pixel size in um/px, for slides without one (overrides the file's).")
+@click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")
+@click.option("--threads", type=int, default=None, help="Engine CPU threads (ort-cpu). Default: all cores.")
+@click.option("--formats", default="tiff,geojson,report,preview", show_default=True,
+              help="Outputs to write, comma-separated: tiff, geojson, report, preview (or 'all').")
+@click.option("--mask-mpp", type=float, default=None, help="Write mask.tif at this coarser pixel size (um/px).")
+@click.option("--overwrite", is_flag=True, help="Redo slides whose outputs are already complete.")
+@click.option("--tissue-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Lowest HSV saturation (0..1) counted as tissue on the thumbnail (default 0.07).")
+@click.option("--min-tile-tissue", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Run a tile only when this fraction of it is tissue (default 0: any tissue).")
+@click.option("--all-tiles", is_flag=True, help="Run every tile, tissue or not.")
+@click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
+              help="Text file with one slide path per line ('#' comments; relative to the file).")
+@click.pass_context
+def command(
+    ctx: click.Context,
+    inputs: tuple[Path, ...],
+    model: Path | None,
+    out: Path,
+    backend: str,
+    batch: int,
+    overlap: int | None,
+    mpp: float | None,
+    workers: int,
+    threads: int | None,
+    formats: str,
+    mask_mpp: float | None,
+    overwrite: bool,
+    tissue_threshold: float | None,
+    min_tile_tissue: float | None,
+    all_tiles: bool,
+    list_file: Path | None,
+) -> None:
+    """Segment slides (files, folders scanned recursively, or --list FILE) with a model bundle.
+
+    \b
+    Per slide, under OUT/<slide name>/: mask.tif (pyramidal TIFF of class indices), mask.geojson (QuPath
+    annotations), report.json (areas, timings), preview.png, tissue.png; OUT/run.json lists every slide.
+    Finished slides are skipped on a rerun with the same model unless --overwrite.
+    """
+    import logging
+
+    from slidefuse.errors import SlideNotFound, UsageError
+    from slidefuse.runtime.bundle import load_bundle
+    from slidefuse.runtime.outputs import parse_formats
+    from slidefuse.runtime.progress import make_progress
+    from slidefuse.runtime.segment import SegmentOptions, segment_many
+    from slidefuse.runtime.tissue import TissueParams
+
+    log = logging.getLogger("slidefuse.commands.segment")
+    obj: dict[str, Any] = ctx.obj or {}
+
+    # ---- options
+    if not inputs and list_file is None:
+        raise UsageError("no slides given; pass slide files or folders, or --list FILE")
+    if list_file is not None and not list_file.is_file():
+        raise SlideNotFound(f"{list_file}: no such list file (--list); pass a text file with one slide path per line")
+    if batch < 1:
+        raise UsageError(f"--batch must be >= 1 tile, got {batch}")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1 reader thread, got {workers}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    if overlap is not None and overlap < 0:
+        raise UsageError(f"--overlap must be >= 0 px, got {overlap}")
+    if mpp is not None and not mpp > 0:
+        raise UsageError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
+    if mask_mpp is not None and not mask_mpp > 0:
+        raise UsageError(f"--mask-mpp must be a positive number of microns per pixel, got {mask_mpp}")
+    if all_tiles and (tissue_threshold is not None or min_tile_tissue is not None):
+        named = [n for n, v in (("--tissue-threshold", tissue_threshold), ("--min-tile-tissue", min_tile_tissue))
+                 if v is not None]
+        raise UsageError(f"--all-tiles conflicts with {' and '.join(named)}: with --all-tiles no tile is "
+                         "selected by tissue; drop one of them")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder for the outputs")
+    fmts = parse_formats(formats)
+
+    tissue = TissueParams()
+    if tissue_threshold is not None:
+        tissue = TissueParams(**{**tissue.to_dict(), "min_saturation": tissue_threshold})
+    if min_tile_tissue is not None:
+        tissue = TissueParams(**{**tissue.to_dict(), "tile_min_fraction": min_tile_tissue})
+
+    # ---- model
+    if model is None:
+        model = _default_model()
+        if model is None:
+            raise UsageError("--model is required (no demonstration model is installed); pass a bundle folder "
+                             "made by 'slidefuse export'")
+        log.info("no --model given: using the bundled demonstration model %s (not for diagnostic use)", model)
+    bundle = load_bundle(model)
+    if bundle.manifest.random_weights:
+        log.warning("model %s has RANDOM weights: its masks are meaningless (tests and benchmarks only)", model)
+    if bundle.manifest.demo:
+        log.info("model %s is the demonstration model: not for diagnostic use", model)
+    if overlap is not None and overlap > bundle.manifest.tile_size // 2:
+        raise UsageError(f"--overlap {overlap} px is more than half of this model's {bundle.manifest.tile_size} px "
+                         f"tile; choose 0..{bundle.manifest.tile_size // 2}")
+
+    options = SegmentOptions(
+        backend=backend,
+        backend_options={"threads": threads} if threads else {},
+        batch_size=batch,
+        overlap=overlap,
+        tissue=tissue,
+        all_tiles=all_tiles,
+        mpp=mpp,
+        formats=fmts,
+        mask_mpp=mask_mpp,
+        overwrite=overwrite,
+        workers=workers,
+    )
+    progress = make_progress(bool(obj.get("quiet")))
+    results = segment_many(list(inputs), bundle, out, options, list_file=list_file, progress=progress)
+
+    # ---- summary
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        click.echo(f"slidefuse: error: {r.error}", err=True)
+    if len(results) > 1 or not failed:
+        ok = sum(r.status == "ok" for r in results)
+        skipped = sum(r.status == "skipped" for r in results)
+        click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed of {len(results)} slide(s); "
+                   f"outputs in {out} (run log {out / 'run.json'})", err=True)
+    if failed:
+        ctx.exit(1)

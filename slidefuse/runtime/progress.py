@@ -99,14 +99,13 @@ class LogProgress(Progress):
         self._label = f"slide {index} of {count} ({name})"
         self._rate = _Rate()
         self._last = time.monotonic()
-        self.logger.info("%s: started", self._label)
+        self.logger.debug("%s: started", self._label)
 
     def update(self, done_tiles: int, total_tiles: int) -> None:
         now = time.monotonic()
-        if done_tiles == 0:
+        if done_tiles == 0:  # tiles planned: the rate starts now
             self._rate = _Rate()
             self._last = now
-            self.logger.info("%s: %d tiles to run", self._label, total_tiles)
         elif now - self._last >= self.interval and done_tiles < total_tiles:
             self._last = now
             self.logger.info("%s: %d/%d tiles, %.1f tiles/s", self._label, done_tiles, total_tiles,

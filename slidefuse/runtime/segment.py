@@ -334,7 +334,9 @@ def segment_many(
 
     The backend is opened once. A slide whose outputs are complete and made by this bundle is skipped
     unless `options.overwrite`. A failing slide is recorded with a one-line reason (naming the slide) and
-    the others continue. Every slide gets an entry in OUT/run.json. Returns one SlideResult per slide.
+    the others continue; failures are logged at INFO only, since they are returned (status "failed",
+    `error`) for the caller to report. Every slide gets an entry in OUT/run.json. Returns one SlideResult per
+    slide, in input order.
     """
     from slidefuse.runtime.backends import open_backend
     from slidefuse.runtime.outputs import RunLog, outputs_complete
@@ -363,7 +365,7 @@ def segment_many(
                                         progress=progress)
                 except Exception as exc:  # recorded with its slide; the batch goes on
                     reason = _with_slide(slide, one_line(exc))
-                    log.error("%s", reason)
+                    log.info("failed: %s", reason)
                     log.debug("traceback of the failure of %s", slide, exc_info=True)
                     res = SlideResult(slide, "failed", out_dir, reason, seconds=time.perf_counter() - t0)
             progress.end_slide(res.status)

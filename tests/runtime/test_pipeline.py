@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runtime.onnx_models import make_bundle, run_whole
 
+from runtime.onnx_models import make_bundle, run_whole
 from slidefuse.errors import SlideReadError
 from slidefuse.runtime.grid import TileGrid
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
