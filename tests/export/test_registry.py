@@ -105,3 +105,13 @@ def test_models_json_through_the_cli() -> None:
     by_id = {r["id"]: r for r in rows}
     assert by_id["uni"]["params"] == count_params("uni")
     assert by_id["lunit"]["patch_size"] == 8 and by_id["lunit"]["width"] == 384
+
+
+def test_models_without_torch_names_the_export_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 1
+    assert "slidefuse[export]" in result.output and "torch" in result.output
+    assert "Traceback" not in result.output
