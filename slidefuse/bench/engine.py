@@ -1,0 +1,339 @@
+"""Engine benchmark: latency and throughput of one backend on one bundle over a batch sweep, set against the
+device's peak arithmetic rate.
+
+Timing: each sample is the wall-clock time (`time.perf_counter`) of one `backend.run(tiles)` call on the same
+uint8 batch, host array in, host float32 array out. Because `run` returns host numpy, any GPU work has
+finished when it returns: the samples are synchronised by construction (a CUDA device is additionally
+synchronised when torch is loaded). Warm-up calls (which include lazy initialisation, autotuning and
+compilation) are excluded. Tiles are seeded random RGB noise: the models are dense, so cost does not
+depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slidefuse.bench.flops import FlopCount, model_flops
+from slidefuse.bench.machine import Peak, cpu_peak, gpu_name, gpu_peak, machine_info, peak_rss_mib, rss_mib
+from slidefuse.errors import UsageError
+from slidefuse.runtime.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+TIMING_NOTE = ("wall-clock time of one backend.run call (host uint8 in, host float32 out); run returns host "
+               "numpy, so GPU work is complete (synchronised) when it returns; warm-up calls excluded")
+
+
+@dataclass(frozen=True)
+class EngineBenchConfig:
+    """What `bench_engine` measures."""
+
+    batches: tuple[int, ...] = (1, 8, 32)  # batch sizes to sweep, in order
+    iters: int = 20  # timed calls per batch size
+    warmup: int = 3  # untimed calls per batch size before timing
+    precision: str | None = None  # requested precision; None = the backend's default (fp32)
+    backend_options: dict[str, Any] = field(default_factory=dict)  # extra open_backend options (threads, device)
+    seed: int = 0  # seed of the random tiles
+
+    def check(self) -> None:
+        """Raise UsageError for out-of-range values."""
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise UsageError(f"--batch {','.join(map(str, self.batches))}: expected positive batch sizes, "
+                             "e.g. 1,8,32")
+        if self.iters < 1:
+            raise UsageError(f"--iters {self.iters}: expected at least 1 timed call")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup {self.warmup}: expected 0 or more warm-up calls")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+
+    def open_options(self) -> dict[str, Any]:
+        """Options for open_backend: the extra options plus `precision` when one was requested."""
+        opts = dict(self.backend_options)
+        if self.precision is not None:
+            opts["precision"] = self.precision
+        return opts
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32); raises UsageError naming the bad value."""
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8,32") from None
+    if not out or any(b < 1 for b in out):
+        raise UsageError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8,32")
+    return out
+
+
+def random_tiles(batch: int, tile: int, seed: int = 0) -> np.ndarray:
+    """Seeded random RGB tiles: uint8 [batch, tile, tile, 3], values 0..255."""
+    return np.random.default_rng(seed).integers(0, 256, size=(batch, tile, tile, 3), dtype=np.uint8)
+
+
+def time_calls(fn: Callable[[], object], iters: int, warmup: int,
+               sync: Callable[[], None] | None = None) -> list[float]:
+    """Call `fn` `warmup` times untimed, then `iters` times; return the timed calls' seconds. `sync` (e.g.
+    torch.cuda.synchronize) runs after every call, inside the timed span."""
+    for _ in range(warmup):
+        fn()
+        if sync is not None:
+            sync()
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def latency_summary(seconds: Sequence[float], batch: int, tile: int) -> dict[str, Any]:
+    """Latency percentiles (ms, linear interpolation) and throughput from per-call seconds.
+
+    `tiles_per_s` is tiles over total timed seconds (= batch / mean latency); `megapixels_per_s` is that
+    times tile x tile pixels. With fewer than 100 samples p99 is interpolated near the maximum."""
+    if not seconds:
+        raise UsageError("no timed calls to summarise; pass --iters 1 or more")
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    tiles_per_s = batch * len(ms) / (ms.sum() / 1e3)
+    return {
+        "batch": batch,
+        "iters": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "ms_per_tile": float(ms.mean() / batch),
+        "tiles_per_s": float(tiles_per_s),
+        "megapixels_per_s": float(tiles_per_s * tile * tile / 1e6),
+    }
+
+
+def achieved(flop_count: FlopCount | None, tiles_per_s: float, peak: Peak) -> dict[str, Any]:
+    """Achieved TFLOP/s (FLOPs per tile x tiles/s) and its fraction of `peak` (None where unknown)."""
+    if flop_count is None:
+        return {"achieved_tflops": None, "fraction_of_peak": None}
+    tflops = flop_count.total * tiles_per_s / 1e12
+    out: dict[str, Any] = {
+        "achieved_tflops": tflops,
+        "fraction_of_peak": tflops / peak.tflops if peak.tflops else None,
+    }
+    for name, value in (peak.alt_tflops or {}).items():
+        out[f"fraction_of_{name}_peak"] = tflops / value
+    return out
+
+
+# ------------------------------------------------------------------------------------------- devices
+
+
+def backend_device(info: dict[str, Any]) -> str:
+    """'cuda' when a backend's info says it runs on an NVIDIA GPU (device, or CUDA/TensorRT providers),
+    else 'cpu'."""
+    text = " ".join(str(info.get(k, "")) for k in ("device", "providers", "provider", "backend")).lower()
+    return "cuda" if any(s in text for s in ("cuda", "tensorrt", "ort-trt")) or info.get("backend") == "trt" \
+        else "cpu"
+
+
+def reported_precision(info: dict[str, Any], requested: str | None) -> str:
+    """The precision the backend says it runs (info['precision'] or ['dtype']), else the requested one, else
+    fp32."""
+    for key in ("precision", "dtype"):
+        value = info.get(key)
+        if isinstance(value, str) and value:
+            v = value.lower().replace("torch.", "")
+            return {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(v, v)
+    return requested or "fp32"
+
+
+def device_peak(device: str, precision: str, info: dict[str, Any]) -> Peak:
+    """The peak for a measurement: datasheet GPU peak on CUDA, estimated CPU peak otherwise."""
+    if device == "cuda":
+        name = str(info.get("device_name") or info.get("gpu") or gpu_name() or "unknown GPU")
+        return gpu_peak(name, precision)
+    return cpu_peak()
+
+
+def _cuda_torch(device: str) -> Any:
+    """The torch module when the benchmark runs on CUDA through a torch that is already loaded, else None."""
+    torch = sys.modules.get("torch")
+    if device == "cuda" and torch is not None and torch.cuda.is_available():
+        return torch
+    return None
+
+
+def memory_snapshot(device: str) -> dict[str, Any]:
+    """Memory after a batch size's timed calls: torch.cuda.max_memory_allocated (MiB, since the last reset)
+    when torch runs on CUDA; host RSS now and the process peak RSS in every case."""
+    out: dict[str, Any] = {"host_rss_mib": rss_mib(), "host_peak_rss_mib": peak_rss_mib()}
+    torch = _cuda_torch(device)
+    if torch is not None:
+        out["device_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["device_max_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+        out["device_memory_source"] = "torch.cuda.max_memory_allocated (PyTorch's caching allocator only)"
+    else:
+        out["device_memory_source"] = ("host RSS (no device memory counter for this backend)" if device == "cuda"
+                                       else "host RSS (CPU backend)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the benchmark
+
+
+def model_info(bundle: Bundle) -> dict[str, Any]:
+    """What model a benchmark ran: bundle path and digest, encoder, tile, classes."""
+    m = bundle.manifest
+    return {"bundle": str(bundle.path), "digest": bundle.digest, "encoder": m.encoder, "patch_size": m.patch_size,
+            "tile_size": m.tile_size, "num_classes": m.num_classes, "classes": m.class_names,
+            "decoder_width": m.decoder_width, "mpp": m.mpp, "random_weights": m.random_weights}
+
+
+def flops_info(bundle: Bundle) -> tuple[FlopCount | None, dict[str, Any]]:
+    """FLOPs per tile of the bundle's model and its JSON form ({'available': False, 'reason'} when none)."""
+    count, reason = model_flops(bundle.manifest, bundle.model_path)
+    if count is None:
+        return None, {"available": False, "reason": reason}
+    return count, {"available": True, **count.to_dict()}
+
+
+def bench_batches(backend: Any, batches: Sequence[int], tile: int, iters: int, warmup: int, seed: int,
+                  device: str) -> list[dict[str, Any]]:
+    """Latency/throughput/memory rows for an open backend, one per batch size."""
+    torch = _cuda_torch(device)
+    sync = torch.cuda.synchronize if torch is not None else None
+    rows = []
+    for batch in batches:
+        tiles = random_tiles(batch, tile, seed)
+        if torch is not None:
+            torch.cuda.reset_peak_memory_stats()
+        seconds = time_calls(functools.partial(backend.run, tiles), iters, warmup, sync)
+        row = latency_summary(seconds, batch, tile)
+        row["memory"] = memory_snapshot(device)
+        row["load_average"] = machine_info()["load_average"]
+        log.info("batch %d: p50 %.1f ms, %.2f tiles/s", batch, row["p50_ms"], row["tiles_per_s"])
+        rows.append(row)
+    return rows
+
+
+def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -> dict[str, Any]:
+    """Run the batch sweep of `config` on `backend_name` and return the benchmark's JSON document:
+    machine, model, backend, flops, peak, settings and one result row per batch size."""
+    from slidefuse.runtime.backends import open_backend
+
+    config.check()
+    machine_before = machine_info()
+    tile = bundle.manifest.tile_size
+    with open_backend(backend_name, bundle, **config.open_options()) as backend:
+        info = backend.info()
+        device = backend_device(info)
+        precision = reported_precision(info, config.precision)
+        if config.precision and precision != config.precision:
+            raise UsageError(f"--precision {config.precision}: backend {backend_name} runs {precision}; "
+                             f"choose a backend that supports {config.precision} or drop --precision")
+        rows = bench_batches(backend, config.batches, tile, config.iters, config.warmup, config.seed, device)
+    # Counted after the timing, so torch (imported by the counter) is not in the CPU backends' RSS figures.
+    flop_count, flops = flops_info(bundle)
+    peak = device_peak(device, precision, info)
+    for row in rows:
+        row.update(achieved(flop_count, row["tiles_per_s"], peak))
+    return {
+        "kind": "engine",
+        "machine": machine_before,
+        "load_average_after": machine_info()["load_average"],
+        "model": model_info(bundle),
+        "backend": {"name": backend_name, "device": device, "precision": precision,
+                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": _jsonable(info)},
+        "flops": flops,
+        "peak": peak.to_dict(),
+        "settings": {"iters": config.iters, "warmup": config.warmup, "batches": list(config.batches),
+                     "seed": config.seed, "timing": TIMING_NOTE},
+        "results": rows,
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """Backend info made JSON-safe (unknown objects as strings)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+# ------------------------------------------------------------------------------------------- comparisons
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One backend in an interleaved comparison."""
+
+    backend: str  # registry name
+    options: dict[str, Any] = field(default_factory=dict)  # open_backend options
+    label: str = ""  # name in the results (default: the backend name)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.backend
+
+
+def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int, *, rounds: int = 3,
+                     iters_per_round: int = 1, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Throughput of several backends on the same model, tiles and batch, measured in one run and interleaved
+    (round r times every contender in turn), so that changes in machine load hit all of them alike.
+
+    Returns per-contender latency summaries over all rounds and `throughput_ratio_<a>_to_<b>` for each pair
+    (a's tiles/s over b's, > 1 when a is faster)."""
+    from contextlib import ExitStack
+
+    from slidefuse.runtime.backends import open_backend
+
+    if len(contenders) < 2:
+        raise UsageError(f"{len(contenders)} backend(s) to compare: expected at least 2")
+    if rounds < 1 or iters_per_round < 1:
+        raise UsageError(f"rounds {rounds}, iters per round {iters_per_round}: expected at least 1 each")
+    tile = bundle.manifest.tile_size
+    tiles = random_tiles(batch, tile, seed)
+    samples: dict[str, list[float]] = {c.key: [] for c in contenders}
+    infos: dict[str, dict[str, Any]] = {}
+    loads = []
+    with ExitStack() as stack:
+        opened = []
+        for c in contenders:
+            b = stack.enter_context(open_backend(c.backend, bundle, **c.options))
+            infos[c.key] = _jsonable(b.info())
+            time_calls(functools.partial(b.run, tiles), 0, warmup)  # warm-up only
+            opened.append((c, b))
+        for r in range(rounds):
+            for c, b in opened:
+                samples[c.key] += time_calls(functools.partial(b.run, tiles), iters_per_round, 0)
+            loads.append(machine_info()["load_average"])
+            log.info("round %d/%d: %s", r + 1, rounds,
+                     ", ".join(f"{k} {np.mean(v[-iters_per_round:]) * 1e3:.0f} ms" for k, v in samples.items()))
+    results = {k: latency_summary(v, batch, tile) | {"samples_ms": [s * 1e3 for s in v]} for k, v in samples.items()}
+    ratios = {}
+    keys = [c.key for c in contenders]
+    for i, a in enumerate(keys):
+        for b_key in keys[i + 1:]:
+            ratios[f"throughput_ratio_{_slug(a)}_to_{_slug(b_key)}"] = (
+                results[a]["tiles_per_s"] / results[b_key]["tiles_per_s"])
+    return {"batch": batch, "rounds": rounds, "iters_per_round": iters_per_round, "warmup": warmup,
+            "order": "interleaved: each round times every backend in turn", "backends": infos,
+            "results": results, "ratios": ratios, "load_average_per_round": loads}
+
+
+def _slug(name: str) -> str:
+    return name.replace("-", "_").replace(" ", "_")
