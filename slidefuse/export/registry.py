@@ -110,6 +110,8 @@ def _spec(**kw: Any) -> EncoderSpec:
     return EncoderSpec(**kw)
 
 
+_HIBOU_NOTE = ("mask token dropped; Hibou's custom DINOv2 code is read as transformers' Dinov2WithRegistersModel "
+               "layout (verified against transformers, not against the gated weights)")
 _G = 2.66667 * 2  # SwiGLU-packed ratio of the DINOv2-g style models (fc1 = 8192 for d = 1536)
 
 _SPECS: tuple[EncoderSpec, ...] = (
@@ -159,12 +161,10 @@ _SPECS: tuple[EncoderSpec, ...] = (
           mean=LUNIT_MEAN, std=LUNIT_STD, paper_params=22_000_000),
     _spec(id="hibou-b", architecture="ViT-B/14, LayerScale, 4 registers (DINOv2)", patch_size=14, width=768,
           depth=12, num_heads=12, init_values=1.0, num_registers=4, no_embed_class=True, mean=HIBOU_MEAN,
-          std=HIBOU_STD, checkpoint_format="hf-dinov2-reg", paper_params=86_000_000,
-          note="the DINOv2 mask token (training only) is dropped"),
+          std=HIBOU_STD, checkpoint_format="hf-dinov2-reg", paper_params=86_000_000, note=_HIBOU_NOTE),
     _spec(id="hibou-l", architecture="ViT-L/14, LayerScale, 4 registers (DINOv2)", patch_size=14, width=1024,
           depth=24, num_heads=16, init_values=1.0, num_registers=4, no_embed_class=True, mean=HIBOU_MEAN,
-          std=HIBOU_STD, checkpoint_format="hf-dinov2-reg", paper_params=304_000_000,
-          note="the DINOv2 mask token (training only) is dropped"),
+          std=HIBOU_STD, checkpoint_format="hf-dinov2-reg", paper_params=304_000_000, note=_HIBOU_NOTE),
     # Tiny test encoders (width 64, depth 2): same families, seconds to build and export.
     _spec(id="tiny", architecture="test ViT/16, width 64, depth 2", patch_size=16, width=64, depth=2,
           num_heads=2, default_decoder_width=32, paper_params=0, note="test encoder, not in the paper"),
