@@ -147,15 +147,30 @@ def backend_device(info: dict[str, Any]) -> str:
         else "cpu"
 
 
-def reported_precision(info: dict[str, Any], requested: str | None) -> str:
-    """The precision the backend says it runs (info['precision'] or ['dtype']), else the requested one, else
-    fp32."""
+def reported_precision(info: dict[str, Any]) -> str | None:
+    """The precision a backend says it runs (info['precision'] or info['dtype'], normalised to fp32/fp16/bf16),
+    None when its info does not say."""
     for key in ("precision", "dtype"):
         value = info.get(key)
         if isinstance(value, str) and value:
             v = value.lower().replace("torch.", "")
             return {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(v, v)
-    return requested or "fp32"
+    return None
+
+
+def resolve_precision(backend_name: str, info: dict[str, Any], requested: str | None) -> str:
+    """The precision a measurement is labelled with. A backend that does not report its precision runs its
+    default, fp32; asking it for fp16/bf16 is refused rather than mislabelled."""
+    reported = reported_precision(info)
+    if reported is None:
+        if requested not in (None, "fp32"):
+            raise UsageError(f"--precision {requested}: backend {backend_name} does not report running "
+                             f"{requested} (it runs fp32); drop --precision or pick a backend with {requested}")
+        return "fp32"
+    if requested is not None and reported != requested:
+        raise UsageError(f"--precision {requested}: backend {backend_name} runs {reported}; "
+                         f"choose a backend that supports {requested} or drop --precision")
+    return reported
 
 
 def device_peak(device: str, precision: str, info: dict[str, Any]) -> Peak:
@@ -238,10 +253,7 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
     with open_backend(backend_name, bundle, **config.open_options()) as backend:
         info = backend.info()
         device = backend_device(info)
-        precision = reported_precision(info, config.precision)
-        if config.precision and precision != config.precision:
-            raise UsageError(f"--precision {config.precision}: backend {backend_name} runs {precision}; "
-                             f"choose a backend that supports {config.precision} or drop --precision")
+        precision = resolve_precision(backend_name, info, config.precision)
         rows = bench_batches(backend, config.batches, tile, config.iters, config.warmup, config.seed, device)
     # Counted after the timing, so torch (imported by the counter) is not in the CPU backends' RSS figures.
     flop_count, flops = flops_info(bundle)

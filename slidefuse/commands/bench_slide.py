@@ -1,0 +1,82 @@
+"""`slidefuse bench slide`: one slide end to end through the runtime, time per stage, and the ratio of the
+end-to-end rate to the engine-only rate on the same tiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slidefuse.commands.bench_engine import parse_options, write_json
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """The slide benchmark as a few human-readable lines (the JSON holds everything)."""
+    s, m, b = doc["summary"], doc["model"], doc["backend"]
+
+    def ratio(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        f"slide   {doc['slide']}",
+        f"model   {m['encoder']} tile {m['tile_size']} px at {m['mpp']:g} um/px; backend {b['name']} "
+        f"({b['device']}, {b['precision']}), batch {doc['settings']['batch_size']}, "
+        f"{doc['settings']['workers']} reader threads",
+        f"tiles   {s['tiles_run']} run; end to end {s['end_to_end_tiles_per_s']:.2f} tiles/s "
+        f"({s['end_to_end_megapixels_per_s']:.2f} MP/s), pipeline {s['pipeline_tiles_per_s']:.2f} tiles/s, "
+        f"engine only {s['engine_tiles_per_s']:.2f} tiles/s",
+        f"ratio   end-to-end / engine {ratio(s['end_to_end_to_engine_ratio'])}, "
+        f"pipeline / engine {ratio(s['pipeline_to_engine_ratio'])} "
+        f"(median of {doc['settings']['repeats']} run(s))",
+        "stages  " + ", ".join(f"{k} {v:.2f} s" for k, v in s["stages_s"].items()),
+        f"load average before {doc['machine']['load_average']}, after {doc['load_average_after']} "
+        f"({doc['machine']['cores']} cores)",
+    ]
+    return lines
+
+
+@click.command("slide")
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--model", "model", type=click.Path(path_type=Path), required=True, help="Model bundle folder.")
+@click.option("--backend", default="ort-cpu", show_default=True, help="Backend name.")
+@click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per backend call.")
+@click.option("--mpp", type=float, default=None, help="Slide pixel size in um/px, for slides without one.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Precision to ask the backend for [its default, fp32].")
+@click.option("--option", "options", multiple=True, help="Backend option KEY=VALUE (repeatable), e.g. threads=2.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed backend calls first.")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="End-to-end + engine-only pairs, alternated; the summary gives medians.")
+@click.option("--engine-max-tiles", type=int, default=2048, show_default=True,
+              help="Tiles kept in memory for the engine-only replay (the first ones of the slide).")
+@click.option("--all-tiles", is_flag=True, help="Run every grid tile, not only those touching tissue.")
+@click.option("--keep-outputs", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the segmentation outputs here instead of a temporary folder.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the full results to this JSON file.")
+def command(slide: Path, model: Path, backend: str, batch: int, mpp: float | None, workers: int,
+            precision: str | None, options: tuple[str, ...], warmup: int, repeats: int, engine_max_tiles: int,
+            all_tiles: bool, keep_outputs: Path | None, json_path: Path | None) -> None:
+    """Segment SLIDE end to end (into a temporary folder) with time per stage, then run the engine alone on
+    the same tiles from memory, and report both rates and their ratio.
+
+    \b
+    Read, decode and resample are one merged stage (libvips does them in one pipeline per region).
+    Example:
+      slidefuse bench slide CMU-1-Small-Region.svs --model tiny.bundle --backend ort-cpu --json slide.json
+    """
+    from slidefuse.bench.slide import SlideBenchConfig, bench_slide
+    from slidefuse.runtime.bundle import load_bundle
+
+    config = SlideBenchConfig(batch_size=batch, mpp=mpp, workers=workers, precision=precision,
+                              backend_options=parse_options(options), warmup=warmup, repeats=repeats,
+                              max_engine_tiles=engine_max_tiles, all_tiles=all_tiles, out_dir=keep_outputs)
+    config.check()
+    doc = bench_slide(slide, load_bundle(model), backend, config)
+    for line in summary_lines(doc):
+        click.echo(line)
+    if json_path is not None:
+        write_json(doc, json_path)
+        click.echo(f"wrote {json_path}")
