@@ -7,12 +7,32 @@ probabilities `[B, C, T, T]` that sum to 1 over C. Input checks happen once, her
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import Bundle
+
+PRECISIONS = ("fp32", "fp16", "bf16")  # compute precisions a backend may offer (option `precision`)
+
+
+def check_options(backend: str, options: dict[str, Any], accepted: Iterable[str]) -> None:
+    """Raise UsageError naming the first option of `options` that `backend` does not take, and the valid ones."""
+    accepted = sorted(accepted)
+    for key in options:
+        if key not in accepted:
+            raise UsageError(f"backend {backend}: unknown option '{key}'; valid options: {', '.join(accepted)}")
+
+
+def check_precision(backend: str, precision: Any, offered: Iterable[str]) -> str:
+    """Return `precision` when `backend` offers it, else raise UsageError listing what it offers."""
+    offered = tuple(offered)
+    if precision not in offered:
+        raise UsageError(f"backend {backend}: precision '{precision}' is not offered; choose one of "
+                         f"{', '.join(offered)}")
+    return str(precision)
 
 
 class Backend(abc.ABC):
