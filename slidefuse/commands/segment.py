@@ -45,6 +45,7 @@ def _default_model() -> Path | None:
 @click.option("--all-tiles", is_flag=True, help="Run every tile, tissue or not.")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
               help="Text file with one slide path per line ('#' comments; relative to the file).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or log lines; only errors (as 'slidefuse -q').")
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -64,6 +65,7 @@ def command(
     min_tile_tissue: float | None,
     all_tiles: bool,
     list_file: Path | None,
+    quiet: bool,
 ) -> None:
     """Segment slides (files, folders scanned recursively, or --list FILE) with a model bundle.
 
@@ -83,6 +85,9 @@ def command(
 
     log = logging.getLogger("slidefuse.commands.segment")
     obj: dict[str, Any] = ctx.obj or {}
+    quiet = quiet or bool(obj.get("quiet"))
+    if quiet:
+        logging.getLogger("slidefuse").setLevel(logging.WARNING)
 
     # ---- options
     if not inputs and list_file is None:
@@ -145,14 +150,14 @@ def command(
         overwrite=overwrite,
         workers=workers,
     )
-    progress = make_progress(bool(obj.get("quiet")))
+    progress = make_progress(quiet)
     results = segment_many(list(inputs), bundle, out, options, list_file=list_file, progress=progress)
 
     # ---- summary
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         click.echo(f"slidefuse: error: {r.error}", err=True)
-    if len(results) > 1 or not failed:
+    if not quiet and (len(results) > 1 or not failed):
         ok = sum(r.status == "ok" for r in results)
         skipped = sum(r.status == "skipped" for r in results)
         click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed of {len(results)} slide(s); "

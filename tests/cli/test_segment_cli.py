@@ -191,6 +191,10 @@ def test_quiet_prints_only_errors(runner: CliRunner, bundle_dir: Path, small_tif
                   quiet=True)
     assert ok.exit_code == 0, ok.output
     assert "INFO" not in ok.stderr and "tiles" not in ok.stderr
+    also = _segment(runner, small_tiff, "--model", bundle_dir, "--out", tmp_path / "out2", "--formats", "tiff",
+                    "--quiet")
+    assert also.exit_code == 0, also.output
+    assert also.stderr == ""
 
 
 def test_progress_display_choice_and_bar() -> None:
