@@ -9,6 +9,9 @@ Threads and queues (all bounded, so memory is a fixed number of batches plus the
   free pool and queues the probabilities;
 - the calling thread stitches results in order.
 
+A batch buffer goes back to the free pool as soon as ``backend.run`` returns, so backends must not keep a
+reference to their input, and must return an array they do not reuse (the backend contract).
+
 Order is preserved (one feeder, one inference thread, FIFO queues). An exception in any thread stops the
 others and is re-raised in the calling thread; nothing hangs and no tile is silently dropped.
 """

@@ -358,6 +358,7 @@ def segment_many(
                                                           mask_mpp=options.mask_mpp):
                 log.info("%s: outputs in %s are complete for this bundle; skipped (--overwrite redoes it)",
                          slide, out_dir)
+                (out_dir / RAW_NAME).unlink(missing_ok=True)  # left by a run killed while redoing it
                 res = SlideResult(slide, "skipped", out_dir)
             else:
                 try:

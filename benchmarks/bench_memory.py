@@ -1,0 +1,183 @@
+"""Peak host memory of `segment` versus slide size: does the runtime stay flat as slides grow?
+
+    .venv/bin/python benchmarks/bench_memory.py                       # 12k vs 36k, 30% tissue
+    .venv/bin/python benchmarks/bench_memory.py --sizes 12000,36000 --tissue-fraction 0.3 --model-mpp 1.0
+
+For each size, a pyramidal JPEG TIFF made of real H&E windows (``benchmarks/make_slides.py``, same tissue
+fraction and layout) is segmented end to end (``segment_many``: thumbnail + tissue, tiles, pipeline,
+stitching to disk, outputs) in a fresh subprocess, which reports its own peak RSS (``VmHWM`` /
+``ru_maxrss``). The model is a pure-ONNX colour classifier bundle (``tests/runtime/onnx_models.py``), so the
+figures measure the runtime, not a network. Target (issue 5): the 36k slide's peak within 25% of the 12k one's.
+Results: ``benchmarks/results/memory.json``. Slides are cached in ``--workdir`` between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _paths() -> None:
+    for p in (REPO, REPO / "tests", REPO / "benchmarks"):
+        if str(p) not in sys.path:
+            sys.path.insert(0, str(p))
+
+
+def make_or_reuse_slide(workdir: Path, size: int, fraction: float, mpp: float = 0.5) -> tuple[Path, dict[str, Any]]:
+    """A size x size pyramidal JPEG TIFF with `fraction` tissue (blob layout), cached in `workdir`."""
+    _paths()
+    from make_slides import make_slide  # benchmarks/make_slides.py
+
+    path = workdir / f"slide_{size}_{int(round(fraction * 100))}pct.tif"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return path, json.loads(meta.read_text())
+    print(f"making {path} ({size} x {size}, {fraction:.0%} tissue) ...", flush=True)
+    summary = make_slide(path, size, fraction, mpp=mpp)
+    meta.write_text(json.dumps(summary, indent=2))
+    return path, summary
+
+
+def make_or_reuse_bundle(workdir: Path, tile: int, mpp: float, overlap: int) -> Path:
+    """The colour-classifier test bundle (pure ONNX, blur radius 1) at `mpp`, cached in `workdir`."""
+    _paths()
+    from runtime.onnx_models import make_bundle  # tests/runtime/onnx_models.py
+
+    folder = workdir / f"bundle_t{tile}_o{overlap}_mpp{mpp:g}"
+    if not (folder / "manifest.json").exists():
+        make_bundle(folder, tile_size=tile, mpp=mpp, overlap=overlap, blur_radius=1)
+    return folder
+
+
+def rss_kib() -> dict[str, int]:
+    """Current (VmRSS) and peak (VmHWM) resident set size of this process, KiB (Linux /proc)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """Segment one slide in this (fresh) process and print one JSON line with timings and memory."""
+    _paths()
+    from slidefuse.runtime.bundle import load_bundle
+    from slidefuse.runtime.segment import SegmentOptions, segment_many
+
+    bundle = load_bundle(args.bundle)
+    options = SegmentOptions(
+        backend="ort-cpu", backend_options={"threads": args.threads}, batch_size=args.batch, workers=args.workers,
+        formats=frozenset(args.formats.split(",")), overwrite=True, all_tiles=args.all_tiles,
+    )
+    before = rss_kib()
+    t0 = time.perf_counter()
+    (res,) = segment_many([Path(args.slide)], bundle, Path(args.out), options)
+    wall = time.perf_counter() - t0
+    after = rss_kib()
+    if res.status != "ok":
+        print(json.dumps({"error": res.error}))
+        return 1
+    report = json.loads((res.out_dir / "report.json").read_text()) if res.out_dir else {}
+    print(json.dumps({
+        "wall_s": round(wall, 2),
+        "tiles": res.tile_counts,
+        "timings": {k: round(v, 3) for k, v in res.timings.items()},
+        "mask": report.get("mask"),
+        "stitcher_bytes": report.get("extra", {}).get("stitcher_bytes"),
+        "rss_before_kib": before.get("VmRSS"),
+        "peak_rss_kib": after.get("VmHWM"),
+        "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }))
+    return 0
+
+
+def run_child(slide: Path, bundle: Path, out: Path, a: argparse.Namespace, all_tiles: bool = False) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--slide", str(slide), "--bundle", str(bundle),
+           "--out", str(out), "--threads", str(a.threads), "--workers", str(a.workers), "--batch", str(a.batch),
+           "--formats", a.formats] + (["--all-tiles"] if all_tiles else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"child failed ({proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model-mpp", type=float, default=1.0, help="bundle pixel size, um/px (slides are 0.5)")
+    ap.add_argument("--tile", type=int, default=256, help="model tile side, px")
+    ap.add_argument("--overlap", type=int, default=32, help="tile overlap, px")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    ap.add_argument("--workers", type=int, default=2, help="reader threads")
+    ap.add_argument("--batch", type=int, default=8, help="tiles per engine call")
+    ap.add_argument("--formats", default="tiff,report", help="outputs written per slide")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/slidefuse-bench"), help="cache for slides/bundles")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="12000,36000", help="slide sides in px, comma-separated")
+    ap.add_argument("--tissue-fraction", type=float, default=0.3)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--slide", help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--all-tiles", action="store_true", help=argparse.SUPPRESS)
+    common_args(ap)
+    a = ap.parse_args(argv)
+    if a.child:
+        return child_main(a)
+
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    bundle = make_or_reuse_bundle(a.workdir, a.tile, a.model_mpp, a.overlap)
+    rows = []
+    for size in [int(s) for s in a.sizes.split(",")]:
+        slide, meta = make_or_reuse_slide(a.workdir, size, a.tissue_fraction)
+        print(f"segmenting {slide.name} ...", flush=True)
+        r = run_child(slide, bundle, a.workdir / f"out_{size}", a)
+        r.update({"size": size, "slide": meta})
+        rows.append(r)
+        print(f"  {size} x {size}: peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB (after imports "
+              f"{r['rss_before_kib'] / 1024:.0f} MiB), {r['tiles']['run']} tiles, {r['wall_s']} s", flush=True)
+    base, big = rows[0], rows[-1]
+    ratio = big["peak_rss_kib"] / base["peak_rss_kib"]
+    doc = {
+        "kind": "memory",
+        "command": "benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "target": "peak RSS of the largest slide within 25% of the smallest (ratio <= 1.25)",
+        "peak_rss_ratio": round(ratio, 3),
+        "pass": ratio <= 1.25,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
+                     if k not in ("child", "slide", "bundle", "out", "all_tiles")},
+        "machine": machine(),
+        "note": "2 CPU cores shared with other jobs while measured; memory figures are unaffected, times are noisy",
+        "runs": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"peak RSS ratio {big['size']} / {base['size']}: {ratio:.3f} (target <= 1.25: "
+          f"{'PASS' if ratio <= 1.25 else 'FAIL'}); saved {RESULTS / 'memory.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
