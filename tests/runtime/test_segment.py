@@ -190,3 +190,15 @@ def test_options_are_checked() -> None:
         SegmentOptions(workers=0)
     with pytest.raises(UsageError, match="mpp"):
         SegmentOptions(mpp=-1.0)
+
+
+def test_a_slide_without_tissue_runs_no_tile_and_is_all_background(tmp_path: Path, bundle: Bundle) -> None:
+    blank = tmp_path / "blank.tif"
+    white = np.full((300, 500, 3), 246, dtype=np.uint8)
+    pyvips.Image.new_from_array(white, interpretation="srgb").tiffsave(
+        str(blank), tile=True, tile_width=128, tile_height=128, pyramid=True, compression="jpeg",
+        xres=1000 / 0.5, yres=1000 / 0.5, resunit="cm")
+    (r,) = segment_many([blank], bundle, tmp_path / "out", SegmentOptions(formats=frozenset({"tiff"}), **FAST))
+    assert r.status == "ok" and r.tile_counts["run"] == 0 and r.tile_counts["grid"] > 0
+    mask = _mask(r.out_dir)  # type: ignore[arg-type]
+    assert mask.shape == (75, 125) and not mask.any()
