@@ -120,7 +120,7 @@ def test_geojson_on_a_coarser_grid_records_its_resolution(tmp_path) -> None:
     slide = make_slide(1200, 800, 0.25)
     info = write_geojson(result, slide, CLASSES, tmp_path / "mask.geojson", max_pixels=150 * 100)
     assert (info["grid_width"], info["grid_height"]) == (150, 100)
-    assert info["grid_mpp_x"] == pytest.approx(2.0) and info["downsampling"] == "mode"
+    assert info["grid_mpp_x"] == pytest.approx(2.0) and info["downsampling"] == "mode of 4x4 blocks"
     back = rasterize_geojson(tmp_path / "mask.geojson", slide, 150, 100, 3)
     # Compare with the mask reduced to the same grid by the majority of each 4x4 block.
     blocks = mask.reshape(100, 4, 150, 4).transpose(0, 2, 1, 3).reshape(100, 150, 16)

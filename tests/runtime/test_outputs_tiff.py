@@ -91,7 +91,7 @@ def test_mask_mpp_writes_a_coarser_mode_downsampled_tiff(tmp_path) -> None:
     slide = make_slide(280, 200, 0.5)
     info = write_mask_tiff(result, slide, tmp_path / "mask.tif", num_classes=3, mask_mpp=2.0)
     assert (info["width"], info["height"]) == (70, 50)
-    assert info["mpp_x"] == pytest.approx(2.0) and info["downsampling"] == "mode"
+    assert info["mpp_x"] == pytest.approx(2.0) and info["downsampling"] == "mode of 4x4 blocks"
     img = pyvips.Image.new_from_file(str(tmp_path / "mask.tif"))
     np.testing.assert_array_equal(img.numpy(), coarse)
     assert img.xres == pytest.approx(1000 / 2.0)  # libvips reports px/mm
@@ -113,3 +113,22 @@ def test_truncated_raw_mask_is_an_error(tmp_path) -> None:
     with pytest.raises(OutputError, match="truncated"):
         write_mask_tiff(result, make_slide(10, 10, 1.0), tmp_path / "mask.tif", num_classes=3)
     assert not any(tmp_path.glob("mask.tif*"))
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_block_mode_matches_a_reference_including_partial_edge_blocks(tmp_path, k: int) -> None:
+    from slidefuse.runtime.outputs.raster import block_mode
+
+    rng = np.random.default_rng(k)
+    mask = rng.integers(0, 3, (50, 61)).astype(np.uint8)
+    result = make_result(mask, tmp_path / "m.raw", mpp=1.0)
+    got = block_mode(result, k, num_classes=3)
+    oh, ow = -(-50 // k), -(-61 // k)
+    ref = np.zeros((oh, ow), np.uint8)
+    for r in range(oh):
+        for c in range(ow):
+            counts = np.bincount(mask[r * k : (r + 1) * k, c * k : (c + 1) * k].ravel(), minlength=3)
+            ref[r, c] = counts.argmax()  # ties: lowest class
+    np.testing.assert_array_equal(got, ref)
+    out = block_mode(result, k, tmp_path / "b.raw", num_classes=3)
+    np.testing.assert_array_equal(np.fromfile(out, np.uint8).reshape(oh, ow), ref)

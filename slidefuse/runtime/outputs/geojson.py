@@ -19,7 +19,7 @@ Polygonisation is exact on the pixel grid, then simplified:
    with `make_valid` where simplification or rounding broke one.
 
 Bounded memory and time: the grid is the mask itself when it holds at most `max_pixels` pixels, else the
-mask mode-downsampled (with pyvips, streaming from the raw file) to that many pixels; the report records
+mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file); the report records
 the grid's resolution. Memory is about 6 bytes per grid pixel plus about 100 bytes per boundary edge.
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import ClassInfo
 from slidefuse.runtime.outputs.atomic import atomic_path
-from slidefuse.runtime.outputs.raster import downsample_classes, grid_size_for, open_mask
+from slidefuse.runtime.outputs.raster import grid_size_for, mode_downsample, open_mask
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
@@ -301,9 +301,8 @@ def write_geojson(
     gw, gh = grid_size_for(result, geojson_mpp, max_pixels)
     img = open_mask(result)
     method = "none"
-    if (gw, gh) != (result.mask_width, result.mask_height):
-        method = "mode"
-        img = downsample_classes(img, gw, gh, num_classes=len(classes), method=method)
+    if (gw, gh) != (result.mask_width, result.mask_height):  # the grid is small: block modes in memory
+        img, method = mode_downsample(result, gw, gh, num_classes=len(classes))
     grid = img.numpy()
     if grid.ndim == 3:
         grid = grid[..., 0]

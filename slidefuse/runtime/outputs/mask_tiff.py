@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.errors import UsageError
-from slidefuse.runtime.outputs.atomic import atomic_path
-from slidefuse.runtime.outputs.raster import OutputError, downsample_classes, open_mask
+from slidefuse.runtime.outputs.atomic import TMP_SUFFIX, atomic_path, temporary_path
+from slidefuse.runtime.outputs.raster import OutputError, mode_downsample, open_mask
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ def write_mask_tiff(
     width, height = tiff_size(result, mask_mpp)
     img = open_mask(result)
     method = "none"
+    scratch = Path(str(temporary_path(Path(path))) + ".raw" + TMP_SUFFIX)  # block modes, removed below
     if (width, height) != (result.mask_width, result.mask_height):
-        method = "mode"
-        img = downsample_classes(img, width, height, num_classes=num_classes, method=method)
+        img, method = mode_downsample(result, width, height, num_classes=num_classes, scratch=scratch)
     mpp_x = result.mask_width * result.mpp / width  # um per TIFF px
     mpp_y = result.mask_height * result.mpp / height
     bigtiff = width * height > BIGTIFF_PIXELS
@@ -86,6 +86,9 @@ def write_mask_tiff(
             )
         except Exception as exc:  # pyvips.Error, with libvips' own message
             raise OutputError(f"{path}: libvips could not write the mask TIFF: {exc}".strip()) from exc
+        finally:
+            del img
+            scratch.unlink(missing_ok=True)
     levels = 1
     w, h = width, height
     while w > TILE or h > TILE:

@@ -134,7 +134,7 @@ def write_preview(
 
     t0 = time.perf_counter()
     w, h = preview_size(slide, max_side)
-    labels = downsample_classes(open_mask(result), w, h, num_classes=len(classes), method="nearest").numpy()
+    labels = downsample_classes(open_mask(result), w, h, num_classes=len(classes)).numpy()
     if labels.ndim == 3:
         labels = labels[..., 0]
     thumb = np.asarray(result.thumbnail)

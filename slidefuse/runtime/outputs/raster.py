@@ -9,7 +9,11 @@ frequent class in each output pixel's footprint (ties go to the lower class inde
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from slidefuse.errors import SlidefuseError, UsageError
 
@@ -61,38 +65,94 @@ def _fit(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
     return img.embed(0, 0, width, height, extend="copy")
 
 
-def downsample_classes(
-    img: pyvips.Image, width: int, height: int, *, num_classes: int, method: str = "mode"
-) -> pyvips.Image:
-    """Resize a 1-band uchar class-index image to `width` x `height` without mixing class indices.
+def block_mode(result: MaskResult, k: int, out: Path | None = None, *, num_classes: int) -> Any:
+    """Mode of each k x k block of the raw mask, streamed band by band from a memory map.
 
-    `mode`: each output pixel takes the class that covers most of its footprint (box-averaged class
-    fractions, argmax); `nearest`: each output pixel takes one source pixel. Upsampling (a size larger
-    than the source) always uses nearest. The result is lazy, 1-band uchar, values in [0, num_classes).
+    Output is uint8 [ceil(h / k), ceil(w / k)] class indices (edge blocks are partial; ties go to the
+    lower class index): returned as an array, or written to the raw file `out` (returning `out`) so that
+    memory stays bounded by one band whatever the mask's size.
     """
-    if method not in DOWNSAMPLE_METHODS:
-        raise UsageError(f"downsampling method {method!r} is unknown; use one of {', '.join(DOWNSAMPLE_METHODS)}")
+    if k < 1:
+        raise UsageError(f"block size {k} must be >= 1")
+    w, h = result.mask_width, result.mask_height
+    ow, oh = -(-w // k), -(-h // k)
+    src = np.memmap(result.raw_path, dtype=np.uint8, mode="r", shape=(h, w))
+    rows_per_band = max(1, (1 << 24) // max(w * k, 1))  # about 16 MB of source per band
+    count_dtype = np.uint16 if k * k < (1 << 16) else np.uint32
+    dst: Any = np.empty((oh, ow), np.uint8) if out is None else open(out, "wb")
+    try:
+        for r0 in range(0, oh, rows_per_band):
+            r1 = min(oh, r0 + rows_per_band)
+            band = np.asarray(src[r0 * k : r1 * k])
+            pad_h, pad_w = (r1 - r0) * k - band.shape[0], ow * k - w
+            if pad_h or pad_w:  # partial edge blocks: pad with a value that is no class
+                band = np.pad(band, ((0, pad_h), (0, pad_w)), constant_values=255)
+            rows = band.reshape(r1 - r0, k, ow * k)
+            best = np.zeros((r1 - r0, ow), count_dtype)
+            idx = np.zeros((r1 - r0, ow), np.uint8)
+            for c in range(num_classes):
+                # Count class c per block with k + k strided adds (much faster than a 4-d sum).
+                col = (rows[:, 0] == c).astype(count_dtype)
+                for i in range(1, k):
+                    col += rows[:, i] == c
+                n = col[:, 0::k].copy()
+                for j in range(1, k):
+                    n += col[:, j::k]
+                better = n > best
+                idx[better] = c
+                best[better] = n[better]
+            if out is None:
+                dst[r0:r1] = idx
+            else:
+                dst.write(idx.tobytes())
+    finally:
+        if out is not None:
+            dst.close()
+        del src
+    return dst if out is None else out
+
+
+def downsample_classes(
+    img: pyvips.Image, width: int, height: int, *, num_classes: int, method: str = "nearest"
+) -> pyvips.Image:
+    """Resize a 1-band uchar class-index image to `width` x `height` by nearest neighbour (lazy).
+
+    Each output pixel takes one source pixel, so class indices are never mixed. For the block mode, use
+    `block_mode` first (integer factor), then this for any remainder. Returns 1-band uchar.
+    """
+    if method != "nearest":
+        raise UsageError(f"downsampling method {method!r} is unknown here; use 'nearest' (or block_mode)")
     if width < 1 or height < 1:
         raise UsageError(f"cannot resize a mask to {width}x{height}; sizes must be >= 1")
     if img.width == width and img.height == height:
         return img
-    hscale = width / img.width
-    vscale = height / img.height
-    if method == "nearest" or (hscale >= 1 and vscale >= 1) or num_classes <= 1:
-        out = img.resize(hscale, vscale=vscale, kernel="nearest")
-        return _fit(out, width, height).cast("uchar")
-    def fraction(c: int) -> pyvips.Image:
-        frac = (img == c).cast("float").resize(hscale, vscale=vscale, kernel="linear")
-        return _fit(frac, width, height)
+    out = img.resize(width / img.width, vscale=height / img.height, kernel="nearest")
+    return _fit(out, width, height).cast("uchar")
 
-    best_frac = fraction(0)
-    best_idx = best_frac * 0
-    for c in range(1, num_classes):
-        frac = fraction(c)
-        better = frac > best_frac
-        best_idx = better.ifthenelse(c, best_idx)
-        best_frac = better.ifthenelse(frac, best_frac)
-    return best_idx.cast("uchar")
+
+def mode_downsample(
+    result: MaskResult, width: int, height: int, *, num_classes: int, scratch: Path | None = None
+) -> tuple[pyvips.Image, str]:
+    """The mask at `width` x `height`: block mode over floor(scale) px, then nearest for the remainder.
+
+    With `scratch`, the block mode goes to that raw file (the caller removes it); else to memory.
+    Returns (lazy 1-band uchar image, description of the method).
+    """
+    import pyvips
+
+    k = max(1, min(result.mask_width // width, result.mask_height // height))
+    if k == 1:
+        return downsample_classes(open_mask(result), width, height, num_classes=num_classes), "nearest"
+    w, h = -(-result.mask_width // k), -(-result.mask_height // k)
+    if scratch is None:
+        arr = block_mode(result, k, num_classes=num_classes)
+        img = pyvips.Image.new_from_array(arr)
+    else:
+        block_mode(result, k, scratch, num_classes=num_classes)
+        img = pyvips.Image.rawload(str(scratch), w, h, 1, format="uchar", interpretation="b-w")
+    # The last block column/row may be partial: map the full extent onto the requested size.
+    img = downsample_classes(img, width, height, num_classes=num_classes)
+    return img, f"mode of {k}x{k} blocks" + ("" if (w, h) == (width, height) else " + nearest")
 
 
 def grid_size_for(result: MaskResult, target_mpp: float | None, max_pixels: int | None) -> tuple[int, int]:
@@ -106,5 +166,5 @@ def grid_size_for(result: MaskResult, target_mpp: float | None, max_pixels: int 
             raise UsageError(f"pixel size {target_mpp} um/px must be > 0")
         scale = min(1.0, result.mpp / target_mpp)
     if max_pixels is not None and w * h * scale * scale > max_pixels:
-        scale = (max_pixels / (w * h)) ** 0.5
+        scale = 1.0 / math.ceil((w * h / max_pixels) ** 0.5)  # an integer factor: whole blocks per pixel
     return max(1, round(w * scale)), max(1, round(h * scale))
