@@ -207,7 +207,8 @@ class _OrtBackend(Backend):
         io.bind_cpu_input(m.input_name, tiles)
         io.bind_ortvalue_output(m.output_name, out)
         self._session.run_with_iobinding(io)
-        return np.asarray(out.numpy(), dtype=np.float32)  # device -> host copy (or a view on the CPU)
+        # a copy: on the CPU numpy() is a view of the reused output buffer, which the next run overwrites
+        return np.array(out.numpy(), dtype=np.float32, copy=True)
 
     def info(self) -> dict[str, Any]:
         import onnxruntime as ort
