@@ -21,11 +21,14 @@ Models whose weights exceed `EXTERNAL_DATA_BYTES` are saved with ONNX's external
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from slidefuse.errors import SlidefuseError, UsageError
 from slidefuse.export.bundle_writer import (
@@ -42,6 +45,7 @@ from slidefuse.export.parity import (
     check_parity,
     ort_runner,
     parity_tiles,
+    run_batched,
     torch_runner,
 )
 from slidefuse.runtime.bundle import Bundle, Manifest, load_bundle, write_manifest
@@ -232,6 +236,10 @@ def write_fp16_graph(fp32_path: Path, fp16_path: Path, *, tile_size: int, num_cl
 
 
 # ---------------------------------------------------------------------------------------------- orchestrator
+def _unused_reference(tiles: np.ndarray) -> np.ndarray:
+    raise AssertionError("reference outputs are passed precomputed")  # pragma: no cover
+
+
 def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) -> Bundle:
     """Export a model to a verified bundle at `config.out` and return it (loaded and sha256-checked).
 
@@ -244,6 +252,7 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
     from slidefuse.export.bundle_writer import check_target
 
     check_target(config.out, config.force)
+    owned = model is None
     if model is None:
         from slidefuse.export.model import build_model
 
@@ -256,6 +265,8 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
         raise UsageError(f"model ({model.spec.id}, {model.num_classes} classes, tile {model.tile_size}) does not "
                          f"match the config ({config.encoder}, {len(classes)} classes, tile {config.tile_size})")
     model = model.eval()
+    spec = model.spec
+    decoder_width = int(model.decoder_width)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = config.external_data if config.external_data is not None else weight_bytes > EXTERNAL_DATA_BYTES
     t, c = config.tile_size, len(classes)
@@ -268,11 +279,18 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
         if config.simplify and not external:
             simplified = simplify_graph(onnx_path, tile_size=t, num_classes=c)
             graph = check_graph(onnx_path, tile_size=t, num_classes=c)
+        from slidefuse.export.model import save_model_state
+
+        save_model_state(model, stage / "model.safetensors")
         tiles = parity_tiles(t, config.parity_real_tiles, config.parity_random_tiles, config.seed,
                              config.slides_dir)
+        torch_out = run_batched(torch_runner(model), tiles.tiles, [min(2, len(tiles.tiles))] * len(tiles.tiles))
+        if owned:  # free the torch model before onnxruntime loads the graph: halves peak memory on giants
+            del model
+            gc.collect()
         fp32_report, _, fp32_out = check_parity(
-            torch_runner(model), ort_runner(onnx_path), tiles, config.parity,
-            reference_name="torch fp32 (cpu)", candidate_name="model.onnx (onnxruntime CPU)",
+            _unused_reference, ort_runner(onnx_path, low_memory=external), tiles, config.parity,
+            reference_name="torch fp32 (cpu)", candidate_name="model.onnx (onnxruntime CPU)", reference_out=torch_out,
         )
         parity: dict[str, Any] = {"fp32": fp32_report}
         fp16_file: str | None = None
@@ -280,20 +298,18 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
         if config.fp16:
             fp16_path = stage / "model.fp16.onnx"
             _, fp16_graph = write_fp16_graph(onnx_path, fp16_path, tile_size=t, num_classes=c)
+            gc.collect()
             parity["fp16"], _, _ = check_parity(
-                ort_runner(onnx_path), ort_runner(fp16_path), tiles, config.fp16_parity,
+                _unused_reference, ort_runner(fp16_path, low_memory=external), tiles, config.fp16_parity,
                 reference_name="model.onnx (onnxruntime CPU)", candidate_name="model.fp16.onnx (onnxruntime CPU)",
                 reference_out=fp32_out,
             )
             fp16_file = fp16_path.name
-        from slidefuse.export.model import save_model_state
-
-        save_model_state(model, stage / "model.safetensors")
         manifest = Manifest(
-            encoder=model.spec.id, patch_size=model.spec.patch_size, tile_size=t, mpp=float(config.mpp),
-            classes=classes, mean=tuple(model.spec.mean), std=tuple(model.spec.std),  # type: ignore[arg-type]
+            encoder=spec.id, patch_size=spec.patch_size, tile_size=t, mpp=float(config.mpp),
+            classes=classes, mean=tuple(spec.mean), std=tuple(spec.std),  # type: ignore[arg-type]
             model_file=onnx_path.name, fp16_model_file=fp16_file, torch_weights="model.safetensors",
-            decoder_width=int(model.decoder_width), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+            decoder_width=decoder_width, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
             opset=int(graph["opset"]), overlap=config.overlap if config.overlap is not None else t // 8,
             random_weights=config.random_weights and (config.encoder_weights is None
                                                      or config.decoder_weights is None),

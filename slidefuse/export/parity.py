@@ -147,7 +147,8 @@ def _batches(n: int) -> list[int]:
     return sizes
 
 
-def _run_batched(run: Runner, tiles: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+def run_batched(run: Runner, tiles: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """Run `run` over `tiles` in consecutive batches of `sizes`; float32 [N, C, T, T]."""
     outs, start = [], 0
     for b in sizes:
         out = np.asarray(run(tiles[start:start + b]), dtype=np.float32)
@@ -189,10 +190,10 @@ def check_parity(
     `reference_out` to skip running the reference again.
     """
     n = len(tiles.tiles)
-    ref = reference_out if reference_out is not None else _run_batched(reference, tiles.tiles, [min(2, n)] * n)
+    ref = reference_out if reference_out is not None else run_batched(reference, tiles.tiles, [min(2, n)] * n)
     ref = ref[:n]
     sizes = _batches(n)
-    cand = _run_batched(candidate, tiles.tiles, sizes)
+    cand = run_batched(candidate, tiles.tiles, sizes)
     figures = compare(ref, cand)
     report: dict[str, Any] = {
         "reference": reference_name,
@@ -218,14 +219,20 @@ def check_parity(
     return report, ref, cand
 
 
-def ort_runner(path: Path, threads: int | None = None) -> Runner:
-    """A runner over an ONNX file in onnxruntime on the CPU (input 'tiles', first output)."""
+def ort_runner(path: Path, threads: int | None = None, low_memory: bool = False) -> Runner:
+    """A runner over an ONNX file in onnxruntime on the CPU (input 'tiles', first output).
+
+    `low_memory` turns off weight prepacking and the memory arena (for multi-GB graphs: slower, smaller).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
+    if low_memory:
+        so.enable_cpu_mem_arena = False
+        so.add_session_config_entry("session.disable_prepacking", "1")
     sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 
