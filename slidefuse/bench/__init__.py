@@ -1,0 +1,1 @@
+"""Benchmarks behind `slidefuse bench`: engine latency/throughput, slide throughput, parity between backends."""

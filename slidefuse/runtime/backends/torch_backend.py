@@ -17,6 +17,7 @@ Options:
 - `tf32` (default False): allow TF32 matmuls/convolutions on CUDA for fp32 (faster, ~1e-3 relative error).
   On CUDA the backend sets cuDNN benchmark mode and the TF32 flags process-wide when it loads.
 - `threads`: torch intra-op threads on the CPU (process-wide `torch.set_num_threads`).
+- `batch`: accepted by the eager backend (so that options meant for `auto` pass) and ignored: it runs any batch.
 - `torch-compile` only: `batch` (the batch size compiled for, default 8: smaller batches are zero-padded to it
   and larger ones split, so exactly one graph is compiled), `compile_mode` (default "reduce-overhead" on CUDA,
   i.e. CUDA graphs, and "default" on the CPU; "max-autotune" adds Triton GEMM/conv autotuning and CUDA graphs at
