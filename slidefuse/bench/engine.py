@@ -29,6 +29,7 @@ from slidefuse.runtime.bundle import Bundle
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+PER_BATCH_BACKENDS = ("torch-compile",)  # compiled for one batch size: opened once per batch size
 TIMING_NOTE = ("wall-clock time of one backend.run call (host uint8 in, host float32 out); run returns host "
                "numpy, so GPU work is complete (synchronised) when it returns; warm-up calls excluded")
 
@@ -250,11 +251,19 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
     config.check()
     machine_before = machine_info()
     tile = bundle.manifest.tile_size
-    with open_backend(backend_name, bundle, **config.open_options()) as backend:
-        info = backend.info()
-        device = backend_device(info)
-        precision = resolve_precision(backend_name, info, config.precision)
-        rows = bench_batches(backend, config.batches, tile, config.iters, config.warmup, config.seed, device)
+    options = config.open_options()
+    # A backend compiled for one batch size (torch-compile pads smaller batches and splits larger ones) is
+    # opened once per batch size with that size, unless the user fixed it; its load time is then excluded too.
+    per_batch = backend_name in PER_BATCH_BACKENDS and "batch" not in options
+    groups = [(b,) for b in config.batches] if per_batch else [tuple(config.batches)]
+    rows: list[dict[str, Any]] = []
+    for group in groups:
+        opts = {**options, "batch": group[0]} if per_batch else options
+        with open_backend(backend_name, bundle, **opts) as backend:
+            info = backend.info()
+            device = backend_device(info)
+            precision = resolve_precision(backend_name, info, config.precision)
+            rows += bench_batches(backend, group, tile, config.iters, config.warmup, config.seed, device)
     # Counted after the timing, so torch (imported by the counter) is not in the CPU backends' RSS figures.
     flop_count, flops = flops_info(bundle)
     peak = device_peak(device, precision, info)
@@ -270,7 +279,8 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
         "flops": flops,
         "peak": peak.to_dict(),
         "settings": {"iters": config.iters, "warmup": config.warmup, "batches": list(config.batches),
-                     "seed": config.seed, "timing": TIMING_NOTE},
+                     "seed": config.seed, "timing": TIMING_NOTE,
+                     "backend_per_batch": per_batch},
         "results": rows,
     }
 
@@ -336,13 +346,21 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
             log.info("round %d/%d: %s", r + 1, rounds,
                      ", ".join(f"{k} {np.mean(v[-iters_per_round:]) * 1e3:.0f} ms" for k, v in samples.items()))
     results = {k: latency_summary(v, batch, tile) | {"samples_ms": [s * 1e3 for s in v]} for k, v in samples.items()}
+    flop_count, flops = flops_info(bundle)
+    peaks = {}
+    for k, row in results.items():
+        info = infos[k]
+        peak = device_peak(backend_device(info), reported_precision(info) or "fp32", info)
+        row.update(achieved(flop_count, row["tiles_per_s"], peak))
+        peaks[k] = peak.to_dict()
     ratios = {}
     keys = [c.key for c in contenders]
     for i, a in enumerate(keys):
         for b_key in keys[i + 1:]:
             ratios[f"throughput_ratio_{_slug(a)}_to_{_slug(b_key)}"] = (
                 results[a]["tiles_per_s"] / results[b_key]["tiles_per_s"])
-    return {"batch": batch, "rounds": rounds, "iters_per_round": iters_per_round, "warmup": warmup,
+    return {"kind": "comparison", "model": model_info(bundle), "flops": flops, "peaks": peaks,
+            "batch": batch, "rounds": rounds, "iters_per_round": iters_per_round, "warmup": warmup,
             "order": "interleaved: each round times every backend in turn", "backends": infos,
             "results": results, "ratios": ratios, "load_average_per_round": loads}
 
