@@ -140,7 +140,7 @@ class Stitcher:
                     acc[:, :, :o] += self.right[:, :ch, :]
                 if from_top:
                     acc[:, :o, :] += self.bottom[:, :, x0:x1]
-                self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = np.argmax(acc[:, ay0:ay1, ax0:ax1], axis=0)
+                self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = argmax_classes(acc[:, ay0:ay1, ax0:ax1])
             else:
                 self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = 0
 
@@ -169,7 +169,22 @@ class Stitcher:
         if rows <= 0:
             return
         band = self.band[:rows]
-        self.class_pixels += np.bincount(band.ravel(), minlength=self.num_classes)[: self.num_classes]
+        for k in range(self.num_classes):  # C fast comparisons beat bincount's conversion to intp
+            self.class_pixels[k] += np.count_nonzero(band == k)
         if self._file is None:
             raise RuntimeError(f"{self.raw_path}: stitcher file already closed")
         self._file.write(np.ascontiguousarray(band).data)
+
+
+def argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """Index of the largest score over axis 0: float32 ``[C, h, w]`` -> uint8 ``[h, w]``; ties go to the lowest
+    index (so all-zero pixels are class 0). Same result as ``np.argmax(scores, axis=0)``, but a few running
+    comparisons over whole planes instead of numpy's strided reduction over axis 0 (about 10x slower)."""
+    best = scores[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, scores.shape[0]):
+        better = (scores[k] > best).view(np.uint8)  # 1 where class k wins so far
+        index += better * (np.uint8(k) - index)  # branch-free select (masked writes are ~10x slower)
+        np.maximum(best, scores[k], out=best)
+    return index
+

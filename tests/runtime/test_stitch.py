@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from slidefuse.runtime.grid import TileGrid, blend_window
-from slidefuse.runtime.stitch import Stitcher
+from slidefuse.runtime.stitch import Stitcher, argmax_classes
 
 
 def _random_probs(rng: np.random.Generator, c: int, t: int) -> np.ndarray:
@@ -138,3 +138,13 @@ def test_stitch_memory_does_not_grow_with_height_and_stays_below_a_float_band(tm
     assert tall < 1.2 * short  # 6x the rows, same memory
     full_band_floats = 3 * 64 * width * 4  # what a T x width float band would need
     assert tall < full_band_floats
+
+
+def test_argmax_classes_matches_numpy_including_ties() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.random((5, 40, 30)).astype(np.float32)
+    scores[:, :5] = 0.0  # all-zero pixels -> class 0
+    scores[2, 5:8] = scores[4, 5:8] = 2.0  # a tie -> the lower index
+    got = argmax_classes(scores)
+    assert got.dtype == np.uint8
+    assert np.array_equal(got, np.argmax(scores, axis=0))
