@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,7 +71,6 @@ class PipelineStats:
     stitch: float = 0.0  # seconds inside the stitcher
     infer_wait: float = 0.0  # seconds the stitching thread waited for results
     wall: float = 0.0  # wall-clock seconds of the whole pipeline
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -96,11 +95,6 @@ class _Batch:
     buffer_id: int
     tiles: list[TileRC]
     futures: list[Future[float]]
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 def run_pipeline(
