@@ -204,23 +204,39 @@ def random_affine(images: torch.Tensor, masks: torch.Tensor, p: AugmentParams,
     return out, lab
 
 
+_GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights (R, G, B)
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
 def colour_jitter(images: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
-    """Random brightness, contrast, saturation and hue per tile: float [B, 3, T, T] in 0..255 -> same."""
+    """Random brightness, contrast, saturation and hue per tile, batched: float [B, 3, T, T] in 0..255 -> same.
+
+    brightness: x * b; contrast: blend with the tile's mean grey; saturation: blend with each pixel's grey;
+    hue: rotation of the chroma plane in YIQ space by 360 * h degrees (a linear map, so cheap on a batch).
+    """
     import torch
-    from torchvision.transforms.v2 import functional as TF
 
     b = images.shape[0]
-    x = images / 255.0
-    out = []
-    for i in range(b):
-        f = 2 * torch.rand(4, generator=gen) - 1  # four uniforms in [-1, 1]
-        xi = TF.adjust_brightness(x[i], float(1 + p.brightness * f[0]))
-        xi = TF.adjust_contrast(xi, float(1 + p.contrast * f[1]))
-        xi = TF.adjust_saturation(xi, float(1 + p.saturation * f[2]))
-        if p.hue > 0:
-            xi = TF.adjust_hue(xi, float(p.hue * f[3]))
-        out.append(xi)
-    return torch.stack(out).clamp(0.0, 1.0) * 255.0
+    f = 2 * torch.rand(b, 4, generator=gen) - 1  # four uniforms in [-1, 1] per tile
+    bright = (1 + p.brightness * f[:, 0]).view(b, 1, 1, 1)
+    contrast = (1 + p.contrast * f[:, 1]).view(b, 1, 1, 1)
+    sat = (1 + p.saturation * f[:, 2]).view(b, 1, 1, 1)
+    grey_w = torch.tensor(_GREY).view(1, 3, 1, 1)
+    x = images * bright
+    mean_grey = (x * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = (x - mean_grey) * contrast + mean_grey
+    grey = (x * grey_w).sum(1, keepdim=True)
+    x = (x - grey) * sat + grey
+    if p.hue > 0:
+        to_yiq = torch.tensor(_RGB_TO_YIQ)
+        angle = 2 * torch.pi * p.hue * f[:, 3]
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rot = torch.zeros(b, 3, 3)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # [B, 3, 3], RGB -> RGB
+        x = torch.einsum("bij,bjhw->bihw", m, x)
+    return x.clamp(0.0, 255.0)
 
 
 def augment_batch(tiles: torch.Tensor, masks: torch.Tensor, p: AugmentParams,

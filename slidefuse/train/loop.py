@@ -350,7 +350,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / seen, "lr": lr_start}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:

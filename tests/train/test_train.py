@@ -165,7 +165,8 @@ def test_loss_and_dice() -> None:
     assert float(ce) < 1e-6 and float(dice) < 1e-6
     wrong = perfect.roll(1, dims=1)
     ce_w, dice_w = ce_dice_loss(wrong, target)
-    assert float(ce_w) > 10 and float(dice_w) > 0.9
+    assert float(ce_w) == pytest.approx(20.0, abs=1e-3)  # every labelled pixel off by a logit gap of 20
+    assert float(dice_w) == pytest.approx(1 - 1 / 3, abs=1e-4)  # per class (0 + eps) / (1 + 1 + eps), eps = 1
     meter = DiceMeter(3)
     meter.update(perfect, target)
     assert meter.mean() == 1.0
