@@ -49,14 +49,15 @@ def make_or_reuse_slide(workdir: Path, size: int, fraction: float, mpp: float = 
     return path, summary
 
 
-def make_or_reuse_bundle(workdir: Path, tile: int, mpp: float, overlap: int) -> Path:
-    """The colour-classifier test bundle (pure ONNX, blur radius 1) at `mpp`, cached in `workdir`."""
+def make_or_reuse_bundle(workdir: Path, tile: int, mpp: float, overlap: int, depth: int = 0) -> Path:
+    """The colour-classifier test bundle (pure ONNX, blur radius 1, `depth` extra 3x3 conv layers for a
+    realistic per-tile cost) at `mpp`, cached in `workdir`."""
     _paths()
     from runtime.onnx_models import make_bundle  # tests/runtime/onnx_models.py
 
-    folder = workdir / f"bundle_t{tile}_o{overlap}_mpp{mpp:g}"
+    folder = workdir / f"bundle_t{tile}_o{overlap}_mpp{mpp:g}_d{depth}"
     if not (folder / "manifest.json").exists():
-        make_bundle(folder, tile_size=tile, mpp=mpp, overlap=overlap, blur_radius=1)
+        make_bundle(folder, tile_size=tile, mpp=mpp, overlap=overlap, blur_radius=1, depth=depth)
     return folder
 
 
@@ -147,6 +148,8 @@ def common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-mpp", type=float, default=1.0, help="bundle pixel size, um/px (slides are 0.5)")
     ap.add_argument("--tile", type=int, default=256, help="model tile side, px")
     ap.add_argument("--overlap", type=int, default=32, help="tile overlap, px")
+    ap.add_argument("--model-depth", type=int, default=0,
+                    help="extra 3x3 conv layers (16 channels) in the test model, for a realistic per-tile cost")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--workers", type=int, default=2, help="reader threads")
     ap.add_argument("--batch", type=int, default=8, help="tiles per engine call")
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(a)
 
     a.workdir.mkdir(parents=True, exist_ok=True)
-    bundle = make_or_reuse_bundle(a.workdir, a.tile, a.model_mpp, a.overlap)
+    bundle = make_or_reuse_bundle(a.workdir, a.tile, a.model_mpp, a.overlap, a.model_depth)
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
         slide, meta = make_or_reuse_slide(a.workdir, size, a.tissue_fraction)

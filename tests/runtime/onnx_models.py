@@ -28,8 +28,13 @@ COLOUR_CLASSES: tuple[tuple[str, tuple[float, float, float], tuple[int, int, int
 )
 
 
-def colour_classifier(blur_radius: int = 1, sharpness: float = 12.0) -> onnx.ModelProto:
-    """The ONNX model described in the module docstring (opset 17)."""
+def colour_classifier(blur_radius: int = 1, sharpness: float = 12.0, depth: int = 0, width: int = 16) -> onnx.ModelProto:
+    """The ONNX model described in the module docstring (opset 17).
+
+    ``depth > 0`` adds a side branch of ``depth`` 3x3 convs (``width`` channels, ReLU, seeded random weights)
+    whose output enters the logits with a weight of 1e-3: the predictions stay (almost exactly) those of the
+    colour classifier, but each tile costs about ``depth * 18 * width**2`` FLOP per pixel, like a real network
+    (for benchmarks where a nearly free model would hide what scales with the number of tiles)."""
     protos = np.array([p for _, p, _ in COLOUR_CLASSES], dtype=np.float32)  # [C, 3]
     c = protos.shape[0]
     weight = (2.0 * sharpness * protos).reshape(c, 3, 1, 1).astype(np.float32)
@@ -52,10 +57,25 @@ def colour_classifier(blur_radius: int = 1, sharpness: float = 12.0) -> onnx.Mod
         nodes.append(helper.make_node("Conv", ["x01", "blur_w"], ["x_blur"], group=3,
                                       pads=[blur_radius] * 4, kernel_shape=[k, k]))
         feat = "x_blur"
-    nodes += [
-        helper.make_node("Conv", [feat, "cls_w", "cls_b"], ["logits"], kernel_shape=[1, 1]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
+    logits = "logits"
+    if depth > 0:
+        rng = np.random.default_rng(0)
+        hidden, cin = "x01", 3
+        for i in range(depth):
+            w = (rng.normal(size=(width, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+            inits.append(numpy_helper.from_array(w, f"heavy_w{i}"))
+            nodes.append(helper.make_node("Conv", [hidden, f"heavy_w{i}"], [f"heavy_c{i}"], pads=[1] * 4,
+                                          kernel_shape=[3, 3]))
+            nodes.append(helper.make_node("Relu", [f"heavy_c{i}"], [f"heavy_r{i}"]))
+            hidden, cin = f"heavy_r{i}", width
+        head = (rng.normal(size=(c, width, 1, 1)) * 1e-3).astype(np.float32)
+        inits.append(numpy_helper.from_array(head, "heavy_head"))
+        nodes.append(helper.make_node("Conv", [hidden, "heavy_head"], ["heavy_logits"], kernel_shape=[1, 1]))
+        logits = "colour_logits"
+    nodes.append(helper.make_node("Conv", [feat, "cls_w", "cls_b"], [logits], kernel_shape=[1, 1]))
+    if depth > 0:
+        nodes.append(helper.make_node("Add", ["colour_logits", "heavy_logits"], ["logits"]))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
     graph = helper.make_graph(
         nodes,
         "colour_classifier",
@@ -76,11 +96,12 @@ def make_bundle(
     mpp: float = 2.0,
     overlap: int = 16,
     blur_radius: int = 1,
+    depth: int = 0,
 ) -> Bundle:
     """Write a valid, sha256-verified bundle with the colour classifier into `folder`; returns it loaded."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(colour_classifier(blur_radius), str(folder / "model.onnx"))
+    onnx.save(colour_classifier(blur_radius, depth=depth), str(folder / "model.onnx"))
     manifest = Manifest(
         encoder="test-colour",
         patch_size=1,
@@ -93,7 +114,7 @@ def make_bundle(
         decoder_width=0,
         overlap=overlap,
         tools={"onnx": onnx.__version__},
-        weights={"kind": f"fixed colour prototypes, blur radius {blur_radius}"},
+        weights={"kind": f"fixed colour prototypes, blur radius {blur_radius}, side-branch depth {depth}"},
     )
     write_manifest(folder, manifest)
     return load_bundle(folder)
