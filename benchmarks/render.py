@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Render the benchmark results in benchmarks/results/ as markdown tables and matplotlib plots.
+
+    python benchmarks/render.py
+
+Reads cpu-engine.json, cpu-compare.json, cpu-slide.json (from run_cpu.py) and gpu-*.json (from run_gpu.py)
+when present; writes results/tables.md, results/cpu-throughput.png and, with GPU results,
+results/gpu-throughput.png; and replaces the text between `<!-- results:start -->` and `<!-- results:end -->`
+in benchmarks/README.md with the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("render")
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def num(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def load_text(load: list[float] | None) -> str:
+    return "n/a" if not load else "/".join(f"{v:.1f}" for v in load)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    v = m.get("versions", {})
+    return (f"{m.get('cpu')} ({m.get('cores')} cores visible, {m.get('ram_gib')} GiB), "
+            f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; onnxruntime {v.get('onnxruntime')}, "
+            f"torch {v.get('torch')}; {m.get('date')}")
+
+
+def cpu_engine_md(doc: dict[str, Any]) -> list[str]:
+    runs = doc["runs"]
+    first = runs[0]
+    peak = first["peak"]
+    lines = [f"### CPU engine: {first['model']['encoder']} at {first['model']['tile_size']} px "
+             f"({first['flops'].get('gflop_per_tile', 0):.2f} GFLOP/tile)", "",
+             f"Hardware: {machine_line(first['machine'])}. Peak: {num(peak['tflops'], '.3f')} TFLOP/s fp32, "
+             f"an estimate ({peak['source']}). Command: `{doc.get('command')}`.", ""]
+    rows = []
+    for run in runs:
+        for r in run["results"]:
+            rows.append([run["backend"]["name"], str(r["batch"]), num(r["p50_ms"], ".1f"), num(r["p95_ms"], ".1f"),
+                         num(r["p99_ms"], ".1f"), num(r["tiles_per_s"]), num(r["megapixels_per_s"]),
+                         num(r["achieved_tflops"], ".4f"), pct(r["fraction_of_peak"]),
+                         num(r["memory"].get("host_rss_mib"), ".0f"), load_text(r.get("load_average"))])
+    lines += table(["backend", "batch", "p50 ms", "p95 ms", "p99 ms", "tiles/s", "MP/s", "TFLOP/s",
+                    "of peak (est.)", "RSS MiB", "load 1/5/15 min"], rows)
+    return lines + [""]
+
+
+def compare_md(doc: dict[str, Any]) -> list[str]:
+    comps = doc["comparisons"]
+    lines = ["### ort-cpu against torch eager, same model, tiles and batch, one interleaved run", "",
+             f"Hardware: {machine_line(doc['machine'])}. Each round times every backend in turn, so load changes "
+             f"hit both; the ratio is ort-cpu tiles/s over torch eager tiles/s (> 1: onnxruntime faster). "
+             f"Command: `{doc.get('command')}`.", ""]
+    rows = []
+    for c in comps:
+        keys = list(c["results"])
+        a, b = c["results"][keys[0]], c["results"][keys[1]]
+        ratio = next(iter(c["ratios"].values()))
+        loads = [x for x in c.get("load_average_per_round", []) if x]
+        rows.append([f"{c['model']['encoder']} ({c['flops'].get('gflop_per_tile', 0):.1f} GFLOP/tile)",
+                     str(c["batch"]), f"{c['rounds']} x {c['iters_per_round']}",
+                     f"{num(a['p50_ms'], '.0f')} / {num(b['p50_ms'], '.0f')}",
+                     f"{num(a['tiles_per_s'], '.3f')} / {num(b['tiles_per_s'], '.3f')}",
+                     f"{pct(a.get('fraction_of_peak'))} / {pct(b.get('fraction_of_peak'))}",
+                     f"**{ratio:.2f}**", load_text(loads[-1] if loads else None)])
+    lines += table(["model", "batch", "rounds x calls", f"p50 ms ({keys[0]} / {keys[1]})", "tiles/s",
+                    "of CPU peak (est.)", f"ratio {keys[0]} / {keys[1]}", "load 1/5/15 min"], rows)
+    return lines + [""]
+
+
+def slide_md(doc: dict[str, Any]) -> list[str]:
+    s, m = doc["summary"], doc["model"]
+    lines = [f"### End to end on a real slide: {Path(doc['slide']).name}", "",
+             f"Hardware: {machine_line(doc['machine'])}. Model {m['encoder']} at {m['tile_size']} px, "
+             f"{m['mpp']:g} um/px; backend {doc['backend']['name']}, batch {doc['settings']['batch_size']}, "
+             f"{doc['settings']['workers']} reader threads; median of {doc['settings']['repeats']} run(s); load "
+             f"{load_text(doc['machine'].get('load_average'))} before, "
+             f"{load_text(doc.get('load_average_after'))} after. Command: `{doc.get('command')}`.", ""]
+    lines += table(["tiles run", "end to end tiles/s", "pipeline tiles/s", "engine only tiles/s",
+                    "end-to-end / engine", "pipeline / engine"],
+                   [[str(s["tiles_run"]), num(s["end_to_end_tiles_per_s"]), num(s["pipeline_tiles_per_s"]),
+                     num(s["engine_tiles_per_s"]), f"**{num(s['end_to_end_to_engine_ratio'], '.3f')}**",
+                     f"**{num(s['pipeline_to_engine_ratio'], '.3f')}**"]])
+    lines += ["", "Seconds per stage (the median run; read/decode/resample is one merged stage, summed over "
+                  "reader threads, and overlaps inference):", ""]
+    st = s["stages_s"]
+    lines += table(list(st), [[num(v) for v in st.values()]])
+    return lines + [""]
+
+
+def flops_md(doc: dict[str, Any]) -> list[str]:
+    peak = doc["peak"]
+    lines = [f"### FLOPs per {doc['tile']} px tile, counted (encoder + shared decoder, {doc['num_classes']} classes)",
+             "", "torch.utils.flop_counter on the meta device, multiply-add = 2 FLOPs; matmuls, convolutions and "
+             "attention counted. The last column is the ceiling an H100 SXM at its dense bf16 peak "
+             f"({peak['tflops']:.0f} TFLOP/s) would allow: no run can be faster.", ""]
+    rows = [[r["id"], r["architecture"], str(r["patch_size"]), num(r["gflop_per_tile"], ".1f"),
+             num(r["encoder_gflop"], ".1f"), num(r["decoder_gflop"], ".1f"),
+             num(r["h100_bf16_peak_tiles_per_s"], ".0f")] for r in doc["rows"]]
+    lines += table(["id", "architecture", "P", "GFLOP/tile", "encoder GFLOP", "decoder GFLOP",
+                    "H100 bf16 peak-limited tiles/s"], rows)
+    return lines + [""]
+
+
+def gpu_md(doc: dict[str, Any]) -> list[str]:
+    m = doc["machine"]
+    peak = (doc.get("peak_table") or {}).get("bf16", {})
+    lines = [f"### GPU engine: {doc['device']}", "",
+             f"Hardware: {machine_line(m)}; peak {peak.get('tflops')} TFLOP/s bf16 dense ({peak.get('source')}). "
+             "io=host is the runtime's contract (host uint8 in, host float32 out); io=device keeps tensors on "
+             "the GPU.", ""]
+    rows = []
+    for r in doc["rows"]:
+        if r.get("status") == "oom":
+            rows.append([r["model"], r["mode"], "", str(r["batch"]), "out of memory", "", "", "", "", ""])
+            continue
+        gflop = doc["flops"][r["model"]]["total"] / 1e9
+        ceiling = (r["peak_tflops"] * 1e12 / (gflop * 1e9)) if r.get("peak_tflops") else None
+        rows.append([r["model"], r["mode"], r["io"], str(r["batch"]), num(r["p50_ms"], ".1f"),
+                     num(r["tiles_per_s"], ".1f"), num(ceiling, ".0f"), num(r["achieved_tflops"], ".1f"),
+                     pct(r["fraction_of_peak"]), num(r.get("device_max_allocated_mib"), ".0f")])
+    lines += table(["model", "mode", "io", "batch", "p50 ms", "tiles/s", "peak-limited tiles/s", "TFLOP/s",
+                    "of peak", "GPU MiB"], rows)
+    return lines + [""]
+
+
+def plot_cpu(engine: dict[str, Any] | None, compare: dict[str, Any] | None, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if engine is None and compare is None:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if engine is not None:
+        ax = axes[0]
+        for run in engine["runs"]:
+            xs = [r["batch"] for r in run["results"]]
+            ys = [r["tiles_per_s"] for r in run["results"]]
+            ax.plot(xs, ys, marker="o", label=run["backend"]["name"])
+        m = engine["runs"][0]
+        ax.set_title(f"{m['model']['encoder']} {m['model']['tile_size']} px on {m['machine']['cpu']} "
+                     f"({m['machine']['cores']} cores)", fontsize=9)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("tiles / s")
+        ax.set_xscale("log", base=2)
+        ax.legend()
+    if compare is not None:
+        ax = axes[1]
+        comps = compare["comparisons"]
+        keys = list(comps[0]["results"])
+        labels = [f"{c['model']['encoder']}\nbatch {c['batch']}" for c in comps]
+        width = 0.38
+        for i, k in enumerate(keys):
+            vals = [c["results"][k]["tiles_per_s"] for c in comps]
+            ax.bar([j + (i - 0.5) * width for j in range(len(comps))], vals, width, label=k)
+        for j, c in enumerate(comps):
+            ratio = next(iter(c["ratios"].values()))
+            top = max(c["results"][k]["tiles_per_s"] for k in keys)
+            ax.annotate(f"x{ratio:.2f}", (j, top), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(comps)), labels)
+        ax.set_yscale("log")
+        ax.set_ylabel("tiles / s (log)")
+        ax.set_title("ort-cpu vs torch eager, one interleaved run (ratio = ort / torch)", fontsize=9)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_gpu(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in doc["rows"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = [r for r in doc["rows"] if r["model"] == model and r.get("status") != "oom" and r["io"] == "host"]
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            pts = sorted((r["batch"], r["tiles_per_s"]) for r in rows if r["mode"] == mode)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+        bf16 = (doc.get("peak_table") or {}).get("bf16", {}).get("tflops")
+        if bf16:
+            ceiling = bf16 * 1e12 / doc["flops"][model]["total"]
+            ax.axhline(ceiling, color="k", ls="--", lw=1, label=f"bf16 peak limit {ceiling:.0f}")
+            ax.axhline(ceiling / 2, color="grey", ls=":", lw=1, label="half of it")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{model} 512 px on {doc['device']} (io=host)", fontsize=9)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("tiles / s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(results: Path, readme: Path | None) -> str:
+    """Write tables.md and the plots into `results`; splice the tables into `readme`. Returns the markdown."""
+    engine, compare, slide = (load(results / n) for n in ("cpu-engine.json", "cpu-compare.json", "cpu-slide.json"))
+    md: list[str] = []
+    flops = load(results / "flops.json")
+    if flops:
+        md += flops_md(flops)
+    if compare:
+        md += compare_md(compare)
+    if engine:
+        md += cpu_engine_md(engine)
+    if slide:
+        md += slide_md(slide)
+    if plot_cpu(engine, compare, results / "cpu-throughput.png"):
+        md += ["![CPU throughput](results/cpu-throughput.png)", ""]
+    gpus = sorted(results.glob("gpu-*.json"))
+    for g in gpus:
+        doc = json.loads(g.read_text())
+        md += gpu_md(doc)
+        png = results / f"{g.stem}-throughput.png"
+        plot_gpu(doc, png)
+        md += [f"![GPU throughput]({results.name}/{png.name})", ""]
+    if not gpus:
+        md += ["### GPU", "", "**Not yet measured**: no GPU was available while these benchmarks were written. "
+               "On a GPU machine, `python benchmarks/run_gpu.py && python benchmarks/render.py` fills this in.", ""]
+    text = "\n".join(md)
+    (results / "tables.md").write_text(text + "\n")
+    if readme is not None and readme.exists():
+        body = readme.read_text()
+        if START in body and END in body:
+            new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", body,
+                         flags=re.S)
+            readme.write_text(new)
+            log.info("updated %s", readme)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=HERE / "results", help="results folder [%(default)s]")
+    p.add_argument("--readme", type=Path, default=HERE / "README.md", help="README to update [%(default)s]")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    print(render(args.results, args.readme))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
