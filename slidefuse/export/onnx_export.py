@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,8 @@ def export_onnx(model: SegmentationModel, path: Path, *, opset: int, external_da
     if program is None:
         raise ExportError("torch.onnx.export returned no program; expected an ONNXProgram from the dynamo exporter")
     program.save(str(path), external_data=external_data)
+    del program
+    gc.collect()
     written = sorted(set(path.parent.iterdir()) - before)
     log.info("exported %s in %.1f s (%s)", path.name, time.perf_counter() - t0, ", ".join(p.name for p in written))
     return written
@@ -193,15 +196,17 @@ def simplify_graph(path: Path, *, tile_size: int, num_classes: int) -> bool:
     except ImportError:
         log.warning("onnxslim is not installed; graph not simplified (pip install 'slidefuse[export]')")
         return False
-    original = path.read_bytes()
+    slim_path = path.with_name(path.name + ".slim")
     try:
         slim = onnxslim.slim(onnx.load(str(path)))
-        onnx.save(slim, str(path))
-        check_graph(path, tile_size=tile_size, num_classes=num_classes)
+        onnx.save(slim, str(slim_path))
+        del slim
+        check_graph(slim_path, tile_size=tile_size, num_classes=num_classes)
     except (ExportError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
         log.warning("onnxslim output rejected (%s); keeping the unsimplified graph", exc)
-        path.write_bytes(original)
+        slim_path.unlink(missing_ok=True)
         return False
+    os.replace(slim_path, path)
     return True
 
 
