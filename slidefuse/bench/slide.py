@@ -176,7 +176,7 @@ def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBen
             result, recorder, wall_s = _one_run(slide, bundle, backend, config, backend_name, out_root / f"run{i}")
             engine_s, per_call = engine_replay(backend, recorder.batches)
             runs.append(_run_figures(result, recorder, wall_s, engine_s, per_call, config.batch_size, tile))
-            log.info("run %d/%d: end to end %.2f tiles/s, engine only %.2f tiles/s (ratio %.3f)", i + 1,
+            log.info("run %d/%d: end to end %.2f tiles/s, engine only %.2f tiles/s (ratio %s)", i + 1,
                      config.repeats, runs[-1]["end_to_end_tiles_per_s"], runs[-1]["engine_tiles_per_s"],
                      runs[-1]["end_to_end_to_engine_ratio"])
         rss = peak_rss_mib()

@@ -46,7 +46,8 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 
 
 def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
-    """KEY=VALUE backend options; integers and floats are converted, the rest stay strings."""
+    """KEY=VALUE backend options; true/false become booleans, integers and floats are converted, the rest stay
+    strings."""
     from slidefuse.errors import UsageError
 
     out: dict[str, Any] = {}
@@ -55,6 +56,9 @@ def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise UsageError(f"--option {item!r}: expected KEY=VALUE, e.g. threads=2 or device=cuda")
         parsed: Any = value
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
         for conv in (int, float):
             try:
                 parsed = conv(value)

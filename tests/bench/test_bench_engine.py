@@ -103,3 +103,12 @@ def test_peaks_gpu_table_and_cpu_estimate(monkeypatch: pytest.MonkeyPatch) -> No
     assert peak.tflops == pytest.approx(4 * 32 * 2.5e9 / 1e12) and peak.estimate and "estimate" in peak.source
     monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512f", "avx2", "fma"})
     assert machine.cpu_peak().tflops == pytest.approx(4 * 64 * 2.5e9 / 1e12)
+
+
+def test_backend_options_are_parsed() -> None:
+    from slidefuse.commands.bench_engine import parse_options
+
+    assert parse_options(("threads=2", "tf32=false", "spin=True", "scale=0.5", "device=cuda")) == {
+        "threads": 2, "tf32": False, "spin": True, "scale": 0.5, "device": "cuda"}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_options(("threads",))
