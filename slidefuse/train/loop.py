@@ -80,12 +80,12 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise UsageError for inconsistent or out-of-range options."""
-        if (self.encoder_weights is None) == (not self.random_encoder):
-            if self.encoder_weights is None:
-                raise UsageError(
-                    f"encoder '{self.encoder}' has no weights: pass --encoder-weights FILE, or --random-encoder "
-                    f"to train on a randomly initialised encoder on purpose"
-                )
+        if self.encoder_weights is None and not self.random_encoder:
+            raise UsageError(
+                f"encoder '{self.encoder}' has no weights: pass --encoder-weights FILE, or --random-encoder "
+                f"to train on a randomly initialised encoder on purpose"
+            )
+        if self.encoder_weights is not None and self.random_encoder:
             raise UsageError("--encoder-weights and --random-encoder both given: choose one")
         if self.cache_features and self.train_encoder:
             raise UsageError("--cache-features with --train-encoder: a trained encoder's features change every "
@@ -241,6 +241,102 @@ def _epoch_line(e: dict[str, Any], epochs: int, classes: tuple[str, ...]) -> str
     return line + f"  {e['seconds']:.1f} s"
 
 
+# ---------------------------------------------------------------------------------------------- epochs
+def batch_logits(model: SegmentationModel, cfg: TrainConfig, tiles: torch.Tensor, target: torch.Tensor,
+                 features: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward one training batch: uint8 tiles [B, T, T, 3] and masks [B, T, T] (or cached float16 features
+    [B, d, h, w]) -> (logits float [B, C, T, T] with gradients, the possibly augmented target [B, T, T])."""
+    import torch
+
+    if features is not None:
+        feats, target = dihedral(features.float(), target, gen)
+        return model.decoder(feats), target
+    if cfg.augment:
+        tiles, target = augment_batch(tiles, target, cfg.augment_params, gen)
+    x = model.normalise(tiles)
+    if cfg.train_encoder:
+        return model.decoder(model.features(x)), target
+    with torch.no_grad():
+        feats = model.features(x)
+    return model.decoder(feats), target
+
+
+def run_epoch(model: SegmentationModel, cfg: TrainConfig, split: TileSplit, features: torch.Tensor | None,
+              opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator) -> float:
+    """One pass over `split` in a random order (the scheduler is stepped per iteration); returns the mean
+    training loss (CE + Dice) per tile."""
+    import torch
+
+    model.train()
+    if not cfg.train_encoder:
+        model.encoder.eval()
+    order = torch.randperm(len(split), generator=gen)
+    total = 0.0
+    for start in range(0, len(split), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size].numpy()
+        target = torch.from_numpy(split.masks[idx])
+        logits, target = batch_logits(model, cfg, torch.from_numpy(split.images[idx]), target,
+                                      features[idx] if features is not None else None, gen)
+        ce, dice = ce_dice_loss(logits, target)
+        loss = ce + dice
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(idx)
+    return total / len(split)
+
+
+class Checkpointer:
+    """Keeps the best checkpoint (highest val Dice, then lowest val loss) and the JSON sidecar up to date."""
+
+    def __init__(self, cfg: TrainConfig, model: SegmentationModel) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.decoder_path, self.encoder_path, self.sidecar_path = ckpt_paths(cfg.out)
+        self.decoder_path.parent.mkdir(parents=True, exist_ok=True)
+        self.write_encoder = cfg.train_encoder or cfg.encoder_weights is None
+        self.mpp = _dataset_mpp(cfg.tiles)
+        self.encoder_sha: str | None = None
+        if cfg.encoder_weights is not None:
+            from slidefuse.runtime.bundle import sha256_file
+
+            self.encoder_sha = sha256_file(Path(cfg.encoder_weights))
+        self.best: dict[str, Any] = {"epoch": -1, "val_dice": -1.0, "val_loss": math.inf}
+        self.t_start = time.perf_counter()
+
+    def consider(self, entry: dict[str, Any]) -> None:
+        """Save the model's weights when the validated `entry` beats the best so far."""
+        dice = entry["val_dice"] if math.isfinite(entry["val_dice"]) else 0.0
+        if (dice, -entry["val_loss"]) <= (self.best["val_dice"], -self.best["val_loss"]):
+            return
+        self.best.update(epoch=entry["epoch"], val_dice=dice, val_loss=entry["val_loss"])
+        meta = {"encoder": self.cfg.encoder, "classes": ",".join(self.cfg.classes), "epoch": str(entry["epoch"])}
+        _atomic_save(self.model.decoder.state_dict(), self.decoder_path, meta)
+        if self.write_encoder:
+            _atomic_save(self.model.encoder.state_dict(), self.encoder_path, meta)
+
+    def write_sidecar(self, history: list[dict[str, Any]], finished: bool) -> None:
+        cfg = self.cfg
+        _atomic_json({
+            "format_version": SIDECAR_VERSION, "kind": "slidefuse decoder checkpoint",
+            "encoder": cfg.encoder, "classes": list(cfg.classes), "tile_size": cfg.tile_size,
+            "decoder_width": self.model.decoder_width, "mpp": self.mpp,
+            "protocol": "encoder trained too (NOT the paper's protocol)" if cfg.train_encoder
+            else "paper: frozen encoder, decoder only",
+            "files": {"decoder": self.decoder_path.name,
+                      "encoder": self.encoder_path.name if self.write_encoder else None},
+            "encoder_weights": {"file": str(cfg.encoder_weights) if cfg.encoder_weights else None,
+                                "sha256": self.encoder_sha, "random_init": cfg.encoder_weights is None},
+            "scheduler": "CosineAnnealingWarmRestarts, T_0 = restart_every epochs of iterations, stepped per "
+                         "iteration, eta_min 0",
+            "config": cfg.to_dict(), "best": dict(self.best), "history": history, "finished": finished,
+            "export_command": export_hint(cfg, self.model, self.encoder_path if self.write_encoder else None,
+                                          self.mpp),
+            "seconds": round(time.perf_counter() - self.t_start, 1),
+        }, self.sidecar_path)
+
+
 # ---------------------------------------------------------------------------------------------- orchestrator
 def train(cfg: TrainConfig) -> TrainResult:
     """Train the decoder (and the encoder only with `train_encoder`) per the module docstring; returns the
@@ -272,102 +368,30 @@ def train(cfg: TrainConfig) -> TrainResult:
     iters = math.ceil(len(train_split) / cfg.batch_size)
     opt = torch.optim.NAdam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.restart_every * iters, eta_min=0.0)
-
-    dec_path, enc_path, sidecar_path = ckpt_paths(cfg.out)
-    dec_path.parent.mkdir(parents=True, exist_ok=True)
-    write_encoder = cfg.train_encoder or cfg.encoder_weights is None
-    mpp = _dataset_mpp(cfg.tiles)
-    enc_sha = None
-    if cfg.encoder_weights is not None:
-        from slidefuse.runtime.bundle import sha256_file
-
-        enc_sha = sha256_file(Path(cfg.encoder_weights))
+    ckpt = Checkpointer(cfg, model)
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": -1, "val_dice": -1.0, "val_loss": math.inf}
 
-    def validate(entry: dict[str, Any]) -> None:
-        entry.update(evaluate(model, val_split, cfg.batch_size, val_feats))
-        dice = entry["val_dice"] if math.isfinite(entry["val_dice"]) else 0.0
-        if (dice, -entry["val_loss"]) > (best["val_dice"], -best["val_loss"]):
-            best.update(epoch=entry["epoch"], val_dice=dice, val_loss=entry["val_loss"])
-            meta = {"encoder": cfg.encoder, "classes": ",".join(cfg.classes), "epoch": str(entry["epoch"])}
-            _atomic_save(model.decoder.state_dict(), dec_path, meta)
-            if write_encoder:
-                _atomic_save(model.encoder.state_dict(), enc_path, meta)
-
-    def write_sidecar(finished: bool) -> None:
-        _atomic_json({
-            "format_version": SIDECAR_VERSION, "kind": "slidefuse decoder checkpoint",
-            "encoder": cfg.encoder, "classes": list(cfg.classes), "tile_size": cfg.tile_size,
-            "decoder_width": model.decoder_width, "mpp": mpp,
-            "protocol": "encoder trained too (NOT the paper's protocol)" if cfg.train_encoder
-            else "paper: frozen encoder, decoder only",
-            "files": {"decoder": dec_path.name, "encoder": enc_path.name if write_encoder else None},
-            "encoder_weights": {"file": str(cfg.encoder_weights) if cfg.encoder_weights else None,
-                                "sha256": enc_sha, "random_init": cfg.encoder_weights is None},
-            "scheduler": "CosineAnnealingWarmRestarts, T_0 = restart_every epochs of iterations, stepped per "
-                         "iteration, eta_min 0",
-            "config": cfg.to_dict(), "best": dict(best), "history": history, "finished": finished,
-            "export_command": export_hint(cfg, model, enc_path if write_encoder else None, mpp),
-            "seconds": round(time.perf_counter() - t_start, 1),
-        }, sidecar_path)
-
-    entry0: dict[str, Any] = {"epoch": 0, "train_loss": None, "lr": None}
-    t0 = time.perf_counter()
-    validate(entry0)
-    entry0["seconds"] = round(time.perf_counter() - t0, 2)
-    history.append(entry0)
-    log.info("%s", _epoch_line(entry0, cfg.epochs, cfg.classes))
-
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(0, cfg.epochs + 1):  # epoch 0: the untrained baseline, validated only
         t0 = time.perf_counter()
-        model.train()
-        if not cfg.train_encoder:
-            model.encoder.eval()
-        order = torch.randperm(len(train_split), generator=gen)
-        total, seen = 0.0, 0
-        lr_start = opt.param_groups[0]["lr"]
-        for it in range(iters):
-            idx = order[it * cfg.batch_size : (it + 1) * cfg.batch_size]
-            target = torch.from_numpy(train_split.masks[idx.numpy()])
-            if train_feats is not None:
-                feats, target = dihedral(train_feats[idx].float(), target, gen)
-                logits = model.decoder(feats)
-            else:
-                tiles = torch.from_numpy(train_split.images[idx.numpy()])
-                if cfg.augment:
-                    tiles, target = augment_batch(tiles, target, cfg.augment_params, gen)
-                x = model.normalise(tiles)
-                if cfg.train_encoder:
-                    logits = model.decoder(model.features(x))
-                else:
-                    with torch.no_grad():
-                        feats = model.features(x)
-                    logits = model.decoder(feats)
-            ce, dice = ce_dice_loss(logits, target)
-            loss = ce + dice
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / seen, "lr": lr_start}
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": None, "lr": None}
+        if epoch > 0:
+            entry["lr"] = opt.param_groups[0]["lr"]
+            entry["train_loss"] = run_epoch(model, cfg, train_split, train_feats, opt, sched, gen)
+            if not math.isfinite(entry["train_loss"]):
+                raise UsageError(f"training diverged at epoch {epoch} (loss {entry['train_loss']}); lower --lr")
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-            validate(entry)
+            entry.update(evaluate(model, val_split, cfg.batch_size, val_feats))
+            ckpt.consider(entry)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(entry)
         log.info("%s", _epoch_line(entry, cfg.epochs, cfg.classes))
-        if not math.isfinite(entry["train_loss"]):
-            raise UsageError(f"training diverged at epoch {epoch} (loss {entry['train_loss']}); lower --lr")
-        write_sidecar(finished=False)
+        ckpt.write_sidecar(history, finished=epoch == cfg.epochs)
 
-    write_sidecar(finished=True)
     seconds = time.perf_counter() - t_start
-    log.info("best val Dice %.4f at epoch %d; checkpoint %s (%.0f s)", best["val_dice"], best["epoch"], dec_path,
-             seconds)
-    return TrainResult(dec_path, enc_path if write_encoder else None, sidecar_path, int(best["epoch"]),
-                       float(best["val_dice"]), history, seconds)
+    log.info("best val Dice %.4f at epoch %d; checkpoint %s (%.0f s)", ckpt.best["val_dice"], ckpt.best["epoch"],
+             ckpt.decoder_path, seconds)
+    return TrainResult(ckpt.decoder_path, ckpt.encoder_path if ckpt.write_encoder else None, ckpt.sidecar_path,
+                       int(ckpt.best["epoch"]), float(ckpt.best["val_dice"]), history, seconds)
 
 
 def val_losses(history: list[dict[str, Any]]) -> np.ndarray:
