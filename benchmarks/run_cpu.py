@@ -89,14 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         write({"kind": "cpu-engine", "command": command, "runs": docs}, "cpu-engine.json", args.out)
 
     if "compare" not in skip:
-        plans = [(tiny, 4, 2 if args.quick else 6, 2), (phikon, 1, 1 if args.quick else 3, 1),
-                 (phikon, 4, 1 if args.quick else 2, 1)]
+        # (bundle, batch, rounds, calls per round, warm-up batch): phikon warms up on one tile (~20 s a call here)
+        plans = [(tiny, 4, 2 if args.quick else 6, 2, 4), (phikon, 1, 1 if args.quick else 3, 1, 1),
+                 (phikon, 4, 1 if args.quick else 2, 1, 1)]
         comparisons = []
-        for bundle, batch, rounds, per_round in plans:
+        for bundle, batch, rounds, per_round, warm_batch in plans:
             log.info("comparing %s on %s, batch %d, %d rounds", ", ".join(c.key for c in CONTENDERS),
                      bundle.manifest.encoder, batch, rounds)
             comparisons.append(compare_backends(bundle, CONTENDERS, batch, rounds=rounds, iters_per_round=per_round,
-                                                warmup=1))
+                                                warmup=1, warmup_batch=warm_batch))
         write({"kind": "cpu-compare", "command": command, "machine": machine_info(), "comparisons": comparisons},
               "cpu-compare.json", args.out)
 

@@ -313,10 +313,12 @@ class Contender:
 
 
 def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int, *, rounds: int = 3,
-                     iters_per_round: int = 1, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+                     iters_per_round: int = 1, warmup: int = 1, warmup_batch: int | None = None,
+                     seed: int = 0) -> dict[str, Any]:
     """Throughput of several backends on the same model, tiles and batch, measured in one run and interleaved
     (round r times every contender in turn), so that changes in machine load hit all of them alike.
 
+    Warm-up calls use `warmup_batch` tiles (default `batch`; a smaller one saves time with slow models).
     Returns per-contender latency summaries over all rounds and `throughput_ratio_<a>_to_<b>` for each pair
     (a's tiles/s over b's, > 1 when a is faster)."""
     from contextlib import ExitStack
@@ -329,6 +331,7 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
         raise UsageError(f"rounds {rounds}, iters per round {iters_per_round}: expected at least 1 each")
     tile = bundle.manifest.tile_size
     tiles = random_tiles(batch, tile, seed)
+    warm_tiles = tiles if warmup_batch in (None, batch) else random_tiles(int(warmup_batch or 1), tile, seed)
     samples: dict[str, list[float]] = {c.key: [] for c in contenders}
     infos: dict[str, dict[str, Any]] = {}
     loads = []
@@ -337,7 +340,7 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
         for c in contenders:
             b = stack.enter_context(open_backend(c.backend, bundle, **c.options))
             infos[c.key] = _jsonable(b.info())
-            time_calls(functools.partial(b.run, tiles), 0, warmup)  # warm-up only
+            time_calls(functools.partial(b.run, warm_tiles), 0, warmup)  # warm-up only
             opened.append((c, b))
         for r in range(rounds):
             for c, b in opened:
@@ -361,6 +364,7 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
                 results[a]["tiles_per_s"] / results[b_key]["tiles_per_s"])
     return {"kind": "comparison", "model": model_info(bundle), "flops": flops, "peaks": peaks,
             "batch": batch, "rounds": rounds, "iters_per_round": iters_per_round, "warmup": warmup,
+            "warmup_batch": warmup_batch or batch,
             "order": "interleaved: each round times every backend in turn", "backends": infos,
             "results": results, "ratios": ratios, "load_average_per_round": loads}
 
