@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild the committed demonstration bundle `slidefuse/data/default/`, end to end, in one command:
 
-    .venv/bin/python tools/make_default_model.py            # about 10-20 min on a free 2-core CPU
+    .venv/bin/python tools/make_default_model.py            # minutes on a free 2-core CPU (see the README for the measured time)
 
 Stages (each printed as the command it runs):
 1. data:   tools/make_pseudolabel_tiles.py  -> build/default-model/tiles  (pseudo-labels from the real H&E slides)
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_BUNDLE, help="bundle folder [%(default)s]")
     ap.add_argument("--mpp", type=float, default=2.0, help="model pixel size, um/px [%(default)s]")
     ap.add_argument("--tile", type=int, default=128, help="tile side, px [%(default)s]")
-    ap.add_argument("--epochs", type=int, default=30, help="training epochs [%(default)s]")
+    ap.add_argument("--epochs", type=int, default=20, help="training epochs [%(default)s]")
+    ap.add_argument("--decoder-width", type=int, default=16, help="decoder width D [%(default)s]")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate [%(default)s]")
     ap.add_argument("--train-per-slide", type=int, default=150, help="training tiles per slide [%(default)s]")
     ap.add_argument("--seed", type=int, default=0, help="seed of data, init and training [%(default)s]")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     run([py, "-m", "slidefuse", "train", "--encoder", ENCODER, "--random-encoder", "--train-encoder",
          "--tiles", str(tiles), "--classes", classes, "--out", str(ckpt), "--tile", str(args.tile),
          "--epochs", str(args.epochs), "--restart-every", "10", "--val-every", "5", "--batch", "8",
-         "--lr", str(args.lr), "--seed", str(args.seed)])
+         "--lr", str(args.lr), "--decoder-width", str(args.decoder_width), "--seed", str(args.seed)])
     train_seconds = time.perf_counter() - t0
     enc = ckpt.with_name(ckpt.stem + ".encoder.safetensors")
     run([py, "-m", "slidefuse", "export", ENCODER, "--encoder-weights", str(enc), "--decoder-weights", str(ckpt),

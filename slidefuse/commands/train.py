@@ -20,7 +20,7 @@ import click
 @click.option("--classes", required=True, help="Comma-separated class names, background first; masks hold their "
               "indices: background,tumour,stroma.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Decoder checkpoint to write (.safetensors); CKPT.json and maybe CKPT.encoder.safetensors beside it.")
+              help="Decoder checkpoint to write, NAME.safetensors; NAME.json (and NAME.encoder.safetensors) beside it.")
 @click.option("--epochs", type=int, default=50, show_default=True, help="Training epochs.")
 @click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Tiles per step.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate of each cosine cycle.")
@@ -48,9 +48,11 @@ def command(encoder: str, encoder_weights: Path | None, random_encoder: bool, tr
       DIR/val/images/*.png, DIR/val/masks/*.png   the validation split, same rules
       DIR/dataset.json              optional {"mpp": 1.0}: recorded in the checkpoint's sidecar
     \b
-    Writes CKPT (best decoder), CKPT.json (encoder id, classes, tile, decoder width, val history) and, when the
-    encoder was trained or random, CKPT.encoder.safetensors; then export with e.g.
-      slidefuse export uni --encoder-weights uni.bin --decoder-weights CKPT --classes ... --mpp 0.5 --out B
+    Writes --out NAME.safetensors (the best decoder), NAME.json (encoder id, classes, tile, decoder width,
+    val history, the export command) and, when the encoder was trained or random, NAME.encoder.safetensors
+    (timm layout, for --encoder-weights). Export with e.g.
+      slidefuse export uni --encoder-weights uni.bin --decoder-weights NAME.safetensors --classes ... \
+          --mpp 0.5 --out BUNDLE
     The encoder is never random by accident: pass --encoder-weights or --random-encoder.
     """
     from slidefuse.train.loop import TrainConfig, train
