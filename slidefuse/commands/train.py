@@ -51,8 +51,8 @@ def command(encoder: str, encoder_weights: Path | None, random_encoder: bool, tr
     Writes --out NAME.safetensors (the best decoder), NAME.json (encoder id, classes, tile, decoder width,
     val history, the export command) and, when the encoder was trained or random, NAME.encoder.safetensors
     (timm layout, for --encoder-weights). Export with e.g.
-      slidefuse export uni --encoder-weights uni.bin --decoder-weights NAME.safetensors --classes ... \
-          --mpp 0.5 --out BUNDLE
+      slidefuse export uni --encoder-weights uni.bin --decoder-weights NAME.safetensors --classes ...
+        --mpp 0.5 --out BUNDLE
     The encoder is never random by accident: pass --encoder-weights or --random-encoder.
     """
     from slidefuse.train.loop import TrainConfig, train
