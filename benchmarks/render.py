@@ -138,6 +138,21 @@ def gpu_md(doc: dict[str, Any]) -> list[str]:
              f"Hardware: {machine_line(m)}; peak {peak.get('tflops')} TFLOP/s bf16 dense ({peak.get('source')}). "
              "io=host is the runtime's contract (host uint8 in, host float32 out); io=device keeps tensors on "
              "the GPU.", ""]
+    best_rows = []
+    for model in dict.fromkeys(r["model"] for r in doc["rows"]):
+        ok = [r for r in doc["rows"] if r["model"] == model and r.get("status") != "oom"]
+        for io in ("host", "device"):
+            cands = [r for r in ok if r["io"] == io]
+            if not cands:
+                continue
+            b = max(cands, key=lambda r: r["tiles_per_s"])
+            frac = b.get("fraction_of_peak")
+            best_rows.append([model, io, b["mode"], str(b["batch"]), num(b["tiles_per_s"], ".1f"),
+                              num(b["achieved_tflops"], ".1f"), pct(frac),
+                              "n/a" if frac is None else ("yes" if frac >= 0.5 else "no")])
+    lines += ["Best row per model and IO (fraction of the dense peak of the precision that ran):", ""]
+    lines += table(["model", "io", "mode", "batch", "tiles/s", "TFLOP/s", "of peak", "at least half?"], best_rows)
+    lines += ["", "All rows:", ""]
     rows = []
     for r in doc["rows"]:
         if r.get("status") == "oom":

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help="comma-separated parts to skip: flops,engine,compare,slide")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' own chatter
     skip = set(filter(None, args.skip.split(",")))
     command = "python benchmarks/run_cpu.py" + (" --quick" if args.quick else "")
     tiny = ensure_bundle("tiny", 512, args.bundles)

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON output file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' own chatter
     doc = run_matrix(args.encoders.split(","), args.backends.split(","), args.precisions.split(","),
                      tuple(int(b) for b in args.batches.split(",")), args.tile, args.bundles, args.iters,
                      args.warmup)
