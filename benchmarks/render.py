@@ -131,6 +131,27 @@ def flops_md(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def runtime_md(memory: dict[str, Any] | None, tissue: dict[str, Any] | None) -> list[str]:
+    """Headlines of the runtime's own benchmarks (bench_memory.py, bench_tissue_scaling.py), as they report them."""
+    rows = []
+    if memory:
+        rows.append(["memory against slide size", memory.get("target", ""),
+                     f"peak RSS ratio {num(memory.get('peak_rss_ratio'), '.3f')}",
+                     "pass" if memory.get("pass") else "fail", f"`{memory.get('command')}`",
+                     load_text((memory.get("machine") or {}).get("load_average"))])
+    if tissue:
+        rows.append(["cost against tissue fraction", tissue.get("target", ""),
+                     f"speed-up {num(tissue.get('speedup_end_to_end'), '.2f')} end to end, "
+                     f"{num(tissue.get('speedup_pipeline'), '.2f')} pipeline",
+                     "pass" if tissue.get("pass") else "fail", f"`{tissue.get('command')}`",
+                     load_text((tissue.get("machine") or {}).get("load_average"))])
+    if not rows:
+        return []
+    lines = ["### Runtime scaling (the runtime's benchmarks; details in their JSON)", ""]
+    lines += table(["benchmark", "target", "result", "verdict", "command", "load 1/5/15 min"], rows)
+    return lines + [""]
+
+
 def gpu_md(doc: dict[str, Any]) -> list[str]:
     m = doc["machine"]
     peak = (doc.get("peak_table") or {}).get("bf16", {})
@@ -255,6 +276,7 @@ def render(results: Path, readme: Path | None) -> str:
         md += cpu_engine_md(engine)
     if slide:
         md += slide_md(slide)
+    md += runtime_md(load(results / "memory.json"), load(results / "tissue_scaling.json"))
     if plot_cpu(engine, compare, results / "cpu-throughput.png"):
         md += ["![CPU throughput](results/cpu-throughput.png)", ""]
     gpus = sorted(results.glob("gpu-*.json"))

@@ -32,7 +32,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,64 +99,87 @@ def device_forward(backend: Any, torch: Any, device: str, precision: str) -> Any
     return run
 
 
-def measure(bundle_dir: Path, model_id: str, mode: str, batch: int, args: argparse.Namespace, torch: Any,
-            flops: int, device_name: str) -> list[dict[str, Any]]:
-    """Rows (io=host and, on CUDA, io=device) for one model, mode and batch size."""
+def time_batch(backend: Any, backend_name: str, model_id: str, mode: str, batch: int, load_s: float,
+               args: argparse.Namespace, torch: Any, flops: int, device_name: str) -> list[dict[str, Any]]:
+    """Rows (io=host and, on CUDA or with --smoke, io=device) for one open backend and one batch size."""
+    _, precision, compile_mode = MODES[mode]
+    tile = backend.bundle.manifest.tile_size
+    on_cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if on_cuda else None
+    info = backend.info()
+    tiles = random_tiles(batch, tile)
+    rows = []
+    for io in (["host", "device"] if on_cuda or args.smoke else ["host"]):
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if io == "host":
+            fn: Callable[[], Any] = functools.partial(backend.run, tiles)
+        else:
+            x = torch.from_numpy(tiles).to(args.device)
+            fn = functools.partial(device_forward(backend, torch, args.device, precision), x)
+        first = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        first_s = time.perf_counter() - first
+        iters = max(args.min_iters, min(args.iters, int(args.seconds_per_row / max(first_s, 1e-6))))
+        seconds = time_calls(fn, iters, max(args.warmup - 1, 0), sync)
+        row = latency_summary(seconds, batch, tile)
+        peak = gpu_peak(device_name, precision) if on_cuda else None
+        tflops = flops * row["tiles_per_s"] / 1e12
+        row.update({
+            "model": model_id, "mode": mode, "io": io, "backend": backend_name, "precision": precision,
+            "compile_mode": compile_mode, "load_s": load_s, "first_call_s": first_s,
+            "achieved_tflops": tflops,
+            "peak_tflops": peak.tflops if peak else None,
+            "fraction_of_peak": tflops / peak.tflops if peak and peak.tflops else None,
+            "device_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
+            "load_average": machine_info()["load_average"],
+            "backend_info": {k: str(v) for k, v in info.items()},
+        })
+        if peak and peak.alt_tflops:
+            row.update({f"fraction_of_{k}_peak": tflops / v for k, v in peak.alt_tflops.items()})
+        log.info("%-12s %-25s %-6s batch %3d: p50 %8.1f ms  %8.1f tiles/s  %6.1f TFLOP/s%s", model_id, mode,
+                 io, batch, row["p50_ms"], row["tiles_per_s"], tflops,
+                 f"  {100 * row['fraction_of_peak']:.1f}% of peak" if row["fraction_of_peak"] else "")
+        rows.append(row)
+        del fn
+    return rows
+
+
+def measure(bundle_dir: Path, model_id: str, mode: str, batches: list[int], args: argparse.Namespace, torch: Any,
+            flops: int, device_name: str) -> Iterator[list[dict[str, Any]]]:
+    """Rows per batch size for one model and mode, yielded as each batch size finishes. Eager modes load the
+    model once for all batch sizes; compiled modes open (compile) the backend once per batch size, since
+    torch-compile is compiled for one batch. An out-of-memory batch yields an `oom` row and ends the mode."""
     from slidefuse.runtime.backends import open_backend
     from slidefuse.runtime.bundle import load_bundle
 
     backend_name, precision, compile_mode = MODES[mode]
-    opts: dict[str, Any] = {"device": args.device, "precision": precision}
-    if compile_mode is not None:
-        opts.update(batch=batch, compile_mode=compile_mode, warmup=args.warmup)
     bundle = load_bundle(bundle_dir)
-    tile = bundle.manifest.tile_size
     on_cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if on_cuda else None
-    rows = []
-    if on_cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    with open_backend(backend_name, bundle, **opts) as backend:
-        load_s = time.perf_counter() - t0  # includes compilation and warm-up runs for torch-compile
-        info = backend.info()
-        tiles = random_tiles(batch, tile)
-        ios = ["host", "device"] if on_cuda or args.smoke else ["host"]
-        for io in ios:
-            if io == "host":
-                fn: Callable[[], Any] = functools.partial(backend.run, tiles)
-            else:
-                x = torch.from_numpy(tiles).to(args.device)
-                fn = functools.partial(device_forward(backend, torch, args.device, precision), x)
-            first = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            first_s = time.perf_counter() - first
-            iters = max(args.min_iters, min(args.iters, int(args.seconds_per_row / max(first_s, 1e-6))))
-            seconds = time_calls(fn, iters, max(args.warmup - 1, 0), sync)
-            row = latency_summary(seconds, batch, tile)
-            peak = gpu_peak(device_name, precision) if on_cuda else None
-            tflops = flops * row["tiles_per_s"] / 1e12
-            row.update({
-                "model": model_id, "mode": mode, "io": io, "backend": backend_name, "precision": precision,
-                "compile_mode": compile_mode, "load_s": load_s, "first_call_s": first_s,
-                "achieved_tflops": tflops,
-                "peak_tflops": peak.tflops if peak else None,
-                "fraction_of_peak": tflops / peak.tflops if peak and peak.tflops else None,
-                "device_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
-                "load_average": machine_info()["load_average"],
-                "backend_info": {k: str(v) for k, v in info.items()},
-            })
-            if peak and peak.alt_tflops:
-                row.update({f"fraction_of_{k}_peak": tflops / v for k, v in peak.alt_tflops.items()})
-            log.info("%-12s %-25s %-6s batch %3d: p50 %8.1f ms  %8.1f tiles/s  %6.1f TFLOP/s%s", model_id, mode,
-                     io, batch, row["p50_ms"], row["tiles_per_s"], tflops,
-                     f"  {100 * row['fraction_of_peak']:.1f}% of peak" if row["fraction_of_peak"] else "")
-            rows.append(row)
-            del fn
-    return rows
+    groups = [[b] for b in batches] if compile_mode is not None else [batches]
+    for group in groups:
+        opts: dict[str, Any] = {"device": args.device, "precision": precision}
+        if compile_mode is not None:
+            opts.update(batch=group[0], compile_mode=compile_mode, warmup=args.warmup)
+        if on_cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+        current = group[0]  # the batch size being loaded or timed, for the oom row
+        try:
+            t0 = time.perf_counter()
+            with open_backend(backend_name, bundle, **opts) as backend:
+                load_s = time.perf_counter() - t0  # model rebuild (+ compilation and warm-up for torch-compile)
+                for batch in group:
+                    current = batch
+                    yield time_batch(backend, backend_name, model_id, mode, batch, load_s, args, torch, flops,
+                                     device_name)
+        except torch.cuda.OutOfMemoryError as exc:
+            log.warning("%s %s: out of memory (%s); larger batches of this mode skipped", model_id, mode,
+                        str(exc).splitlines()[0])
+            yield [{"model": model_id, "mode": mode, "batch": current, "status": "oom"}]
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,18 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         doc["flops"][model_id] = count.to_dict()
         bundle_dir = torch_bundle(model_id, args.tile, args.work)
         for mode in modes:
-            for batch in batches:
-                if (model_id, mode, batch) in done:
-                    continue
-                try:
-                    rows = measure(bundle_dir, model_id, mode, batch, args, torch, count.total, device_name)
-                except torch.cuda.OutOfMemoryError as exc:
-                    log.warning("%s %s batch %d: out of memory (%s); larger batches of this mode skipped",
-                                model_id, mode, batch, str(exc).splitlines()[0])
-                    doc["rows"].append({"model": model_id, "mode": mode, "batch": batch, "status": "oom"})
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                    break
+            todo = [b for b in batches if (model_id, mode, b) not in done]
+            if not todo:
+                continue
+            for rows in measure(bundle_dir, model_id, mode, todo, args, torch, count.total, device_name):
                 doc["rows"] += rows
                 doc["machine"]["load_average"] = machine_info()["load_average"]
                 out.write_text(json.dumps(doc, indent=2) + "\n")
