@@ -275,7 +275,7 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
         "load_average_after": machine_info()["load_average"],
         "model": model_info(bundle),
         "backend": {"name": backend_name, "device": device, "precision": precision,
-                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": _jsonable(info)},
+                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": jsonable(info)},
         "flops": flops,
         "peak": peak.to_dict(),
         "settings": {"iters": config.iters, "warmup": config.warmup, "batches": list(config.batches),
@@ -285,12 +285,12 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
     }
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Backend info made JSON-safe (unknown objects as strings)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     return str(obj)
@@ -339,7 +339,7 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
         opened = []
         for c in contenders:
             b = stack.enter_context(open_backend(c.backend, bundle, **c.options))
-            infos[c.key] = _jsonable(b.info())
+            infos[c.key] = jsonable(b.info())
             time_calls(functools.partial(b.run, warm_tiles), 0, warmup)  # warm-up only
             opened.append((c, b))
         for r in range(rounds):

@@ -30,11 +30,11 @@ from typing import Any, cast
 import numpy as np
 
 from slidefuse.bench.engine import (
-    _jsonable,
     achieved,
     backend_device,
     device_peak,
     flops_info,
+    jsonable,
     latency_summary,
     model_info,
     random_tiles,
@@ -195,7 +195,7 @@ def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBen
         "load_average_after": machine_info()["load_average"],
         "model": model_info(bundle),
         "backend": {"name": backend_name, "device": device, "precision": precision,
-                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": _jsonable(info)},
+                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": jsonable(info)},
         "flops": flops,
         "peak": peak.to_dict(),
         "settings": {"batch_size": config.batch_size, "workers": config.workers, "mpp": config.mpp,
