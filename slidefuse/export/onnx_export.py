@@ -21,6 +21,7 @@ Models whose weights exceed `EXTERNAL_DATA_BYTES` are saved with ONNX's external
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import logging
 import os
@@ -72,7 +73,7 @@ class ExportError(SlidefuseError, RuntimeError):
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Everything `export_bundle` needs. Saved, minus paths, in the manifest."""
+    """Everything `export_bundle` needs. Recorded (paths as file names) in the manifest's `export.config`."""
 
     encoder: str  # encoder registry id, e.g. "phikon" or "tiny"
     classes: tuple[str, ...]  # class names; index 0 is background
@@ -241,6 +242,21 @@ def write_fp16_graph(fp32_path: Path, fp16_path: Path, *, tile_size: int, num_cl
 
 
 # ---------------------------------------------------------------------------------------------- orchestrator
+def config_record(config: ExportConfig) -> dict[str, Any]:
+    """The config as JSON-ready values; paths reduced to file names (the manifest must not leak local paths)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, Path):
+            v = v.name
+        elif isinstance(v, ParityThresholds):
+            v = dataclasses.asdict(v)
+        elif isinstance(v, tuple):
+            v = [list(x) if isinstance(x, tuple) else x for x in v]
+        out[f.name] = v
+    return out
+
+
 def _unused_reference(tiles: np.ndarray) -> np.ndarray:
     raise AssertionError("reference outputs are passed precomputed")  # pragma: no cover
 
@@ -330,6 +346,7 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
                 "external_data": [p.name for p in files if p != onnx_path],
                 "graph": {k: v for k, v in graph.items() if k != "ops"},
                 "fp16_graph": {k: v for k, v in fp16_graph.items() if k != "ops"} if fp16_graph else None,
+                "config": config_record(config),
                 "weight_bytes": weight_bytes,
                 "seconds": round(time.perf_counter() - t_start, 1),
             },

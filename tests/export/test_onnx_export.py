@@ -67,6 +67,8 @@ def test_bundle_files_and_manifest(bundle) -> None:  # type: ignore[no-untyped-d
         rep = m.parity[key]
         assert rep["passed"] and rep["tiles"] == 3 and rep["batch_sizes"] == [1, 2]
     assert m.parity["fp32"]["max_abs_diff"] <= 1e-3 and m.parity["fp32"]["argmax_agreement"] >= 0.999
+    assert m.export["config"]["encoder"] == "tiny" and m.export["config"]["out"] == "tiny.bundle"
+    assert m.export["exporter"].startswith("torch.onnx.export(dynamo=True)") and m.export["graph"]["layernorm_ops"] >= 5
     on_disk = json.loads((bundle.path / "manifest.json").read_text())
     assert on_disk["files"] == m.files and not list(bundle.path.parent.glob(".tiny.bundle.*"))
 
