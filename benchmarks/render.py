@@ -87,12 +87,12 @@ def compare_md(doc: dict[str, Any]) -> list[str]:
         ratio = next(iter(c["ratios"].values()))
         loads = [x for x in c.get("load_average_per_round", []) if x]
         rows.append([f"{c['model']['encoder']} ({c['flops'].get('gflop_per_tile', 0):.1f} GFLOP/tile)",
-                     str(c["batch"]), f"{c['rounds']} x {c['iters_per_round']}",
+                     str(c["batch"]), str(c.get("threads", "")), f"{c['rounds']} x {c['iters_per_round']}",
                      f"{num(a['p50_ms'], '.0f')} / {num(b['p50_ms'], '.0f')}",
                      f"{num(a['tiles_per_s'], '.3f')} / {num(b['tiles_per_s'], '.3f')}",
                      f"{pct(a.get('fraction_of_peak'))} / {pct(b.get('fraction_of_peak'))}",
                      f"**{ratio:.2f}**", load_text(loads[-1] if loads else None)])
-    lines += table(["model", "batch", "rounds x calls", f"p50 ms ({keys[0]} / {keys[1]})", "tiles/s",
+    lines += table(["model", "batch", "threads each", "rounds x calls", f"p50 ms ({keys[0]} / {keys[1]})", "tiles/s",
                     "of CPU peak (est.)", f"ratio {keys[0]} / {keys[1]}", "load 1/5/15 min"], rows)
     return lines + [""]
 
@@ -215,7 +215,7 @@ def plot_cpu(engine: dict[str, Any] | None, compare: dict[str, Any] | None, path
         ax = axes[1]
         comps = compare["comparisons"]
         keys = list(comps[0]["results"])
-        labels = [f"{c['model']['encoder']}\nbatch {c['batch']}" for c in comps]
+        labels = [f"{c['model']['encoder']}\nbatch {c['batch']}\n{c.get('threads', '?')} thr" for c in comps]
         width = 0.38
         for i, k in enumerate(keys):
             vals = [c["results"][k]["tiles_per_s"] for c in comps]

@@ -27,14 +27,19 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.run_engine_matrix import DEFAULT_BUNDLES, ensure_bundle  # noqa: E402
 from slidefuse.bench.engine import Contender, EngineBenchConfig, bench_engine, compare_backends  # noqa: E402
-from slidefuse.bench.machine import machine_info  # noqa: E402
+from slidefuse.bench.machine import cpu_cores, machine_info  # noqa: E402
 from slidefuse.bench.slide import SlideBenchConfig, bench_slide  # noqa: E402
 
 log = logging.getLogger("run_cpu")
 
 RESULTS = REPO / "benchmarks" / "results"
 CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
-CONTENDERS = (Contender("ort-cpu"), Contender("torch", {"device": "cpu"}, "torch-eager"))
+
+
+def contenders(threads: int) -> tuple[Contender, Contender]:
+    """ort-cpu and torch eager with the same number of intra-op threads."""
+    return (Contender("ort-cpu", {"threads": threads}, "ort-cpu"),
+            Contender("torch", {"device": "cpu", "threads": threads}, "torch-eager"))
 
 
 def write(doc: dict[str, Any], name: str, out: Path) -> None:
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' own chatter
     skip = set(filter(None, args.skip.split(",")))
     command = "python benchmarks/run_cpu.py" + (" --quick" if args.quick else "")
+    cores = cpu_cores()
     tiny = ensure_bundle("tiny", 512, args.bundles)
     phikon = ensure_bundle("phikon", 512, args.bundles)
 
@@ -86,19 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         iters, warmup = (2, 1) if args.quick else (8, 2)
         docs = [bench_engine(tiny, c.backend, EngineBenchConfig(batches=(1, 4, 8), iters=iters, warmup=warmup,
                                                                 backend_options=dict(c.options)))
-                for c in CONTENDERS]
+                for c in contenders(cores)]
         write({"kind": "cpu-engine", "command": command, "runs": docs}, "cpu-engine.json", args.out)
 
     if "compare" not in skip:
-        # (bundle, batch, rounds, calls per round, warm-up batch): phikon warms up on one tile (~20 s a call here)
-        plans = [(tiny, 4, 2 if args.quick else 6, 2, 4), (phikon, 1, 1 if args.quick else 3, 1, 1),
-                 (phikon, 4, 1 if args.quick else 2, 1, 1)]
+        # (bundle, batch, threads, rounds, calls per round, warm-up batch): phikon warms up on one tile (it takes
+        # ~20 s a call on 2 busy cores); tiny also with one thread each, since 2 OpenMP threads on a shared
+        # 2-core machine suffer from other tenants' load
+        plans = [(tiny, 4, cores, 2 if args.quick else 6, 2, 4), (tiny, 4, 1, 2 if args.quick else 6, 2, 4),
+                 (phikon, 1, cores, 1 if args.quick else 3, 1, 1), (phikon, 4, cores, 1 if args.quick else 2, 1, 1)]
         comparisons = []
-        for bundle, batch, rounds, per_round, warm_batch in plans:
-            log.info("comparing %s on %s, batch %d, %d rounds", ", ".join(c.key for c in CONTENDERS),
-                     bundle.manifest.encoder, batch, rounds)
-            comparisons.append(compare_backends(bundle, CONTENDERS, batch, rounds=rounds, iters_per_round=per_round,
-                                                warmup=1, warmup_batch=warm_batch))
+        for bundle, batch, threads, rounds, per_round, warm_batch in plans:
+            log.info("comparing ort-cpu and torch eager on %s, batch %d, %d thread(s), %d rounds",
+                     bundle.manifest.encoder, batch, threads, rounds)
+            doc = compare_backends(bundle, contenders(threads), batch, rounds=rounds, iters_per_round=per_round,
+                                   warmup=1, warmup_batch=warm_batch)
+            doc["threads"] = threads
+            comparisons.append(doc)
         write({"kind": "cpu-compare", "command": command, "machine": machine_info(), "comparisons": comparisons},
               "cpu-compare.json", args.out)
 
