@@ -263,7 +263,11 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
             info = backend.info()
             device = backend_device(info)
             precision = resolve_precision(backend_name, info, config.precision)
-            rows += bench_batches(backend, group, tile, config.iters, config.warmup, config.seed, device)
+            group_rows = bench_batches(backend, group, tile, config.iters, config.warmup, config.seed, device)
+            if per_batch:  # each row ran on its own backend instance: keep what that one reported
+                for row in group_rows:
+                    row["backend_info"] = jsonable(info)
+            rows += group_rows
     # Counted after the timing, so torch (imported by the counter) is not in the CPU backends' RSS figures.
     flop_count, flops = flops_info(bundle)
     peak = device_peak(device, precision, info)
