@@ -8,8 +8,9 @@ JPEG 2000; its file has NO pixel size: 0.5 um/px is ASSUMED, as for a 20x Aperio
 assumption in dataset.json). OS-2-vsi.ome.tif is not used: it is a Ki67 IHC stain (haematoxylin + DAB, no
 eosin), so the H&E colour deconvolution does not apply to it.
 
-Labels (slidefuse.train.pseudolabels): 0 background (the runtime's tissue detector), 1 haematoxylin-dense,
-2 eosin-dominant (Ruifrok-Johnston colour deconvolution, smoothed haematoxylin thresholded inside the tissue).
+Labels (slidefuse.train.pseudolabels): 0 background (outside the runtime's tissue detector's outline, and glass
+gaps inside it), 1 haematoxylin-dense, 2 eosin-dominant (Ruifrok-Johnston colour deconvolution, smoothed
+haematoxylin thresholded inside the tissue).
 Derived images: each slide read at 0.8x, 1x and 1.25x the target pixel size (scale jitter), random crops with
 random flips / 90-degree rotations; validation crops from the bottom 20 % of each slide, never seen in training.
 Output layout: that of `slidefuse train --tiles` (see `slidefuse train --help`).

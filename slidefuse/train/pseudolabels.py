@@ -9,6 +9,8 @@ eosin-dominant regions, from colour deconvolution.
       -> H smoothed with a Gaussian of `smooth_um` microns, thresholded inside the tissue:
          Otsu's threshold of the smoothed H over tissue pixels, clamped between the `min_fraction` and
          `1 - min_fraction` quantiles so that each tissue class keeps at least `min_fraction` of the tissue
+      -> a majority filter of `majority_um` microns on the tissue classes; then glass inside the tissue outline
+         (bright, unsaturated pixels: gaps between fibres) is set back to background (`glass_holes`)
       -> labels uint8 [h, w]: 0 background, 1 haematoxylin-dense, 2 eosin-dominant
 
 These are colour-derived labels for a demonstration model: "haematoxylin-dense" marks nuclei-rich areas
@@ -44,7 +46,8 @@ EOSIN = (0.072, 0.990, 0.105)
 class PseudoLabelParams:
     smooth_um: float = 6.0  # Gaussian sigma (microns) applied to the haematoxylin concentration before thresholding
     min_fraction: float = 0.2  # each tissue class keeps at least this fraction of the tissue (threshold clamp)
-    majority_um: float = 4.0  # half-width (microns) of the final majority filter on the labels (0: off)
+    majority_um: float = 4.0  # half-width (microns) of the majority filter on the tissue classes (0: off)
+    glass_holes: bool = True  # glass inside the tissue outline (bright, unsaturated pixels) is background too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,9 +123,25 @@ def pseudo_labels(rgb: np.ndarray, mpp: float, params: PseudoLabelParams | None 
     if p.majority_um > 0:
         labels = majority_filter(labels, max(1, round(p.majority_um / mpp)))
         labels[~tissue] = 0
+    if p.glass_holes:
+        labels[glass_pixels(rgb)] = 0
     log.debug("pseudo-labels: H threshold %.3f, tissue %.1f%%, H-dense %.1f%% of tissue", thr,
               100 * tissue.mean(), 100 * (labels == 1).sum() / max(1, tissue.sum()))
     return labels
+
+
+def glass_pixels(rgb: np.ndarray) -> np.ndarray:
+    """bool [h, w]: glass, i.e. bright (HSV value >= TissueParams.white_value) and unsaturated (saturation below
+    the image's Otsu saturation threshold, clamped like the tissue detector's). Marks the gaps between
+    fibres and cells that the tissue detector's closing and hole filling include in the tissue outline."""
+    from slidefuse.runtime.tissue import TissueParams, otsu_threshold, saturation_value
+
+    tp = TissueParams()
+    sat, val = saturation_value(rgb)
+    sample = sat[val >= tp.black_value]
+    thr = otsu_threshold(sample) if sample.size else 1.0
+    thr = min(max(thr, tp.min_saturation), max(tp.max_saturation_threshold, tp.min_saturation))
+    return np.asarray((val >= tp.white_value) & (sat < thr), dtype=bool)
 
 
 def majority_filter(labels: np.ndarray, radius: int, num_classes: int = len(PSEUDO_CLASSES)) -> np.ndarray:

@@ -185,6 +185,24 @@ def test_colour_deconvolution_separates_stains() -> None:
     assert np.abs(white).max() < 0.01
 
 
+def test_pseudo_labels_synthetic_tissue_with_a_glass_hole() -> None:
+    """A tissue disc on glass, its left half haematoxylin-stained, right half eosin, with a glass hole
+    inside: glass and the hole are background, the halves get their classes."""
+    size, mpp = 200, 2.0
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 100) ** 2 + (xx - 100) ** 2 < 80**2
+    hole = (yy - 100) ** 2 + (xx - 140) ** 2 < 6**2
+    rgb = np.full((size, size, 3), 242, np.uint8)
+    rgb[disc & (xx < 100)] = _stain_rgb(HAEMATOXYLIN, 1.2)
+    rgb[disc & (xx >= 100)] = _stain_rgb(EOSIN, 0.8)
+    rgb[hole] = 242
+    labels = pseudo_labels(rgb, mpp)
+    assert (labels[~disc] == 0).mean() > 0.99
+    assert (labels[hole] == 0).mean() > 0.9  # glass inside the tissue outline
+    assert (labels[disc & (xx < 90)] == 1).mean() > 0.95
+    assert (labels[disc & (xx > 110) & ~hole] == 2).mean() > 0.9
+
+
 def test_pseudo_labels_on_real_slide(cmu_slide: Path) -> None:
     from slidefuse.runtime.slide import open_slide
 
