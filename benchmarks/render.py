@@ -3,7 +3,8 @@
 
     python benchmarks/render.py
 
-Reads cpu-engine.json, cpu-compare.json, cpu-slide.json (from run_cpu.py) and gpu-*.json (from run_gpu.py)
+Reads flops.json, cpu-engine.json, cpu-compare.json, cpu-slide*.json (from run_cpu.py or `slidefuse bench
+slide --json`), memory.json / tissue_scaling.json (the runtime's benchmarks) and gpu-*.json (from run_gpu.py)
 when present; writes results/tables.md, results/cpu-throughput.png and, with GPU results,
 results/gpu-throughput.png; and replaces the text between `<!-- results:start -->` and `<!-- results:end -->`
 in benchmarks/README.md with the tables.
@@ -104,7 +105,7 @@ def slide_md(doc: dict[str, Any]) -> list[str]:
              f"{m['mpp']:g} um/px; backend {doc['backend']['name']}, batch {doc['settings']['batch_size']}, "
              f"{doc['settings']['workers']} reader threads; median of {doc['settings']['repeats']} run(s); load "
              f"{load_text(doc['machine'].get('load_average'))} before, "
-             f"{load_text(doc.get('load_average_after'))} after. Command: `{doc.get('command')}`.", ""]
+             f"{load_text(doc.get('load_average_after'))} after. Command: `{doc.get('command', 'n/a')}`.", ""]
     lines += table(["tiles run", "end to end tiles/s", "pipeline tiles/s", "engine only tiles/s",
                     "end-to-end / engine", "pipeline / engine"],
                    [[str(s["tiles_run"]), num(s["end_to_end_tiles_per_s"]), num(s["pipeline_tiles_per_s"]),
@@ -265,7 +266,7 @@ def plot_gpu(doc: dict[str, Any], path: Path) -> None:
 
 def render(results: Path, readme: Path | None) -> str:
     """Write tables.md and the plots into `results`; splice the tables into `readme`. Returns the markdown."""
-    engine, compare, slide = (load(results / n) for n in ("cpu-engine.json", "cpu-compare.json", "cpu-slide.json"))
+    engine, compare = (load(results / n) for n in ("cpu-engine.json", "cpu-compare.json"))
     md: list[str] = []
     flops = load(results / "flops.json")
     if flops:
@@ -274,8 +275,10 @@ def render(results: Path, readme: Path | None) -> str:
         md += compare_md(compare)
     if engine:
         md += cpu_engine_md(engine)
-    if slide:
-        md += slide_md(slide)
+    for extra in sorted(results.glob("cpu-slide*.json")):
+        doc = json.loads(extra.read_text())
+        if doc.get("kind") == "slide":
+            md += slide_md(doc)
     md += runtime_md(load(results / "memory.json"), load(results / "tissue_scaling.json"))
     if plot_cpu(engine, compare, results / "cpu-throughput.png"):
         md += ["![CPU throughput](results/cpu-throughput.png)", ""]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,13 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     lines.append(f"load average before {load}, after {doc.get('load_average_after')} "
                  f"({doc['machine']['cores']} cores); {doc['settings']['timing']}")
     return lines
+
+
+def invocation() -> str | None:
+    """The command line that ran, when run as `slidefuse` (or `python -m slidefuse`); None otherwise (tests)."""
+    if Path(sys.argv[0]).name in ("slidefuse", "__main__.py"):
+        return "slidefuse " + shlex.join(sys.argv[1:])
+    return None
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
@@ -97,6 +106,7 @@ def command(model: Path, backend: str, batch: str, precision: str | None, iters:
                                backend_options=parse_options(options))
     config.check()
     doc = bench_engine(load_bundle(model), backend, config)
+    doc["command"] = invocation()
     for line in summary_lines(doc):
         click.echo(line)
     if json_path is not None:

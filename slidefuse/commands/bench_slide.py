@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from slidefuse.commands.bench_engine import parse_options, write_json
+from slidefuse.commands.bench_engine import invocation, parse_options, write_json
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
@@ -75,6 +75,7 @@ def command(slide: Path, model: Path, backend: str, batch: int, mpp: float | Non
                               max_engine_tiles=engine_max_tiles, all_tiles=all_tiles, out_dir=keep_outputs)
     config.check()
     doc = bench_slide(slide, load_bundle(model), backend, config)
+    doc["command"] = invocation()
     for line in summary_lines(doc):
         click.echo(line)
     if json_path is not None:
