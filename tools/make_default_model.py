@@ -74,8 +74,9 @@ def readme(mpp: float, tile: int, recipe: str) -> str:
 - encoder `{ENCODER}` (a test-size ViT/8, width 64, depth 2) + the shared decoder, tile {tile} px at {mpp:g} um/px
 - classes: {", ".join(PSEUDO_CLASSES)}
 - trained encoder AND decoder from a random start (`slidefuse train --train-encoder`; not the paper's frozen-encoder
-  protocol, because no pretrained weights exist for this encoder) on pseudo-labels: background = tissue detection,
-  haematoxylin-dense vs eosin-dominant = Ruifrok-Johnston colour deconvolution of the haematoxylin channel
+  protocol, because no pretrained weights exist for this encoder) on pseudo-labels: background = outside the tissue
+  detector's outline plus glass gaps inside it, haematoxylin-dense vs eosin-dominant = Ruifrok-Johnston colour
+  deconvolution (smoothed haematoxylin channel, thresholded inside the tissue)
 - training data: CMU-1-Small-Region.svs and TCGA-CR-7395-01A-01-TS1.svs (0.5 um/px assumed: the file has none),
   crops with scale jitter, flips and rotations; see training.json for the history and the data summary
 - rebuild: `{recipe}`
