@@ -57,3 +57,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def phikon_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """phikon (ViT-B/16) at 512 px with random weights and its fp16 graph, exported once per session for the
+    slow tests (an export of this size takes minutes on a 2-core CPU)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    from slidefuse.export.onnx_export import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("phikon") / "phikon.bundle"
+    export_bundle(ExportConfig(
+        encoder="phikon", classes=("background", "tumour", "stroma"), mpp=0.5, out=out, tile_size=512,
+        random_weights=True, fp16=True, parity_real_tiles=2, parity_random_tiles=1,
+    ))
+    return out

@@ -17,7 +17,7 @@ from slidefuse.bench.parity import ParityRow, format_table, parity_inputs, run_p
 from slidefuse.errors import BackendUnavailable, UnknownName
 from slidefuse.runtime.backends import open_backend, registry
 from slidefuse.runtime.backends.ort import OrtCpuBackend
-from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.bundle import Bundle, load_bundle
 
 
 class SwappedClassesBackend(OrtCpuBackend):
@@ -103,14 +103,10 @@ def test_named_backend_that_cannot_run_is_an_error(bundle: Bundle) -> None:
 
 
 @pytest.mark.slow
-def test_ort_cpu_agrees_with_torch_phikon(tmp_path: Path) -> None:
+def test_ort_cpu_agrees_with_torch_phikon(phikon_bundle: Path) -> None:
     """phikon (ViT-B/16, 768 wide, 12 blocks) at 512 px with random weights: the exported graph on ort-cpu against
     the torch backend on 4 tiles (2 real tissue tiles when ../shared is present, 2 random), batches 1 and 3."""
-    from slidefuse.export.onnx_export import ExportConfig, export_bundle
-
-    b = export_bundle(ExportConfig(encoder="phikon", classes=("background", "tumour", "stroma"), mpp=0.5,
-                                   out=tmp_path / "phikon.bundle", tile_size=512, random_weights=True,
-                                   parity_real_tiles=1, parity_random_tiles=1))
+    b = load_bundle(phikon_bundle)
     tiles = parity_inputs(512, 4, seed=5).tiles
     with open_backend("torch", b, device="cpu") as be:
         ref = np.concatenate([be.run(tiles[:2]), be.run(tiles[2:])])
