@@ -34,9 +34,12 @@ import click
                    "flips/rotations of the feature maps.")
 @click.option("--no-augment", is_flag=True, help="Turn image augmentation off.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the decoder init, shuffling, augmentation.")
+@click.option("--device", default="auto", show_default=True,
+              help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:N.")
 def command(encoder: str, encoder_weights: Path | None, random_encoder: bool, train_encoder: bool, tiles: Path,
             classes: str, out: Path, epochs: int, batch_size: int, lr: float, restart_every: int, val_every: int,
-            tile_size: int, decoder_width: int | None, cache_features: bool, no_augment: bool, seed: int) -> None:
+            tile_size: int, decoder_width: int | None, cache_features: bool, no_augment: bool, seed: int,
+            device: str) -> None:
     """Train the shared decoder on a frozen ENCODER (SPEC §1): cross-entropy + Dice, NAdam, lr cosine-annealed
     to 0 with warm restarts, random affine + colour jitter, validation Dice per class, best checkpoint kept.
 
@@ -62,7 +65,7 @@ def command(encoder: str, encoder_weights: Path | None, random_encoder: bool, tr
         encoder_weights=encoder_weights, random_encoder=random_encoder, train_encoder=train_encoder,
         epochs=epochs, batch_size=batch_size, lr=lr, restart_every=restart_every, val_every=val_every,
         tile_size=tile_size, decoder_width=decoder_width, cache_features=cache_features, augment=not no_augment,
-        seed=seed,
+        seed=seed, device=device,
     )
     result = train(cfg)
     import json

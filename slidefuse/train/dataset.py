@@ -193,9 +193,9 @@ def random_affine(images: torch.Tensor, masks: torch.Tensor, p: AugmentParams,
     import torch.nn.functional as F
 
     b, _, t, _ = images.shape
-    theta = _affine_thetas(b, p, gen).to(images.dtype)
+    theta = _affine_thetas(b, p, gen).to(device=images.device, dtype=images.dtype)
     grid = F.affine_grid(theta, [b, 3, t, t], align_corners=False)
-    inside = F.grid_sample(torch.ones(b, 1, t, t, dtype=images.dtype), grid, mode="nearest",
+    inside = F.grid_sample(torch.ones(b, 1, t, t, dtype=images.dtype, device=images.device), grid, mode="nearest",
                            padding_mode="zeros", align_corners=False)[:, 0] > 0.5
     out = F.grid_sample(images - 255.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 255.0
     lab = F.grid_sample(masks.unsqueeze(1).to(images.dtype), grid, mode="nearest", padding_mode="zeros",
@@ -217,21 +217,22 @@ def colour_jitter(images: torch.Tensor, p: AugmentParams, gen: torch.Generator) 
     import torch
 
     b = images.shape[0]
-    f = 2 * torch.rand(b, 4, generator=gen) - 1  # four uniforms in [-1, 1] per tile
+    dev = images.device
+    f = (2 * torch.rand(b, 4, generator=gen) - 1).to(dev)  # four uniforms in [-1, 1] per tile (CPU generator)
     bright = (1 + p.brightness * f[:, 0]).view(b, 1, 1, 1)
     contrast = (1 + p.contrast * f[:, 1]).view(b, 1, 1, 1)
     sat = (1 + p.saturation * f[:, 2]).view(b, 1, 1, 1)
-    grey_w = torch.tensor(_GREY).view(1, 3, 1, 1)
+    grey_w = torch.tensor(_GREY, device=dev).view(1, 3, 1, 1)
     x = images * bright
     mean_grey = (x * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     x = (x - mean_grey) * contrast + mean_grey
     grey = (x * grey_w).sum(1, keepdim=True)
     x = (x - grey) * sat + grey
     if p.hue > 0:
-        to_yiq = torch.tensor(_RGB_TO_YIQ)
+        to_yiq = torch.tensor(_RGB_TO_YIQ, device=dev)
         angle = 2 * torch.pi * p.hue * f[:, 3]
         cos, sin = torch.cos(angle), torch.sin(angle)
-        rot = torch.zeros(b, 3, 3)
+        rot = torch.zeros(b, 3, 3, device=dev)
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
         m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # [B, 3, 3], RGB -> RGB

@@ -16,6 +16,9 @@ instead the feature map and its label get the same random flip / 90-degree rotat
 augmentation: a cheap regulariser, not equivalent to encoding the flipped tile). Validation is unaffected
 (it never augments).
 
+Device: `device="auto"` trains on CUDA when torch sees a GPU, else on the CPU; augmentation runs on the same
+device (random numbers come from one seeded CPU generator, so a run is reproducible on a given device).
+
 `train_encoder=True` also trains the encoder (same optimiser and lr). That is NOT the paper's protocol; it
 exists for encoders with no pretrained weights, such as the tiny encoder of the demonstration bundle.
 
@@ -77,6 +80,7 @@ class TrainConfig:
     augment: bool = True  # image augmentation (affine + colour jitter); ignored with cache_features
     augment_params: AugmentParams = field(default_factory=AugmentParams)  # augmentation ranges
     seed: int = 0  # seed of the decoder init, shuffling and augmentation
+    device: str = "auto"  # torch device: "cpu", "cuda", "cuda:1", ...; "auto" = cuda when available, else cpu
 
     def check(self) -> None:
         """Raise UsageError for inconsistent or out-of-range options."""
@@ -131,28 +135,47 @@ def ckpt_paths(out: Path) -> tuple[Path, Path, Path]:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def build_for_training(cfg: TrainConfig) -> SegmentationModel:
-    """The SegmentationModel to train: the encoder from `encoder_weights` (or random on request), a freshly
-    initialised decoder (seeded); encoder frozen unless `train_encoder`."""
+def resolve_device(name: str) -> torch.device:
+    """`name` ("auto", "cpu", "cuda", "cuda:N", ...) -> a torch.device that exists here; UsageError otherwise."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device here (torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def build_for_training(cfg: TrainConfig, device: torch.device) -> SegmentationModel:
+    """The SegmentationModel to train, on `device`: the encoder from `encoder_weights` (or random on request), a
+    freshly initialised decoder (seeded); encoder frozen unless `train_encoder`."""
     from slidefuse.export.model import build_model
 
     model = build_model(cfg.encoder, len(cfg.classes), tile_size=cfg.tile_size, decoder_width=cfg.decoder_width,
                         encoder_weights=cfg.encoder_weights, random_weights=True, seed=cfg.seed)
     for p in model.encoder.parameters():
         p.requires_grad_(cfg.train_encoder)
-    return model
+    return model.to(device)
+
+
+def _device(model: SegmentationModel) -> torch.device:
+    return model.decoder.proj.weight.device
 
 
 def encode_split(model: SegmentationModel, split: TileSplit, batch_size: int) -> torch.Tensor:
-    """Frozen-encoder features of every tile of `split`: float16 [N, d, h, w] (CPU)."""
+    """Frozen-encoder features of every tile of `split`: float16 [N, d, h, w] (kept on the CPU)."""
     import torch
 
     out = []
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(split), batch_size):
-            tiles = torch.from_numpy(split.images[i : i + batch_size])
-            out.append(model.features(model.normalise(tiles)).to(torch.float16))
+            tiles = torch.from_numpy(split.images[i : i + batch_size]).to(_device(model))
+            out.append(model.features(model.normalise(tiles)).to(torch.float16).cpu())
     return torch.cat(out)
 
 
@@ -178,14 +201,15 @@ def evaluate(model: SegmentationModel, split: TileSplit, batch_size: int,
 
     meter = DiceMeter(model.num_classes)
     losses = []
+    dev = _device(model)
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(split), batch_size):
-            target = torch.from_numpy(split.masks[i : i + batch_size])
+            target = torch.from_numpy(split.masks[i : i + batch_size]).to(dev)
             if features is not None:
-                logits = model.decoder(features[i : i + batch_size].float())
+                logits = model.decoder(features[i : i + batch_size].to(dev).float())
             else:
-                logits = model.forward_logits(torch.from_numpy(split.images[i : i + batch_size]))
+                logits = model.forward_logits(torch.from_numpy(split.images[i : i + batch_size]).to(dev))
             ce, dice = ce_dice_loss(logits, target)
             losses.append(float(ce + dice) * target.shape[0])
             meter.update(logits, target)
@@ -250,7 +274,8 @@ def batch_logits(model: SegmentationModel, cfg: TrainConfig, tiles: torch.Tensor
 
     if features is not None:
         feats, target = dihedral(features.float(), target, gen)
-        return model.decoder(feats), target
+        return model.decoder(feats.to(_device(model))), target.to(_device(model))
+    tiles, target = tiles.to(_device(model)), target.to(_device(model))
     if cfg.augment:
         tiles, target = augment_batch(tiles, target, cfg.augment_params, gen)
     x = model.normalise(tiles)
@@ -350,10 +375,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     log.info("tiles: %d train, %d val (%d px); train pixels per class: %s", len(train_split), len(val_split),
              cfg.tile_size, ", ".join(f"{c} {n / max(1, counts.sum()):.1%}" for c, n in zip(cfg.classes, counts,
                                                                                           strict=True)))
-    model = build_for_training(cfg)
+    device = resolve_device(cfg.device)
+    model = build_for_training(cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    log.info("training %s (%d parameters; encoder %s)", "encoder + decoder" if cfg.train_encoder else "the decoder",
-             sum(p.numel() for p in params), "TRAINED (not the paper's protocol)" if cfg.train_encoder else "frozen")
+    log.info("training %s on %s (%d parameters; encoder %s)",
+             "encoder + decoder" if cfg.train_encoder else "the decoder", device, sum(p.numel() for p in params),
+             "TRAINED (not the paper's protocol)" if cfg.train_encoder else "frozen")
 
     train_feats = val_feats = None
     if cfg.cache_features:

@@ -61,9 +61,9 @@ class DiceMeter:
         pred = logits.argmax(dim=1)
         valid = target != IGNORE_INDEX
         p, g = pred[valid], target[valid].long()
-        self.pred += torch.bincount(p, minlength=c)[:c].numpy()
-        self.true += torch.bincount(g, minlength=c)[:c].numpy()
-        self.inter += torch.bincount(p[p == g], minlength=c)[:c].numpy()
+        self.pred += torch.bincount(p, minlength=c)[:c].cpu().numpy()
+        self.true += torch.bincount(g, minlength=c)[:c].cpu().numpy()
+        self.inter += torch.bincount(p[p == g], minlength=c)[:c].cpu().numpy()
 
     def per_class(self) -> np.ndarray:
         """float64 [C]: Dice per class in 0..1 (NaN where the class is in neither labels nor predictions)."""

@@ -241,6 +241,18 @@ def test_conflicting_options() -> None:
         TrainConfig(**base, random_encoder=True, epochs=0).check()  # type: ignore[arg-type]
 
 
+def test_device_option() -> None:
+    from slidefuse.train.loop import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
 def test_bad_dataset_is_a_clean_cli_error(tmp_path: Path, runner) -> None:  # type: ignore[no-untyped-def]
     root = _tiny_dataset(tmp_path / "d")
     (root / "val" / "masks" / "t0.png").unlink()
