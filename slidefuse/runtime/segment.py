@@ -50,6 +50,7 @@ class SegmentOptions:
     overwrite: bool = False  # redo slides whose outputs are already complete for this bundle
     workers: int = 4  # reader threads
     prefetch: int = 2  # batches read ahead of the engine
+    preload_max_pixels: int = 16_000_000  # decode the whole slide at the model's mpp once when it is this small
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -251,6 +252,10 @@ def segment_slide(
         timings["tissue"] = time.perf_counter() - t0
 
         view = slide.scaled(m.mpp)
+        if view.preload(options.preload_max_pixels):
+            log.info("%s: %d x %d px at %g um/px decoded once into memory (small slide)",
+                     slide_path.name, view.width, view.height, m.mpp)
+        timings["preload"] = time.perf_counter() - t0 - timings["tissue"]
         overlap = effective_overlap(bundle, options)
         grid = TileGrid(view.width, view.height, m.tile_size, overlap, margin=overlap)
         tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)

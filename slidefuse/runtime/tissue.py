@@ -33,6 +33,7 @@ class TissueParams:
     min_object_fraction: float = 1e-4  # drop pieces smaller than this fraction of the thumbnail area
     max_hole_fraction: float = 1e-3  # fill holes smaller than this fraction of the thumbnail area
     tile_min_fraction: float = 0.0  # a tile "touches tissue" when its tissue fraction is > this (0: any pixel)
+    detect_mpp: float = 4.0  # finest pixel size (um/px) detection runs at: finer thumbnails are block-averaged
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +98,16 @@ def detect_tissue(thumbnail_rgb: np.ndarray, params: TissueParams | None = None,
     p = params or TissueParams()
     if thumbnail_rgb.ndim != 3 or thumbnail_rgb.shape[2] != 3 or thumbnail_rgb.dtype != np.uint8:
         raise ValueError(f"detect_tissue needs uint8 [h, w, 3] RGB, got {thumbnail_rgb.dtype} {thumbnail_rgb.shape}")
+    k = int(p.detect_mpp // thumb_mpp) if thumb_mpp > 0 else 1
+    if k >= 2 and min(thumbnail_rgb.shape[:2]) >= 4 * k:
+        # Detection cost grows with pixel count; tissue outlines need no more than ~detect_mpp. Average k x k
+        # blocks, detect there, and give every thumbnail pixel its block's answer.
+        h, w = thumbnail_rgb.shape[:2]
+        hk, wk = -(-h // k), -(-w // k)
+        padded = np.pad(thumbnail_rgb, ((0, hk * k - h), (0, wk * k - w), (0, 0)), mode="edge")
+        small = padded.reshape(hk, k, wk, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        small_mask = detect_tissue(small, p, thumb_mpp=thumb_mpp * k)
+        return np.repeat(np.repeat(small_mask, k, axis=0), k, axis=1)[:h, :w]
     sat, val = saturation_value(thumbnail_rgb)
     if p.smoothing_px > 0:
         sat = ndimage.uniform_filter(sat, size=2 * p.smoothing_px + 1, mode="nearest")
