@@ -100,7 +100,8 @@ def compare_md(doc: dict[str, Any]) -> list[str]:
 
 def slide_md(doc: dict[str, Any]) -> list[str]:
     s, m = doc["summary"], doc["model"]
-    lines = [f"### End to end on a real slide: {Path(doc['slide']).name}", "",
+    lines = [f"### End to end on a real slide: {Path(doc['slide']).name}, {m['encoder']}, "
+             f"{doc['backend']['name']}", "",
              f"Hardware: {machine_line(doc['machine'])}. Model {m['encoder']} at {m['tile_size']} px, "
              f"{m['mpp']:g} um/px; backend {doc['backend']['name']}, batch {doc['settings']['batch_size']}, "
              f"{doc['settings']['workers']} reader threads; median of {doc['settings']['repeats']} run(s); load "
