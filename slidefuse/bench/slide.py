@@ -1,7 +1,8 @@
-"""Slide benchmark: one slide end to end through the real runtime (`segment_slide`), with time per stage, then
-the engine alone on the very same tiles, and the ratio of the two rates.
+"""Slide benchmark: one slide (or several, as one batch) end to end through the real runtime (`segment_many`,
+as `slidefuse segment` runs it), with time per stage, then the engine alone on the very same tiles, and the
+ratio of the two rates.
 
-How "the same tiles" is guaranteed: the backend handed to `segment_slide` is wrapped in a recorder that
+How "the same tiles" is guaranteed: the backend handed to `segment_many` is wrapped in a recorder that
 copies every batch it is given (up to `max_engine_tiles` tiles) before running it. The engine-only pass then
 replays those batches, with the same composition and the same backend instance, from memory. The copy (a
 memcpy of the batch) is inside the end-to-end time; it is small next to a model's inference.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -70,6 +72,7 @@ class SlideBenchConfig:
     max_engine_tiles: int = 2048  # tiles kept in memory for the engine-only replay (the first ones)
     all_tiles: bool = False  # run every grid tile, not only those touching tissue
     out_dir: Path | None = None  # keep the outputs here (default: a temporary folder, removed)
+    overlap_slides: bool = True  # with several slides: plan ahead / write behind on a background thread
 
     def check(self) -> None:
         """Raise UsageError for out-of-range values."""
@@ -137,31 +140,41 @@ def stage_times(timings: dict[str, float], total_s: float) -> dict[str, float]:
     return out
 
 
-def _one_run(slide: Path, bundle: Bundle, backend: Any, config: SlideBenchConfig, backend_name: str,
-             out_root: Path) -> tuple[Any, RecordingBackend, float]:
-    """One end-to-end segmentation with a recording wrapper around `backend`; (SlideResult, recorder, s)."""
-    from slidefuse.runtime.segment import SegmentOptions, segment_slide
+def _one_run(slides: list[Path], bundle: Bundle, backend: Any, config: SlideBenchConfig, backend_name: str,
+             out_root: Path) -> tuple[list[Any], RecordingBackend, float]:
+    """One end-to-end segmentation of `slides` (one batch, as `slidefuse segment` runs it) with a recording
+    wrapper around `backend`; (SlideResults, recorder, wall seconds). A failed slide fails the benchmark."""
+    from slidefuse.errors import SlidefuseError
+    from slidefuse.runtime.segment import SegmentOptions, segment_many
 
     options = SegmentOptions(backend=backend_name, backend_options=config.open_options(),
                              batch_size=config.batch_size, mpp=config.mpp, workers=config.workers,
-                             all_tiles=config.all_tiles, overwrite=True)
+                             all_tiles=config.all_tiles, overwrite=True, overlap_slides=config.overlap_slides)
     recorder = RecordingBackend(backend, config.max_engine_tiles)
     t0 = time.perf_counter()
-    result = segment_slide(slide, bundle, out_root, options, cast(Any, recorder))
-    return result, recorder, time.perf_counter() - t0
+    results = segment_many(slides, bundle, out_root, options, backend=cast(Any, recorder))
+    wall_s = time.perf_counter() - t0
+    failed = [r for r in results if r.status != "ok"]
+    if failed:
+        raise SlidefuseError(f"the benchmark needs every slide segmented; {failed[0].error or failed[0].status}")
+    return results, recorder, wall_s
 
 
-def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBenchConfig) -> dict[str, Any]:
-    """Segment `slide` end to end `config.repeats` times, each followed by the engine alone on the same tiles;
-    return the benchmark's JSON document (stages, tiles/s, engine-only tiles/s, their ratios, machine)."""
+def bench_slide(slide: Path | Sequence[Path], bundle: Bundle, backend_name: str,
+                config: SlideBenchConfig) -> dict[str, Any]:
+    """Segment `slide` (one slide, or several as one batch) end to end `config.repeats` times, each followed
+    by the engine alone on the same tiles; return the benchmark's JSON document (stages summed over the
+    slides, tiles/s, engine-only tiles/s, their ratios, machine)."""
+    from slidefuse.errors import SlideNotFound
     from slidefuse.runtime.backends import open_backend
 
     config.check()
-    slide = Path(slide)
-    if not slide.exists():
-        from slidefuse.errors import SlideNotFound
-
-        raise SlideNotFound(f"{slide}: no such slide file; check the path")
+    slides = [Path(slide)] if isinstance(slide, (str, Path)) else [Path(p) for p in slide]
+    if not slides:
+        raise UsageError("no slide given; pass at least one slide file")
+    for p in slides:
+        if not p.is_file():
+            raise SlideNotFound(f"{p}: no such slide file; check the path")
     machine_before = machine_info()
     tile = bundle.manifest.tile_size
     runs: list[dict[str, Any]] = []
@@ -173,7 +186,7 @@ def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBen
             backend.run(random_tiles(config.batch_size, tile))
         out_root = Path(config.out_dir) if config.out_dir is not None else Path(tmp)
         for i in range(config.repeats):
-            result, recorder, wall_s = _one_run(slide, bundle, backend, config, backend_name, out_root / f"run{i}")
+            result, recorder, wall_s = _one_run(slides, bundle, backend, config, backend_name, out_root / f"run{i}")
             engine_s, per_call = engine_replay(backend, recorder.batches)
             runs.append(_run_figures(result, recorder, wall_s, engine_s, per_call, config.batch_size, tile))
             log.info("run %d/%d: end to end %.2f tiles/s, engine only %.2f tiles/s (ratio %s)", i + 1,
@@ -190,7 +203,8 @@ def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBen
                     achieved(flop_count, summary["end_to_end_tiles_per_s"], peak).items()})
     return {
         "kind": "slide",
-        "slide": str(slide),
+        "slide": str(slides[0]) if len(slides) == 1 else ", ".join(p.name for p in slides),
+        "slides": [str(p) for p in slides],
         "machine": machine_before,
         "load_average_after": machine_info()["load_average"],
         "model": model_info(bundle),
@@ -200,7 +214,7 @@ def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBen
         "peak": peak.to_dict(),
         "settings": {"batch_size": config.batch_size, "workers": config.workers, "mpp": config.mpp,
                      "warmup": config.warmup, "repeats": config.repeats, "all_tiles": config.all_tiles,
-                     "max_engine_tiles": config.max_engine_tiles},
+                     "max_engine_tiles": config.max_engine_tiles, "overlap_slides": config.overlap_slides},
         "stage_notes": STAGE_NOTES,
         "host_peak_rss_mib": rss,
         "summary": summary,
@@ -208,17 +222,27 @@ def bench_slide(slide: Path, bundle: Bundle, backend_name: str, config: SlideBen
     }
 
 
-def _run_figures(result: Any, recorder: RecordingBackend, wall_s: float, engine_s: float, per_call: list[float],
-                 batch: int, tile: int) -> dict[str, Any]:
-    """Figures of one end-to-end run and its engine-only replay."""
-    n = int(result.tile_counts.get("run", recorder.seen))
-    total_s = float(result.seconds or wall_s)
-    stages = stage_times(dict(result.timings), total_s)
+def _run_figures(results: list[Any], recorder: RecordingBackend, wall_s: float, engine_s: float,
+                 per_call: list[float], batch: int, tile: int) -> dict[str, Any]:
+    """Figures of one end-to-end run (one or more slides) and its engine-only replay. Stage seconds are summed
+    over the slides; with several overlapped slides, planning and outputs of all but the first and last
+    slide run during inference, so the stages can add up to more than the wall time."""
+    n = sum(int(r.tile_counts.get("run", 0)) for r in results) or recorder.seen
+    total_s = float(wall_s if len(results) > 1 else (results[0].seconds or wall_s))
+    timings: dict[str, float] = {}
+    tiles: dict[str, int] = {}
+    for r in results:
+        for k, v in r.timings.items():
+            timings[k] = timings.get(k, 0.0) + float(v)
+        for k, c in r.tile_counts.items():
+            tiles[k] = tiles.get(k, 0) + int(c)
+    stages = stage_times(timings, total_s)
     e2e = n / total_s if total_s > 0 else 0.0
     pipe = n / stages["pipeline"] if stages["pipeline"] > 0 else 0.0
     engine = recorder.kept / engine_s if engine_s > 0 else 0.0
     return {
-        "tiles": dict(result.tile_counts),
+        "slides": len(results),
+        "tiles": tiles,
         "tiles_run": n,
         "engine_tiles": recorder.kept,
         "engine_subset": recorder.kept < n,

@@ -1,4 +1,4 @@
-"""`slidefuse bench slide`: one slide end to end through the runtime, time per stage, and the ratio of the
+"""`slidefuse bench slide`: one slide (or a batch of slides) end to end through the runtime, time per stage, and the ratio of the
 end-to-end rate to the engine-only rate on the same tiles."""
 
 from __future__ import annotations
@@ -9,6 +9,11 @@ from typing import Any
 import click
 
 from slidefuse.commands.bench_engine import invocation, parse_options, write_json
+
+
+def _over(doc: dict[str, Any]) -> str:
+    n = len(doc.get("slides", [])) or 1
+    return "" if n == 1 else f" over {n} slides"
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
@@ -23,7 +28,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         f"model   {m['encoder']} tile {m['tile_size']} px at {m['mpp']:g} um/px; backend {b['name']} "
         f"({b['device']}, {b['precision']}), batch {doc['settings']['batch_size']}, "
         f"{doc['settings']['workers']} reader threads",
-        f"tiles   {s['tiles_run']} run; end to end {s['end_to_end_tiles_per_s']:.2f} tiles/s "
+        f"tiles   {s['tiles_run']} run{_over(doc)}; end to end {s['end_to_end_tiles_per_s']:.2f} tiles/s "
         f"({s['end_to_end_megapixels_per_s']:.2f} MP/s), pipeline {s['pipeline_tiles_per_s']:.2f} tiles/s, "
         f"engine only {s['engine_tiles_per_s']:.2f} tiles/s",
         f"ratio   end-to-end / engine {ratio(s['end_to_end_to_engine_ratio'])}, "
@@ -37,7 +42,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 
 @click.command("slide")
-@click.argument("slide", type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model", type=click.Path(path_type=Path), required=True, help="Model bundle folder.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Backend name.")
 @click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per backend call.")
@@ -52,29 +57,35 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 @click.option("--engine-max-tiles", type=int, default=2048, show_default=True,
               help="Tiles kept in memory for the engine-only replay (the first ones of the slide).")
 @click.option("--all-tiles", is_flag=True, help="Run every grid tile, not only those touching tissue.")
+@click.option("--overlap-slides/--one-slide-at-a-time", "overlap_slides", default=True, show_default=True,
+              help="With several slides: plan the next slide and write the previous one's outputs while a "
+                   "slide's tiles run (as 'slidefuse segment' does).")
 @click.option("--keep-outputs", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the segmentation outputs here instead of a temporary folder.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full results to this JSON file.")
-def command(slide: Path, model: Path, backend: str, batch: int, mpp: float | None, workers: int,
+def command(slides: tuple[Path, ...], model: Path, backend: str, batch: int, mpp: float | None, workers: int,
             precision: str | None, options: tuple[str, ...], warmup: int, repeats: int, engine_max_tiles: int,
-            all_tiles: bool, keep_outputs: Path | None, json_path: Path | None) -> None:
-    """Segment SLIDE end to end (into a temporary folder) with time per stage, then run the engine alone on
+            all_tiles: bool, overlap_slides: bool, keep_outputs: Path | None, json_path: Path | None) -> None:
+    """Segment SLIDES end to end (into a temporary folder) with time per stage, then run the engine alone on
     the same tiles from memory, and report both rates and their ratio.
 
     \b
+    Several slides run as one batch, as 'slidefuse segment' runs them; stages are summed over the slides.
     Read, decode and resample are one merged stage (libvips does them in one pipeline per region).
-    Example:
+    Examples:
       slidefuse bench slide CMU-1-Small-Region.svs --model tiny.bundle --backend ort-cpu --json slide.json
+      slidefuse bench slide a.svs b.svs c.svs --model tiny.bundle --json batch.json
     """
     from slidefuse.bench.slide import SlideBenchConfig, bench_slide
     from slidefuse.runtime.bundle import load_bundle
 
     config = SlideBenchConfig(batch_size=batch, mpp=mpp, workers=workers, precision=precision,
                               backend_options=parse_options(options), warmup=warmup, repeats=repeats,
-                              max_engine_tiles=engine_max_tiles, all_tiles=all_tiles, out_dir=keep_outputs)
+                              max_engine_tiles=engine_max_tiles, all_tiles=all_tiles, out_dir=keep_outputs,
+                              overlap_slides=overlap_slides)
     config.check()
-    doc = bench_slide(slide, load_bundle(model), backend, config)
+    doc = bench_slide(list(slides), load_bundle(model), backend, config)
     doc["command"] = invocation()
     for line in summary_lines(doc):
         click.echo(line)

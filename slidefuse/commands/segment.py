@@ -43,6 +43,9 @@ def _default_model() -> Path | None:
 @click.option("--min-tile-tissue", type=click.FloatRange(0.0, 1.0), default=None,
               help="Run a tile only when this fraction of it is tissue (default 0: any tissue).")
 @click.option("--all-tiles", is_flag=True, help="Run every tile, tissue or not.")
+@click.option("--overlap-slides/--one-slide-at-a-time", "overlap_slides", default=True, show_default=True,
+              help="With several slides, plan the next slide and write the previous one's outputs on a "
+                   "background thread while a slide's tiles run, so the engine does not wait for them.")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
               help="Text file with one slide path per line ('#' comments; relative to the file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines; only errors (as 'slidefuse -q').")
@@ -64,6 +67,7 @@ def command(
     tissue_threshold: float | None,
     min_tile_tissue: float | None,
     all_tiles: bool,
+    overlap_slides: bool,
     list_file: Path | None,
     quiet: bool,
 ) -> None:
@@ -149,6 +153,7 @@ def command(
         mask_mpp=mask_mpp,
         overwrite=overwrite,
         workers=workers,
+        overlap_slides=overlap_slides,
     )
     progress = make_progress(quiet)
     results = segment_many(list(inputs), bundle, out, options, list_file=list_file, progress=progress)

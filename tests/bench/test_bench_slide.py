@@ -77,3 +77,22 @@ def test_stage_times_names_and_remainder() -> None:
     st = stage_times({"tissue": 1.0, "read": 5.0, "inference": 3.0, "stitch": 0.5, "write": 2.0,
                       "pipeline": 4.0, "read_wait": 0.2, "infer_wait": 0.1}, total_s=7.5)
     assert st["read_decode_resample"] == 5.0 and st["other"] == pytest.approx(0.5) and st["total"] == 7.5
+
+
+def test_several_slides_run_as_one_batch(tiny_bundle: Bundle, cmu_slide: Path, runner: CliRunner,
+                                         tmp_path: Path) -> None:
+    copy = tmp_path / "copy" / "CMU-2.svs"
+    copy.parent.mkdir()
+    copy.write_bytes(cmu_slide.read_bytes())
+    out = tmp_path / "batch.json"
+    res = runner.invoke(cli, ["bench", "slide", str(cmu_slide), str(copy), "--model", str(tiny_bundle.path),
+                              "--warmup", "0", "--workers", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "over 2 slides" in res.output
+    doc = json.loads(out.read_text())
+    run = doc["runs"][0]
+    assert doc["slides"] == [str(cmu_slide), str(copy)] and run["slides"] == 2
+    assert doc["settings"]["overlap_slides"] is True
+    assert run["tiles_run"] == run["engine_tiles"] == 2 * (run["tiles"]["run"] // 2) > 0  # both slides' tiles
+    assert run["stages_s"]["total"] > 0 and run["end_to_end_tiles_per_s"] == pytest.approx(
+        run["tiles_run"] / run["stages_s"]["total"])

@@ -202,3 +202,79 @@ def test_a_slide_without_tissue_runs_no_tile_and_is_all_background(tmp_path: Pat
     assert r.status == "ok" and r.tile_counts["run"] == 0 and r.tile_counts["grid"] > 0
     mask = _mask(r.out_dir)  # type: ignore[arg-type]
     assert mask.shape == (75, 125) and not mask.any()
+
+
+def _copies(src: Path, folder: Path, n: int) -> list[Path]:
+    folder.mkdir()
+    out = []
+    for k in range(n):
+        p = folder / f"s{k}.tif"
+        p.write_bytes(src.read_bytes())
+        out.append(p)
+    return out
+
+
+def test_overlapped_slides_plan_ahead_and_write_behind_with_the_same_outputs(
+    tmp_path: Path, bundle: Bundle, synthetic_tiff: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import slidefuse.runtime.segment as seg
+
+    slides = _copies(synthetic_tiff, tmp_path / "in", 3)
+    where: dict[str, list[tuple[str, str]]] = {"plan": [], "finish": []}
+    real_plan, real_finish = seg.plan_slide, seg.finish_slide
+
+    def plan(path: Path, *a: object, **k: object) -> seg.PlannedSlide:
+        where["plan"].append((Path(path).name, threading.current_thread().name))
+        return real_plan(path, *a, **k)  # type: ignore[arg-type]
+
+    def finish(done: seg.StitchedSlide, *a: object, **k: object) -> seg.SlideResult:
+        where["finish"].append((done.slide_path.name, threading.current_thread().name))
+        return real_finish(done, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seg, "plan_slide", plan)
+    monkeypatch.setattr(seg, "finish_slide", finish)
+    fmts = frozenset({"tiff", "report"})
+    overlapped = segment_many(slides, bundle, tmp_path / "a", SegmentOptions(formats=fmts, **FAST))
+    assert [r.status for r in overlapped] == ["ok"] * 3
+    # slide 1 planned here; slides 2 and 3 planned, and every slide's outputs written, on the background thread
+    assert where["plan"][0] == ("s0.tif", threading.current_thread().name)
+    assert [n for n, _ in where["plan"]] == ["s0.tif", "s1.tif", "s2.tif"]
+    assert all(t.startswith("slidefuse-slide") for _, t in where["plan"][1:] + where["finish"])
+    assert [n for n, _ in where["finish"]] == ["s0.tif", "s1.tif", "s2.tif"]  # written in slide order
+
+    where["plan"].clear()
+    where["finish"].clear()
+    serial = segment_many(slides, bundle, tmp_path / "b",
+                          SegmentOptions(formats=fmts, overlap_slides=False, **FAST))
+    assert {t for _, t in where["plan"] + where["finish"]} == {threading.current_thread().name}
+    for a, b in zip(overlapped, serial, strict=True):
+        assert a.out_dir is not None and b.out_dir is not None
+        np.testing.assert_array_equal(_mask(a.out_dir), _mask(b.out_dir))
+        assert a.tile_counts == b.tile_counts
+    assert [Path(e["slide"]).name for e in read_run_log(tmp_path / "a")] == ["s0.tif", "s1.tif", "s2.tif"]
+
+
+def test_overlapped_slides_a_failed_output_fails_its_slide_alone(
+    tmp_path: Path, bundle: Bundle, synthetic_tiff: Path, corrupt_slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slidefuse.runtime.segment as seg
+
+    slides = _copies(synthetic_tiff, tmp_path / "in", 3)
+    real_finish = seg.finish_slide
+
+    def finish(done: seg.StitchedSlide, *a: object, **k: object) -> seg.SlideResult:
+        if done.slide_path.name == "s0.tif":
+            raise OSError(28, "No space left on device")
+        return real_finish(done, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seg, "finish_slide", finish)
+    results = segment_many([slides[0], corrupt_slide, slides[1], slides[2]], bundle, tmp_path / "out",
+                           SegmentOptions(formats=frozenset({"tiff"}), **FAST))
+    assert [r.status for r in results] == ["failed", "failed", "ok", "ok"]
+    assert "s0.tif" in results[0].error and "No space left" in results[0].error  # type: ignore[operator]
+    assert str(corrupt_slide) in results[1].error  # type: ignore[operator]
+    assert not (tmp_path / "out" / "s0" / "mask.raw.tmp").exists()  # the raw mask is removed on failure
+    statuses = {Path(e["slide"]).name: e["status"] for e in read_run_log(tmp_path / "out")}
+    assert statuses == {"s0.tif": "failed", corrupt_slide.name: "failed", "s1.tif": "ok", "s2.tif": "ok"}

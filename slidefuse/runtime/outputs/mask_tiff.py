@@ -78,6 +78,7 @@ def write_mask_tiff(
                 pyramid=True,
                 region_shrink="mode",
                 compression=COMPRESSION,
+                predictor="none",  # class indices are labels, not a signal: differencing only costs time
                 xres=1000.0 / mpp_x,  # px per mm; libvips converts to the resunit
                 yres=1000.0 / mpp_y,
                 resunit="cm",
