@@ -61,6 +61,13 @@ def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     pad = np.zeros((h + 2, w + 2), dtype=bool)
     pad[1:-1, 1:-1] = fg
     core = pad[1:-1, 1:-1]
+    # One scan of the whole grid for the pixels with a background 4-neighbour; the four sides are then
+    # tested on those pixels alone (row-major order within each side, as a per-side scan would give).
+    inner = core & pad[:-2, 1:-1]
+    inner &= pad[2:, 1:-1]
+    inner &= pad[1:-1, :-2]
+    inner &= pad[1:-1, 2:]
+    rim_rows, rim_cols = np.nonzero(core & ~inner)
     parts = []
     # (neighbour offset that must be background, direction, start vertex offset from the pixel corner)
     for (dr, dc), direction, (ox, oy) in (
@@ -69,8 +76,8 @@ def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         ((1, 0), 2, (1, 1)),  # bottom side: west, from (c+1, r+1)
         ((0, -1), 3, (0, 1)),  # left side: north, from (c, r+1)
     ):
-        nb = pad[1 + dr : h + 1 + dr, 1 + dc : w + 1 + dc]
-        rows, cols = np.nonzero(core & ~nb)
+        side = ~pad[rim_rows + 1 + dr, rim_cols + 1 + dc]
+        rows, cols = rim_rows[side], rim_cols[side]
         parts.append((cols + ox, rows + oy, np.full(rows.shape, direction, np.int64), rows, cols))
     x0 = np.concatenate([p[0] for p in parts]).astype(np.int64)
     y0 = np.concatenate([p[1] for p in parts]).astype(np.int64)
