@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,11 @@ def compare_md(doc: dict[str, Any]) -> list[str]:
 
 def slide_md(doc: dict[str, Any]) -> list[str]:
     s, m = doc["summary"], doc["model"]
-    lines = [f"### End to end on a real slide: {Path(doc['slide']).name}, {m['encoder']}, "
-             f"{doc['backend']['name']}", "",
+    n = len(doc.get("slides", [])) or 1
+    what = (f"a real slide: {Path(doc['slide']).name}" if n == 1 else
+            f"{n} slides as one batch ({doc['slide']}; slides overlapped: "
+            f"{'yes' if doc['settings'].get('overlap_slides') else 'no, one at a time'})")
+    lines = [f"### End to end on {what}, {m['encoder']}, {doc['backend']['name']}", "",
              f"Hardware: {machine_line(doc['machine'])}. Model {m['encoder']} at {m['tile_size']} px, "
              f"{m['mpp']:g} um/px; backend {doc['backend']['name']}, batch {doc['settings']['batch_size']}, "
              f"{doc['settings']['workers']} reader threads; median of {doc['settings']['repeats']} run(s); load "
@@ -133,7 +136,7 @@ def flops_md(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def runtime_md(memory: dict[str, Any] | None, tissue: dict[str, Any] | None) -> list[str]:
+def runtime_md(memory: dict[str, Any] | None, *tissues: dict[str, Any] | None) -> list[str]:
     """Headlines of the runtime's own benchmarks (bench_memory.py, bench_tissue_scaling.py), as they report them."""
     rows = []
     if memory:
@@ -141,8 +144,13 @@ def runtime_md(memory: dict[str, Any] | None, tissue: dict[str, Any] | None) -> 
                      f"peak RSS ratio {num(memory.get('peak_rss_ratio'), '.3f')}",
                      "pass" if memory.get("pass") else "fail", f"`{memory.get('command')}`",
                      load_text((memory.get("machine") or {}).get("load_average"))])
-    if tissue:
-        rows.append(["cost against tissue fraction", tissue.get("target", ""),
+    for tissue in tissues:
+        if not tissue:
+            continue
+        depth = (tissue.get("settings") or {}).get("model_depth") or 0
+        model = (f"test model made costly (depth {depth})" if depth else
+                 "near-free test model (fixed per-slide costs dominate)")
+        rows.append([f"cost against tissue fraction, {model}", tissue.get("target", ""),
                      f"speed-up {num(tissue.get('speedup_end_to_end'), '.2f')} end to end, "
                      f"{num(tissue.get('speedup_pipeline'), '.2f')} pipeline",
                      "pass" if tissue.get("pass") else "fail", f"`{tissue.get('command')}`",
@@ -265,8 +273,9 @@ def plot_gpu(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def render(results: Path, readme: Path | None) -> str:
-    """Write tables.md and the plots into `results`; splice the tables into `readme`. Returns the markdown."""
+def render(results: Path, readme: Path | list[Path] | None) -> str:
+    """Write tables.md and the plots into `results`; splice the tables into each `readme` (between the
+    results markers, image links made relative to that README). Returns the markdown."""
     engine, compare = (load(results / n) for n in ("cpu-engine.json", "cpu-compare.json"))
     md: list[str] = []
     flops = load(results / "flops.json")
@@ -280,9 +289,10 @@ def render(results: Path, readme: Path | None) -> str:
         doc = json.loads(extra.read_text())
         if doc.get("kind") == "slide":
             md += slide_md(doc)
-    md += runtime_md(load(results / "memory.json"), load(results / "tissue_scaling.json"))
+    md += runtime_md(load(results / "memory.json"), load(results / "tissue_scaling.json"),
+                     *(load(p) for p in sorted(results.glob("tissue_scaling_depth*.json"))))
     if plot_cpu(engine, compare, results / "cpu-throughput.png"):
-        md += ["![CPU throughput](results/cpu-throughput.png)", ""]
+        md += [f"![CPU throughput]({results.name}/cpu-throughput.png)", ""]
     gpus = sorted(results.glob("gpu-*.json"))
     for g in gpus:
         doc = json.loads(g.read_text())
@@ -295,23 +305,27 @@ def render(results: Path, readme: Path | None) -> str:
                "On a GPU machine, `python benchmarks/run_gpu.py && python benchmarks/render.py` fills this in.", ""]
     text = "\n".join(md)
     (results / "tables.md").write_text(text + "\n")
-    if readme is not None and readme.exists():
-        body = readme.read_text()
+    readmes = [] if readme is None else [readme] if isinstance(readme, Path) else readme
+    for path in readmes:
+        body = path.read_text() if path.exists() else ""
         if START in body and END in body:
-            new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", body,
-                         flags=re.S)
-            readme.write_text(new)
-            log.info("updated %s", readme)
+            rel = os.path.relpath(results.resolve(), path.resolve().parent)
+            here = text.replace(f"]({results.name}/", f"]({rel}/")
+            head, rest = body.split(START, 1)
+            new = head + f"{START}\n{here}\n{END}" + rest.split(END, 1)[1]
+            path.write_text(new)
+            log.info("updated %s", path)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=HERE / "results", help="results folder [%(default)s]")
-    p.add_argument("--readme", type=Path, default=HERE / "README.md", help="README to update [%(default)s]")
+    p.add_argument("--readme", type=Path, action="append", default=None,
+                   help="README to update (repeatable) [benchmarks/README.md and the top-level README.md]")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    print(render(args.results, args.readme))
+    print(render(args.results, args.readme or [HERE / "README.md", HERE.parent / "README.md"]))
     return 0
 
 
