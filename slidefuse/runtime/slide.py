@@ -55,6 +55,9 @@ REPORT_PROPERTIES = (
     "resolution-unit",
 )
 WHITE = 255
+# A pyramid level this small (px) is decoded into memory once, the first time a view needs it, and shared by
+# every view of that level: a small slide's thumbnail and model-resolution view then cost one decode, not two.
+SMALL_LEVEL_PIXELS = 16_000_000
 
 
 def _field(image: pyvips.Image, name: str) -> Any:
@@ -284,6 +287,7 @@ class SlideReader:
         self.info = info
         self._level_images = level_images  # lazily-loaded level images (None: load via _load_level)
         self._cache: dict[float, ScaledView] = {}
+        self._small_levels: dict[int, pyvips.Image] = {}  # decoded small levels (RGB uint8), see SMALL_LEVEL_PIXELS
         self._lock = threading.Lock()
 
     # subclasses override
@@ -303,6 +307,7 @@ class SlideReader:
     def close(self) -> None:
         """Drop cached views (libvips closes the file when the last image referring to it is freed)."""
         self._cache.clear()
+        self._small_levels.clear()
 
     @property
     def mpp(self) -> float:
@@ -330,7 +335,7 @@ class SlideReader:
         k = coords.level_for_mpp(downsamples, i.mpp, mpp)
         level = i.levels[k]
         out_w, out_h = self.model_size(mpp)
-        image = to_rgb_uint8(self._load_level(k))
+        image = self._rgb_level(k)
         hscale, vscale = out_w / level.width, out_h / level.height
         if abs(hscale - 1) > 1e-9 or abs(vscale - 1) > 1e-9:
             image = image.resize(hscale, vscale=vscale)
@@ -341,6 +346,25 @@ class SlideReader:
             i.path, mpp, k, i.mpp * level.downsample, level.width, level.height, hscale, out_w, out_h,
         )
         return ScaledView(image, mpp, i.path, k, i.mpp * level.downsample)
+
+    def _rgb_level(self, k: int) -> pyvips.Image:
+        """Level ``k`` as lazy RGB uint8; a small level is decoded into memory once and shared (call with
+        ``self._lock`` held)."""
+        image = self._small_levels.get(k)
+        if image is not None:
+            return image
+        image = to_rgb_uint8(self._load_level(k))
+        level = self.info.levels[k]
+        if level.width * level.height <= SMALL_LEVEL_PIXELS:
+            try:
+                image = image.copy_memory()
+            except pyvips.Error as exc:
+                raise SlideReadError(
+                    f"{self.info.path}: cannot decode pyramid level {k} ({' '.join(str(exc).split())}); "
+                    "the file is truncated or corrupt: re-copy or re-export it"
+                ) from exc
+            self._small_levels[k] = image
+        return image
 
     def thumbnail_mpp(self, max_side: int = 1024) -> float:
         """Pixel size (um/px) of ``thumbnail(max_side)``."""
