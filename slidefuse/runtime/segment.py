@@ -469,6 +469,8 @@ class _Batch:
 
     def run(self, backend: Backend) -> None:
         overlap = self.options.overlap_slides and sum(not s for s in self.skip) > 1
+        # One worker, FIFO: the outputs of slide i-1 are queued before slide i+1's plan, so an interruption
+        # only ever cancels a plan, never the outputs of a slide whose tiles are done.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slidefuse-slide") if overlap else None
         try:
             for i in range(len(self.slides)):
@@ -477,9 +479,12 @@ class _Batch:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)  # lets an output being written finish
-            for fut in self.planned.values():  # planned ahead but never run (interrupted): close the slides
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    fut.result().close()
+            writing = self.pending[1] if self.pending is not None else None
+            if writing is not None and writing.done() and not writing.cancelled():  # interrupted: record it
+                self._settle()
+            for ahead in self.planned.values():  # planned ahead but never run (interrupted): close the slides
+                if ahead.done() and not ahead.cancelled() and ahead.exception() is None:
+                    ahead.result().close()
 
     def _one(self, i: int, backend: Backend, pool: ThreadPoolExecutor | None) -> None:
         slide, out_dir = self.slides[i], self.dirs[i]

@@ -278,3 +278,26 @@ def test_overlapped_slides_a_failed_output_fails_its_slide_alone(
     assert not (tmp_path / "out" / "s0" / "mask.raw.tmp").exists()  # the raw mask is removed on failure
     statuses = {Path(e["slide"]).name: e["status"] for e in read_run_log(tmp_path / "out")}
     assert statuses == {"s0.tif": "failed", corrupt_slide.name: "failed", "s1.tif": "ok", "s2.tif": "ok"}
+
+
+def test_an_interrupt_during_a_slide_still_finishes_and_records_the_previous_one(
+    tmp_path: Path, bundle: Bundle, synthetic_tiff: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slidefuse.runtime.segment as seg
+
+    slides = _copies(synthetic_tiff, tmp_path / "in", 3)
+    real_infer = seg.infer_slide
+
+    def infer(plan: seg.PlannedSlide, *a: object, **k: object) -> seg.StitchedSlide:
+        if plan.slide_path.name == "s1.tif":
+            plan.close()
+            raise KeyboardInterrupt
+        return real_infer(plan, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seg, "infer_slide", infer)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        segment_many(slides, bundle, out, SegmentOptions(formats=frozenset({"tiff", "report"}), **FAST))
+    assert (out / "s0" / "mask.tif").is_file() and (out / "s0" / "report.json").is_file()
+    assert not (out / "s0" / "mask.raw.tmp").exists()
+    assert [(Path(e["slide"]).name, e["status"]) for e in read_run_log(out)] == [("s0.tif", "ok")]
