@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,26 +132,37 @@ def write_outputs(
         described[fmt] = info
         seconds[fmt] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    done("tissue", out_dir / TISSUE_FILE, write_tissue_png(result, out_dir / TISSUE_FILE), t0)
-    if "tiff" in formats:
+    def tiff() -> tuple[str, Path, dict[str, Any], float]:
         t0 = time.perf_counter()
         p = out_dir / FILE_NAMES["tiff"]
         info = write_mask_tiff(result, slide, p, num_classes=len(classes), mask_mpp=mask_mpp)
         info["requested_mask_mpp"] = _requested_mask_mpp(result, mask_mpp)
-        done("tiff", p, info, t0)
-    if "geojson" in formats:
+        return "tiff", p, info, t0
+
+    def geojson() -> tuple[str, Path, dict[str, Any], float]:
         t0 = time.perf_counter()
         p = out_dir / FILE_NAMES["geojson"]
         info = write_geojson(result, slide, classes, p, geojson_mpp=geojson_mpp, max_pixels=geojson_max_pixels)
-        done("geojson", p, info, t0)
-    if "preview" in formats:
+        return "geojson", p, info, t0
+
+    def preview() -> tuple[str, Path, dict[str, Any], float]:
         t0 = time.perf_counter()
         p = out_dir / FILE_NAMES["preview"]
         areas = [(result.mpp / 1000.0) ** 2 * float(n) for n in result.class_pixels]
         m = bundle.manifest
         title = f"{Path(slide.path).name} | {m.encoder} @ {m.mpp:g} um/px" + (" | RANDOM WEIGHTS" if m.random_weights else "")
-        done("preview", p, write_preview(result, slide, classes, p, areas_mm2=areas, title=title), t0)
+        return "preview", p, write_preview(result, slide, classes, p, areas_mm2=areas, title=title), t0
+
+    t0 = time.perf_counter()
+    done("tissue", out_dir / TISSUE_FILE, write_tissue_png(result, out_dir / TISSUE_FILE), t0)
+    writers = [w for fmt, w in (("tiff", tiff), ("geojson", geojson), ("preview", preview)) if fmt in formats]
+    # The writers read the raw mask and write different files; libvips, numpy and shapely release the GIL in
+    # their heavy parts, so running them side by side uses the cores the engine has just left idle. The
+    # first failure is raised once all have stopped (each write is atomic, so none leaves a partial file).
+    with ThreadPoolExecutor(max_workers=max(1, len(writers)), thread_name_prefix="slidefuse-out") as pool:
+        futures = [pool.submit(w) for w in writers]
+    for fut in futures:
+        done(*fut.result())
     report = build_report(result, slide, bundle, described, output_seconds=seconds, extra=extra_report)
     report["formats"] = sorted(formats | {"report"})
     write_json_atomic(report_path, report)
