@@ -58,11 +58,12 @@ class EngineBenchConfig:
             raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
 
     def open_options(self) -> dict[str, Any]:
-        """Options for open_backend: the extra options plus `precision` when one was requested."""
-        opts = dict(self.backend_options)
-        if self.precision is not None:
-            opts["precision"] = self.precision
-        return opts
+        return open_options(self.backend_options, self.precision)
+
+
+def open_options(backend_options: dict[str, Any], precision: str | None) -> dict[str, Any]:
+    """Options for open_backend: the extra backend options plus `precision` when one was requested."""
+    return {**backend_options, **({"precision": precision} if precision is not None else {})}
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

@@ -135,12 +135,11 @@ def _shape_map(model: Any) -> dict[str, list[int]]:
 
 def _node_flops(node: Any, shapes: dict[str, list[int]]) -> int | None:
     """FLOPs of one MatMul/Gemm/Conv/ConvTranspose node, or None when a shape is unknown."""
-    ins = [shapes.get(n) for n in node.input[:2]]
-    out = shapes.get(node.output[0])
-    if out is None or any(s is None for s in ins):
+    if len(node.input) < 2:
         return None
-    a, b = ins[0], ins[1]
-    assert a is not None and b is not None  # for mypy: checked just above
+    a, b, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+    if out is None or a is None or b is None:
+        return None
     if node.op_type == "MatMul":
         return 2 * math.prod(out) * a[-1]
     if node.op_type == "Gemm":

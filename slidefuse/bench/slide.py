@@ -40,6 +40,7 @@ from slidefuse.bench.engine import (
     jsonable,
     latency_summary,
     model_info,
+    open_options,
     random_tiles,
     resolve_precision,
 )
@@ -87,10 +88,7 @@ class SlideBenchConfig:
             raise UsageError(f"--mpp {self.mpp}: expected a positive pixel size in um/px, e.g. 0.5")
 
     def open_options(self) -> dict[str, Any]:
-        opts = dict(self.backend_options)
-        if self.precision is not None:
-            opts["precision"] = self.precision
-        return opts
+        return open_options(self.backend_options, self.precision)
 
 
 class RecordingBackend:

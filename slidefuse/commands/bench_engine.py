@@ -48,6 +48,16 @@ def invocation() -> str | None:
     return None
 
 
+def emit(doc: dict[str, Any], lines: list[str], json_path: Path | None) -> None:
+    """Finish a benchmark command: record the command line in `doc`, print `lines`, save the JSON if asked."""
+    doc["command"] = invocation()
+    for line in lines:
+        click.echo(line)
+    if json_path is not None:
+        write_json(doc, json_path)
+        click.echo(f"wrote {json_path}")
+
+
 def write_json(doc: dict[str, Any], path: Path) -> None:
     """Write a benchmark document as indented JSON (parent folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,9 +116,4 @@ def command(model: Path, backend: str, batch: str, precision: str | None, iters:
                                backend_options=parse_options(options))
     config.check()
     doc = bench_engine(load_bundle(model), backend, config)
-    doc["command"] = invocation()
-    for line in summary_lines(doc):
-        click.echo(line)
-    if json_path is not None:
-        write_json(doc, json_path)
-        click.echo(f"wrote {json_path}")
+    emit(doc, summary_lines(doc), json_path)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from slidefuse.commands.bench_engine import invocation, parse_options, write_json
+from slidefuse.commands.bench_engine import emit, parse_options
 
 
 def _over(doc: dict[str, Any]) -> str:
@@ -86,9 +86,4 @@ def command(slides: tuple[Path, ...], model: Path, backend: str, batch: int, mpp
                               overlap_slides=overlap_slides)
     config.check()
     doc = bench_slide(list(slides), load_bundle(model), backend, config)
-    doc["command"] = invocation()
-    for line in summary_lines(doc):
-        click.echo(line)
-    if json_path is not None:
-        write_json(doc, json_path)
-        click.echo(f"wrote {json_path}")
+    emit(doc, summary_lines(doc), json_path)
