@@ -121,3 +121,18 @@ def test_tiles_touching_tissue_matches_brute_force() -> None:
             assert flag == (tissue_fraction_in_box(mask, tb) > min_fraction), box
     assert tiles_touching_tissue(mask, boxes, mpp, thumb_mpp).any()
     assert not tiles_touching_tissue(np.zeros_like(mask), boxes, mpp, thumb_mpp).any()
+
+
+@pytest.mark.parametrize("radius", [1.0, 1.5, 2.3, 3.0, 4.1, 5.0, 6.5])
+def test_small_radius_morphology_equals_the_distance_transform_definition(radius: float) -> None:
+    from scipy import ndimage
+
+    from slidefuse.runtime.tissue import _dilate, _erode
+
+    rng = np.random.default_rng(int(radius * 10))
+    mask = ndimage.uniform_filter(rng.random((120, 160)), 9) > 0.52  # blobs, some touching the border
+    assert 0.05 < mask.mean() < 0.95
+    eroded = ndimage.distance_transform_edt(np.pad(mask, 1, constant_values=True))[1:-1, 1:-1] > radius
+    dilated = ndimage.distance_transform_edt(~mask) <= radius
+    np.testing.assert_array_equal(_erode(mask, radius), eroded)
+    np.testing.assert_array_equal(_dilate(mask, radius), dilated)
