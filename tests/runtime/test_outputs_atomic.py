@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slidefuse.atomic import atomic_path, find_temporaries, write_json_atomic
 from slidefuse.runtime.outputs import ALL_FORMATS, clean_temporaries, outputs_complete, write_outputs
-from slidefuse.runtime.outputs.atomic import atomic_path, find_temporaries, write_json_atomic
 
 from .test_outputs_common import blobby_mask, make_bundle, make_result, make_slide
 
@@ -41,7 +41,7 @@ def test_clean_temporaries_removes_only_partials(tmp_path) -> None:
 
 
 def test_a_failing_writer_leaves_no_final_file_and_no_report(tmp_path, monkeypatch) -> None:
-    import slidefuse.runtime.outputs as outputs
+    import slidefuse.runtime.outputs.geojson as geojson
 
     result = make_result(blobby_mask(200, 300), tmp_path / "m.raw", mpp=1.0)
     slide, bundle, out = make_slide(600, 400, 0.5), make_bundle(tmp_path), tmp_path / "o"
@@ -53,7 +53,7 @@ def test_a_failing_writer_leaves_no_final_file_and_no_report(tmp_path, monkeypat
             tmp.write_text('{"type": "FeatureCollection", "features": [')
             raise MemoryError("killed half-way")
 
-    monkeypatch.setattr(outputs, "write_geojson", boom)
+    monkeypatch.setattr(geojson, "write_geojson", boom)
     with pytest.raises(MemoryError):
         write_outputs(result, slide, bundle, out)
     assert not (out / "report.json").exists()  # the old report was withdrawn before rewriting

@@ -1,6 +1,6 @@
 """Per-slide outputs of `slidefuse segment`, each written atomically, and the batch run log.
 
-Files in a slide's output folder (`OUT/<slide stem>/`):
+Files in a slide's output folder (`OUT/<slide stem>/`), one per registered format (see `registry`):
 
 - `mask.tif` (format "tiff"): pyramidal tiled deflate TIFF of uint8 class indices, pixel size in its
   resolution tags (see `mask_tiff`).
@@ -16,15 +16,15 @@ existing report.json, so a slide whose rewrite is killed half-way is never taken
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from slidefuse.errors import UsageError
-from slidefuse.runtime.bundle import Bundle
-from slidefuse.runtime.outputs.atomic import (
+from slidefuse.atomic import (
     TMP_SUFFIX,
     atomic_path,
     clean_temporaries,
@@ -32,58 +32,110 @@ from slidefuse.runtime.outputs.atomic import (
     fsync_dir,
     write_json_atomic,
 )
-from slidefuse.runtime.outputs.geojson import MAX_PIXELS, write_geojson
-from slidefuse.runtime.outputs.mask_tiff import write_mask_tiff
-from slidefuse.runtime.outputs.preview import write_preview, write_tissue_png
+from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.outputs.base import (
+    GEOJSON_MAX_PIXELS,
+    OutputContext,
+    OutputOptions,
+    OutputRecord,
+    OutputWriter,
+)
+from slidefuse.runtime.outputs.preview import TISSUE_FILE, write_tissue_png
 from slidefuse.runtime.outputs.raster import OutputError
+from slidefuse.runtime.outputs.registry import (
+    DEFAULT_FORMATS,
+    REPORT_FORMAT,
+    format_names,
+    get_writer,
+    parse_formats,
+    register_writer,
+    unregister_writer,
+    writers,
+)
 from slidefuse.runtime.outputs.report import REPORT, build_report, read_report
 from slidefuse.runtime.outputs.runlog import RUN_LOG, RunLog, read_run_log
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 __all__ = [
     "ALL_FORMATS",
-    "FILE_NAMES",
+    "DEFAULT_FORMATS",
     "RUN_LOG",
     "TISSUE_FILE",
     "TMP_SUFFIX",
+    "OutputContext",
     "OutputError",
+    "OutputOptions",
+    "OutputRecord",
+    "OutputWriter",
     "RunLog",
     "atomic_path",
     "clean_temporaries",
+    "format_names",
+    "get_writer",
     "outputs_complete",
     "parse_formats",
     "read_report",
     "read_run_log",
+    "register_writer",
+    "unregister_writer",
     "write_outputs",
+    "writers",
 ]
 
 logger = logging.getLogger(__name__)
 
-FILE_NAMES = {"tiff": "mask.tif", "geojson": "mask.geojson", "preview": "preview.png", "report": REPORT}
-ALL_FORMATS = frozenset(FILE_NAMES)  # {"tiff", "geojson", "report", "preview"}
-TISSUE_FILE = "tissue.png"
+ALL_FORMATS = DEFAULT_FORMATS  # the built-in formats {"tiff", "geojson", "report", "preview"}
 
 
-def parse_formats(formats: str | frozenset[str] | set[str] | list[str] | tuple[str, ...]) -> frozenset[str]:
-    """Validate output formats ("tiff,geojson" or a collection) against ALL_FORMATS; "all" means all."""
-    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f) for f in formats]
-    items = [f for f in items if f]
-    if "all" in items:
-        return ALL_FORMATS
-    bad = sorted(set(items) - ALL_FORMATS)
-    if bad or not items:
-        raise UsageError(
-            f"output format(s) {', '.join(bad) or '(none)'} not understood; "
-            f"choose among {', '.join(sorted(ALL_FORMATS))} (comma-separated) or 'all'"
+def _check_classes(result: MaskResult, bundle: Bundle) -> None:
+    classes = bundle.manifest.classes
+    if int(len(result.class_pixels)) not in (0, len(classes)):
+        raise OutputError(
+            f"the mask reports {len(result.class_pixels)} class counts but bundle {bundle.path} has "
+            f"{len(classes)} classes; the mask was made by another model"
         )
-    return frozenset(items)
 
 
-def _requested_mask_mpp(result: MaskResult, mask_mpp: float | None) -> float | None:
-    """None when mask.tif is at the model's resolution, else the requested um/px."""
-    if mask_mpp is None or abs(mask_mpp - result.mpp) <= 1e-9 * result.mpp:
-        return None
-    return float(mask_mpp)
+def _prepare_folder(out_dir: Path) -> None:
+    """Create `out_dir`, remove what a killed run left, and remove report.json before anything is rewritten:
+    a rewrite killed half-way must not look complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out_dir)
+    report_path = out_dir / REPORT
+    if report_path.exists():
+        report_path.unlink()
+        fsync_dir(out_dir)
+
+
+def _timed(write: Callable[[], OutputRecord]) -> tuple[OutputRecord, float]:
+    t0 = time.perf_counter()
+    record = write()
+    return record, time.perf_counter() - t0
+
+
+def _write_tissue(context: OutputContext) -> OutputRecord:
+    path = context.out_dir / TISSUE_FILE
+    return OutputRecord(path, write_tissue_png(context.result, path))
+
+
+def _run_writers(context: OutputContext, selected: list[OutputWriter]) -> dict[str, tuple[OutputRecord, float]]:
+    """Run `selected` side by side on threads; returns {format: (record, seconds)} in the order given.
+
+    The writers read the raw mask and write different files; libvips, numpy and shapely release the GIL in
+    their heavy parts, so running them side by side uses the cores the engine has just left idle. The first
+    failure is raised once all have stopped (each write is atomic, so none leaves a partial file).
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="slidefuse-out") as pool:
+        futures = [(w.name, pool.submit(_timed, functools.partial(w.write, context))) for w in selected]
+    return {name: fut.result() for name, fut in futures}
+
+
+def _described(record: OutputRecord) -> dict[str, Any]:
+    """A record as stored in report.json's "outputs": the writer's description plus file name and size."""
+    info = dict(record.info)
+    info["file"] = record.path.name
+    info["bytes"] = record.path.stat().st_size
+    return info
 
 
 def write_outputs(
@@ -96,79 +148,41 @@ def write_outputs(
     mask_mpp: float | None = None,
     extra_report: dict[str, Any] | None = None,
     geojson_mpp: float | None = None,
-    geojson_max_pixels: int | None = MAX_PIXELS,
+    geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS,
 ) -> dict[str, Path]:
     """Write a slide's outputs into `out_dir` atomically; returns {format: final path} (plus "tissue").
 
     result: the stitched mask (raw uint8 class indices at `result.mpp`) and run statistics.
-    formats: a subset of ALL_FORMATS; report.json is written in any case, last, as the completion record.
+    formats: registered format names; report.json is written in any case, last, as the completion record.
     mask_mpp: write mask.tif at this coarser pixel size (um/px, mode downsampling); None = model's mpp.
     extra_report: JSON-able fields stored under "run" in report.json (e.g. options of the command).
     geojson_mpp / geojson_max_pixels: resolution of the grid that is polygonised (see `geojson`).
     """
     formats = parse_formats(formats)
-    classes = bundle.manifest.classes
-    if int(len(result.class_pixels)) not in (0, len(classes)):
-        raise OutputError(
-            f"the mask reports {len(result.class_pixels)} class counts but bundle {bundle.path} has "
-            f"{len(classes)} classes; the mask was made by another model"
-        )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(out_dir)
-    report_path = out_dir / REPORT
-    if report_path.exists():  # invalidate first: a rewrite killed half-way must not look complete
-        report_path.unlink()
-        fsync_dir(out_dir)
-    paths: dict[str, Path] = {}
-    described: dict[str, dict[str, Any]] = {}
-    seconds: dict[str, float] = {}
-
-    def done(fmt: str, path: Path, info: dict[str, Any], t0: float) -> None:
-        paths[fmt] = path
-        info = dict(info)
-        info["file"] = path.name
-        info["bytes"] = path.stat().st_size
-        described[fmt] = info
-        seconds[fmt] = time.perf_counter() - t0
-
-    def tiff() -> tuple[str, Path, dict[str, Any], float]:
-        t0 = time.perf_counter()
-        p = out_dir / FILE_NAMES["tiff"]
-        info = write_mask_tiff(result, slide, p, num_classes=len(classes), mask_mpp=mask_mpp)
-        info["requested_mask_mpp"] = _requested_mask_mpp(result, mask_mpp)
-        return "tiff", p, info, t0
-
-    def geojson() -> tuple[str, Path, dict[str, Any], float]:
-        t0 = time.perf_counter()
-        p = out_dir / FILE_NAMES["geojson"]
-        info = write_geojson(result, slide, classes, p, geojson_mpp=geojson_mpp, max_pixels=geojson_max_pixels)
-        return "geojson", p, info, t0
-
-    def preview() -> tuple[str, Path, dict[str, Any], float]:
-        t0 = time.perf_counter()
-        p = out_dir / FILE_NAMES["preview"]
-        areas = [(result.mpp / 1000.0) ** 2 * float(n) for n in result.class_pixels]
-        m = bundle.manifest
-        title = f"{Path(slide.path).name} | {m.encoder} @ {m.mpp:g} um/px" + (" | RANDOM WEIGHTS" if m.random_weights else "")
-        return "preview", p, write_preview(result, slide, classes, p, areas_mm2=areas, title=title), t0
-
-    t0 = time.perf_counter()
-    done("tissue", out_dir / TISSUE_FILE, write_tissue_png(result, out_dir / TISSUE_FILE), t0)
-    writers = [w for fmt, w in (("tiff", tiff), ("geojson", geojson), ("preview", preview)) if fmt in formats]
-    # The writers read the raw mask and write different files; libvips, numpy and shapely release the GIL in
-    # their heavy parts, so running them side by side uses the cores the engine has just left idle. The
-    # first failure is raised once all have stopped (each write is atomic, so none leaves a partial file).
-    with ThreadPoolExecutor(max_workers=max(1, len(writers)), thread_name_prefix="slidefuse-out") as pool:
-        futures = [pool.submit(w) for w in writers]
-    for fut in futures:
-        done(*fut.result())
+    _check_classes(result, bundle)
+    options = OutputOptions(mask_mpp=mask_mpp, geojson_mpp=geojson_mpp, geojson_max_pixels=geojson_max_pixels)
+    context = OutputContext(result, slide, bundle, Path(out_dir), options)
+    _prepare_folder(context.out_dir)
+    done = {"tissue": _timed(lambda: _write_tissue(context))}
+    done.update(_run_writers(context, [w for w in writers() if w.name in formats]))
+    described = {fmt: _described(record) for fmt, (record, _) in done.items()}
+    seconds = {fmt: s for fmt, (_, s) in done.items()}
     report = build_report(result, slide, bundle, described, output_seconds=seconds, extra=extra_report)
-    report["formats"] = sorted(formats | {"report"})
-    write_json_atomic(report_path, report)
-    paths["report"] = report_path
+    report["formats"] = sorted(formats | {REPORT_FORMAT})
+    paths = {fmt: record.path for fmt, (record, _) in done.items()}
+    paths[REPORT_FORMAT] = write_json_atomic(context.out_dir / REPORT, report)
     logger.info("outputs of %s complete in %s (%s)", Path(slide.path).name, out_dir, ", ".join(sorted(paths)))
     return paths
+
+
+def _file_as_recorded(out_dir: Path, info: Any) -> bool:
+    """Whether an entry of report.json's "outputs" names a file that exists with the recorded size."""
+    if not isinstance(info, Mapping) or "file" not in info:
+        return False
+    try:
+        return (out_dir / str(info["file"])).stat().st_size == info.get("bytes")
+    except OSError:
+        return False
 
 
 def outputs_complete(
@@ -177,37 +191,19 @@ def outputs_complete(
     """True when `out_dir` holds complete outputs of `formats` made by the bundle with `bundle_digest`.
 
     Checks: report.json is readable and records this digest and every requested format; each file it lists
-    for those formats (and tissue.png) exists with the recorded size; no `*.partial` file is left; and,
-    when "tiff" is requested, mask.tif was written at `mask_mpp` (None = the model's resolution).
+    for those formats (and tissue.png) exists with the recorded size; no `*.partial` file is left; and each
+    requested format's writer finds its file current for these options (`OutputWriter.is_current`: e.g.
+    mask.tif written at `mask_mpp`, None = the model's resolution).
     """
     formats = parse_formats(formats)
     out_dir = Path(out_dir)
     report = read_report(out_dir)
-    if report is None:
+    if report is None or report.get("bundle", {}).get("digest") != bundle_digest:
         return False
-    if report.get("bundle", {}).get("digest") != bundle_digest:
-        return False
-    if not formats <= set(report.get("formats", ())):
-        return False
-    if find_temporaries(out_dir):
+    if not formats <= set(report.get("formats", ())) or find_temporaries(out_dir):
         return False
     outputs = report.get("outputs", {})
-    for fmt in (formats - {"report"}) | {"tissue"}:
-        info = outputs.get(fmt)
-        if not isinstance(info, dict) or "file" not in info:
-            return False
-        p = out_dir / str(info["file"])
-        try:
-            if p.stat().st_size != info.get("bytes"):
-                return False
-        except OSError:
-            return False
-    if "tiff" in formats:
-        want = None if mask_mpp is None else float(mask_mpp)
-        got = outputs["tiff"].get("requested_mask_mpp")
-        model_mpp = report.get("mask", {}).get("mpp")
-        if want is not None and model_mpp and abs(want - float(model_mpp)) <= 1e-9 * float(model_mpp):
-            want = None
-        if (want is None) != (got is None) or (want is not None and abs(float(got) - want) > 1e-9 * want):
-            return False
-    return True
+    if not all(_file_as_recorded(out_dir, outputs.get(fmt)) for fmt in (formats - {REPORT_FORMAT}) | {"tissue"}):
+        return False
+    options = OutputOptions(mask_mpp=mask_mpp)
+    return all(get_writer(fmt).is_current(report, options) for fmt in formats - {REPORT_FORMAT})

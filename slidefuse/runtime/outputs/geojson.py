@@ -28,22 +28,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from slidefuse.atomic import atomic_path
 from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import ClassInfo
-from slidefuse.runtime.outputs.atomic import atomic_path
+from slidefuse.runtime.outputs.base import GEOJSON_MAX_PIXELS, OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import grid_size_for, mode_downsample, open_mask
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
 
-MAX_PIXELS = 1 << 26  # default cap on the polygonised grid (67 Mpx, e.g. 8192 x 8192)
-SIMPLIFY_PX = 0.5  # Douglas-Peucker tolerance in grid px (SPEC: within one output pixel); 1.0 loses thin regions
+MAX_PIXELS = GEOJSON_MAX_PIXELS  # default cap on the polygonised grid (67 Mpx, e.g. 8192 x 8192)
+SIMPLIFY_PX = 0.5  # Douglas-Peucker tolerance in grid px (stays within one output pixel); 1.0 loses thin regions
 DECIMALS = 2  # decimals of level-0 coordinates in the file
 
 # Edge directions, clockwise on screen (y down): east, south, west, north. Turning right is d + 1.
@@ -347,3 +349,21 @@ def write_geojson(
         "features": counts,
         "seconds": seconds,
     }
+
+
+@dataclass(frozen=True)
+class GeoJsonWriter:
+    """Format "geojson": `mask.geojson`, one QuPath annotation per connected region of each class >= 1."""
+
+    name: str = "geojson"
+    file_name: str = "mask.geojson"
+
+    def write(self, context: OutputContext) -> OutputRecord:
+        path = context.out_dir / self.file_name
+        opts = context.options
+        info = write_geojson(context.result, context.slide, context.classes, path, geojson_mpp=opts.geojson_mpp,
+                             max_pixels=opts.geojson_max_pixels)
+        return OutputRecord(path, info)
+
+    def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
+        return True  # the grid options are not checked on a rerun: mask.geojson is kept as it was made

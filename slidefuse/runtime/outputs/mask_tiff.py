@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slidefuse.atomic import TMP_SUFFIX, atomic_path, temporary_path
 from slidefuse.errors import UsageError
-from slidefuse.runtime.outputs.atomic import TMP_SUFFIX, atomic_path, temporary_path
+from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import OutputError, mode_downsample, open_mask
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
@@ -113,3 +116,41 @@ def write_mask_tiff(
         "resolution_unit": "centimeter",
         "seconds": seconds,
     }
+
+
+def requested_mask_mpp(result: MaskResult, mask_mpp: float | None) -> float | None:
+    """None when mask.tif is at the model's resolution, else the requested um/px."""
+    if mask_mpp is None or abs(mask_mpp - result.mpp) <= 1e-9 * result.mpp:
+        return None
+    return float(mask_mpp)
+
+
+def _same_mpp(a: float | None, b: float | None) -> bool:
+    """Whether two requested pixel sizes (um/px, None = the model's) are the same, to 1e-9 relative."""
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(float(a) - float(b)) <= 1e-9 * float(b)
+
+
+@dataclass(frozen=True)
+class MaskTiffWriter:
+    """Format "tiff": `mask.tif` at the model's pixel size, or at `options.mask_mpp`."""
+
+    name: str = "tiff"
+    file_name: str = "mask.tif"
+
+    def write(self, context: OutputContext) -> OutputRecord:
+        path = context.out_dir / self.file_name
+        mask_mpp = context.options.mask_mpp
+        info = write_mask_tiff(context.result, context.slide, path, num_classes=len(context.classes),
+                               mask_mpp=mask_mpp)
+        info["requested_mask_mpp"] = requested_mask_mpp(context.result, mask_mpp)
+        return OutputRecord(path, info)
+
+    def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
+        """True when the recorded mask.tif was written at the pixel size `options.mask_mpp` asks for."""
+        want = options.mask_mpp
+        model_mpp = report.get("mask", {}).get("mpp")
+        if want is not None and model_mpp and _same_mpp(want, float(model_mpp)):
+            want = None  # asking for the model's own pixel size is asking for none
+        return _same_mpp(report.get("outputs", {}).get(self.name, {}).get("requested_mask_mpp"), want)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from slidefuse.atomic import atomic_path
 from slidefuse.runtime.bundle import ClassInfo
-from slidefuse.runtime.outputs.atomic import atomic_path
+from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import downsample_classes, open_mask
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SIDE = 1400  # longest side of the preview's image area in px
 ALPHA = 0.45  # opacity of class colours over the thumbnail
+TISSUE_FILE = "tissue.png"  # the tissue mask on the thumbnail, written for every slide
 
 
 def preview_size(slide: SlideInfo, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -162,3 +165,23 @@ def write_tissue_png(result: MaskResult, path: Path) -> dict[str, Any]:
     with atomic_path(Path(path)) as tmp:
         Image.fromarray(tissue.astype(np.uint8) * 255).save(tmp, format="PNG")
     return {"file": Path(path).name, "width": int(tissue.shape[1]), "height": int(tissue.shape[0])}
+
+
+@dataclass(frozen=True)
+class PreviewWriter:
+    """Format "preview": `preview.png`, the thumbnail with the mask overlaid and a legend of class areas."""
+
+    name: str = "preview"
+    file_name: str = "preview.png"
+
+    def write(self, context: OutputContext) -> OutputRecord:
+        path = context.out_dir / self.file_name
+        result, m = context.result, context.bundle.manifest
+        areas = [(result.mpp / 1000.0) ** 2 * float(n) for n in result.class_pixels]
+        title = f"{Path(context.slide.path).name} | {m.encoder} @ {m.mpp:g} um/px"
+        title += " | RANDOM WEIGHTS" if m.random_weights else ""
+        info = write_preview(result, context.slide, context.classes, path, areas_mm2=areas, title=title)
+        return OutputRecord(path, info)
+
+    def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
+        return True  # the preview takes no options

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from slidefuse.atomic import write_text_atomic
 from slidefuse.errors import UsageError
-from slidefuse.runtime.outputs.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,12 @@
-"""Atomic file writes: write under a temporary name in the same folder, fsync, then rename.
+"""Atomic writes of files and folders: write under a temporary name beside the target, fsync, then rename.
 
 A temporary file is `<final name>.partial` next to its final name, so a rename never crosses file systems
 and a killed run leaves only `*.partial` files behind, which `clean_temporaries` removes. A file under its
 final name is therefore always complete: either the previous version or the new one, never a truncated mix.
+A folder is staged as `.<name>.partial-<pid>` beside its target and swapped in whole (`atomic_folder`).
+
+Every file written in slidefuse (slide outputs, run logs, bundle manifests, TensorRT engines, training
+checkpoints) goes through this module.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +93,38 @@ def write_text_atomic(final: Path, text: str) -> Path:
 def write_json_atomic(final: Path, obj: Any, *, indent: int | None = 2) -> Path:
     """Write `obj` as JSON (with a trailing newline) to `final` atomically; returns `final`."""
     return write_text_atomic(final, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, *, before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder beside `final`; on success it replaces `final` whole, on error it goes.
+
+    The staging folder is `.<name>.partial-<pid>` in `final`'s parent. `before_swap`, when given, runs after
+    the caller's block and before the swap (e.g. to check again that `final` may be replaced); an error it
+    raises removes the staging folder and leaves `final` as it was. An existing `final` is renamed aside,
+    the staging folder renamed to `final`, and the old one deleted; the parent folder is fsynced after.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = final.parent / f".{final.name}{TMP_SUFFIX}-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        yield stage
+        if before_swap is not None:
+            before_swap()
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(stage, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(stage, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def find_temporaries(folder: Path) -> list[Path]:

@@ -1,0 +1,88 @@
+"""The output-writer contract: what a writer gets (`OutputContext`), what it returns (`OutputRecord`), and
+the `OutputWriter` protocol every format implements (see `registry` for the formats by name).
+
+A writer turns the stitched mask of one slide into one file in the slide's output folder, written
+atomically (`slidefuse.atomic`). Writers run side by side on threads and only read the raw mask, so a
+writer must not depend on another writer's file. `report.json` is not a writer: `write_outputs` writes it
+last, from the writers' records, as the record that the slide is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from slidefuse.errors import UsageError
+from slidefuse.runtime.bundle import Bundle, ClassInfo
+from slidefuse.runtime.types import MaskResult, SlideInfo
+
+GEOJSON_MAX_PIXELS = 1 << 26  # default cap on the grid polygonised for mask.geojson (67 Mpx, e.g. 8192 x 8192)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How the outputs are made; the same options are used to check on a rerun that they are current."""
+
+    mask_mpp: float | None = None  # mask.tif pixel size in um/px (>= the model's, mode-downsampled); None = model's
+    geojson_mpp: float | None = None  # pixel size of the grid polygonised for mask.geojson; None = the mask's
+    geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS  # cap on that grid's pixels; None = no cap
+
+    def __post_init__(self) -> None:
+        for name in ("mask_mpp", "geojson_mpp"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"{name} must be a positive number of microns per pixel, got {value}")
+        if self.geojson_max_pixels is not None and self.geojson_max_pixels < 1:
+            raise UsageError(f"geojson_max_pixels must be >= 1 (or None for no cap), got {self.geojson_max_pixels}")
+
+
+@dataclass(frozen=True)
+class OutputContext:
+    """Everything a writer may read. The mask is on disk; nothing here is changed by a writer."""
+
+    result: MaskResult  # the stitched mask: raw uint8 class indices [mask_height, mask_width] at result.mpp
+    slide: SlideInfo  # the slide the mask covers (level-0 size, pixel size, path)
+    bundle: Bundle  # the model that made the mask (classes and their colours, encoder, mpp)
+    out_dir: Path  # the slide's output folder; a writer writes `out_dir / file_name` and nothing else
+    options: OutputOptions = field(default_factory=OutputOptions)
+
+    @property
+    def classes(self) -> tuple[ClassInfo, ...]:
+        """The model's classes, index 0 = background."""
+        return tuple(self.bundle.manifest.classes)
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """What a writer wrote: the file and its description for report.json."""
+
+    path: Path  # the written file, under its final name
+    info: Mapping[str, Any]  # JSON-able description, stored as report.json's outputs[<format>] (plus file, bytes)
+
+
+class OutputWriter(Protocol):
+    """One output format. Implementations are small classes registered by name (`register_writer`)."""
+
+    @property
+    def name(self) -> str:
+        """Format name, as given to `--formats` and recorded in report.json (lower case, e.g. "tiff")."""
+        ...
+
+    @property
+    def file_name(self) -> str:
+        """The file written into the slide's output folder (e.g. "mask.tif")."""
+        ...
+
+    def write(self, context: OutputContext) -> OutputRecord:
+        """Write `context.out_dir / file_name` atomically and describe it. Runs on a worker thread."""
+        ...
+
+    def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
+        """Whether the file recorded in a previous `report` was made as `options` now ask.
+
+        Called on a rerun once the file is known to exist with its recorded size; a writer whose file
+        does not depend on the options returns True.
+        """
+        ...
