@@ -76,6 +76,17 @@ class MissingExtra(SlidefuseError, ImportError):
         )
 
 
+def one_line(exc: BaseException, *, max_chars: int | None = None) -> str:
+    """An error as one line: the message of slidefuse's errors, `Type: message` for anything else.
+
+    Runs of whitespace (newlines included) become one space; `max_chars` cuts the line to that length.
+    """
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, SlidefuseError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if max_chars is None or len(text) <= max_chars else text[: max(0, max_chars - 3)] + "..."
+
+
 def require(module: str, extra: str, purpose: str):  # type: ignore[no-untyped-def]
     """Import an optional module or raise MissingExtra naming the extra to install."""
     import importlib

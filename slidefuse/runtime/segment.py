@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from slidefuse.errors import SlidefuseError, SlideNotFound, UsageError
+from slidefuse.errors import SlideNotFound, UsageError, one_line
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
+from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.stitch import Stitcher
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # File extensions scanned for in folders (case-insensitive). `.tif`/`.tiff` include OME-TIFF.
 SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".vms", ".vmu", ".bif", ".svslide")
 RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
-DEFAULT_FORMATS = frozenset({"tiff", "geojson", "report", "preview"})
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class SegmentOptions:
     tissue: TissueParams = TissueParams()  # tissue detection and tile selection parameters
     all_tiles: bool = False  # run every tile of the grid, not only those touching tissue
     mpp: float | None = None  # slide pixel size override (um per level-0 px), for slides without one
-    formats: frozenset[str] = DEFAULT_FORMATS  # outputs to write: tiff, geojson, report, preview
+    formats: frozenset[str] = DEFAULT_FORMATS  # output format names to write (see runtime.outputs.registry)
     mask_mpp: float | None = None  # write mask.tif at this coarser um/px (None: the model's mpp)
     overwrite: bool = False  # redo slides whose outputs are already complete for this bundle
     workers: int = 4  # reader threads
@@ -389,14 +389,6 @@ def segment_slide(
 
 
 # ------------------------------------------------------------------------------------------- batches
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as one line: the message of slidefuse's errors, `Type: message` for anything else."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, SlidefuseError):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _with_slide(slide: Path, reason: str) -> str:
