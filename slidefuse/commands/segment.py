@@ -19,6 +19,19 @@ def _default_model() -> Path | None:
     return DEFAULT_BUNDLE if (DEFAULT_BUNDLE / "manifest.json").is_file() else None
 
 
+class _FormatsOption(click.Option):
+    """`--formats`: its help and shown default list the registered output formats, read from the registry
+    only when help is shown (command modules import only click)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from slidefuse.runtime.outputs import DEFAULT_FORMATS, format_names
+
+        names = format_names()
+        self.help = f"Outputs to write, comma-separated: {', '.join(names)} (or 'all')."
+        self.default = ",".join(n for n in names if n in DEFAULT_FORMATS)
+        return super().get_help_record(ctx)
+
+
 @click.command("segment")
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "-m", "model", type=click.Path(path_type=Path), default=None,
@@ -34,8 +47,8 @@ def _default_model() -> Path | None:
               help="Slide pixel size in um/px, for slides without one (overrides the file's).")
 @click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")
 @click.option("--threads", type=int, default=None, help="Engine CPU threads (ort-cpu). Default: all cores.")
-@click.option("--formats", default="tiff,geojson,report,preview", show_default=True,
-              help="Outputs to write, comma-separated: tiff, geojson, report, preview (or 'all').")
+@click.option("--formats", cls=_FormatsOption, default=None, show_default=True,
+              help="Outputs to write, comma-separated (or 'all'). Default: every built-in format.")
 @click.option("--mask-mpp", type=float, default=None, help="Write mask.tif at this coarser pixel size (um/px).")
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs are already complete.")
 @click.option("--tissue-threshold", type=click.FloatRange(0.0, 1.0), default=None,
@@ -61,7 +74,7 @@ def command(
     mpp: float | None,
     workers: int,
     threads: int | None,
-    formats: str,
+    formats: str | None,
     mask_mpp: float | None,
     overwrite: bool,
     tissue_threshold: float | None,
@@ -82,7 +95,7 @@ def command(
 
     from slidefuse.errors import SlideNotFound, UsageError
     from slidefuse.runtime.bundle import load_bundle
-    from slidefuse.runtime.outputs import parse_formats
+    from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
     from slidefuse.runtime.progress import make_progress
     from slidefuse.runtime.segment import SegmentOptions, segment_many
     from slidefuse.runtime.tissue import TissueParams
@@ -117,7 +130,7 @@ def command(
                          "selected by tissue; drop one of them")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder for the outputs")
-    fmts = parse_formats(formats)
+    fmts = DEFAULT_FORMATS if formats is None else parse_formats(formats)
 
     tissue = TissueParams()
     if tissue_threshold is not None:
