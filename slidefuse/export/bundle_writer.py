@@ -11,12 +11,11 @@ import contextlib
 import datetime as _dt
 import importlib.metadata
 import logging
-import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from slidefuse.atomic import atomic_folder
 from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import MANIFEST, ClassInfo, sha256_file
 
@@ -118,22 +117,7 @@ def staging_folder(out: Path, force: bool) -> Iterator[Path]:
     """
     out = Path(out)
     check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir()
-    try:
+    # check again before the swap: something may have appeared meanwhile
+    with atomic_folder(out, before_swap=lambda: check_target(out, force)) as stage:
         yield stage
-        check_target(out, force)  # something may have appeared meanwhile
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(stage, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(stage, out)
-        log.info("bundle written to %s", out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    log.info("bundle written to %s", out)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slidefuse.atomic import write_bytes_atomic
 from slidefuse.errors import BundleError, UsageError, require
 from slidefuse.runtime.bundle import Bundle, load_bundle, write_manifest
 from slidefuse.runtime.engines import (
@@ -90,12 +90,13 @@ def ensure_graph(bundle: Bundle, precision: str) -> tuple[str, dict[str, Any] | 
     if precision == "bf16":
         return name, {"measured": False, "reason": "onnxruntime's CPU provider has no bf16 kernels; "
                       "compare the engine with `slidefuse bench parity` on the GPU"}
-    from slidefuse.export.parity import FP16_THRESHOLDS, check_parity, ort_runner, parity_tiles
+    from slidefuse.export.parity import FP16_THRESHOLDS, compare, gate_backend, parity_tiles
 
-    tiles = parity_tiles(m.tile_size, 2, 2)
+    tiles = parity_tiles(m.tile_size, m.mpp, n_real=2, n_random=2)
+    staged = dataclasses.replace(bundle, manifest=dataclasses.replace(m, fp16_model_file=name))
     try:
-        report, _, _ = check_parity(ort_runner(bundle.model_path), ort_runner(path), tiles, FP16_THRESHOLDS,
-                                    reference_name=m.model_file, candidate_name=name)
+        report = compare({m.model_file: gate_backend(bundle), name: gate_backend(staged, "fp16")}, tiles,
+                         thresholds=FP16_THRESHOLDS).check().pair_record()
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -113,9 +114,7 @@ def _network_flags(trt: Any) -> int:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def build_engine(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slidefuse.atomic import TMP_SUFFIX, write_text_atomic
 from slidefuse.errors import BundleError, BundleNotFound, IntegrityError
 
 MANIFEST = "manifest.json"
@@ -105,7 +106,7 @@ def hash_files(folder: Path) -> dict[str, str]:
     """sha256 of every regular file under `folder` except the manifest, keyed by POSIX relative path."""
     out: dict[str, str] = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"):
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith((".tmp", TMP_SUFFIX)):
             out[p.relative_to(folder).as_posix()] = sha256_file(p)
     return out
 
@@ -113,9 +114,7 @@ def hash_files(folder: Path) -> dict[str, str]:
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     """Hash every file in `folder`, store the hashes in the manifest and write it atomically."""
     manifest = dataclasses.replace(manifest, files=hash_files(folder))
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
     return manifest
 
 

@@ -35,7 +35,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slidefuse.atomic import atomic_path, write_text_atomic
 from slidefuse.errors import UsageError, require
 from slidefuse.train.dataset import AugmentParams, TileSplit, augment_batch, load_dataset
 from slidefuse.train.losses import DiceMeter, ce_dice_loss
@@ -221,15 +221,12 @@ def evaluate(model: SegmentationModel, split: TileSplit, batch_size: int,
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _atomic_json(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _dataset_mpp(tiles: Path) -> float | None:
