@@ -31,6 +31,12 @@ class MissingPixelSize(SlidefuseError, ValueError):
     """A slide without a pixel size and no --mpp given."""
 
 
+class InvalidPixelSize(SlidefuseError, ValueError):
+    """A pixel size that is not a positive, finite number of microns per pixel."""
+
+    exit_code = 2
+
+
 class BundleError(SlidefuseError, ValueError):
     """A model bundle that is missing, incomplete or fails its integrity check."""
 

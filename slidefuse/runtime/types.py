@@ -21,6 +21,17 @@ class LevelInfo:
 
 
 @dataclass(frozen=True)
+class ColourPipeline:
+    """How a slide's stored pixels became the sRGB uint8 pixels the model sees (recorded in reports)."""
+
+    decoder: str  # "openslide" or "libtiff" (libvips' loader underneath), or "memory"
+    stored: tuple[str, ...]  # per pyramid level, finest first: compression and photometric as stored
+    conversions: tuple[str, ...]  # applied in order (e.g. "jfif-ycbcr-to-rgb"); "level k: ..." when levels differ
+    icc: str  # what happened to an embedded ICC profile
+    color_transform: str = "none"  # the bundle's choice: "none" or "icc-to-srgb"
+
+
+@dataclass(frozen=True)
 class SlideInfo:
     path: Path  # the slide file
     width: int  # level-0 width in px
@@ -32,6 +43,7 @@ class SlideInfo:
     levels: tuple[LevelInfo, ...]  # pyramid levels, finest first
     objective_power: float | None = None  # nominal magnification, where the file says
     properties: dict[str, str] = field(default_factory=dict)  # a few raw metadata entries for reports
+    colour: ColourPipeline | None = None  # how pixels are decoded and converted (None: not recorded)
 
 
 @dataclass

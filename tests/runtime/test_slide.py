@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pyvips
 
-from slidefuse.errors import MissingPixelSize, SlidefuseError, SlideNotFound, SlideReadError
+from slidefuse.errors import InvalidPixelSize, MissingPixelSize, SlidefuseError, SlideNotFound, SlideReadError
 from slidefuse.runtime import coords
 from slidefuse.runtime.slide import InMemorySlide, open_slide
 
@@ -316,7 +316,7 @@ def test_garbled_pixels_fail_on_read(garbled_tiff: Path) -> None:
 
 
 def test_bad_mpp_argument(synthetic_tiff: Path) -> None:
-    with pytest.raises(MissingPixelSize, match="positive"):
+    with pytest.raises(InvalidPixelSize, match="positive"):
         open_slide(synthetic_tiff, mpp=0.0)
 
 

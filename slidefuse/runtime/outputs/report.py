@@ -6,6 +6,7 @@ files (with sizes) are what `outputs_complete` checks to skip a finished slide o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -84,6 +85,7 @@ def slide_metadata(slide: SlideInfo) -> dict[str, Any]:
         "width_mm": slide.width * slide.mpp / 1000.0,
         "height_mm": slide.height * slide.mpp / 1000.0,
         "properties": dict(slide.properties),
+        "colour": dataclasses.asdict(slide.colour) if slide.colour is not None else None,
     }
 
 

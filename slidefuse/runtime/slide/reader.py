@@ -1,0 +1,388 @@
+"""Slide readers over pyvips: one interface for vendor slides, TIFF / OME-TIFF, and in-memory images.
+
+``open_slide(path, mpp=None)`` picks libvips' OpenSlide loader for vendor formats (SVS, NDPI, MRXS, SCN, ...)
+and its TIFF loader for plain / pyramidal TIFF and OME-TIFF. The pixel size comes from ``metadata``'s chain
+of sources; ``mpp=`` overrides all of them; a slide with none is refused (``MissingPixelSize``). Pixels go
+through ``colour`` (mislabelled YCbCr, alpha, grey, 16 bits, CMYK, optional ICC) on their way out.
+
+``SlideReader.scaled(mpp)`` is the slide resampled to ``mpp`` microns per pixel (the *model* frame, see
+``coords``): a lazy libvips pipeline from the pyramid level just finer than the target, so reading a tile
+costs decoding the few source tiles under it, whatever the slide size. ``ScaledView.read`` is thread-safe
+(libvips releases the GIL; each thread fetches through its own ``pyvips.Region``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyvips
+
+from slidefuse.errors import InvalidPixelSize, MissingPixelSize, SlideNotFound, SlideReadError, one_line
+from slidefuse.runtime import coords
+from slidefuse.runtime.slide import colour, metadata, tiffdir
+from slidefuse.runtime.slide.colour import ColourTransform, LevelColour
+from slidefuse.runtime.slide.view import ScaledView
+from slidefuse.runtime.types import ColourPipeline, LevelInfo, SlideInfo
+
+log = logging.getLogger(__name__)
+
+# File suffixes that only OpenSlide reads: when OpenSlide refuses one, the file is broken, not "a TIFF".
+VENDOR_SUFFIXES = {".svs", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide"}
+# OpenSlide vendors whose tiles OpenSlide decodes through libtiff, trusting the TIFF photometric tag (so the
+# mislabelled-YCbCr trap applies to them as to libvips' tiffload). Other vendors' JPEGs go straight to libjpeg.
+TIFF_DECODED_VENDORS = {"aperio", "leica", "philips", "ventana", "trestle", "generic-tiff"}
+# A pyramid level this small (px) is decoded into memory once, the first time a view needs it, and shared by
+# every view of that level: a small slide's thumbnail and model-resolution view then cost one decode, not two.
+SMALL_LEVEL_PIXELS = 16_000_000
+
+
+def _corrupt(path: Path | str, what: str, exc: BaseException) -> SlideReadError:
+    return SlideReadError(f"{path}: {what} ({one_line(exc)}); the file is truncated or corrupt: "
+                          "re-copy or re-export it")
+
+
+class SlideReader:
+    """A whole-slide image opened with pyvips. Use ``open_slide``; a context manager.
+
+    ``info`` describes the slide (level-0 size, pixel size and its source, levels finest first, vendor,
+    loader, colour pipeline); ``scaled(mpp)`` reads it at any pixel size; ``thumbnail(max_side)`` gives a
+    small RGB overview. Every pixel returned is uint8 sRGB as ``info.colour`` describes.
+    """
+
+    def __init__(self, info: SlideInfo, level_images: list[pyvips.Image] | None = None) -> None:
+        self.info = info
+        self._level_images = level_images  # lazily-loaded level images (None: load via _load_level)
+        self._cache: dict[float, ScaledView] = {}
+        self._small_levels: dict[int, pyvips.Image] = {}  # decoded small levels (RGB uint8), see SMALL_LEVEL_PIXELS
+        self._lock = threading.Lock()
+
+    # subclasses override
+    def _load_level(self, level: int) -> pyvips.Image:
+        """Level ``level`` as the loader decodes it (before any colour conversion)."""
+        if self._level_images is None:
+            raise NotImplementedError
+        return self._level_images[level]
+
+    def _to_rgb(self, level: int, image: pyvips.Image) -> pyvips.Image:
+        """A decoded level -> lazy 3-band uchar sRGB (subclasses add their colour pipeline)."""
+        return colour.apply(image, LevelColour("", False, None), "none", self.info.path)[0]
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop cached views (libvips closes the file when the last image referring to it is freed)."""
+        self._cache.clear()
+        self._small_levels.clear()
+
+    @property
+    def mpp(self) -> float:
+        """Microns per level-0 pixel in use."""
+        return self.info.mpp
+
+    def model_size(self, mpp: float) -> tuple[int, int]:
+        """(width, height) in px of the slide at ``mpp`` (same rule as ``scaled(mpp)``)."""
+        return coords.model_size(self.info.width, self.info.height, self.info.mpp, mpp)
+
+    def scaled(self, mpp: float) -> ScaledView:
+        """The slide resampled to ``mpp`` microns per pixel, from the level just finer than (or equal to) it."""
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise InvalidPixelSize(f"mpp must be a positive number of microns per pixel, got {mpp}")
+        with self._lock:
+            view = self._cache.get(mpp)
+            if view is None:
+                view = self._make_view(mpp)
+                self._cache[mpp] = view
+        return view
+
+    def _make_view(self, mpp: float) -> ScaledView:
+        i = self.info
+        downsamples = [lv.downsample for lv in i.levels]
+        k = coords.level_for_mpp(downsamples, i.mpp, mpp)
+        level = i.levels[k]
+        out_w, out_h = self.model_size(mpp)
+        image = self._rgb_level(k)
+        hscale, vscale = out_w / level.width, out_h / level.height
+        if abs(hscale - 1) > 1e-9 or abs(vscale - 1) > 1e-9:
+            image = image.resize(hscale, vscale=vscale)
+        if image.width != out_w or image.height != out_h:  # rounding in resize: pin the exact size
+            image = image.embed(0, 0, out_w, out_h, extend="white")
+        log.debug(
+            "%s: view at %g um/px = level %d (%g um/px, %dx%d) resized by %.4f -> %dx%d",
+            i.path, mpp, k, i.mpp * level.downsample, level.width, level.height, hscale, out_w, out_h,
+        )
+        return ScaledView(image, mpp, i.path, k, i.mpp * level.downsample)
+
+    def _rgb_level(self, k: int) -> pyvips.Image:
+        """Level ``k`` as lazy RGB uint8; a small level is decoded into memory once and shared (call with
+        ``self._lock`` held)."""
+        image = self._small_levels.get(k)
+        if image is not None:
+            return image
+        image = self._to_rgb(k, self._load_level(k))
+        level = self.info.levels[k]
+        if level.width * level.height <= SMALL_LEVEL_PIXELS:
+            try:
+                image = image.copy_memory()
+            except pyvips.Error as exc:
+                raise _corrupt(self.info.path, f"cannot decode pyramid level {k}", exc) from exc
+            self._small_levels[k] = image
+        return image
+
+    def level_rgb(self, k: int) -> pyvips.Image:
+        """Pyramid level ``k`` exactly as the model path sees it: lazy 3-band uchar sRGB (level frame)."""
+        with self._lock:
+            return self._rgb_level(k)
+
+    def thumbnail_mpp(self, max_side: int = 1024) -> float:
+        """Pixel size (um/px) of ``thumbnail(max_side)``."""
+        return coords.thumb_mpp_for(self.info.width, self.info.height, self.info.mpp, max_side)
+
+    def thumbnail_at(self, mpp: float) -> np.ndarray:
+        """The whole slide at ``mpp`` um/px: uint8 ``[h, w, 3]`` RGB (thumb frame; from the coarsest level
+        finer than ``mpp``, so keep ``mpp`` coarse enough for the result to fit in memory)."""
+        return self.scaled(mpp).read_all()
+
+    def thumbnail(self, max_side: int = 1024) -> np.ndarray:
+        """A thumbnail whose longer side is ``max_side`` px (or the slide itself if smaller): uint8
+        ``[h, w, 3]`` RGB at ``thumbnail_mpp(max_side)`` um/px (thumb frame)."""
+        return self.thumbnail_at(self.thumbnail_mpp(max_side))
+
+
+class _VipsFileSlide(SlideReader):
+    """A slide file read through libvips' openslideload or tiffload, with its colour pipeline."""
+
+    def __init__(self, info: SlideInfo, level_args: list[dict[str, Any]], fail_on: bool,
+                 level_colours: list[LevelColour], transform: ColourTransform) -> None:
+        super().__init__(info)
+        self._level_args = level_args
+        self._fail_on = fail_on
+        self._level_colours = level_colours
+        self._transform = transform
+
+    def _load_level(self, level: int) -> pyvips.Image:
+        path = str(self.info.path)
+        try:
+            if self.info.loader == "openslideload":
+                return pyvips.Image.openslideload(path, **self._level_args[level])
+            kw = dict(self._level_args[level])
+            if self._fail_on:
+                kw["fail_on"] = "error"
+            return pyvips.Image.tiffload(path, **kw)
+        except pyvips.Error as exc:
+            raise _corrupt(path, f"cannot open pyramid level {level}", exc) from exc
+
+    def _to_rgb(self, level: int, image: pyvips.Image) -> pyvips.Image:
+        return colour.apply(image, self._level_colours[level], self._transform, self.info.path)[0]
+
+    def colour_pipeline(self) -> ColourPipeline:
+        """What each level stores and which conversions the reader applies (for ``SlideInfo.colour``)."""
+        steps = [colour.apply(self._load_level(k), lc, self._transform, self.info.path)[1]
+                 for k, lc in enumerate(self._level_colours)]
+        if all(s == steps[0] for s in steps):
+            conversions = steps[0]
+        else:
+            conversions = tuple(f"level {k}: {step}" for k, s in enumerate(steps) for step in s)
+        decoder = "openslide" if self.info.loader == "openslideload" else "libtiff"
+        return colour.describe(decoder, self._level_colours, conversions, self._transform)
+
+
+class InMemorySlide(SlideReader):
+    """A slide held in memory: uint8 ``[H, W, 3]`` RGB at ``mpp`` um/px, one level. For tests and small images."""
+
+    def __init__(self, array: np.ndarray, mpp: float, name: str = "in-memory") -> None:
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"InMemorySlide needs uint8 [H, W, 3] RGB, got {array.dtype} {list(array.shape)}")
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise InvalidPixelSize(f"mpp must be a positive number of microns per pixel, got {mpp}")
+        self.array = np.ascontiguousarray(array)
+        h, w = self.array.shape[:2]
+        image = pyvips.Image.new_from_array(self.array, interpretation="srgb")
+        info = SlideInfo(
+            path=Path(name),
+            width=w,
+            height=h,
+            mpp=float(mpp),
+            mpp_source="user",
+            vendor="memory",
+            loader="memory",
+            levels=(LevelInfo(w, h, 1.0),),
+            colour=ColourPipeline("memory", ("uint8 rgb array",), (), "no embedded profile"),
+        )
+        super().__init__(info, [image])
+
+
+# ------------------------------------------------------------------------------------------------ opening
+
+
+def _openslide_image(path: Path) -> pyvips.Image | None:
+    """Level 0 through OpenSlide, or None when OpenSlide cannot read the file (or calls it a generic TIFF)."""
+    try:
+        image = pyvips.Image.openslideload(str(path))
+    except pyvips.Error as exc:
+        log.debug("%s: openslideload refused it: %s", path, one_line(exc))
+        return None
+    if metadata.field(image, "openslide.vendor") == "generic-tiff":
+        return None  # plain tiled TIFF: the TIFF loader reads it, with its resolution tags
+    return image
+
+
+def _openslide_info(path: Path, image: pyvips.Image) -> tuple[SlideInfo, list[dict[str, Any]]]:
+    f = metadata.field
+    count = int(f(image, "openslide.level-count") or 1)
+    levels = [LevelInfo(int(f(image, f"openslide.level[{k}].width")), int(f(image, f"openslide.level[{k}].height")),
+                        float(f(image, f"openslide.level[{k}].downsample"))) for k in range(count)]
+    ctx = metadata.MetadataContext(image, "openslideload", path, None)
+    mpp, source = metadata.pixel_size(ctx)
+    info = SlideInfo(
+        path=path,
+        width=image.width,
+        height=image.height,
+        mpp=mpp or 0.0,
+        mpp_source=source,
+        vendor=str(f(image, "openslide.vendor") or "openslide"),
+        loader="openslideload",
+        levels=tuple(levels),
+        objective_power=metadata.objective(ctx),
+        properties=metadata.report_properties(image),
+    )
+    return info, [{"level": k} for k in range(count)]
+
+
+def _tiff_levels(path: Path, first: pyvips.Image) -> tuple[list[LevelInfo], list[dict[str, Any]]]:
+    """Pyramid levels of a TIFF: sub-IFDs (OME-TIFF style) if any, else following pages that halve in size."""
+    w0, h0 = first.width, first.height
+    levels, args = [LevelInfo(w0, h0, 1.0)], [{"page": 0}]
+    n_sub = int(metadata.field(first, "n-subifds") or 0)
+    n_pages = int(metadata.field(first, "n-pages") or 1)
+    candidates = [{"subifd": i} for i in range(n_sub)] if n_sub else [{"page": i} for i in range(1, n_pages)]
+    for kw in candidates:
+        try:
+            im = pyvips.Image.tiffload(str(path), **kw)
+        except pyvips.Error:
+            break
+        prev = levels[-1]
+        same_aspect = abs(im.width / w0 - im.height / h0) <= 2.0 / min(im.width, im.height)
+        if not (im.width < prev.width and im.height < prev.height and same_aspect and im.bands == first.bands):
+            break  # a label or macro image, not a pyramid level
+        levels.append(LevelInfo(im.width, im.height, w0 / im.width))
+        args.append(kw)
+    return levels, args
+
+
+def _tiff_info(path: Path, image: pyvips.Image) -> tuple[SlideInfo, list[dict[str, Any]]]:
+    levels, args = _tiff_levels(path, image)
+    root = metadata.ome_root(metadata.field(image, "image-description"))
+    ctx = metadata.MetadataContext(image, "tiffload", path, root)
+    mpp, source = metadata.pixel_size(ctx)
+    info = SlideInfo(
+        path=path,
+        width=image.width,
+        height=image.height,
+        mpp=mpp or 0.0,
+        mpp_source=source,
+        vendor="ome-tiff" if root is not None else "tiff",
+        loader="tiffload",
+        levels=tuple(levels),
+        objective_power=metadata.objective(ctx),
+        properties=metadata.report_properties(image),
+    )
+    return info, args
+
+
+def _level_colours(info: SlideInfo) -> list[LevelColour]:
+    """Per level, what the file stores and whether the decoder will return mislabelled YCbCr."""
+    if info.loader == "openslideload" and info.vendor not in TIFF_DECODED_VENDORS:
+        return [LevelColour(f"decoded by OpenSlide's {info.vendor} reader (not inspected)", False, None)
+                for _ in info.levels]
+    dirs = tiffdir.read_directories(info.path)
+    return [colour.plan_level(info.path, colour.match_directory(dirs, lv.width, lv.height)) for lv in info.levels]
+
+
+def _check_path(p: Path, mpp: float | None) -> None:
+    if not p.exists():
+        raise SlideNotFound(f"{p}: no such slide file; check the path")
+    if p.is_dir():
+        raise SlideReadError(f"{p}: is a folder, not a slide file; pass the slide file itself")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise InvalidPixelSize(f"{p}: the pixel size must be a positive number of microns per pixel, got {mpp}")
+
+
+def _read_info(p: Path) -> tuple[SlideInfo, list[dict[str, Any]]]:
+    image = _openslide_image(p)
+    if image is not None:
+        return _openslide_info(p, image)
+    if p.suffix.lower() in VENDOR_SUFFIXES:
+        raise SlideReadError(
+            f"{p}: OpenSlide cannot read this {p.suffix} file (truncated, corrupt or not a slide); "
+            "re-copy it from the scanner or pass a valid slide"
+        )
+    try:
+        image = pyvips.Image.tiffload(str(p))
+    except pyvips.Error as exc:
+        first = next((ln for ln in str(exc).splitlines()[1:] if ln.strip()), "unknown format")
+        raise SlideReadError(
+            f"{p}: not a slide that OpenSlide or the TIFF loader can read ({first.strip()}); "
+            "pass an SVS/NDPI/MRXS/SCN slide or a (pyramidal) TIFF / OME-TIFF"
+        ) from exc
+    return _tiff_info(p, image)
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
+               colour_transform: ColourTransform = "none") -> SlideReader:
+    """Open a whole-slide image. ``mpp`` (microns per level-0 pixel) overrides the file's pixel size.
+
+    ``colour_transform`` is the bundle's choice for embedded ICC profiles: "none" (raw decoded values, the
+    default) or "icc-to-srgb". Raises ``SlideNotFound`` (no such file), ``SlideReadError`` (not a slide, or
+    corrupt), ``InvalidPixelSize`` (a bad ``mpp``) and ``MissingPixelSize`` (no usable pixel size, no ``mpp``).
+    """
+    p = Path(path)
+    _check_path(p, mpp)
+    if colour_transform not in colour.COLOUR_TRANSFORMS:
+        raise ValueError(f"colour_transform must be one of {colour.COLOUR_TRANSFORMS}, got {colour_transform!r}")
+    info, level_args = _read_info(p)
+    if mpp is not None:
+        if info.mpp:
+            log.info("%s: using --mpp %g um/px instead of the file's %g (%s)", p, mpp, info.mpp, info.mpp_source)
+        info = dataclasses.replace(info, mpp=float(mpp), mpp_source="user")
+    elif not info.mpp:
+        raise MissingPixelSize(
+            f"{p}: the file has no pixel size (microns per pixel); pass --mpp MICRONS_PER_PIXEL "
+            "(e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+        )
+    reader = _VipsFileSlide(info, level_args, fail_on=info.loader == "tiffload",
+                            level_colours=_level_colours(info), transform=colour_transform)
+    reader.info = dataclasses.replace(info, colour=reader.colour_pipeline())
+    for step in reader.info.colour.conversions if reader.info.colour else ():
+        log.info("%s: colour: %s", p, step)
+    log.debug("%s: %s, %dx%d, %d levels, %g um/px from %s, colour %s", p, info.loader, info.width, info.height,
+              len(info.levels), info.mpp, info.mpp_source, reader.info.colour)
+    _probe(reader)
+    return reader
+
+
+def _probe(reader: SlideReader) -> None:
+    """Decode one small corner of the coarsest level, so that a file whose pixels cannot be decoded at all is
+    refused at open time with a clear message rather than mid-run."""
+    i = reader.info
+    k = len(i.levels) - 1
+    lv = i.levels[k]
+    image = reader._to_rgb(k, reader._load_level(k))
+    w, h = min(lv.width, 64), min(lv.height, 64)
+    try:
+        pyvips.Region.new(image).fetch(0, 0, w, h)
+    except pyvips.Error as exc:
+        raise _corrupt(i.path, "cannot decode its pixels", exc) from exc

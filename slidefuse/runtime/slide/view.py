@@ -1,0 +1,105 @@
+"""``ScaledView``: a slide resampled to a pixel size (the model frame), read tile by tile from many threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+from slidefuse.errors import SlideReadError, one_line
+from slidefuse.runtime import coords
+
+WHITE = 255
+
+
+class ScaledView:
+    """The slide resampled to ``mpp`` microns per pixel (the model frame). Cheap to create, lazy to read.
+
+    ``width``/``height`` are ``round(l0_size * l0_mpp / mpp)``. ``read`` returns uint8 RGB ``[h, w, 3]``,
+    0..255, and pads any part of the box outside the slide with white (255). Safe to call from many threads.
+    """
+
+    def __init__(self, image: pyvips.Image, mpp: float, path: Path, level: int, level_mpp: float) -> None:
+        self.image = image  # uchar, 3 bands, exactly width x height
+        self.mpp = mpp  # microns per pixel of this view
+        self.width: int = image.width
+        self.height: int = image.height
+        self.level = level  # pyramid level the view resamples from
+        self.level_mpp = level_mpp  # pixel size of that level
+        self._path = path
+        self._local = threading.local()
+        self._pixels: np.ndarray | None = None  # whole view in memory, once preload() decided so
+
+    def preload(self, max_pixels: int) -> bool:
+        """Decode the whole view into memory when it has at most ``max_pixels`` pixels; later reads slice it.
+
+        Small slides (or coarse model resolutions) are then decoded and resampled once instead of once per
+        overlapping tile read, which dominates their run time. Memory: 3 bytes per pixel, so bounded by
+        ``3 * max_pixels``. Returns True when the view was loaded.
+        """
+        if self._pixels is not None:
+            return True
+        if self.width * self.height > max_pixels:
+            return False
+        self._pixels = self._fetch(0, 0, self.width, self.height).copy()
+        return True
+
+    def _region(self) -> pyvips.Region:
+        region = getattr(self._local, "region", None)
+        if region is None:
+            region = pyvips.Region.new(self.image)
+            self._local.region = region
+        return region
+
+    def read(self, model_x: int, model_y: int, w: int, h: int) -> np.ndarray:
+        """Pixels of the model-frame box ``(model_x, model_y, w, h)``: uint8 ``[h, w, 3]`` RGB, 0..255.
+
+        The box may extend past any edge (or lie wholly outside): those pixels are white (255).
+        """
+        if w <= 0 or h <= 0:
+            raise ValueError(f"read size must be positive, got {w} x {h}")
+        x0, y0 = max(model_x, 0), max(model_y, 0)
+        x1, y1 = min(model_x + w, self.width), min(model_y + h, self.height)
+        if x0 == model_x and y0 == model_y and x1 - x0 == w and y1 - y0 == h:
+            return self._fetch(x0, y0, w, h)
+        out = np.full((h, w, 3), WHITE, dtype=np.uint8)
+        if x1 > x0 and y1 > y0:
+            out[y0 - model_y : y1 - model_y, x0 - model_x : x1 - model_x] = self._fetch(x0, y0, x1 - x0, y1 - y0)
+        return out
+
+    def _fetch(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if self._pixels is not None:
+            return self._pixels[y : y + h, x : x + w]
+        try:
+            data = self._region().fetch(x, y, w, h)
+        except pyvips.Error as exc:
+            raise SlideReadError(
+                f"{self._path}: cannot read pixels at ({x}, {y}, {w} x {h}) at {self.mpp:g} um/px "
+                f"({one_line(exc)}); the file is truncated or corrupt: re-copy or re-export it"
+            ) from exc
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
+
+    def read_all(self) -> np.ndarray:
+        """The whole view as uint8 ``[height, width, 3]`` (only for small views: thumbnails, tests)."""
+        return self.read(0, 0, self.width, self.height)
+
+    def read_many(self, model_boxes: list[coords.Box]) -> list[np.ndarray]:
+        """Read several model-frame boxes ``(x, y, w, h)`` in this thread; one array per box as ``read``.
+
+        When the boxes are neighbours on one row (a band of overlapping tiles), one ``read`` of their
+        bounding box sliced into tiles decodes each source tile once instead of up to four times; this method
+        does that when the bounding box is no more than twice the boxes' total area.
+        """
+        if not model_boxes:
+            return []
+        bx0 = min(b[0] for b in model_boxes)
+        by0 = min(b[1] for b in model_boxes)
+        bx1 = max(b[0] + b[2] for b in model_boxes)
+        by1 = max(b[1] + b[3] for b in model_boxes)
+        total = sum(b[2] * b[3] for b in model_boxes)
+        if (bx1 - bx0) * (by1 - by0) <= 2 * total:
+            band = self.read(bx0, by0, bx1 - bx0, by1 - by0)
+            return [band[y - by0 : y - by0 + h, x - bx0 : x - bx0 + w] for x, y, w, h in model_boxes]
+        return [self.read(*b) for b in model_boxes]
