@@ -71,7 +71,8 @@ CHILD = textwrap.dedent(
     from slidefuse.runtime.types import LevelInfo, MaskResult, SlideInfo
     from slidefuse.runtime.outputs import write_outputs
 
-    raw, w, h, out, target = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+    raw, w, h = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    out, target = Path(sys.argv[4]), sys.argv[5]
 
     def kill_when_started() -> None:
         # SIGKILL this process as soon as `target` is being written (its .partial holds some bytes).
@@ -85,7 +86,8 @@ CHILD = textwrap.dedent(
             time.sleep(0.0005)
 
     threading.Thread(target=kill_when_started, daemon=True).start()
-    classes = (ClassInfo("background", (0, 0, 0)), ClassInfo("tumour", (220, 40, 40)), ClassInfo("stroma", (40, 110, 220)))
+    classes = (ClassInfo("background", (0, 0, 0)), ClassInfo("tumour", (220, 40, 40)),
+               ClassInfo("stroma", (40, 110, 220)))
     manifest = Manifest(encoder="tiny-vit", patch_size=16, tile_size=512, mpp=1.0, classes=classes,
                         mean=(0.5,) * 3, std=(0.5,) * 3)
     bundle = Bundle(path=Path("bundle"), manifest=manifest, digest="d" * 64)
@@ -93,7 +95,8 @@ CHILD = textwrap.dedent(
                       vendor="aperio", loader="openslideload", levels=(LevelInfo(2 * w, 2 * h, 1.0),))
     counts = np.bincount(np.fromfile(raw, np.uint8), minlength=3)
     result = MaskResult(raw_path=raw, mask_width=w, mask_height=h, mpp=1.0, class_pixels=counts,
-                        tissue=np.ones((h // 16, w // 16), bool), thumbnail=np.full((h // 16, w // 16, 3), 230, np.uint8),
+                        tissue=np.ones((h // 16, w // 16), bool),
+                        thumbnail=np.full((h // 16, w // 16, 3), 230, np.uint8),
                         tile_counts={"grid": 1, "tissue": 1, "run": 1}, timings={"total": 1.0}, backend={})
     print("start", flush=True)
     write_outputs(result, slide, bundle, out)

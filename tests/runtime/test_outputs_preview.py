@@ -76,11 +76,13 @@ def test_preview_of_the_real_cmu_slide(tmp_path, cmu_slide) -> None:
 def test_legend_wraps_many_classes(tmp_path, n_classes: int) -> None:
     from slidefuse.runtime.bundle import ClassInfo
 
-    classes = tuple(ClassInfo(f"class <{i}> & co", (30 * i % 256, 80, 200 - 20 * i)) for i in range(n_classes))
+    classes = tuple(ClassInfo(f"class <{i}> & co", (30 * i % 256, 80, 200 - 20 * i))
+                    for i in range(n_classes))
     mask = (np.arange(200 * 300).reshape(200, 300) % n_classes).astype(np.uint8)
     result = make_result(mask, tmp_path / "m.raw", mpp=1.0, num_classes=n_classes)
     paths = write_outputs(
-        result, make_slide(300, 200, 1.0), make_bundle(tmp_path, classes=classes), tmp_path / "o", frozenset({"preview"})
+        result, make_slide(300, 200, 1.0), make_bundle(tmp_path, classes=classes), tmp_path / "o",
+        frozenset({"preview"})
     )
     im = Image.open(paths["preview"])
     assert im.width >= 300 and im.height > 200

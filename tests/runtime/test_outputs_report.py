@@ -114,7 +114,8 @@ def test_class_count_mismatch_is_refused(tmp_path) -> None:
 
 def test_run_log_is_json_with_one_line_per_slide_and_survives_restarts(tmp_path) -> None:
     log = RunLog(tmp_path)
-    log.record("/s/a.svs", "ok", out_dir=tmp_path / "a", outputs={"tiff": tmp_path / "a" / "mask.tif"}, seconds=1.23456)
+    log.record("/s/a.svs", "ok", out_dir=tmp_path / "a", outputs={"tiff": tmp_path / "a" / "mask.tif"},
+               seconds=1.23456)
     log.record("/s/b.svs", "failed", error="b.svs: not a slide", seconds=0.1)
     text = (tmp_path / "run.json").read_text()
     data = json.loads(text)

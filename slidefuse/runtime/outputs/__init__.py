@@ -118,7 +118,9 @@ def _write_tissue(context: OutputContext) -> OutputRecord:
     return OutputRecord(path, write_tissue_png(context.result, path))
 
 
-def _run_writers(context: OutputContext, selected: list[OutputWriter]) -> dict[str, tuple[OutputRecord, float]]:
+def _run_writers(
+    context: OutputContext, selected: list[OutputWriter]
+) -> dict[str, tuple[OutputRecord, float]]:
     """Run `selected` side by side on threads; returns {format: (record, seconds)} in the order given.
 
     The writers read the raw mask and write different files; libvips, numpy and shapely release the GIL in
@@ -203,7 +205,8 @@ def outputs_complete(
     if not formats <= set(report.get("formats", ())) or find_temporaries(out_dir):
         return False
     outputs = report.get("outputs", {})
-    if not all(_file_as_recorded(out_dir, outputs.get(fmt)) for fmt in (formats - {REPORT_FORMAT}) | {"tissue"}):
+    files = (formats - {REPORT_FORMAT}) | {"tissue"}
+    if not all(_file_as_recorded(out_dir, outputs.get(fmt)) for fmt in files):
         return False
     options = OutputOptions(mask_mpp=mask_mpp)
     return all(get_writer(fmt).is_current(report, options) for fmt in formats - {REPORT_FORMAT})

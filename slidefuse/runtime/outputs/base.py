@@ -18,14 +18,14 @@ from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import Bundle, ClassInfo
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
-GEOJSON_MAX_PIXELS = 1 << 26  # default cap on the grid polygonised for mask.geojson (67 Mpx, e.g. 8192 x 8192)
+GEOJSON_MAX_PIXELS = 1 << 26  # default cap on the grid polygonised for mask.geojson (67 Mpx, 8192 x 8192)
 
 
 @dataclass(frozen=True)
 class OutputOptions:
     """How the outputs are made; the same options are used to check on a rerun that they are current."""
 
-    mask_mpp: float | None = None  # mask.tif pixel size in um/px (>= the model's, mode-downsampled); None = model's
+    mask_mpp: float | None = None  # mask.tif um/px (>= the model's, mode-downsampled); None = the model's
     geojson_mpp: float | None = None  # pixel size of the grid polygonised for mask.geojson; None = the mask's
     geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS  # cap on that grid's pixels; None = no cap
 
@@ -35,7 +35,9 @@ class OutputOptions:
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be a positive number of microns per pixel, got {value}")
         if self.geojson_max_pixels is not None and self.geojson_max_pixels < 1:
-            raise UsageError(f"geojson_max_pixels must be >= 1 (or None for no cap), got {self.geojson_max_pixels}")
+            raise UsageError(
+                f"geojson_max_pixels must be >= 1 (or None for no cap), got {self.geojson_max_pixels}"
+            )
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class OutputRecord:
     """What a writer wrote: the file and its description for report.json."""
 
     path: Path  # the written file, under its final name
-    info: Mapping[str, Any]  # JSON-able description, stored as report.json's outputs[<format>] (plus file, bytes)
+    info: Mapping[str, Any]  # JSON-able; stored as report.json's outputs[<format>], plus file and bytes
 
 
 class OutputWriter(Protocol):

@@ -19,8 +19,9 @@ Polygonisation is exact on the pixel grid, then simplified:
    with `make_valid` where simplification or rounding broke one.
 
 Bounded memory and time: the grid is the mask itself when it holds at most `max_pixels` pixels, else the
-mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file); the report records
-the grid's resolution. Memory is about 6 bytes per grid pixel plus about 100 bytes per boundary edge.
+mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file); the
+report records the grid's resolution. Memory is about 6 bytes per grid pixel plus about 100 bytes per boundary
+edge.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from slidefuse.runtime.types import MaskResult, SlideInfo
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = GEOJSON_MAX_PIXELS  # default cap on the polygonised grid (67 Mpx, e.g. 8192 x 8192)
-SIMPLIFY_PX = 0.5  # Douglas-Peucker tolerance in grid px (stays within one output pixel); 1.0 loses thin regions
+SIMPLIFY_PX = 0.5  # Douglas-Peucker tolerance in grid px (within one output pixel); 1.0 loses thin regions
 DECIMALS = 2  # decimals of level-0 coordinates in the file
 
 # Edge directions, clockwise on screen (y down): east, south, west, north. Turning right is d + 1.
@@ -148,6 +149,47 @@ def _rank_rings(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 OUTLINES = ("midpoints", "edges")
 
 
+def _vertices(
+    x0: np.ndarray, y0: np.ndarray, d: np.ndarray, succ: np.ndarray, outline: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keep, vx, vy): which edges give a ring vertex, and the vertex of each edge, in grid_xy (float64)."""
+    if outline not in OUTLINES:
+        raise UsageError(f"outline {outline!r} is unknown; use one of {', '.join(OUTLINES)}")
+    pred = np.empty_like(succ)
+    pred[succ] = np.arange(len(succ))
+    if outline == "edges":  # vertices = edge starts; keep those where the direction changes
+        return d != d[pred], x0.astype(np.float64), y0.astype(np.float64)
+    # vertices = edge midpoints; keep those of edges next to a turn
+    return (d != d[pred]) | (d != d[succ]), x0 + _DX[d] * 0.5, y0 + _DY[d] * 0.5
+
+
+def _ring_regions(
+    x0: np.ndarray, y0: np.ndarray, d: np.ndarray, ring: np.ndarray, labels: np.ndarray, n_regions: int,
+    row: np.ndarray, col: np.ndarray, min_area_px: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per edge-indexed ring head: (ring_region, ring_hole, keep_region).
+
+    ring_region[e] / ring_hole[e]: for the head edge e of each ring, the label of the region it bounds and
+    1 for a hole (0 for a shell); keep_region[label]: whether that region's area is >= min_area_px.
+    """
+    n = len(ring)
+    # Signed area per ring (shoelace over all edges), > 0 for shells (clockwise on screen, y down).
+    x1, y1 = x0 + _DX[d], y0 + _DY[d]
+    area2 = np.bincount(ring, weights=(x0 * y1 - x1 * y0).astype(np.float64), minlength=n)
+    heads = np.nonzero(ring == np.arange(n))[0]  # one edge per ring
+    region = labels[row[heads], col[heads]]  # label of the pixel each ring encloses
+    is_shell = area2[heads] > 0
+    shell_area = np.zeros(n_regions + 1)
+    shell_area[region[is_shell]] = area2[heads][is_shell] / 2
+    hole_area = np.bincount(region[~is_shell], weights=-area2[heads][~is_shell] / 2, minlength=n_regions + 1)
+    keep_region = (shell_area - hole_area) >= max(min_area_px, 1e-9)
+    ring_region = np.zeros(n, dtype=np.int64)
+    ring_region[heads] = region
+    ring_hole = np.zeros(n, dtype=np.int64)
+    ring_hole[heads] = ~is_shell
+    return ring_region, ring_hole, keep_region
+
+
 def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midpoints") -> Any:
     """Polygons of the 4-connected regions of a bool [h, w] mask, in grid_xy (pixel corners, y down).
 
@@ -166,36 +208,14 @@ def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midp
     fg = np.asarray(fg, dtype=bool)
     if not fg.any():
         return np.empty(0, dtype=object)
-    h, w = fg.shape
     labels, n_regions = ndimage.label(fg)
     x0, y0, d, row, col = _boundary_edges(fg)
-    succ = _successors(x0, y0, d, w)
+    succ = _successors(x0, y0, d, fg.shape[1])
     ring, rank = _rank_rings(succ)
-    pred = np.empty_like(succ)
-    pred[succ] = np.arange(len(succ))
-    if outline not in OUTLINES:
-        raise UsageError(f"outline {outline!r} is unknown; use one of {', '.join(OUTLINES)}")
-    if outline == "edges":  # vertices = edge starts; keep those where the direction changes
-        corner = d != d[pred]
-        vx, vy = x0.astype(np.float64), y0.astype(np.float64)
-    else:  # vertices = edge midpoints; keep those of edges next to a turn
-        corner = (d != d[pred]) | (d != d[succ])
-        vx, vy = x0 + _DX[d] * 0.5, y0 + _DY[d] * 0.5
-    # Signed area per ring (shoelace over all edges), > 0 for shells (clockwise on screen, y down).
-    x1, y1 = x0 + _DX[d], y0 + _DY[d]
-    area2 = np.bincount(ring, weights=(x0 * y1 - x1 * y0).astype(np.float64), minlength=len(succ))
-    heads = np.nonzero(ring == np.arange(len(succ)))[0]  # one edge per ring
-    region = labels[row[heads], col[heads]]  # label of the pixel each ring encloses
-    is_shell = area2[heads] > 0
-    shell_area = np.zeros(n_regions + 1)
-    shell_area[region[is_shell]] = area2[heads][is_shell] / 2
-    hole_area = np.bincount(region[~is_shell], weights=-area2[heads][~is_shell] / 2, minlength=n_regions + 1)
-    keep_region = (shell_area - hole_area) >= max(min_area_px, 1e-9)
+    corner, vx, vy = _vertices(x0, y0, d, succ, outline)
+    regions = _ring_regions(x0, y0, d, ring, labels, n_regions, row, col, min_area_px)
+    ring_region, ring_hole, keep_region = regions
     # Order the corner vertices: by region, shell before holes, ring, position in ring.
-    ring_region = np.zeros(len(succ), dtype=np.int64)
-    ring_region[heads] = region
-    ring_hole = np.zeros(len(succ), dtype=np.int64)
-    ring_hole[heads] = ~is_shell
     sel = corner & keep_region[ring_region[ring]]
     e_ring, e_rank = ring[sel], rank[sel]
     order = np.lexsort((e_rank, e_ring, ring_hole[e_ring], ring_region[e_ring]))
@@ -208,8 +228,7 @@ def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midp
     rings = shapely.linearrings(np.column_stack([xs, ys]).astype(np.float64), indices=ring_idx)
     ring_reg = ring_region[ring_ids]
     poly_starts = np.r_[True, ring_reg[1:] != ring_reg[:-1]]
-    poly_idx = np.cumsum(poly_starts) - 1
-    polys = shapely.polygons(rings, indices=poly_idx)
+    polys = shapely.polygons(rings, indices=np.cumsum(poly_starts) - 1)
     # A region whose pixels touch diagonally around a background pocket has a shell that touches itself
     # at a vertex; OGC wants that as a shell plus a hole touching it, which make_valid produces exactly.
     bad = ~shapely.is_valid(polys)
@@ -361,8 +380,8 @@ class GeoJsonWriter:
     def write(self, context: OutputContext) -> OutputRecord:
         path = context.out_dir / self.file_name
         opts = context.options
-        info = write_geojson(context.result, context.slide, context.classes, path, geojson_mpp=opts.geojson_mpp,
-                             max_pixels=opts.geojson_max_pixels)
+        info = write_geojson(context.result, context.slide, context.classes, path,
+                             geojson_mpp=opts.geojson_mpp, max_pixels=opts.geojson_max_pixels)
         return OutputRecord(path, info)
 
     def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:

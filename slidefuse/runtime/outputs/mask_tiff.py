@@ -48,6 +48,33 @@ def tiff_size(result: MaskResult, mask_mpp: float | None) -> tuple[int, int]:
     return max(1, round(result.mask_width * scale)), max(1, round(result.mask_height * scale))
 
 
+def _save_options(mpp_x: float, mpp_y: float, bigtiff: bool) -> dict[str, Any]:
+    """libvips `tiffsave` options of mask.tif: a tiled deflate pyramid, mode-shrunk, pixel size in px/cm."""
+    return {
+        "tile": True,
+        "tile_width": TILE,
+        "tile_height": TILE,
+        "pyramid": True,
+        "region_shrink": "mode",
+        "compression": COMPRESSION,
+        "predictor": "none",  # class indices are labels, not a signal: differencing only costs time
+        "xres": 1000.0 / mpp_x,  # px per mm; libvips converts to the resunit
+        "yres": 1000.0 / mpp_y,
+        "resunit": "cm",
+        "bigtiff": bigtiff,
+        "strip": True,
+    }
+
+
+def pyramid_levels(width: int, height: int) -> int:
+    """Number of levels in mask.tif's pyramid: each half the previous, down to one tile."""
+    levels = 1
+    while width > TILE or height > TILE:
+        width, height = (width + 1) // 2, (height + 1) // 2
+        levels += 1
+    return levels
+
+
 def write_mask_tiff(
     result: MaskResult,
     slide: SlideInfo,
@@ -73,31 +100,12 @@ def write_mask_tiff(
     bigtiff = width * height > BIGTIFF_PIXELS
     with atomic_path(Path(path)) as tmp:
         try:
-            img.tiffsave(
-                str(tmp),
-                tile=True,
-                tile_width=TILE,
-                tile_height=TILE,
-                pyramid=True,
-                region_shrink="mode",
-                compression=COMPRESSION,
-                predictor="none",  # class indices are labels, not a signal: differencing only costs time
-                xres=1000.0 / mpp_x,  # px per mm; libvips converts to the resunit
-                yres=1000.0 / mpp_y,
-                resunit="cm",
-                bigtiff=bigtiff,
-                strip=True,
-            )
+            img.tiffsave(str(tmp), **_save_options(mpp_x, mpp_y, bigtiff))
         except Exception as exc:  # pyvips.Error, with libvips' own message
             raise OutputError(f"{path}: libvips could not write the mask TIFF: {exc}".strip()) from exc
         finally:
             del img
             scratch.unlink(missing_ok=True)
-    levels = 1
-    w, h = width, height
-    while w > TILE or h > TILE:
-        w, h = (w + 1) // 2, (h + 1) // 2
-        levels += 1
     seconds = time.perf_counter() - t0
     logger.info("wrote %s (%dx%d, %.3g um/px) in %.2f s", path, width, height, mpp_x, seconds)
     return {
@@ -109,7 +117,7 @@ def write_mask_tiff(
         "l0_per_px_x": slide.width / width,
         "l0_per_px_y": slide.height / height,
         "downsampling": method,
-        "levels": levels,
+        "levels": pyramid_levels(width, height),
         "tile": TILE,
         "compression": COMPRESSION,
         "bigtiff": bigtiff,

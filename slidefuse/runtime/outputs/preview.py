@@ -36,7 +36,9 @@ def preview_size(slide: SlideInfo, max_side: int = MAX_SIDE) -> tuple[int, int]:
     return max(1, round(slide.width * scale)), max(1, round(slide.height * scale))
 
 
-def overlay(rgb: np.ndarray, labels: np.ndarray, colors: Sequence[tuple[int, int, int]], alpha: float = ALPHA) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, labels: np.ndarray, colors: Sequence[tuple[int, int, int]], alpha: float = ALPHA
+) -> np.ndarray:
     """Blend class colours over an image.
 
     rgb: uint8 [h, w, 3]; labels: uint8 [h, w] class indices in the same frame; class 0 is left as is.
@@ -111,7 +113,8 @@ def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float]
         for c, mask, cw in row:
             draw.rectangle([x, y + 1, x + sw, y + 1 + sw], fill=tuple(c.color), outline=(60, 60, 60))
             ty = y + 1 + (sw - mask.shape[0]) // 2
-            img.paste((0, 0, 0), (x + sw + 8, ty, x + sw + 8 + mask.shape[1], ty + mask.shape[0]), Image.fromarray(mask))
+            box = (x + sw + 8, ty, x + sw + 8 + mask.shape[1], ty + mask.shape[0])
+            img.paste((0, 0, 0), box, Image.fromarray(mask))
             x += cw
         y += row_h
     return img
@@ -143,7 +146,8 @@ def write_preview(
     thumb = np.asarray(result.thumbnail)
     if thumb.ndim == 2:
         thumb = np.repeat(thumb[..., None], 3, axis=2)
-    base = Image.fromarray(np.ascontiguousarray(thumb[..., :3], dtype=np.uint8)).resize((w, h), Image.Resampling.LANCZOS)
+    base = Image.fromarray(np.ascontiguousarray(thumb[..., :3], dtype=np.uint8))
+    base = base.resize((w, h), Image.Resampling.LANCZOS)
     blended = Image.fromarray(overlay(np.asarray(base), labels, [c.color for c in classes]))
     legend = _legend(w if w >= 480 else 480, classes, areas_mm2, title or Path(slide.path).name)
     canvas = Image.new("RGB", (max(w, legend.width), h + legend.height), (255, 255, 255))

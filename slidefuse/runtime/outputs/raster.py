@@ -46,8 +46,8 @@ def open_mask(result: MaskResult) -> pyvips.Image:
     size = raw.stat().st_size
     if size != expected:
         raise OutputError(
-            f"{raw}: {size} bytes, expected {result.mask_width}x{result.mask_height} = {expected} bytes of uint8 "
-            "class indices; the stitched mask is truncated or its size was reported wrongly"
+            f"{raw}: {size} bytes, expected {result.mask_width}x{result.mask_height} = {expected} bytes of "
+            "uint8 class indices; the stitched mask is truncated or its size was reported wrongly"
         )
     if result.mask_width < 1 or result.mask_height < 1:
         raise OutputError(f"{raw}: empty mask ({result.mask_width}x{result.mask_height})")

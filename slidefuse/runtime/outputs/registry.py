@@ -29,8 +29,8 @@ def register_writer(writer: OutputWriter) -> OutputWriter:
     """Add an output format; returns `writer`. Its name and file name must be new, and the name lower case."""
     name, file_name = writer.name, writer.file_name
     if not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
-        raise UsageError(f"output format name {name!r} is not allowed: use lower-case letters, digits, '-' or "
-                         f"'_', and none of {', '.join(sorted(_RESERVED_NAMES))}")
+        raise UsageError(f"output format name {name!r} is not allowed: use lower-case letters, digits, '-' "
+                         f"or '_', and none of {', '.join(sorted(_RESERVED_NAMES))}")
     if name in _writers:
         raise UsageError(f"output format {name!r} is already registered; unregister_writer({name!r}) first")
     taken = {w.file_name: w.name for w in _writers.values()}
@@ -53,7 +53,8 @@ def get_writer(name: str) -> OutputWriter:
     try:
         return _writers[name]
     except KeyError:
-        raise UnknownName(f"output format {name!r} is not registered; registered: {', '.join(_writers)}") from None
+        known = ", ".join(_writers)
+        raise UnknownName(f"output format {name!r} is not registered; registered: {known}") from None
 
 
 def writers() -> tuple[OutputWriter, ...]:
