@@ -1,6 +1,6 @@
 """Parity between backends (after Polygraphy's "run N runners on the same input and compare"): every backend runs
-the same uint8 tiles and its float32 probabilities `[N, C, T, T]` are compared with a reference backend's
-(`torch`, fp32, by default):
+the same uint8 tiles through `slidefuse.export.parity.compare`, and its float32 probabilities `[N, C, T, T]` are
+compared with a reference backend's (`torch`, fp32, by default):
 
 - `max_abs_diff`: largest |p_ref - p| over every tile, class and pixel (probabilities, 0..1);
 - `mean_abs_diff`: the mean of the same;
@@ -9,17 +9,16 @@ the same uint8 tiles and its float32 probabilities `[N, C, T, T]` are compared w
 A row passes with max |dp| <= 1e-3 and agreement >= 0.999 for a backend that computes in fp32, and with the fp16
 thresholds of the export's parity gate (5e-2 / 0.99) for one that reports fp16/bf16/fp8/int8.
 
-Tiles: tissue tiles from the real slides in `../shared/data/slides` when present (half of them) plus seeded
-random tiles, as in the export's parity gate. Timing per backend: `load_s` (the `with` block's start-up:
-session/engine creation, compilation and warm-up), then one untimed batch, then `run_s` for all tiles in batches
-of `batch`.
+Tiles (`slidefuse.export.parity.parity_tiles`): tissue tiles at the bundle's pixel size from the slides the
+caller names, else the real tiles shipped with the package, plus random tiles only when asked for; every row
+records the tile source. Timing per backend: `load_s` (the `with` block's start-up: session/engine creation,
+compilation and warm-up), then one untimed batch, then `run_s` for all tiles in batches of `batch`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,17 @@ from typing import Any
 import numpy as np
 
 from slidefuse.errors import SlidefuseError, UsageError
-from slidefuse.export.parity import FP16_THRESHOLDS, FP32_THRESHOLDS, ParityThresholds, ParityTiles, compare
-from slidefuse.runtime.backends.base import Backend
+from slidefuse.export.parity import (
+    FP16_THRESHOLDS,
+    FP32_THRESHOLDS,
+    ParityReport,
+    ParityThresholds,
+    ParityTiles,
+    RunnerRecord,
+    compare,
+    package_tile_index,
+    parity_tiles,
+)
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -54,26 +62,26 @@ class ParityRow:
     run_s: float | None = None  # seconds to run all tiles after one untimed batch
     tiles_per_s: float | None = None  # tiles / run_s
     thresholds: dict[str, float] = field(default_factory=dict)  # max_abs_diff / min_argmax_agreement used
+    tile_origin: str = ""  # where the tiles came from: "slides", "package-data", "random" or a '+' join
     reason: str = ""  # why a backend did not run, or the failure
-    info: dict[str, Any] = field(default_factory=dict)  # backend.info(): providers, device, engine...
+    info: dict[str, Any] = field(default_factory=dict)  # the backend's info(): providers, device, engine...
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def parity_inputs(tile_size: int, n_tiles: int, seed: int = 0, slides_dir: Path | None = None) -> ParityTiles:
-    """`n_tiles` uint8 tiles `[n_tiles, T, T, 3]`: up to half real tissue tiles, the rest seeded random ones."""
-    from slidefuse.export.parity import parity_tiles
-
+def parity_inputs(tile_size: int, n_tiles: int, seed: int = 0, mpp: float | None = None,
+                  slides: Sequence[Path] = ()) -> ParityTiles:
+    """`n_tiles` uint8 tiles `[n_tiles, T, T, 3]` at `mpp` um/px (default: the shipped tiles' own): half of them
+    (rounded up, at most the number shipped when no slides are named) real tissue tiles, the rest seeded random
+    ones. For tests and benchmarks that want both kinds in one call."""
     if n_tiles < 1:
-        raise UsageError(f"--tiles {n_tiles}: expected at least 1 tile")
+        raise UsageError(f"n_tiles {n_tiles}: expected at least 1 tile")
     n_real = (n_tiles + 1) // 2
-    tiles = parity_tiles(tile_size, n_real, n_tiles - n_real, seed, slides_dir)
-    short = n_tiles - len(tiles.tiles)
-    if short > 0:  # fewer real tiles than asked (no slides here): top up with random ones
-        extra = parity_tiles(tile_size, 0, short, seed + 1)
-        tiles = ParityTiles(np.concatenate([tiles.tiles, extra.tiles]), tiles.sources + extra.sources)
-    return ParityTiles(tiles.tiles[:n_tiles], tiles.sources[:n_tiles])
+    if not slides:
+        n_real = min(n_real, len(package_tile_index()))
+    tile_mpp = mpp if mpp is not None else float(package_tile_index()[0]["mpp"])
+    return parity_tiles(tile_size, tile_mpp, n_real=n_real, n_random=n_tiles - n_real, seed=seed, slides=slides)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -81,44 +89,34 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, SlidefuseError) else f"{type(exc).__name__}: {text}"
 
 
-def _run_all(backend: Backend, tiles: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
-    """One untimed batch, then every tile in batches of `batch`; returns (float32 [N, C, T, T], seconds)."""
-    backend.run(tiles[:batch])
-    t0 = time.perf_counter()
-    outs = [backend.run(tiles[i:i + batch]) for i in range(0, len(tiles), batch)]
-    return np.concatenate(outs), time.perf_counter() - t0
-
-
-def _measure(name: str, bundle: Bundle, tiles: np.ndarray, batch: int, options: Mapping[str, Any]
-             ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Open backend `name`, run every tile, close it. Returns (probabilities, timings + info)."""
-    from slidefuse.runtime.backends import open_backend
-
-    backend = open_backend(name, bundle, **dict(options))
-    t0 = time.perf_counter()
-    with backend:
-        load_s = time.perf_counter() - t0
-        out, run_s = _run_all(backend, tiles, batch)
-        info = backend.info()
-    return out, {"load_s": load_s, "run_s": run_s, "info": info}
-
-
-def _thresholds_for(precision: str | None) -> ParityThresholds:
-    return FP16_THRESHOLDS if precision in REDUCED else FP32_THRESHOLDS
+def _thresholds_for(record: RunnerRecord) -> ParityThresholds:
+    return FP16_THRESHOLDS if record.precision in REDUCED else FP32_THRESHOLDS
 
 
 def check_names(backends: Sequence[str]) -> None:
     """Raise UnknownName / BackendUnavailable (listing the available ones) for a name that cannot run here."""
-    from slidefuse.errors import BackendUnavailable
-    from slidefuse.runtime.backends.registry import availability, available_backends, get_backend
+    from slidefuse.runtime.backends.registry import require_available
 
     for name in backends:
-        get_backend(name)
-        reason = availability(name)
-        if reason is not None:
-            avail = [n for n, r in available_backends().items() if r is None]
-            raise BackendUnavailable(f"backend '{name}' is not available here: {reason}; available backends: "
-                                     f"{', '.join(avail) or 'none'}")
+        require_available(name)
+
+
+def _reference_row(report: ParityReport, reference: str) -> ParityRow:
+    rec = report.runners[0]
+    run_s = rec.run_s or 0.0
+    return ParityRow(reference, "reference", 0.0, 0.0, 1.0, report.tiles, reference, rec.precision, rec.load_s,
+                     rec.run_s, report.tiles / run_s if run_s else None, tile_origin=report.tile_origin,
+                     info=rec.info)
+
+
+def _candidate_row(report: ParityReport, name: str, reference: str) -> ParityRow:
+    pair, rec = report.pairs[0], report.runners[1]
+    run_s = rec.run_s or 0.0
+    return ParityRow(
+        name, "pass" if pair.passed else "fail", pair.max_abs_diff, pair.mean_abs_diff, pair.argmax_agreement,
+        report.tiles, reference, rec.precision, rec.load_s, rec.run_s, report.tiles / run_s if run_s else None,
+        thresholds=dataclasses.asdict(pair.thresholds), tile_origin=report.tile_origin, info=rec.info,
+    )
 
 
 def run_parity(
@@ -126,59 +124,55 @@ def run_parity(
     backends: Sequence[str] | None = None,
     *,
     reference: str = REFERENCE,
-    n_tiles: int = 8,
+    n_tiles: int = 4,
+    n_random: int = 0,
+    slides: Sequence[Path] = (),
     batch: int = 4,
     seed: int = 0,
-    slides_dir: Path | None = None,
     options: Mapping[str, Any] | None = None,
     reference_options: Mapping[str, Any] | None = None,
 ) -> list[ParityRow]:
     """Run `reference` and each of `backends` (default: every registered one that is available here) on the
-    same tiles and compare. Named backends that cannot run here raise BackendUnavailable before anything runs;
-    unnamed unavailable ones get an "unavailable" row. A backend that fails while running gets an "error" row
-    (its one-line error) and the others go on. `options` go to every backend but the reference
-    (e.g. precision), `reference_options` to the reference (default: fp32 on torch's default device).
+    same tiles and compare. Tiles: `n_tiles` real tissue tiles at the bundle's pixel size (from `slides` when
+    given, else the shipped package tiles) plus `n_random` seeded random tiles. Named backends that cannot run
+    here raise BackendUnavailable before anything runs; unnamed unavailable ones get an "unavailable" row. A
+    backend that fails while running gets an "error" row (its one-line error) and the others go on. `options`
+    go to every backend but the reference (e.g. precision), `reference_options` to the reference (default: fp32
+    on torch's default device).
     """
-    from slidefuse.runtime.backends.registry import available_backends, backend_names
+    from slidefuse.runtime.backends.registry import available_backends, backend_names, open_backend
 
     if batch < 1:
-        raise UsageError(f"--batch {batch}: expected a positive batch size")
+        raise UsageError(f"batch {batch}: expected a positive batch size")
     named = backends is not None
     names = list(dict.fromkeys(backends)) if backends is not None else backend_names()
     check_names([reference, *names] if named else [reference])
     avail = available_backends()
-    tiles = parity_inputs(bundle.manifest.tile_size, n_tiles, seed, slides_dir)
-    n = len(tiles.tiles)
-    log.info("parity: %d tiles (%s), reference %s, backends %s", n, ", ".join(tiles.sources), reference,
+    m = bundle.manifest
+    tiles = parity_tiles(m.tile_size, m.mpp, n_real=n_tiles, n_random=n_random, seed=seed, slides=slides)
+    log.info("parity: %d %s tiles, reference %s, backends %s", len(tiles.tiles), tiles.origin, reference,
              ", ".join(names))
-
-    ref_out, ref_meta = _measure(reference, bundle, tiles.tiles, batch, reference_options or {})
-    ref_prec = ref_meta["info"].get("precision")
-    rows = [ParityRow(reference, "reference", 0.0, 0.0, 1.0, n, reference, ref_prec, ref_meta["load_s"],
-                      ref_meta["run_s"], n / ref_meta["run_s"], info=ref_meta["info"])]
+    cache: dict[str, np.ndarray] = {}
+    ref_label = f"{reference} (reference)"
+    ref_backend = open_backend(reference, bundle, **dict(reference_options or {}))
+    ref_report = compare({ref_label: ref_backend}, tiles, batch=batch, warmup=True, outputs=cache)
+    rows = [_reference_row(ref_report, reference)]
     for name in names:
         if name == reference and not options:
             continue
         if avail.get(name) is not None:
-            rows.append(ParityRow(name, "unavailable", tiles=0, reference=reference, reason=str(avail[name])))
+            rows.append(ParityRow(name, "unavailable", reference=reference, reason=str(avail[name])))
             continue
         try:
-            out, meta = _measure(name, bundle, tiles.tiles, batch, options or {})
+            backend = open_backend(name, bundle, **dict(options or {}))
+            report = compare({ref_label: ref_backend, name: backend}, tiles, thresholds=_thresholds_for, batch=batch,
+                             warmup=True, outputs=cache)  # the reference's outputs come from `cache`
         except Exception as exc:  # recorded in the row (one line); the other backends still run
             log.debug("parity: %s failed", name, exc_info=True)
-            rows.append(ParityRow(name, "error", tiles=0, reference=reference, reason=_one_line(exc)))
+            rows.append(ParityRow(name, "error", reference=reference, tile_origin=tiles.origin,
+                                  reason=_one_line(exc)))
             continue
-        prec = meta["info"].get("precision")
-        th = _thresholds_for(prec if isinstance(prec, str) else None)
-        fig = compare(ref_out, out)
-        ok = fig["max_abs_diff"] <= th.max_abs_diff and fig["argmax_agreement"] >= th.min_argmax_agreement
-        rows.append(ParityRow(
-            name, "pass" if ok else "fail", fig["max_abs_diff"], fig["mean_abs_diff"], fig["argmax_agreement"],
-            n, reference, prec, meta["load_s"], meta["run_s"], n / meta["run_s"],
-            thresholds=dataclasses.asdict(th), info=meta["info"],
-        ))
-        log.info("parity: %s vs %s: max|dp| %.3g, argmax agreement %.5f (%s)", name, reference,
-                 fig["max_abs_diff"], fig["argmax_agreement"], "pass" if ok else "FAIL")
+        rows.append(_candidate_row(report, name, reference))
     return rows
 
 

@@ -35,7 +35,11 @@ def _classes(text: str) -> tuple[str, ...]:
               help="Store weights in model.onnx.data [automatic: above 1.8 GB].")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
 @click.option("--parity-tiles", default="4:2", show_default=True,
-              help="REAL:RANDOM tiles in the parity gate (real ones from ../shared/data/slides when present).")
+              help="REAL:RANDOM tiles in the parity gate: real tissue tiles from --parity-slides (else the four "
+                   "small tiles shipped with slidefuse), then seeded random tiles.")
+@click.option("--parity-slides", multiple=True, metavar="PATH",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Slide to cut the gate's real tiles from (tissue detection + tile grid at --mpp); repeatable.")
 @click.option("--parity-max-diff", type=float, default=1e-3, show_default=True,
               help="fp32 gate: largest allowed |p_onnx - p_torch|.")
 @click.option("--parity-min-agreement", type=float, default=0.999, show_default=True,
@@ -47,7 +51,8 @@ def _classes(text: str) -> tuple[str, ...]:
 def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int, overlap: int | None,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
-            no_simplify: bool, parity_tiles: str, parity_max_diff: float, parity_min_agreement: float,
+            no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
+            parity_min_agreement: float,
             fp16_max_diff: float, fp16_min_agreement: float) -> None:
     """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle.
 
@@ -74,7 +79,7 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
         colors=tuple(parse_color(c) for c in colors.split(",")) if colors else None, overlap=overlap,
         encoder_weights=encoder_weights, decoder_weights=decoder_weights, random_weights=random_weights,
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
-        simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random,
+        simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random, parity_slides=parity_slides,
         parity=ParityThresholds(parity_max_diff, parity_min_agreement),
         fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
     )

@@ -45,11 +45,12 @@ from slidefuse.export.parity import (
     FP16_THRESHOLDS,
     FP32_THRESHOLDS,
     ParityThresholds,
-    check_parity,
-    ort_runner,
+    TorchModelRunner,
+    check_tile_counts,
+    compare,
+    gate_backend,
     parity_tiles,
-    run_batched,
-    torch_runner,
+    staged_bundle,
 )
 from slidefuse.runtime.bundle import Bundle, Manifest, load_bundle, write_manifest
 
@@ -96,11 +97,11 @@ class ExportConfig:
     force: bool = False  # replace an existing bundle at `out`
     external_data: bool | None = None  # None = automatic (weights > EXTERNAL_DATA_BYTES)
     simplify: bool = True  # run onnxslim on graphs stored in one file
-    parity_real_tiles: int = 4  # tissue tiles from ../shared/data/slides in the parity gate (when present)
-    parity_random_tiles: int = 2  # random uint8 tiles in the parity gate
+    parity_real_tiles: int = 4  # real tissue tiles in the parity gate: from `parity_slides`, else package data
+    parity_random_tiles: int = 2  # random uint8 tiles in the parity gate (full-range inputs)
     parity: ParityThresholds = FP32_THRESHOLDS  # fp32 graph vs torch thresholds
     fp16_parity: ParityThresholds = FP16_THRESHOLDS  # fp16 graph vs fp32 graph thresholds
-    slides_dir: Path | None = None  # folder with the real slides; None = parity.default_slides_dir()
+    parity_slides: tuple[Path, ...] = ()  # slides to cut the gate's real tiles from; () = the shipped tiles
 
     def check(self) -> None:
         """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
@@ -112,8 +113,7 @@ class ExportConfig:
             raise UsageError(f"--overlap {self.overlap}: expected 0 <= overlap < tile size {self.tile_size}")
         if self.opset < MIN_OPSET:
             raise UsageError(f"--opset {self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)")
-        if self.parity_real_tiles + self.parity_random_tiles < 1:
-            raise UsageError("parity gate with no tiles: expected at least one real or random tile")
+        check_tile_counts(self.parity_real_tiles, self.parity_random_tiles, self.parity_slides)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -256,13 +256,9 @@ def config_record(config: ExportConfig) -> dict[str, Any]:
         elif isinstance(v, ParityThresholds):
             v = dataclasses.asdict(v)
         elif isinstance(v, tuple):
-            v = [list(x) if isinstance(x, tuple) else x for x in v]
+            v = [x.name if isinstance(x, Path) else list(x) if isinstance(x, tuple) else x for x in v]
         out[f.name] = v
     return out
-
-
-def _unused_reference(tiles: np.ndarray) -> np.ndarray:
-    raise AssertionError("reference outputs are passed precomputed")  # pragma: no cover
 
 
 def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) -> Bundle:
@@ -307,28 +303,29 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
         from slidefuse.export.model import save_model_state
 
         save_model_state(model, stage / "model.safetensors")
-        tiles = parity_tiles(t, config.parity_real_tiles, config.parity_random_tiles, config.seed,
-                             config.slides_dir)
-        torch_out = run_batched(torch_runner(model), tiles.tiles, [min(2, len(tiles.tiles))] * len(tiles.tiles))
+        tiles = parity_tiles(t, config.mpp, n_real=config.parity_real_tiles, n_random=config.parity_random_tiles,
+                             seed=config.seed, slides=config.parity_slides)
+        reference = TorchModelRunner(model)  # drops the model when its run ends
         if owned:  # free the torch model before onnxruntime loads the graph: halves peak memory on giants
             del model
-            gc.collect()
-        fp32_report, _, fp32_out = check_parity(
-            _unused_reference, ort_runner(onnx_path, low_memory=external), tiles, config.parity,
-            reference_name="torch fp32 (cpu)", candidate_name="model.onnx (onnxruntime CPU)", reference_out=torch_out,
-        )
-        parity: dict[str, Any] = {"fp32": fp32_report}
+        outputs: dict[str, np.ndarray] = {}  # runner label -> probabilities, reused by the fp16 comparison
+        fp32_graph = gate_backend(staged_bundle(stage, spec, classes, t, config.mpp), low_memory=external)
+        parity: dict[str, Any] = {"fp32": compare(
+            {"torch fp32 (cpu)": reference, "model.onnx (onnxruntime CPU)": fp32_graph}, tiles,
+            thresholds=config.parity, outputs=outputs,
+        ).check().pair_record()}
         fp16_file: str | None = None
         fp16_graph: dict[str, Any] | None = None
         if config.fp16:
             fp16_path = stage / "model.fp16.onnx"
             _, fp16_graph = write_fp16_graph(onnx_path, fp16_path, tile_size=t, num_classes=c)
             gc.collect()
-            parity["fp16"], _, _ = check_parity(
-                _unused_reference, ort_runner(fp16_path, low_memory=external), tiles, config.fp16_parity,
-                reference_name="model.onnx (onnxruntime CPU)", candidate_name="model.fp16.onnx (onnxruntime CPU)",
-                reference_out=fp32_out,
-            )
+            fp16_staged = staged_bundle(stage, spec, classes, t, config.mpp, fp16_model_file=fp16_path.name)
+            parity["fp16"] = compare(
+                {"model.onnx (onnxruntime CPU)": fp32_graph,
+                 "model.fp16.onnx (onnxruntime CPU)": gate_backend(fp16_staged, "fp16", low_memory=external)},
+                tiles, thresholds=config.fp16_parity, outputs=outputs,
+            ).check().pair_record()
             fp16_file = fp16_path.name
         manifest = Manifest(
             encoder=spec.id, patch_size=spec.patch_size, tile_size=t, mpp=float(config.mpp),

@@ -1,44 +1,70 @@
-"""The parity gate: run a reference and a candidate on the same tiles and compare their probabilities.
+"""Parity: run N runners on the same tiles and compare their probabilities (after Polygraphy's comparator).
 
-A *runner* is any callable `uint8 [B, T, T, 3] (RGB, 0..255) -> float32 [B, C, T, T]` (class probabilities
-that sum to 1 over C). `check_parity` feeds both runners the same tiles, in batches of varying size (so a graph
-whose batch axis is not really dynamic fails), and compares:
+A *runner* is a context manager with one `run(tiles)` method: uint8 RGB tiles `[B, T, T, 3]` (HWC, 0..255) ->
+float32 class probabilities `[B, C, T, T]` (summing to 1 over C). Every runtime backend
+(`slidefuse.runtime.backends`) is a runner as it is; beside them this module adds `TorchModelRunner` (an
+in-memory torch SegmentationModel, for the export gate) and `staged_bundle` / `gate_backend` (the real
+onnxruntime backend over a graph that is not a finished bundle yet).
 
-- `max_abs_diff`: the largest |p_ref - p_cand| over every tile, class and pixel (probabilities, 0..1);
+`compare(runners, tiles)` opens each runner in turn, runs every tile through it (batches 1, 2, 3, 1, ... by
+default, so a graph whose batch axis is not really dynamic fails), closes it, and compares each runner with the
+first one (the reference):
+
+- `max_abs_diff`: the largest |p_ref - p| over every tile, class and pixel (probabilities, 0..1);
+- `mean_abs_diff`: the mean of the same;
 - `argmax_agreement`: the fraction of pixels whose argmax class is the same in both.
 
-Default thresholds: fp32 graph vs PyTorch, max diff <= 1e-3 and agreement >= 0.999; fp16 graph vs the fp32
-graph, max diff <= 5e-2 and agreement >= 0.99 (fp16 keeps about 3 significant digits, and a pixel whose two best
-classes are within that margin can flip). A miss raises `ParityError`.
+It returns a `ParityReport`; `ParityReport.check()` raises `ParityError` when a pair misses its thresholds.
+Default thresholds: fp32 vs fp32, max diff <= 1e-3 and agreement >= 0.999; a reduced-precision runner vs fp32,
+max diff <= 5e-2 and agreement >= 0.99 (fp16 keeps about 3 significant digits, and a pixel whose two best
+classes are within that margin can flip).
 
-Tiles: tissue tiles cut from the real slides in `../shared/data/slides` (or `$SLIDEFUSE_SHARED/data/slides`)
-when they are present, plus uniform random uint8 tiles.
+Tiles (`parity_tiles`) come from one of two real sources, plus optional random tiles:
+
+- slides the caller names: each is opened with `open_slide`, its tissue found on a thumbnail
+  (`runtime.tissue`), a tile grid at the model's pixel size laid over it (`runtime.grid`), and the most
+  tissue-covered tiles, spread over the slide, read through the slide's scaled view;
+- otherwise the small real tiles shipped in `slidefuse/data/parity_tiles/` (see its README.md): each is
+  wrapped as an in-memory slide at its own pixel size, resampled to the model's pixel size by the same scaled
+  view, and centre-cropped to the tile size (or, when it is smaller than a tile after resampling, mirrored
+  outwards to fill it, so that no tile is mostly blank glass).
+
+Random uint8 tiles are only added when asked for (`n_random`); nothing falls back to them. Every report
+records where its tiles came from (`tile_origin`, and one `tile_sources` entry per tile).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-from collections.abc import Callable, Sequence
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from slidefuse.errors import ParityError, UsageError
+from slidefuse.errors import ParityError, SlideNotFound, UsageError
+
+if TYPE_CHECKING:
+    from slidefuse.export.model import SegmentationModel
+    from slidefuse.export.registry import EncoderSpec
+    from slidefuse.runtime.backends.base import Backend
+    from slidefuse.runtime.bundle import Bundle, ClassInfo
+    from slidefuse.runtime.slide import SlideReader
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[np.ndarray], np.ndarray]
-
-# real slides tried in order for tissue tiles (first found wins)
-_SLIDE_NAMES = ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs", "OS-2-vsi.ome.tif")
+PACKAGE_TILES = Path(__file__).resolve().parents[1] / "data" / "parity_tiles"  # shipped real tiles + index.json
+TileOrigin = Literal["slides", "package-data", "random"]
 
 
+# ---------------------------------------------------------------------------------------------- thresholds
 @dataclass(frozen=True)
 class ParityThresholds:
-    max_abs_diff: float = 1e-3  # largest allowed |p_ref - p_cand| (probabilities, 0..1)
+    max_abs_diff: float = 1e-3  # largest allowed |p_ref - p| (probabilities, 0..1)
     min_argmax_agreement: float = 0.999  # smallest allowed fraction of pixels with the same argmax class
 
     def __post_init__(self) -> None:
@@ -54,203 +80,375 @@ FP32_THRESHOLDS = ParityThresholds(1e-3, 0.999)
 FP16_THRESHOLDS = ParityThresholds(5e-2, 0.99)
 
 
+# ---------------------------------------------------------------------------------------------- tiles
 @dataclass(frozen=True)
 class ParityTiles:
-    tiles: np.ndarray  # uint8 [N, T, T, 3], RGB 0..255
-    sources: tuple[str, ...]  # one entry per tile: "CMU-1-Small-Region.svs@x,y" (level-0 px) or "random(seed=S)#i"
+    tiles: np.ndarray  # uint8 [N, T, T, 3], RGB 0..255 (tile frame)
+    sources: tuple[str, ...]  # one per tile: "slide.svs@model_xy=x,y", "package-data:cmu-1.png" or "random(seed=S)#i"
+    origins: tuple[TileOrigin, ...]  # the kinds of source used, in order, e.g. ("package-data", "random")
+
+    @property
+    def origin(self) -> str:
+        """The tile sources in one word each, joined by '+': e.g. "slides", "package-data+random"."""
+        return "+".join(self.origins)
 
 
-def default_slides_dir() -> Path:
-    """`$SLIDEFUSE_SHARED/data/slides`, else `../shared/data/slides` beside the repository checkout."""
-    env = os.environ.get("SLIDEFUSE_SHARED")
-    if env:
-        return Path(env) / "data" / "slides"
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "slides"
+def _join(parts: Sequence[ParityTiles]) -> ParityTiles:
+    parts = [p for p in parts if len(p.tiles)]
+    if not parts:
+        raise UsageError("parity check with no tiles: expected at least one real or random tile")
+    return ParityTiles(np.concatenate([p.tiles for p in parts]), tuple(s for p in parts for s in p.sources),
+                       tuple(dict.fromkeys(o for p in parts for o in p.origins)))
 
 
-def _tissue_tiles(path: Path, tile: int, n: int) -> tuple[list[np.ndarray], list[str]]:
-    """Up to `n` tiles of `tile` px at level 0 with the most tissue (saturation > 0.1 on a thumbnail)."""
-    import pyvips
-
-    img = pyvips.Image.new_from_file(str(path), access="random")
-    if img.bands == 4:
-        img = img.extract_band(0, n=3)
-    if img.width < tile or img.height < tile:
-        return [], []
-    thumb_img = pyvips.Image.thumbnail(str(path), 256)  # uses the slide's pyramid: cheap on big slides
-    if thumb_img.bands == 4:
-        thumb_img = thumb_img.extract_band(0, n=3)
-    scale = thumb_img.width / img.width
-    thumb = np.ndarray(
-        buffer=thumb_img.write_to_memory(), dtype=np.uint8, shape=(thumb_img.height, thumb_img.width, 3)
-    ).astype(np.float32) / 255.0
-    sat = (thumb.max(axis=2) - thumb.min(axis=2)) / np.maximum(thumb.max(axis=2), 1e-6)
-    tissue = sat > 0.1
-    cands: list[tuple[float, int, int]] = []
-    step = tile // 2
-    for l0_y in range(0, img.height - tile + 1, step):
-        for l0_x in range(0, img.width - tile + 1, step):
-            y0, x0 = int(l0_y * scale), int(l0_x * scale)
-            y1, x1 = max(y0 + 1, int((l0_y + tile) * scale)), max(x0 + 1, int((l0_x + tile) * scale))
-            cands.append((float(tissue[y0:y1, x0:x1].mean()), l0_x, l0_y))
-    cands.sort(key=lambda c: (-c[0], c[2], c[1]))
-    chosen: list[tuple[int, int]] = []
-    for _, l0_x, l0_y in cands:  # prefer tiles that do not overlap the ones already chosen
-        if all(abs(l0_x - x) >= tile or abs(l0_y - y) >= tile for x, y in chosen):
-            chosen.append((l0_x, l0_y))
-        if len(chosen) == n:
-            break
-    tiles, srcs = [], []
-    for l0_x, l0_y in chosen:
-        region = img.crop(l0_x, l0_y, tile, tile)
-        arr = np.ndarray(buffer=region.write_to_memory(), dtype=np.uint8, shape=(tile, tile, 3)).copy()
-        tiles.append(arr)
-        srcs.append(f"{path.name}@{l0_x},{l0_y}")
-    return tiles, srcs
+def _spread(candidates: Sequence[tuple[int, int]], fractions: Sequence[float], n: int) -> list[tuple[int, int]]:
+    """Up to `n` of `candidates` (row-major tile_rc): evenly spread over those at least 75 % tissue (or as
+    covered as the best one) when there are `n` of them, else the `n` most tissue-covered; in row-major order."""
+    if not candidates or n < 1:
+        return []
+    order = sorted(range(len(candidates)), key=lambda i: -fractions[i])  # stable: row-major among equals
+    rich = [i for i in order if fractions[i] >= min(0.75, fractions[order[0]])]
+    pool = sorted(rich if len(rich) >= n else order[:n])
+    picks = np.unique(np.round(np.linspace(0, len(pool) - 1, min(n, len(pool)))).astype(int))
+    return [candidates[pool[i]] for i in picks]
 
 
-def parity_tiles(
-    tile_size: int, n_real: int = 4, n_random: int = 2, seed: int = 0, slides_dir: Path | None = None
-) -> ParityTiles:
-    """Tiles for the parity gate: up to `n_real` tissue tiles from a real slide, then `n_random` random ones.
+def reader_tiles(reader: SlideReader, name: str, tile_size: int, mpp: float, n: int) -> ParityTiles:
+    """Up to `n` tissue tiles of `tile_size` px at `mpp` um/px from an open slide: tissue detected on a
+    thumbnail, a grid of non-overlapping tiles laid over the slide at `mpp`, the most tissue-covered tiles kept
+    (evenly spread over the slide). Returns uint8 `[k, T, T, 3]`, k <= n (0 when no tile touches tissue)."""
+    from slidefuse.runtime import coords
+    from slidefuse.runtime.grid import TileGrid, select_tiles
+    from slidefuse.runtime.tissue import TissueParams, detect_tissue, tissue_fraction_in_box
 
-    Real tiles are skipped (with a log line) when the slides or pyvips are absent. Returns uint8
-    `[N, tile_size, tile_size, 3]`; N >= 1 is guaranteed by adding a random tile when needed.
+    params = TissueParams()
+    thumb_mpp = float(reader.thumbnail_mpp(params.thumb_max_side))
+    tissue = detect_tissue(reader.thumbnail(params.thumb_max_side), params, thumb_mpp=thumb_mpp)
+    view = reader.scaled(mpp)
+    grid = TileGrid(view.width, view.height, tile_size, overlap=0)
+    touching = select_tiles(grid, tissue, mpp, thumb_mpp)
+    fractions = [tissue_fraction_in_box(tissue, coords.model_box_to_thumb(grid.tile_box(rc), mpp, thumb_mpp))
+                 for rc in touching]
+    boxes = [grid.tile_box(rc) for rc in _spread(touching, fractions, n)]
+    tiles = [view.read(*box) for box in boxes]
+    sources = tuple(f"{name}@model_xy={x},{y}" for x, y, _, _ in boxes)
+    empty = np.zeros((0, tile_size, tile_size, 3), np.uint8)
+    return ParityTiles(np.stack(tiles) if tiles else empty, sources, ("slides",))
+
+
+def slide_tiles(slides: Sequence[Path], tile_size: int, mpp: float, n: int) -> ParityTiles:
+    """At least `n` tissue tiles from the named slides: ceil(n / len(slides)) from each (see `reader_tiles`).
+
+    Raises SlideNotFound / SlideReadError for a slide that cannot be opened, MissingPixelSize for one without a
+    pixel size, and UsageError for one with no tissue tile.
     """
-    tiles: list[np.ndarray] = []
-    srcs: list[str] = []
-    if n_real > 0:
-        folder = slides_dir or default_slides_dir()
-        path = next((folder / s for s in _SLIDE_NAMES if (folder / s).exists()), None)
-        if path is None:
-            log.warning("parity: no real slide under %s; using random tiles only", folder)
-        else:
-            try:
-                tiles, srcs = _tissue_tiles(path, tile_size, n_real)
-            except (ImportError, OSError) as exc:  # pyvips missing / unreadable slide: random tiles only
-                log.warning("parity: could not read tissue tiles from %s (%s); using random tiles only", path, exc)
-    n_random = max(n_random, 1 - len(tiles))
+    from slidefuse.errors import MissingPixelSize
+    from slidefuse.runtime.slide import open_slide
+
+    per_slide = math.ceil(n / len(slides))
+    parts: list[ParityTiles] = []
+    for path in slides:
+        try:
+            reader = open_slide(Path(path))
+        except MissingPixelSize as exc:
+            raise MissingPixelSize(f"{path}: the slide has no pixel size, so its tiles cannot be matched to the "
+                                   "model's um/px; use a parity slide that records one") from exc
+        with reader:
+            part = reader_tiles(reader, Path(path).name, tile_size, mpp, per_slide)
+        if not len(part.tiles):
+            raise UsageError(f"{path}: no {tile_size} px tile at {mpp:g} um/px touches tissue; use a parity slide "
+                             "with tissue on it")
+        log.info("parity: %d tiles from %s", len(part.tiles), path)
+        parts.append(part)
+    return _join(parts)
+
+
+def package_tile_index() -> list[dict[str, Any]]:
+    """The shipped tiles' index: one dict per tile (file, mpp, slide, model_xy, stain), in order."""
+    index = PACKAGE_TILES / "index.json"
+    if not index.is_file():
+        raise SlideNotFound(f"{index}: the package's parity tiles are missing; reinstall slidefuse")
+    return list(json.loads(index.read_text())["tiles"])
+
+
+def package_tiles(tile_size: int, mpp: float, n: int) -> ParityTiles:
+    """The first `n` shipped real tiles as `tile_size` px tiles at `mpp` um/px: each PNG becomes an in-memory
+    slide at its own pixel size, is resampled to `mpp` by the slide's scaled view and centre-cropped to
+    `tile_size`; when it is smaller than that, it is mirrored outwards (symmetric padding), so the whole tile
+    stays tissue-like. Returns uint8 `[n, T, T, 3]`."""
+    from PIL import Image
+
+    from slidefuse.runtime.slide import InMemorySlide
+
+    entries = package_tile_index()
+    if n > len(entries):
+        raise UsageError(f"{n} real parity tiles asked for, but the package ships {len(entries)}; ask for at most "
+                         f"{len(entries)} or name parity slides to cut more from")
+    tiles, sources = [], []
+    for entry in entries[:n]:
+        with Image.open(PACKAGE_TILES / entry["file"]) as im:
+            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        view = InMemorySlide(pixels, float(entry["mpp"]), name=entry["file"]).scaled(mpp)
+        w, h = min(tile_size, view.width), min(tile_size, view.height)
+        crop = view.read((view.width - w) // 2, (view.height - h) // 2, w, h)
+        pad_y, pad_x = tile_size - h, tile_size - w  # > 0 when the resampled tile is smaller than a model tile
+        tiles.append(np.pad(crop, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0)),
+                            mode="symmetric"))
+        sources.append(f"package-data:{entry['file']}")
+    return ParityTiles(np.stack(tiles), tuple(sources), ("package-data",))
+
+
+def random_tiles(tile_size: int, n: int, seed: int = 0) -> ParityTiles:
+    """`n` uniform random uint8 tiles `[n, T, T, 3]` (full 0..255 range: stresses fp16 ranges)."""
     rng = np.random.default_rng(seed)
-    for i in range(n_random):
-        tiles.append(rng.integers(0, 256, size=(tile_size, tile_size, 3), dtype=np.uint8))
-        srcs.append(f"random(seed={seed})#{i}")
-    return ParityTiles(np.stack(tiles), tuple(srcs))
+    tiles = rng.integers(0, 256, size=(n, tile_size, tile_size, 3), dtype=np.uint8)
+    return ParityTiles(tiles, tuple(f"random(seed={seed})#{i}" for i in range(n)), ("random",))
 
 
-def _batches(n: int) -> list[int]:
-    """Batch sizes 1, 2, 3, 1, 2, 3, ... summing to n: exercises the dynamic batch axis."""
+def check_tile_counts(n_real: int, n_random: int, slides: Sequence[Path] = ()) -> None:
+    """Raise UsageError for impossible tile counts, SlideNotFound for a named slide that does not exist."""
+    if n_real < 0 or n_random < 0:
+        raise UsageError(f"parity tiles {n_real} real, {n_random} random: expected counts >= 0")
+    if n_real + n_random < 1:
+        raise UsageError("parity check with no tiles: expected at least one real or random tile")
+    if n_real and not slides and n_real > len(package_tile_index()):
+        raise UsageError(f"{n_real} real parity tiles asked for, but the package ships "
+                         f"{len(package_tile_index())}; ask for fewer or name parity slides")
+    for path in slides:
+        if not Path(path).is_file():
+            raise SlideNotFound(f"{path}: no such parity slide; check the path")
+
+
+def parity_tiles(tile_size: int, mpp: float, *, n_real: int = 4, n_random: int = 0, seed: int = 0,
+                 slides: Sequence[Path] = ()) -> ParityTiles:
+    """`n_real` real tiles (from `slides` when given, else the shipped package tiles) at `mpp` um/px, then
+    `n_random` seeded random tiles. Returns uint8 `[N, tile_size, tile_size, 3]` with N >= 1."""
+    check_tile_counts(n_real, n_random, slides)
+    parts = []
+    if n_real:
+        parts.append(slide_tiles(slides, tile_size, mpp, n_real) if slides else package_tiles(tile_size, mpp, n_real))
+    if n_random:
+        parts.append(random_tiles(tile_size, n_random, seed))
+    return _join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- runners
+class Runner(Protocol):
+    """The runner contract: `with runner: runner.run(uint8 [B, T, T, 3]) -> float32 [B, C, T, T]`."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+    def run(self, tiles: np.ndarray) -> np.ndarray: ...
+
+
+class TorchModelRunner:
+    """A runner over an in-memory torch SegmentationModel on its own device, fp32, used once: leaving the `with`
+    block drops the model, so a model nothing else holds is freed before the next runner starts."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        self._model: Any = model
+
+    def __enter__(self) -> TorchModelRunner:
+        if self._model is None:
+            raise RuntimeError("TorchModelRunner is used once; build a new one around the model")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        self._model = None
+        gc.collect()
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 [B, T, T, 3] RGB -> float32 [B, C, T, T] probabilities."""
+        import torch
+
+        if self._model is None:
+            raise RuntimeError("TorchModelRunner used outside its 'with' block")
+        device = next(self._model.parameters()).device
+        with torch.inference_mode():
+            out = self._model(torch.from_numpy(np.ascontiguousarray(tiles)).to(device))
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def info(self) -> dict[str, Any]:
+        device = str(next(self._model.parameters()).device) if self._model is not None else "released"
+        return {"backend": "torch-model", "device": device, "precision": "fp32"}
+
+
+def staged_bundle(folder: Path, spec: EncoderSpec, classes: tuple[ClassInfo, ...], tile_size: int, mpp: float,
+                  *, fp16_model_file: str | None = None) -> Bundle:
+    """A Bundle over a folder whose graphs are written but whose manifest is not (an export's staging folder),
+    so the real backends can run them. Not hashed or verified: only for the export's own parity gate."""
+    from slidefuse.runtime.bundle import Bundle, Manifest
+
+    mean, std = tuple(spec.mean), tuple(spec.std)
+    manifest = Manifest(encoder=spec.id, patch_size=spec.patch_size, tile_size=tile_size, mpp=float(mpp),
+                        classes=classes, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]),
+                        fp16_model_file=fp16_model_file)
+    return Bundle(path=Path(folder), manifest=manifest, digest="staged")
+
+
+def gate_backend(bundle: Bundle, precision: str = "fp32", *, low_memory: bool = False) -> Backend:
+    """The `ort-cpu` backend over `bundle` (model.onnx, or model.fp16.onnx for precision fp16). `low_memory`
+    turns off weight prepacking and the memory arena, for multi-GB graphs (slower, about half the memory)."""
+    from slidefuse.runtime.backends.ort import OrtCpuBackend
+
+    class _LowMemoryOrtCpu(OrtCpuBackend):
+        def session_options(self) -> Any:
+            so = super().session_options()
+            so.enable_cpu_mem_arena = False
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            return so
+
+    return (_LowMemoryOrtCpu if low_memory else OrtCpuBackend)(bundle, precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------- comparator
+@dataclass(frozen=True)
+class RunnerRecord:
+    """What one runner was and how long it took (None when its outputs came from the `outputs` cache)."""
+
+    name: str  # the runner's label in `compare`
+    info: dict[str, Any]  # the runner's own description (backend, device, providers, precision...)
+    precision: str | None  # what the runner says it computes in, when it says
+    load_s: float | None  # seconds in __enter__ (sessions, engines, compilation, warm-up)
+    run_s: float | None  # seconds to run every tile (after the optional warm-up batch)
+
+
+@dataclass(frozen=True)
+class PairFigures:
+    """One runner against the reference."""
+
+    reference: str  # label of the reference runner
+    candidate: str  # label of the compared runner
+    max_abs_diff: float  # largest |p_ref - p| (0..1); inf when the candidate gave a non-finite value
+    mean_abs_diff: float  # mean |p_ref - p|
+    argmax_agreement: float  # fraction of pixels with the reference's argmax class (0..1)
+    thresholds: ParityThresholds  # what it was judged against
+    passed: bool  # both figures within the thresholds
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    tiles: int  # tiles every runner ran
+    tile_origin: str  # "slides", "package-data", "random" or a '+' join of them
+    tile_sources: tuple[str, ...]  # one entry per tile (see ParityTiles.sources)
+    batch_sizes: tuple[int, ...]  # batch sizes the tiles were run in, in order
+    runners: tuple[RunnerRecord, ...]  # in the order given; the first is the reference
+    pairs: tuple[PairFigures, ...]  # each other runner against the reference
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.pairs)
+
+    def check(self) -> ParityReport:
+        """Return self, or raise ParityError (one line) for the first pair that missed its thresholds."""
+        for p in self.pairs:
+            if not p.passed:
+                raise ParityError(
+                    f"{p.candidate}: parity with {p.reference} failed: max |dp| {p.max_abs_diff:.3g} (limit "
+                    f"{p.thresholds.max_abs_diff:g}), argmax agreement {p.argmax_agreement:.5f} (limit "
+                    f"{p.thresholds.min_argmax_agreement:g}) on {self.tiles} {self.tile_origin} tiles; it does not "
+                    "compute what the reference computes: fix the export, or loosen the thresholds if the "
+                    "difference is expected"
+                )
+        return self
+
+    def pair_record(self, pair: int = 0) -> dict[str, Any]:
+        """One pair with the tile provenance, as a flat JSON-ready dict (a bundle manifest's parity entry)."""
+        p = self.pairs[pair]
+        return {"reference": p.reference, "candidate": p.candidate, "max_abs_diff": p.max_abs_diff,
+                "mean_abs_diff": p.mean_abs_diff, "argmax_agreement": p.argmax_agreement, "tiles": self.tiles,
+                "tile_origin": self.tile_origin, "tile_sources": list(self.tile_sources),
+                "batch_sizes": list(self.batch_sizes), "thresholds": asdict(p.thresholds), "passed": p.passed}
+
+
+ThresholdRule = Callable[[RunnerRecord], ParityThresholds]  # thresholds chosen per candidate (e.g. by precision)
+
+
+def batch_sizes(n: int, batch: int | None = None) -> list[int]:
+    """Batch sizes summing to `n`: `batch` each (the last one smaller), or 1, 2, 3, 1, 2, 3, ... when None
+    (exercises the dynamic batch axis)."""
+    if batch is not None and batch < 1:
+        raise UsageError(f"batch {batch}: expected a positive batch size")
     sizes: list[int] = []
-    i = 0
     while sum(sizes) < n:
-        sizes.append(min(i % 3 + 1, n - sum(sizes)))
-        i += 1
+        step = batch if batch is not None else len(sizes) % 3 + 1
+        sizes.append(min(step, n - sum(sizes)))
     return sizes
 
 
-def run_batched(run: Runner, tiles: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
-    """Run `run` over `tiles` in consecutive batches of `sizes`; float32 [N, C, T, T]."""
-    outs, start = [], 0
-    for b in sizes:
-        out = np.asarray(run(tiles[start:start + b]), dtype=np.float32)
-        outs.append(out)
-        start += b
-    return np.concatenate(outs)
+def _info(runner: Any) -> dict[str, Any]:
+    """The runner's `info()` as a plain dict ({} when it has none); a record with `to_dict()` is converted."""
+    info = runner.info() if callable(getattr(runner, "info", None)) else {}
+    to_dict = getattr(info, "to_dict", None)
+    return dict(to_dict()) if callable(to_dict) else dict(info)
 
 
-def compare(
-    reference: np.ndarray, candidate: np.ndarray
-) -> dict[str, float]:
-    """max/mean |difference| and argmax agreement of two float32 `[N, C, T, T]` probability arrays."""
-    if reference.shape != candidate.shape:
-        raise ParityError(f"parity: candidate output shape {list(candidate.shape)} differs from the reference's "
-                          f"{list(reference.shape)}; the exported graph has the wrong output layout")
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    finite = bool(np.isfinite(candidate).all())
-    return {
-        "max_abs_diff": float(diff.max()) if finite else float("inf"),
-        "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
-        "argmax_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
-    }
+def _run_one(name: str, runner: Runner, tiles: np.ndarray, sizes: Sequence[int], warmup: bool
+             ) -> tuple[np.ndarray, RunnerRecord]:
+    """Open `runner`, run `tiles` in batches of `sizes`, close it; returns (float32 [N, C, T, T], record)."""
+    t0 = time.perf_counter()
+    with runner:
+        load_s = time.perf_counter() - t0
+        if warmup:
+            runner.run(tiles[:sizes[0]])
+        t0 = time.perf_counter()
+        outs, start = [], 0
+        for b in sizes:
+            outs.append(np.asarray(runner.run(tiles[start:start + b]), dtype=np.float32))
+            start += b
+        run_s = time.perf_counter() - t0
+        info = _info(runner)
+    prec = info.get("precision")
+    return np.concatenate(outs), RunnerRecord(name, info, prec if isinstance(prec, str) else None, load_s, run_s)
 
 
-def check_parity(
-    reference: Runner,
-    candidate: Runner,
-    tiles: ParityTiles,
-    thresholds: ParityThresholds,
-    *,
-    reference_name: str,
-    candidate_name: str,
-    reference_out: np.ndarray | None = None,
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Run both runners on `tiles`, compare, and raise ParityError when a threshold is missed.
+def _figures(ref_name: str, ref: np.ndarray, cand_name: str, cand: np.ndarray, th: ParityThresholds
+             ) -> PairFigures:
+    if ref.shape != cand.shape:
+        raise ParityError(f"{cand_name}: output shape {list(cand.shape)} differs from {ref_name}'s "
+                          f"{list(ref.shape)}; expected float32 [N, C, T, T] probabilities from both")
+    finite = bool(np.isfinite(cand).all())
+    diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
+    max_d = float(diff.max()) if finite else math.inf
+    mean_d = float(diff.mean()) if finite else math.inf
+    agree = float((ref.argmax(1) == cand.argmax(1)).mean())
+    ok = max_d <= th.max_abs_diff and agree >= th.min_argmax_agreement
+    return PairFigures(ref_name, cand_name, max_d, mean_d, agree, th, ok)
 
-    Returns (report for the manifest, reference outputs, candidate outputs), both float32 [N, C, T, T]
-    probabilities, for reuse (e.g. the fp32 graph's outputs as the fp16 graph's reference). Pass
-    `reference_out` to skip running the reference again.
+
+def compare(runners: Mapping[str, Runner], tiles: ParityTiles, *,
+            thresholds: ParityThresholds | ThresholdRule = FP32_THRESHOLDS, batch: int | None = None,
+            warmup: bool = False, outputs: dict[str, np.ndarray] | None = None) -> ParityReport:
+    """Run every runner (label -> runner; the first is the reference) on `tiles` and compare each other one
+    with the reference. Runners are opened, run and closed one at a time, in order.
+
+    `thresholds`: one for every pair, or a rule choosing them from the candidate's record (e.g. its precision).
+    `batch`: fixed batch size (None: 1, 2, 3, ...). `warmup`: run one untimed batch first. `outputs`: a cache
+    label -> float32 [N, C, T, T] shared between calls on the same tiles: a label found there is not run again,
+    and each new runner's outputs are stored there. Does not raise on a miss: call `.check()` for that.
     """
+    if not runners:
+        raise UsageError("compare needs at least one runner")
     n = len(tiles.tiles)
-    ref = reference_out if reference_out is not None else run_batched(reference, tiles.tiles, [min(2, n)] * n)
-    ref = ref[:n]
-    sizes = _batches(n)
-    cand = run_batched(candidate, tiles.tiles, sizes)
-    figures = compare(ref, cand)
-    report: dict[str, Any] = {
-        "reference": reference_name,
-        "candidate": candidate_name,
-        **figures,
-        "tiles": n,
-        "tile_sources": list(tiles.sources),
-        "batch_sizes": sizes,
-        "thresholds": asdict(thresholds),
-    }
-    ok = (figures["max_abs_diff"] <= thresholds.max_abs_diff
-          and figures["argmax_agreement"] >= thresholds.min_argmax_agreement)
-    log.info("parity %s vs %s: max|dp| %.3g, argmax agreement %.5f on %d tiles (%s)", candidate_name,
-             reference_name, figures["max_abs_diff"], figures["argmax_agreement"], n, "pass" if ok else "FAIL")
-    if not ok:
-        raise ParityError(
-            f"{candidate_name}: parity with {reference_name} failed: max |dp| {figures['max_abs_diff']:.3g} "
-            f"(limit {thresholds.max_abs_diff:g}), argmax agreement {figures['argmax_agreement']:.5f} "
-            f"(limit {thresholds.min_argmax_agreement:g}) on {n} tiles; the graph does not compute what the "
-            "reference computes: fix the export, or loosen the thresholds if the difference is expected"
-        )
-    report["passed"] = True
-    return report, ref, cand
-
-
-def ort_runner(path: Path, threads: int | None = None, low_memory: bool = False) -> Runner:
-    """A runner over an ONNX file in onnxruntime on the CPU (input 'tiles', first output).
-
-    `low_memory` turns off weight prepacking and the memory arena (for multi-GB graphs: slower, smaller).
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    if low_memory:
-        so.enable_cpu_mem_arena = False
-        so.add_session_config_entry("session.disable_prepacking", "1")
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-
-    def run(tiles: np.ndarray) -> np.ndarray:
-        return np.asarray(sess.run(None, {name: np.ascontiguousarray(tiles)})[0], dtype=np.float32)
-
-    return run
-
-
-def torch_runner(model: Any) -> Runner:
-    """A runner over a torch SegmentationModel (uint8 [B,T,T,3] -> float32 [B,C,T,T]) on its own device."""
-    import torch
-
-    device = next(model.parameters()).device
-
-    def run(tiles: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(tiles)).to(device))
-        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
-
-    return run
+    sizes = batch_sizes(n, batch)
+    cache = outputs if outputs is not None else {}
+    records: list[RunnerRecord] = []
+    for name, runner in runners.items():
+        if name in cache:
+            records.append(RunnerRecord(name, {}, None, None, None))
+            continue
+        cache[name], rec = _run_one(name, runner, tiles.tiles, sizes, warmup)
+        records.append(rec)
+    ref = records[0].name
+    pairs = []
+    for rec in records[1:]:
+        th = thresholds if isinstance(thresholds, ParityThresholds) else thresholds(rec)
+        p = _figures(ref, cache[ref], rec.name, cache[rec.name], th)
+        log.info("parity %s vs %s: max|dp| %.3g, argmax agreement %.5f on %d %s tiles (%s)", p.candidate,
+                 p.reference, p.max_abs_diff, p.argmax_agreement, n, tiles.origin, "pass" if p.passed else "FAIL")
+        pairs.append(p)
+    return ParityReport(n, tiles.origin, tiles.sources, tuple(sizes), tuple(records), tuple(pairs))

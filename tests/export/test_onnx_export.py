@@ -18,10 +18,9 @@ from slidefuse.errors import IntegrityError, ParityError, UsageError  # noqa: E4
 from slidefuse.export import onnx_export  # noqa: E402
 from slidefuse.export.onnx_export import ExportConfig, export_bundle  # noqa: E402
 from slidefuse.export.parity import (  # noqa: E402
-    FP32_THRESHOLDS,
     ParityTiles,
-    check_parity,
-    ort_runner,
+    compare,
+    gate_backend,
     parity_tiles,
 )
 from slidefuse.export.registry import get_spec  # noqa: E402
@@ -66,6 +65,10 @@ def test_bundle_files_and_manifest(bundle) -> None:  # type: ignore[no-untyped-d
     for key in ("fp32", "fp16"):
         rep = m.parity[key]
         assert rep["passed"] and rep["tiles"] == 3 and rep["batch_sizes"] == [1, 2]
+        assert rep["tile_origin"] == "package-data+random"
+        assert rep["tile_sources"] == ["package-data:cmu-1-0.png", "package-data:cmu-1-1.png", "random(seed=0)#0"]
+    assert m.parity["fp32"]["reference"] == "torch fp32 (cpu)"
+    assert m.parity["fp16"]["reference"] == "model.onnx (onnxruntime CPU)"
     assert m.parity["fp32"]["max_abs_diff"] <= 1e-3 and m.parity["fp32"]["argmax_agreement"] >= 0.999
     assert m.export["config"]["encoder"] == "tiny" and m.export["config"]["out"] == "tiny.bundle"
     assert m.export["exporter"].startswith("torch.onnx.export(dynamo=True)") and m.export["graph"]["layernorm_ops"] >= 5
@@ -81,12 +84,12 @@ def test_graph_contract(bundle) -> None:  # type: ignore[no-untyped-def]
     assert (inp.name, inp.type.tensor_type.elem_type) == ("tiles", onnx.TensorProto.UINT8)
     assert (out.name, out.type.tensor_type.elem_type) == ("probabilities", onnx.TensorProto.FLOAT)
     assert inp.type.tensor_type.shape.dim[0].dim_param  # dynamic batch
-    run = ort_runner(bundle.model_path)
-    for b in (1, 5):
-        tiles = np.random.default_rng(b).integers(0, 256, (b, TILE, TILE, 3), dtype=np.uint8)
-        p = run(tiles)
-        assert p.shape == (b, 3, TILE, TILE) and p.dtype == np.float32
-        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    with gate_backend(bundle) as run:
+        for b in (1, 5):
+            tiles = np.random.default_rng(b).integers(0, 256, (b, TILE, TILE, 3), dtype=np.uint8)
+            p = run.run(tiles)
+            assert p.shape == (b, 3, TILE, TILE) and p.dtype == np.float32
+            np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
 
 
 def test_safetensors_rebuilds_the_same_model(bundle) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +103,8 @@ def test_safetensors_rebuilds_the_same_model(bundle) -> None:  # type: ignore[no
     tiles = np.random.default_rng(3).integers(0, 256, (2, TILE, TILE, 3), dtype=np.uint8)
     with torch.inference_mode():
         p_torch = model(torch.from_numpy(tiles)).numpy()
-    assert np.abs(p_torch - ort_runner(bundle.model_path)(tiles)).max() < 1e-4
+    with gate_backend(bundle) as run:
+        assert np.abs(p_torch - run.run(tiles)).max() < 1e-4
 
 
 def test_fp16_graph_keeps_io_and_fp32_islands(bundle) -> None:  # type: ignore[no-untyped-def]
@@ -129,33 +133,42 @@ def _drop_normalisation(src: Path, dst: Path) -> None:
 
 
 def test_parity_gate_catches_a_graph_without_normalisation(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bad = tmp_path / "bad.onnx"
-    _drop_normalisation(bundle.model_path, bad)
-    tiles = parity_tiles(TILE, n_real=1, n_random=2)
-    good = ort_runner(bundle.model_path)
-    report, _, _ = check_parity(good, good, tiles, FP32_THRESHOLDS, reference_name="a", candidate_name="a")
-    assert report["max_abs_diff"] == 0.0
-    with pytest.raises(ParityError, match="parity with model.onnx failed"):
-        check_parity(good, ort_runner(bad), tiles, FP32_THRESHOLDS, reference_name="model.onnx",
-                     candidate_name="bad.onnx")
+    import dataclasses
+
+    bad_folder = tmp_path / "bad.bundle"
+    shutil.copytree(bundle.path, bad_folder)
+    _drop_normalisation(bundle.model_path, bad_folder / "model.onnx")
+    bad = dataclasses.replace(bundle, path=bad_folder)
+    tiles = parity_tiles(TILE, 2.0, n_real=1, n_random=2)
+    report = compare({"a": gate_backend(bundle), "b": gate_backend(bundle)}, tiles).check()
+    assert report.pairs[0].max_abs_diff == 0.0 and report.tile_origin == "package-data+random"
+    with pytest.raises(ParityError, match="bad.onnx: parity with model.onnx failed"):
+        compare({"model.onnx": gate_backend(bundle), "bad.onnx": gate_backend(bad)}, tiles).check()
+
+
+class _ConstantRunner:
+    """Class 0 everywhere; with `traced_batch`, class 1 for any other batch size (like a traced batch axis)."""
+
+    def __init__(self, traced_batch: int | None = None) -> None:
+        self.traced_batch = traced_batch
+
+    def __enter__(self) -> _ConstantRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run(self, t: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(t), 2, 8, 8), np.float32)
+        wrong = self.traced_batch is not None and len(t) != self.traced_batch
+        out[:, 1 if wrong else 0] = 1.0
+        return out
 
 
 def test_parity_gate_catches_a_wrong_batch_axis() -> None:
-    tiles = ParityTiles(np.zeros((4, 8, 8, 3), np.uint8), ("z",) * 4)
-
-    def ref(t: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(t), 2, 8, 8), np.float32)
-        out[:, 0] = 1.0
-        return out
-
-    def batch_dependent(t: np.ndarray) -> np.ndarray:  # right only at batch 2, like a traced batch size
-        out = ref(t)
-        if len(t) != 2:
-            out[:, 0], out[:, 1] = 0.0, 1.0
-        return out
-
-    with pytest.raises(ParityError, match="argmax agreement 0.50000"):
-        check_parity(ref, batch_dependent, tiles, FP32_THRESHOLDS, reference_name="r", candidate_name="c")
+    tiles = ParityTiles(np.zeros((4, 8, 8, 3), np.uint8), ("z",) * 4, ("random",))
+    with pytest.raises(ParityError, match="argmax agreement 0.50000"):  # batches 1, 2, 1: half the tiles wrong
+        compare({"r": _ConstantRunner(), "c": _ConstantRunner(traced_batch=2)}, tiles).check()
 
 
 def test_failed_parity_leaves_no_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,9 +228,30 @@ def test_existing_target_needs_force(bundle, tmp_path: Path) -> None:  # type: i
         (dict(mpp=0.0), "--mpp 0.0"),
         (dict(opset=16), "--opset 16"),
         (dict(overlap=64), "--overlap 64"),
+        (dict(parity_real_tiles=5), "the package ships 4"),
+        (dict(parity_real_tiles=0, parity_random_tiles=0), "no tiles"),
     ],
 )
 def test_bad_options(tmp_path: Path, kw: dict[str, object], match: str) -> None:
     with pytest.raises(UsageError, match=match):
         export_bundle(_config(tmp_path / "b", **kw))
     assert not (tmp_path / "b").exists()
+
+
+def test_parity_tiles_from_named_slides(tmp_path: Path) -> None:
+    """The gate's real tiles come from the slides named in the config (open_slide + tissue + grid at the model's
+    mpp); the manifest records them, and a slide that does not exist is refused before anything is exported."""
+    from runtime.conftest import synthetic_rgb, write_pyramid_tiff
+
+    from slidefuse.errors import SlideNotFound
+
+    with pytest.raises(SlideNotFound, match="nope.svs: no such parity slide"):
+        export_bundle(_config(tmp_path / "none.bundle", parity_slides=(tmp_path / "nope.svs",)))
+    assert not (tmp_path / "none.bundle").exists()
+    slide = write_pyramid_tiff(synthetic_rgb(1024, 768), tmp_path / "synth.tif", 0.5)
+    b = export_bundle(_config(tmp_path / "s.bundle", parity_slides=(slide,), parity_real_tiles=2,
+                              parity_random_tiles=0, simplify=False))
+    rep = b.manifest.parity["fp32"]
+    assert rep["passed"] and rep["tile_origin"] == "slides" and rep["tiles"] == 2
+    assert [s.split("@")[0] for s in rep["tile_sources"]] == ["synth.tif", "synth.tif"]
+    assert b.manifest.export["config"]["parity_slides"] == ["synth.tif"]
