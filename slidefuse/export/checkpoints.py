@@ -1,20 +1,22 @@
 """Loading published checkpoints from local files, converted to the timm layout and loaded strictly.
 
-Files: `.safetensors` (safetensors.torch.load_file) or `.bin` / `.pth` / `.pt` / `.ckpt` (torch.load with
+Files: `.safetensors` (safetensors.torch.load_file) or `.bin` / `.pth` / `.pt` / `.ckpt` / `.torch` (torch.load with
 weights_only=True; arbitrary pickles are never executed). Nothing is ever downloaded.
 
 Layouts (`EncoderSpec.checkpoint_format`):
 - "timm": a timm VisionTransformer state dict (UNI, UNI2-h, Virchow, Prov-GigaPath, H-optimus, ...).
 - "hf-vit": transformers `ViTModel` (Phikon): separate q/k/v, `layernorm_before/after`, pooler dropped.
 - "hf-dinov2": transformers `Dinov2Model` (Phikon-v2): LayerScale `lambda1`, mask token dropped.
-- "hf-dinov2-reg": transformers `Dinov2WithRegistersModel` / Hibou's custom DINOv2 with registers; the class
-  token's position embedding is folded into the class token (timm `no_embed_class` layout).
+- "hf-dinov2-reg": transformers `Dinov2WithRegistersModel` / Hibou's custom DINOv2 with registers (SwiGLU
+  `mlp.weights_in` / `weights_out`, packed as timm's `fc1` / `fc2`); the class token's position embedding is
+  folded into the class token (timm `no_embed_class` layout).
 - "open_clip-conch": the CONCH open_clip CoCa checkpoint; only the vision trunk (`visual.trunk.*`) is kept.
 
 Wrappers are unwrapped ("teacher", "model", "state_dict", "module" entries; "module.", "backbone.",
-"_orig_mod." prefixes). Position embeddings made for another input size are resampled once (bicubic, timm's
-`resample_abs_pos_embed`) to the model's grid. Anything else that does not fit is a CheckpointError naming the
-encoder and the first mismatching keys or shapes.
+"_orig_mod." prefixes). Position embeddings made for another grid are resampled once, with the publisher's own
+run-time rule (`slidefuse.export.posembed`), to the model's grid. An MLP of the wrong type (a GELU file for a
+SwiGLU encoder, or the reverse) and anything else that does not fit is a CheckpointError naming the encoder and
+the first mismatching keys or shapes.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
-TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".torch")  # .torch: Lunit's releases
 WRAPPER_KEYS = ("teacher", "model", "state_dict", "module", "model_state_dict")
 STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.", "vit.", "dinov2.", "trunk.")
 SHOW = 5  # how many mismatching keys an error lists
@@ -130,6 +132,19 @@ def _qkv(sd: StateDict, out: StateDict, src: str, dst: str, names: tuple[str, st
                     sd[f"{src}.{n}.{kind}"] = p
 
 
+def _swiglu(sd: StateDict, out: StateDict, src: str, dst: str) -> None:
+    """transformers 5's in-memory SwiGLU (`gate_proj`, `up_proj`, `down_proj`) -> timm's packed `fc1` (gate half
+    first, as SwiGLUPacked applies SiLU to the first half) and `fc2`. Published files hold `weights_in` /
+    `weights_out`, mapped by name in _HF_BLOCK."""
+    for kind in ("weight", "bias"):
+        gate, up = sd.get(f"{src}.gate_proj.{kind}"), sd.get(f"{src}.up_proj.{kind}")
+        if gate is not None and up is not None:
+            out[f"{dst}.fc1.{kind}"] = torch.cat([sd.pop(f"{src}.gate_proj.{kind}"), sd.pop(f"{src}.up_proj.{kind}")])
+        down = sd.pop(f"{src}.down_proj.{kind}", None)
+        if down is not None:
+            out[f"{dst}.fc2.{kind}"] = down
+
+
 _HF_BLOCK = {
     # hf-vit
     "layernorm_before": "norm1",
@@ -158,13 +173,15 @@ _HF_TOP = {
     "layernorm.bias": "norm.bias",
 }
 _HF_DROP = re.compile(r"^(pooler\.|embeddings\.mask_token$)")
+_V5_LAYERS = re.compile(r"^layers\.(\d+)\.")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 
 
 def hf_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
     """transformers ViTModel / Dinov2Model / Dinov2WithRegistersModel keys -> timm VisionTransformer keys.
     Unknown keys are kept unchanged so the strict check reports them."""
-    sd = dict(sd)
+    # transformers 5 keeps ViTModel blocks in memory as `layers.N.*`; files and Dinov2 use `encoder.layer.N.*`
+    sd = {_V5_LAYERS.sub(r"encoder.layer.\1.", k): v for k, v in sd.items()}
     dropped = [k for k in sd if _HF_DROP.match(k)]
     for k in dropped:
         del sd[k]
@@ -176,6 +193,7 @@ def hf_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
         # published files: attention.attention.{query,key,value}; transformers 5 state dicts: attention.{q,k,v}_proj
         _qkv(sd, out, f"encoder.layer.{i}.attention.attention", f"blocks.{i}.attn", ("query", "key", "value"))
         _qkv(sd, out, f"encoder.layer.{i}.attention", f"blocks.{i}.attn", ("q_proj", "k_proj", "v_proj"))
+        _swiglu(sd, out, f"encoder.layer.{i}.mlp", f"blocks.{i}.mlp")
     for key in list(sd):
         if key in _HF_TOP:
             out[_HF_TOP[key]] = sd.pop(key)
@@ -230,24 +248,49 @@ def to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
 
 # ---------------------------------------------------------------------------------------------- loading
 def _resample_pos_embed(sd: StateDict, model: nn.Module, spec: EncoderSpec) -> None:
-    """Resample a checkpoint's position embeddings to the model's grid once, at load time."""
+    """Bring a checkpoint's position embeddings to the model's token grid with the publisher's rule
+    (`slidefuse.export.posembed`), once, at load time."""
     target = model.state_dict().get("pos_embed")
     pos = sd.get("pos_embed")
-    if target is None or pos is None or pos.shape == target.shape:
-        return
-    if pos.dim() != 3 or pos.shape[-1] != target.shape[-1]:
-        return  # a width mismatch: the strict check reports it
+    if target is None or pos is None or pos.dim() != 3 or pos.shape[-1] != target.shape[-1]:
+        return  # missing or of another width: the strict check reports it
     prefix = 0 if spec.no_embed_class else spec.num_prefix_tokens
-    old_n, new_n = pos.shape[1] - prefix, target.shape[1] - prefix
-    old_g, new_g = math.isqrt(old_n), math.isqrt(new_n)
-    if old_g * old_g != old_n or new_g * new_g != new_n:
-        return  # not square grids (e.g. wrong prefix count): the strict check reports it
-    from timm.layers import resample_abs_pos_embed
+    new_g = math.isqrt(target.shape[1] - prefix)
+    if pos.shape == target.shape and spec.pos_resample != "bicubic-offset":
+        return  # same grid: every rule but CONCH v1.5's (which goes through its trunk's grid) is the identity
+    from slidefuse.export.posembed import publisher_pos_embed
 
-    log.info("%s: resampling position embeddings from a %dx%d to a %dx%d grid", spec.id, old_g, old_g, new_g, new_g)
-    sd["pos_embed"] = resample_abs_pos_embed(
-        pos.float(), new_size=[new_g, new_g], old_size=[old_g, old_g], num_prefix_tokens=prefix
-    ).to(pos.dtype)
+    try:
+        resampled = publisher_pos_embed(pos, spec, new_g)
+    except ValueError:
+        return  # not a square grid (e.g. a wrong prefix count): the strict check reports it
+    if resampled.shape != target.shape or not torch.equal(resampled, pos):
+        log.info("%s: position embeddings %s -> %s (%s, as the publisher's code)", spec.id, list(pos.shape),
+                 list(resampled.shape), spec.pos_resample)
+    sd["pos_embed"] = resampled
+
+
+def _mlp_kind(sd: StateDict) -> tuple[str, list[int], list[int]] | None:
+    """('GELU', fc1 shape, fc2 shape) or ('packed SwiGLU', ...) of block 0's MLP in timm keys, or None."""
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    if fc1 is None or fc2 is None or fc1.dim() != 2 or fc2.dim() != 2:
+        return None
+    kind = "GELU" if fc2.shape[1] == fc1.shape[0] else "packed SwiGLU" if 2 * fc2.shape[1] == fc1.shape[0] else "?"
+    return kind, list(fc1.shape), list(fc2.shape)
+
+
+def check_mlp(sd: StateDict, model: nn.Module, spec: EncoderSpec, path: Path | str) -> None:
+    """Raise CheckpointError when the checkpoint's MLP type (GELU fc1-fc2 vs packed SwiGLU) or hidden width
+    differs from the model's, naming both layouts and the publisher's."""
+    got, want = _mlp_kind(sd), _mlp_kind(model.state_dict())
+    if got is None or want is None or got == want or got[1][1] != want[1][1]:
+        return  # same MLP, or another token width: the strict check names the first mismatch
+    raise CheckpointError(
+        f"{Path(path).name} does not fit encoder '{spec.id}': its MLP is {got[0]} (fc1 {got[1]}, fc2 {got[2]}), "
+        f"the model's is {want[0]} (fc1 {want[1]}, fc2 {want[2]}) as its publisher builds it"
+        + (f" ({spec.reference.split(';')[0]})" if spec.reference else "")
+        + "; pass the publisher's checkpoint for this encoder"
+    )
 
 
 def load_strict(module: nn.Module, sd: StateDict, what: str, path: Path | str) -> None:
@@ -282,6 +325,7 @@ def _first(keys: list[str]) -> str:
 def load_encoder_weights(encoder: nn.Module, spec: EncoderSpec, path: Path | str) -> None:
     """Load a published checkpoint (layout `spec.checkpoint_format`) into the timm trunk `encoder`, strictly."""
     sd = to_timm(read_state_file(path), spec)
+    check_mlp(sd, encoder, spec, path)
     _resample_pos_embed(sd, encoder, spec)
     what = f"encoder '{spec.id}' ({spec.architecture}; {spec.checkpoint_format} layout)"
     load_strict(encoder, sd, what, path)

@@ -1,9 +1,10 @@
 """Architecture builders: every registered encoder is a timm `VisionTransformer` configured from its spec.
 
 The trunk is built for a fixed input side (`img_size`, normally the tile size), so its position embeddings
-already have the tile's grid and nothing is interpolated at inference time (checkpoints made at another size
-are resampled once, when loaded; see `slidefuse.export.checkpoints`). `patch_tokens` turns a normalised image
-batch into the patch tokens the decoder uses (class token and registers dropped).
+already have the tile's grid. A checkpoint made for another grid is resampled once, when loaded, with the
+publisher's own run-time rule (`slidefuse.export.posembed`): a constant function of the tile size, so the
+exported graph holds exactly what the publisher's code computes at that size. `patch_tokens` turns a
+normalised image batch into the patch tokens the decoder uses (class token and registers dropped).
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ def build_vit(spec: EncoderSpec, img_size: int) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     mlp_kw: dict[str, object] = {}
-    if spec.mlp == "swiglu-packed":
+    mlp_ratio = spec.mlp_ratio
+    if spec.mlp in ("swiglu-packed", "swiglu-dinov2"):
         mlp_kw = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
+    if spec.mlp == "swiglu-dinov2":  # timm sizes fc1 as int(d * mlp_ratio): aim half-way to hit it exactly
+        mlp_ratio = (spec.mlp_hidden() + 0.5) / spec.width
     return VisionTransformer(
         img_size=img_size,
         patch_size=spec.patch_size,
         embed_dim=spec.width,
         depth=spec.depth,
         num_heads=spec.num_heads,
-        mlp_ratio=spec.mlp_ratio,
+        mlp_ratio=mlp_ratio,
         qkv_bias=spec.qkv_bias,
         init_values=spec.init_values,
         reg_tokens=spec.num_registers,
