@@ -24,12 +24,11 @@ import numpy as np
 from slidefuse.bench.flops import FlopCount, model_flops
 from slidefuse.bench.machine import Peak, cpu_peak, gpu_name, gpu_peak, machine_info, peak_rss_mib, rss_mib
 from slidefuse.errors import UsageError
+from slidefuse.runtime.backends.base import COMPUTE_PRECISIONS, Backend, BackendInfo, DeviceKind
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-PER_BATCH_BACKENDS = ("torch-compile",)  # compiled for one batch size: opened once per batch size
 TIMING_NOTE = ("wall-clock time of one backend.run call (host uint8 in, host float32 out); run returns host "
                "numpy, so GPU work is complete (synchronised) when it returns; warm-up calls excluded")
 
@@ -54,8 +53,8 @@ class EngineBenchConfig:
             raise UsageError(f"--iters {self.iters}: expected at least 1 timed call")
         if self.warmup < 0:
             raise UsageError(f"--warmup {self.warmup}: expected 0 or more warm-up calls")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.precision is not None and self.precision not in COMPUTE_PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: expected one of {', '.join(COMPUTE_PRECISIONS)}")
 
     def open_options(self) -> dict[str, Any]:
         return open_options(self.backend_options, self.precision)
@@ -141,49 +140,30 @@ def achieved(flop_count: FlopCount | None, tiles_per_s: float, peak: Peak) -> di
 # ------------------------------------------------------------------------------------------- devices
 
 
-def backend_device(info: dict[str, Any]) -> str:
-    """'cuda' when a backend's info says it runs on an NVIDIA GPU (device, or CUDA/TensorRT providers),
-    else 'cpu'."""
-    text = " ".join(str(info.get(k, "")) for k in ("device", "providers", "provider", "backend")).lower()
-    return "cuda" if any(s in text for s in ("cuda", "tensorrt", "ort-trt")) or info.get("backend") == "trt" \
-        else "cpu"
-
-
-def reported_precision(info: dict[str, Any]) -> str | None:
-    """The precision a backend says it runs (info['precision'] or info['dtype'], normalised to fp32/fp16/bf16),
-    None when its info does not say."""
-    for key in ("precision", "dtype"):
-        value = info.get(key)
-        if isinstance(value, str) and value:
-            v = value.lower().replace("torch.", "")
-            return {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(v, v)
-    return None
-
-
-def resolve_precision(backend_name: str, info: dict[str, Any], requested: str | None) -> str:
-    """The precision a measurement is labelled with. A backend that does not report its precision runs its
-    default, fp32; asking it for fp16/bf16 is refused rather than mislabelled."""
-    reported = reported_precision(info)
+def resolve_precision(info: BackendInfo, requested: str | None) -> str:
+    """The precision a measurement is labelled with: what the backend reports running. One that does not say
+    is taken to run fp32, its default; asking it for fp16/bf16 is refused rather than mislabelled."""
+    reported = info.precision
     if reported is None:
         if requested not in (None, "fp32"):
-            raise UsageError(f"--precision {requested}: backend {backend_name} does not report running "
+            raise UsageError(f"--precision {requested}: backend {info.backend} does not report running "
                              f"{requested} (it runs fp32); drop --precision or pick a backend with {requested}")
         return "fp32"
     if requested is not None and reported != requested:
-        raise UsageError(f"--precision {requested}: backend {backend_name} runs {reported}; "
+        raise UsageError(f"--precision {requested}: backend {info.backend} runs {reported}; "
                          f"choose a backend that supports {requested} or drop --precision")
     return reported
 
 
-def device_peak(device: str, precision: str, info: dict[str, Any]) -> Peak:
-    """The peak for a measurement: datasheet GPU peak on CUDA, estimated CPU peak otherwise."""
-    if device == "cuda":
-        name = str(info.get("device_name") or info.get("gpu") or gpu_name() or "unknown GPU")
-        return gpu_peak(name, precision)
+def device_peak(info: BackendInfo, precision: str) -> Peak:
+    """The peak for a measurement: datasheet GPU peak on CUDA (the GPU the backend names, else device 0),
+    estimated CPU peak otherwise."""
+    if info.device == "cuda":
+        return gpu_peak(info.device_name or gpu_name() or "unknown GPU", precision)
     return cpu_peak()
 
 
-def _cuda_torch(device: str) -> Any:
+def _cuda_torch(device: DeviceKind) -> Any:
     """The torch module when the benchmark runs on CUDA through a torch that is already loaded, else None."""
     torch = sys.modules.get("torch")
     if device == "cuda" and torch is not None and torch.cuda.is_available():
@@ -191,7 +171,7 @@ def _cuda_torch(device: str) -> Any:
     return None
 
 
-def memory_snapshot(device: str) -> dict[str, Any]:
+def memory_snapshot(device: DeviceKind) -> dict[str, Any]:
     """Memory after a batch size's timed calls: torch.cuda.max_memory_allocated (MiB, since the last reset)
     when torch runs on CUDA; host RSS now and the process peak RSS in every case."""
     out: dict[str, Any] = {"host_rss_mib": rss_mib(), "host_peak_rss_mib": peak_rss_mib()}
@@ -225,8 +205,8 @@ def flops_info(bundle: Bundle) -> tuple[FlopCount | None, dict[str, Any]]:
     return count, {"available": True, **count.to_dict()}
 
 
-def bench_batches(backend: Any, batches: Sequence[int], tile: int, iters: int, warmup: int, seed: int,
-                  device: str) -> list[dict[str, Any]]:
+def bench_batches(backend: Backend, batches: Sequence[int], tile: int, iters: int, warmup: int, seed: int,
+                  device: DeviceKind) -> list[dict[str, Any]]:
     """Latency/throughput/memory rows for an open backend, one per batch size."""
     torch = _cuda_torch(device)
     sync = torch.cuda.synchronize if torch is not None else None
@@ -244,6 +224,13 @@ def bench_batches(backend: Any, batches: Sequence[int], tile: int, iters: int, w
     return rows
 
 
+def needs_per_batch_setup(backend_name: str) -> bool:
+    """Whether backend `backend_name` is built for one batch size (`auto` picks none of those)."""
+    from slidefuse.runtime.backends.registry import AUTO, get_backend
+
+    return backend_name != AUTO and get_backend(backend_name).needs_per_batch_setup
+
+
 def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -> dict[str, Any]:
     """Run the batch sweep of `config` on `backend_name` and return the benchmark's JSON document:
     machine, model, backend, flops, peak, settings and one result row per batch size."""
@@ -253,25 +240,24 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
     machine_before = machine_info()
     tile = bundle.manifest.tile_size
     options = config.open_options()
-    # A backend compiled for one batch size (torch-compile pads smaller batches and splits larger ones) is
+    # A backend built for one batch size (torch-compile pads smaller batches and splits larger ones) is
     # opened once per batch size with that size, unless the user fixed it; its load time is then excluded too.
-    per_batch = backend_name in PER_BATCH_BACKENDS and "batch" not in options
+    per_batch = needs_per_batch_setup(backend_name) and "batch" not in options
     groups = [(b,) for b in config.batches] if per_batch else [tuple(config.batches)]
     rows: list[dict[str, Any]] = []
     for group in groups:
         opts = {**options, "batch": group[0]} if per_batch else options
         with open_backend(backend_name, bundle, **opts) as backend:
             info = backend.info()
-            device = backend_device(info)
-            precision = resolve_precision(backend_name, info, config.precision)
-            group_rows = bench_batches(backend, group, tile, config.iters, config.warmup, config.seed, device)
+            precision = resolve_precision(info, config.precision)
+            group_rows = bench_batches(backend, group, tile, config.iters, config.warmup, config.seed, info.device)
             if per_batch:  # each row ran on its own backend instance: keep what that one reported
                 for row in group_rows:
-                    row["backend_info"] = jsonable(info)
+                    row["backend_info"] = info.to_dict()
             rows += group_rows
     # Counted after the timing, so torch (imported by the counter) is not in the CPU backends' RSS figures.
     flop_count, flops = flops_info(bundle)
-    peak = device_peak(device, precision, info)
+    peak = device_peak(info, precision)
     for row in rows:
         row.update(achieved(flop_count, row["tiles_per_s"], peak))
     return {
@@ -279,8 +265,8 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
         "machine": machine_before,
         "load_average_after": machine_info()["load_average"],
         "model": model_info(bundle),
-        "backend": {"name": backend_name, "device": device, "precision": precision,
-                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": jsonable(info)},
+        "backend": {"name": backend_name, "device": info.device, "precision": precision,
+                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": info.to_dict()},
         "flops": flops,
         "peak": peak.to_dict(),
         "settings": {"iters": config.iters, "warmup": config.warmup, "batches": list(config.batches),
@@ -288,17 +274,6 @@ def bench_engine(bundle: Bundle, backend_name: str, config: EngineBenchConfig) -
                      "backend_per_batch": per_batch},
         "results": rows,
     }
-
-
-def jsonable(obj: Any) -> Any:
-    """Backend info made JSON-safe (unknown objects as strings)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    return str(obj)
 
 
 # ------------------------------------------------------------------------------------------- comparisons
@@ -338,13 +313,13 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
     tiles = random_tiles(batch, tile, seed)
     warm_tiles = tiles if warmup_batch in (None, batch) else random_tiles(int(warmup_batch or 1), tile, seed)
     samples: dict[str, list[float]] = {c.key: [] for c in contenders}
-    infos: dict[str, dict[str, Any]] = {}
+    infos: dict[str, BackendInfo] = {}
     loads = []
     with ExitStack() as stack:
         opened = []
         for c in contenders:
             b = stack.enter_context(open_backend(c.backend, bundle, **c.options))
-            infos[c.key] = jsonable(b.info())
+            infos[c.key] = b.info()
             time_calls(functools.partial(b.run, warm_tiles), 0, warmup)  # warm-up only
             opened.append((c, b))
         for r in range(rounds):
@@ -358,7 +333,7 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
     peaks = {}
     for k, row in results.items():
         info = infos[k]
-        peak = device_peak(backend_device(info), reported_precision(info) or "fp32", info)
+        peak = device_peak(info, info.precision or "fp32")
         row.update(achieved(flop_count, row["tiles_per_s"], peak))
         peaks[k] = peak.to_dict()
     ratios = {}
@@ -370,7 +345,8 @@ def compare_backends(bundle: Bundle, contenders: Sequence[Contender], batch: int
     return {"kind": "comparison", "model": model_info(bundle), "flops": flops, "peaks": peaks,
             "batch": batch, "rounds": rounds, "iters_per_round": iters_per_round, "warmup": warmup,
             "warmup_batch": warmup_batch or batch,
-            "order": "interleaved: each round times every backend in turn", "backends": infos,
+            "order": "interleaved: each round times every backend in turn",
+            "backends": {k: v.to_dict() for k, v in infos.items()},
             "results": results, "ratios": ratios, "load_average_per_round": loads}
 
 

@@ -34,10 +34,8 @@ import numpy as np
 
 from slidefuse.bench.engine import (
     achieved,
-    backend_device,
     device_peak,
     flops_info,
-    jsonable,
     latency_summary,
     model_info,
     open_options,
@@ -182,7 +180,7 @@ def bench_slide(slide: Path | Sequence[Path], bundle: Bundle, backend_name: str,
     with open_backend(backend_name, bundle, **config.open_options()) as backend, \
             tempfile.TemporaryDirectory(prefix="slidefuse-bench-") as tmp:
         info = backend.info()
-        precision = resolve_precision(backend_name, info, config.precision)
+        precision = resolve_precision(info, config.precision)
         for _ in range(config.warmup):
             backend.run(random_tiles(config.batch_size, tile))
         out_root = Path(config.out_dir) if config.out_dir is not None else Path(tmp)
@@ -194,9 +192,8 @@ def bench_slide(slide: Path | Sequence[Path], bundle: Bundle, backend_name: str,
                      config.repeats, runs[-1]["end_to_end_tiles_per_s"], runs[-1]["engine_tiles_per_s"],
                      runs[-1]["end_to_end_to_engine_ratio"])
         rss = peak_rss_mib()
-    device = backend_device(info)
     flop_count, flops = flops_info(bundle)
-    peak = device_peak(device, precision, info)
+    peak = device_peak(info, precision)
     summary = _summarise(runs)
     summary.update({f"engine_{k}": v for k, v in
                     achieved(flop_count, summary["engine_tiles_per_s"], peak).items()})
@@ -209,8 +206,8 @@ def bench_slide(slide: Path | Sequence[Path], bundle: Bundle, backend_name: str,
         "machine": machine_before,
         "load_average_after": machine_info()["load_average"],
         "model": model_info(bundle),
-        "backend": {"name": backend_name, "device": device, "precision": precision,
-                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": jsonable(info)},
+        "backend": {"name": backend_name, "device": info.device, "precision": precision,
+                    "options": {k: str(v) for k, v in config.open_options().items()}, "info": info.to_dict()},
         "flops": flops,
         "peak": peak.to_dict(),
         "settings": {"batch_size": config.batch_size, "workers": config.workers, "mpp": config.mpp,

@@ -326,7 +326,7 @@ def infer_slide(
             thumbnail=plan.thumb,
             tile_counts={"grid": grid.n_tiles, "tissue": plan.n_tissue, "run": len(tiles)},
             timings=timings,
-            backend=backend.info(),
+            backend=backend.info().to_dict(),
             extra={
                 "tile": grid.tile, "overlap": grid.overlap, "stride": grid.stride, "margin": grid.margin,
                 "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "batch_size": options.batch_size,

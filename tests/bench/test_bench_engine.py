@@ -20,6 +20,7 @@ from slidefuse.bench.engine import (
 )
 from slidefuse.cli import cli
 from slidefuse.errors import UsageError
+from slidefuse.runtime.backends import BackendInfo
 from slidefuse.runtime.bundle import Bundle
 
 
@@ -31,6 +32,7 @@ def test_engine_json_carries_the_named_fields(tiny_bundle: Bundle, runner: CliRu
     assert "tiles/s" in res.output and "of peak" in res.output
     doc = json.loads(out.read_text())
     assert doc["kind"] == "engine" and doc["backend"]["name"] == "ort-cpu" and doc["backend"]["precision"] == "fp32"
+    assert doc["backend"]["device"] == "cpu" and doc["backend"]["info"]["providers"] == ["CPUExecutionProvider"]
     assert {"cpu", "cores", "ram_gib", "gpu", "versions", "load_average", "date"} <= set(doc["machine"])
     assert doc["machine"]["versions"]["onnxruntime"] and doc["machine"]["versions"]["slidefuse"]
     assert doc["model"]["encoder"] == "tiny" and doc["model"]["tile_size"] == 64 and doc["model"]["num_classes"] == 3
@@ -67,13 +69,24 @@ def test_bad_batch_and_unknown_backend_fail_with_one_line(tiny_bundle: Bundle, r
         parse_batches("")
 
 
-def test_a_precision_the_backend_does_not_report_is_refused(tiny_bundle: Bundle, runner: CliRunner) -> None:
-    assert resolve_precision("ort-cpu", {"backend": "ort-cpu"}, None) == "fp32"
-    assert resolve_precision("torch", {"precision": "torch.bfloat16"}, "bf16") == "bf16"
-    with pytest.raises(UsageError, match="does not report running fp16"):
-        resolve_precision("ort-cpu", {"backend": "ort-cpu"}, "fp16")
-    with pytest.raises(UsageError, match="runs fp32"):
-        resolve_precision("torch", {"precision": "fp32"}, "bf16")
+def test_a_precision_the_backend_does_not_report_is_refused() -> None:
+    silent = BackendInfo("quiet", "cpu", None)
+    assert resolve_precision(silent, None) == "fp32"
+    assert resolve_precision(BackendInfo("torch", "cpu", "bf16"), "bf16") == "bf16"
+    with pytest.raises(UsageError, match="backend quiet does not report running fp16"):
+        resolve_precision(silent, "fp16")
+    with pytest.raises(UsageError, match="backend torch runs fp32"):
+        resolve_precision(BackendInfo("torch", "cpu", "fp32"), "bf16")
+
+
+def test_the_peak_follows_the_device_the_backend_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slidefuse.bench import engine
+
+    monkeypatch.setattr(engine, "gpu_name", lambda: "NVIDIA A100-SXM4-80GB")
+    named = engine.device_peak(BackendInfo("trt", "cuda", "fp16", device_name="NVIDIA H100 80GB HBM3"), "fp16")
+    assert named.tflops == 989.0
+    assert engine.device_peak(BackendInfo("ort-cuda", "cuda", "fp16"), "fp16").tflops == 312.0  # device 0's
+    assert engine.device_peak(BackendInfo("ort-cpu", "cpu", "fp32"), "fp32").estimate
 
 
 def test_interleaved_comparison_reports_a_ratio(tiny_bundle: Bundle) -> None:

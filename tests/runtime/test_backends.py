@@ -152,11 +152,11 @@ def test_ort_cpu_matches_torch(bundle: Bundle, tiles: np.ndarray, torch_ref: np.
 def test_ort_cpu_io_binding_and_fp16_graph(bundle: Bundle, tiles: np.ndarray, torch_ref: np.ndarray) -> None:
     with open_backend("ort-cpu", bundle, io_binding=True, threads=1, spin=False) as be:
         bound = np.concatenate([be.run(tiles[:3]), be.run(tiles[3:]), be.run(tiles[:3])])[:6]
-        assert be.info()["io_binding"] is True
+        assert be.info().settings["io_binding"] is True
     assert agreement(torch_ref, bound)[0] <= 1e-3
     with open_backend("ort-cpu", bundle, precision="fp16") as be:
         half = be.run(tiles)
-        assert be.info()["graph"] == "model.fp16.onnx"
+        assert be.info().graph == "model.fp16.onnx" and be.info().precision == "fp16"
     max_diff, agree = agreement(torch_ref, half)
     assert max_diff <= 5e-2 and agree >= 0.99, (max_diff, agree)
 
@@ -164,7 +164,8 @@ def test_ort_cpu_io_binding_and_fp16_graph(bundle: Bundle, tiles: np.ndarray, to
 def test_torch_bf16_autocast_on_cpu(bundle: Bundle, tiles: np.ndarray, torch_ref: np.ndarray) -> None:
     with open_backend("torch", bundle, device="cpu", precision="bf16") as be:
         out = be.run(tiles)
-        assert be.info()["precision"] == "bf16" and out.dtype == np.float32
+        info = be.info()
+        assert (info.precision, info.device, info.device_id) == ("bf16", "cpu", None) and out.dtype == np.float32
     max_diff, agree = agreement(torch_ref, out)
     assert 0 < max_diff <= 5e-2 and agree >= 0.99, (max_diff, agree)  # > 0: autocast really ran in bf16
 
@@ -174,7 +175,7 @@ def test_torch_compile_matches_eager(bundle: Bundle, tiles: np.ndarray, torch_re
     """torch.compile on the CPU (minutes of compilation here, hence slow): padded fixed batch, split batches."""
     with open_backend("torch-compile", bundle, device="cpu", batch=4) as be:
         out = np.concatenate([be.run(tiles[:1]), be.run(tiles[1:])])  # 1 (padded) and 5 (split 4 + 1)
-        assert be.info()["compiled_batch"] == 4
+        assert be.info().settings["compiled_batch"] == 4
     max_diff, agree = agreement(torch_ref, out)
     assert max_diff <= 1e-3 and agree >= 0.999, (max_diff, agree)
 
@@ -202,7 +203,7 @@ def test_auto_skips_backends_that_do_not_take_the_options(bundle: Bundle) -> Non
     if _gpu_here():
         pytest.skip("a GPU backend is available")
     choice = choose_backend(bundle, precision="bf16")
-    assert choice.name == "torch" and choice.backend.device == "cpu"  # type: ignore[attr-defined]
+    assert choice.name == "torch" and choice.backend.device_kind() == "cpu"
     assert "precision 'bf16' is not offered" in choice.skipped["ort-cpu"]
     assert "torch (cuda)" in choice.skipped and "not available" in choice.reason
 
@@ -412,7 +413,9 @@ def test_trt_double_buffered_pipeline(fake_trt: Callable[..., tuple[Bundle, list
         out = be.run(big)
         one = be.run(tiles[2:3])  # below the profile minimum: padded to 2
         info = be.info()
-    assert calls == [3, 3, 3, 3, 2, 2] and info["chunk"] == 3 and info["slots"] == 2
+    assert calls == [3, 3, 3, 3, 2, 2] and info.settings["chunk"] == 3 and info.settings["slots"] == 2
+    assert (info.device, info.device_name, info.precision) == ("cuda", "Fake GPU 80GB", "fp16")
+    assert info.engine == b.manifest.engines[0]["file"] and info.versions["trt_version"] == "10.0.fake"
     ref = np.concatenate([torch_ref, torch_ref[::-1], torch_ref[:1]])
     assert agreement(ref, out)[0] <= 1e-3 and agreement(torch_ref[2:3], one)[0] <= 1e-3
     assert be._slots == []  # buffers freed on exit

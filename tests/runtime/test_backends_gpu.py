@@ -63,7 +63,8 @@ def test_torch_cuda_fp32(bundle: Bundle, tiles: np.ndarray, cpu_ref: np.ndarray)
     with open_backend("torch", bundle, device="cuda") as be:
         out = np.concatenate([be.run(tiles[:3]), be.run(tiles[3:])])
         info = be.info()
-    assert info["device"] == "cuda:0" and info["gpu"] and info["channels_last"] and not info["tf32"]
+    assert info.device == "cuda" and info.device_id == 0 and info.device_name
+    assert info.settings["channels_last"] and not info.settings["tf32"]
     _check(cpu_ref, out, FP32)
 
 
@@ -71,7 +72,7 @@ def test_torch_cuda_fp32(bundle: Bundle, tiles: np.ndarray, cpu_ref: np.ndarray)
 def test_torch_cuda_autocast(bundle: Bundle, tiles: np.ndarray, cpu_ref: np.ndarray, precision: str) -> None:
     with open_backend("torch", bundle, device="cuda", precision=precision) as be:
         out = be.run(tiles)
-        assert be.info()["precision"] == precision
+        assert be.info().precision == precision
     assert out.dtype == np.float32 and agreement(cpu_ref, out)[0] > 0  # really ran in reduced precision
     _check(cpu_ref, out, REDUCED)
 
@@ -81,7 +82,7 @@ def test_torch_compile_cuda_graphs(bundle: Bundle, tiles: np.ndarray, cpu_ref: n
         out = np.concatenate([be.run(tiles[:1]), be.run(tiles[1:])])  # padded 1 -> 4; 6 = 4 + 2 (padded)
         again = be.run(tiles[:4])
         info = be.info()
-    assert info["cuda_graphs"] and info["compile_mode"] == "reduce-overhead"
+    assert info.settings["cuda_graphs"] and info.settings["compile_mode"] == "reduce-overhead"
     _check(cpu_ref, out, FP32)
     np.testing.assert_allclose(again, out[:4], atol=1e-5)  # replays do not clobber returned results
 
@@ -131,7 +132,7 @@ def test_ort_cuda(bundle: Bundle, tiles: np.ndarray, cpu_ref: np.ndarray) -> Non
     with open_backend("ort-cuda", bundle) as be:
         out = np.concatenate([be.run(tiles[:2]), be.run(tiles[2:]), be.run(tiles[:2])])[:7]
         info = be.info()
-    assert info["providers"][0] == "CUDAExecutionProvider" and info["io_binding"]
+    assert info.providers[0] == "CUDAExecutionProvider" and info.settings["io_binding"] and info.device == "cuda"
     _check(cpu_ref, out, FP32)
     with open_backend("ort-cuda", bundle, precision="fp16") as be:
         _check(cpu_ref, be.run(tiles), REDUCED)
@@ -144,7 +145,7 @@ def test_ort_trt_with_engine_cache_in_bundle(bundle: Bundle, tiles: np.ndarray, 
     for precision in ("fp32", "fp16"):
         with open_backend("ort-trt", copy, precision=precision, batch=4, max_batch=8) as be:
             out = np.concatenate([be.run(tiles[:4]), be.run(tiles[4:])])
-            assert be.info()["providers"][0] == "TensorrtExecutionProvider"
+            assert be.info().providers[0] == "TensorrtExecutionProvider"
         _check(cpu_ref, out, REDUCED)
     assert any((copy.path / "engines" / "ort-trt-cache").iterdir()), "TensorRT EP wrote no engine cache"
     with open_backend("ort-trt", copy, batch=4, max_batch=8) as be:  # starts from the cache
@@ -163,7 +164,7 @@ def test_native_trt_engine(bundle: Bundle, tiles: np.ndarray, cpu_ref: np.ndarra
         out = be.run(tiles)  # 7 tiles: chunks 2,2,2,1 over the two slots
         one = be.run(tiles[:1])
         info = be.info()
-    assert info["engine"] == entry["file"] and info["precision"] == "fp16" and info["slots"] == 2
+    assert info.engine == entry["file"] and info.precision == "fp16" and info.settings["slots"] == 2
     _check(cpu_ref, out, REDUCED)
     np.testing.assert_allclose(one, out[:1], atol=1e-3)
 

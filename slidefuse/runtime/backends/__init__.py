@@ -1,7 +1,17 @@
 """Inference backends behind one contract: uint8 tiles [B, T, T, 3] in, float32 probabilities
 [B, C, T, T] out. See `base.Backend` and `registry`."""
 
-from slidefuse.runtime.backends.base import Backend
-from slidefuse.runtime.backends.registry import available_backends, backend_names, get_backend, open_backend
+from slidefuse.runtime.backends.base import Backend, BackendInfo, Placement
+from slidefuse.runtime.backends.options import BackendOptions
+from slidefuse.runtime.backends.registry import (
+    available_backends,
+    backend_names,
+    get_backend,
+    open_backend,
+    register_backend,
+    registered_backend,
+    unregister_backend,
+)
 
-__all__ = ["Backend", "available_backends", "backend_names", "get_backend", "open_backend"]
+__all__ = ["Backend", "BackendInfo", "BackendOptions", "Placement", "available_backends", "backend_names",
+           "get_backend", "open_backend", "register_backend", "registered_backend", "unregister_backend"]

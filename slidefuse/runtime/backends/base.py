@@ -2,54 +2,112 @@
 
 `run(tiles)` takes uint8 RGB tiles `[B, T, T, 3]` (HWC, 0..255, C-contiguous) and returns float32 class
 probabilities `[B, C, T, T]` that sum to 1 over C. Input checks happen once, here.
+
+What a backend is, as data: its options (`options_type`, a frozen `BackendOptions` dataclass), where it runs
+(`device`, `device_kind()`), whether and how eagerly `auto` picks it (`placements`), whether it can run a given
+bundle here (`availability()`, `can_run(bundle, options)`), whether it is built for one batch size
+(`needs_per_batch_setup`), and, once loaded, what actually runs (`info() -> BackendInfo`). Nothing outside a
+backend's own module needs its name to know any of these.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
-from typing import Any, ClassVar
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from slidefuse.errors import UsageError
+from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
 
-PRECISIONS = ("fp32", "fp16", "bf16")  # compute precisions a backend may offer (option `precision`)
+DeviceKind = Literal["cpu", "cuda"]  # where a backend's arithmetic runs
+ComputePrecision = Literal["fp32", "fp16", "bf16"]
+COMPUTE_PRECISIONS: tuple[ComputePrecision, ...] = ("fp32", "fp16", "bf16")  # what a backend may compute in
+JsonScalar = bool | int | float | str | None
 
 
-def check_options(backend: str, options: dict[str, Any], accepted: Iterable[str]) -> None:
-    """Raise UsageError naming the first option of `options` that `backend` does not take, and the valid ones."""
-    accepted = sorted(accepted)
-    for key in options:
-        if key not in accepted:
-            raise UsageError(f"backend {backend}: unknown option '{key}'; valid options: {', '.join(accepted)}")
+@dataclass(frozen=True)
+class BackendInfo:
+    """What actually runs, as a backend reports it once loaded: for reports and benchmarks.
+
+    `to_dict()` is the JSON form (report.json's "backend", the benchmarks' "info"): the fields below, then
+    `versions` and `settings` merged in at the same level.
+    """
+
+    backend: str  # registry name, e.g. "ort-cpu"
+    device: DeviceKind  # where the arithmetic runs
+    precision: str | None  # what it computes in: fp32, fp16, bf16 (TensorRT engines also fp8, int8); None = unknown
+    device_id: int | None = None  # CUDA device index; None on the CPU
+    device_name: str | None = None  # GPU model as the runtime names it; None on the CPU or when not known
+    providers: tuple[str, ...] = ()  # onnxruntime execution providers of the session, first = preferred
+    graph: str | None = None  # ONNX file run, relative to the bundle
+    engine: str | None = None  # TensorRT engine file run, relative to the bundle
+    threads: int | None = None  # host compute threads, where the backend sets them
+    versions: Mapping[str, str | None] = field(default_factory=dict)  # runtime versions, e.g. {"onnxruntime": ...}
+    settings: Mapping[str, JsonScalar | Mapping[str, int]] = field(default_factory=dict)  # backend-specific
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        clash = (names & set(self.versions)) | (names & set(self.settings)) | (set(self.versions) & set(self.settings))
+        if clash:
+            raise ValueError(f"BackendInfo of {self.backend}: keys {sorted(clash)} would collide in to_dict()")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the typed fields, then `versions` and `settings` at the same level."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                               if f.name not in ("versions", "settings")}
+        out["providers"] = list(self.providers)
+        out.update(self.versions)
+        out.update({k: dict(v) if isinstance(v, Mapping) else v for k, v in self.settings.items()})
+        return out
 
 
-def check_precision(backend: str, precision: Any, offered: Iterable[str]) -> str:
-    """Return `precision` when `backend` offers it, else raise UsageError listing what it offers."""
-    offered = tuple(offered)
-    if precision not in offered:
-        raise UsageError(f"backend {backend}: precision '{precision}' is not offered; choose one of "
-                         f"{', '.join(offered)}")
-    return str(precision)
+@dataclass(frozen=True)
+class Placement:
+    """One way `auto` may pick a backend: where it then runs and how much it is preferred."""
+
+    device: DeviceKind  # where the backend computes when picked this way
+    priority: int  # `auto` tries higher priorities first (equal ones in registration order)
+    options: Mapping[str, str] = field(default_factory=dict)  # options set for this way unless the caller set them
 
 
 class Backend(abc.ABC):
+    """Subclasses set the class-level hooks below and implement `availability`, `_load`, `_run`, `info`."""
+
     name: ClassVar[str]  # registry name, e.g. "ort-cpu"
     description: ClassVar[str] = ""  # one line for `--help` and error messages
+    options_type: ClassVar[type[BackendOptions]] = BackendOptions  # the options it takes (none by default)
+    device: ClassVar[DeviceKind] = "cpu"  # where it computes (see `device_kind` for backends that can do both)
+    placements: ClassVar[tuple[Placement, ...]] = ()  # how `auto` may pick it; () = never
+    needs_per_batch_setup: ClassVar[bool] = False  # True: built for one batch size (benchmarks open one per size)
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
+        """Check `options` (UsageError for an unknown key or a bad value); nothing is loaded before `with`."""
         self.bundle = bundle
-        self.options = options
+        self.options = self.options_type.parse(self.name, options)
         self._loaded = False
 
-    # --- lifecycle -------------------------------------------------------------------------------
+    # --- class-level hooks -----------------------------------------------------------------------
     @classmethod
     @abc.abstractmethod
     def availability(cls) -> str | None:
         """None when this backend can run here; otherwise a one-line reason (missing extra, no GPU)."""
 
+    @classmethod
+    def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
+        """None when this backend, available here, can run `bundle` with `options` (checked options of
+        `options_type`); otherwise a one-line reason (no engine for this GPU, no fp16 graph, ...)."""
+        return None
+
+    def device_kind(self) -> DeviceKind:
+        """Where this instance computes: `device`, unless the backend can run on either (torch)."""
+        return self.device
+
+    # --- lifecycle -------------------------------------------------------------------------------
     @abc.abstractmethod
     def _load(self) -> None:
         """Create sessions / engines / buffers. Called once by __enter__."""
@@ -61,9 +119,9 @@ class Backend(abc.ABC):
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         """tiles: uint8 [B, T, T, 3], already checked. Returns float32 [B, C, T, T]."""
 
-    def info(self) -> dict[str, Any]:
-        """What actually runs: provider list, device name, precision... for reports."""
-        return {"backend": self.name}
+    @abc.abstractmethod
+    def info(self) -> BackendInfo:
+        """What actually runs (device, precision, providers, engine...), for reports; complete once loaded."""
 
     def __enter__(self) -> Backend:
         if not self._loaded:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from slidefuse.errors import BackendUnavailable, BundleError, UsageError
-from slidefuse.runtime.backends.base import Backend, check_options, check_precision
+from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
+from slidefuse.runtime.backends.options import BackendOptions
+from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -51,54 +54,111 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _available_line() -> str:
-    from slidefuse.runtime.backends.registry import available_backends
+def _unavailable(name: str, reason: str) -> BackendUnavailable:
+    from slidefuse.runtime.backends.registry import unavailable
 
-    return ", ".join(n for n, r in available_backends().items() if r is None) or "none"
+    return unavailable(name, reason)
+
+
+@dataclass(frozen=True)
+class OrtOptions(BackendOptions):
+    """Options of ort-cpu (and, with the fields of the subclasses below, of ort-cuda and ort-trt)."""
+
+    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: the bundle's model.fp16.onnx (ort-trt: TensorRT fp16)
+    threads: int | None = None  # intra-op threads; None or 0 = every CPU this process may use
+    spin: bool = True  # False stops idle intra-op threads from spinning (leaves the CPU to reader threads)
+    io_binding: bool | None = None  # output bound to a reused buffer; None = the backend's default (GPU: on)
+    device_id: int = 0  # CUDA device index (ignored on the CPU)
+    batch: int | None = None  # ort-trt: the batch its TensorRT profile is tuned for; taken and ignored elsewhere
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.at_least("threads", 0)
+        self.at_least("device_id", 0)
+        self.at_least("batch", 1)
+
+
+@dataclass(frozen=True)
+class OrtCudaOptions(OrtOptions):
+    tf32: bool = False  # allow TF32 on the CUDA EP (off, so that fp32 stays fp32)
+
+
+@dataclass(frozen=True)
+class OrtTrtOptions(OrtCudaOptions):
+    max_batch: int | None = None  # largest batch of the TensorRT profile (default max(32, batch)); more: chunks
+    workspace_gb: float = 8.0  # TensorRT workspace in GiB
+    cache_dir: str | None = None  # engine + timing cache folder (default: <bundle>/engines/ort-trt-cache)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workspace_gb <= 0:
+            raise UsageError(f"option workspace_gb={self.workspace_gb!r}: expected a positive number of GiB")
+        if not 1 <= self.opt_batch <= self.profile_max:
+            raise UsageError(f"batch {self.opt_batch} / max_batch {self.profile_max}: expected 1 <= batch <= "
+                             "max_batch")
+
+    @property
+    def opt_batch(self) -> int:
+        """The batch the TensorRT profile is tuned for (default 8)."""
+        return self.batch or 8
+
+    @property
+    def profile_max(self) -> int:
+        """The largest batch of the TensorRT profile (default max(32, opt_batch))."""
+        return self.max_batch or max(32, self.opt_batch)
+
+
+def _ort_options(options: BackendOptions) -> OrtOptions:
+    if not isinstance(options, OrtOptions):
+        raise TypeError(f"expected OrtOptions, got {type(options).__name__}")
+    return options
 
 
 class _OrtBackend(Backend):
-    """Shared session handling. Subclasses set the providers they need and their provider options.
+    """Shared session handling. Subclasses set the providers they need and their provider options; their
+    options are `OrtOptions` and its subclasses."""
 
-    Options (all optional): `precision` ("fp32" | "fp16"), `threads` (intra-op threads), `spin` (bool),
-    `io_binding` (bool), `device_id` (GPU index; ignored on the CPU), `batch` / `max_batch` (TensorRT EP
-    profile; batches above `max_batch` are run in chunks), `tf32` (allow TF32 on the CUDA EP, default False so
-    fp32 stays fp32), `workspace_gb` (TensorRT EP workspace), `cache_dir` (TensorRT EP cache folder).
-    """
-
+    options: OrtOptions
+    options_type = OrtOptions
     required_provider: ClassVar[str] = CPU_EP
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
-    accepted: ClassVar[frozenset[str]] = frozenset({"precision", "threads", "spin", "io_binding", "device_id",
-                                                    "batch"})
-    device_type: ClassVar[str] = "cpu"  # where IO binding puts the output ("cpu" or "cuda")
+    provider_chain: ClassVar[tuple[str, ...]] = (CPU_EP,)  # the providers asked for, first = preferred
     default_io_binding: ClassVar[bool] = False
 
-    def __init__(self, bundle: Any, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
-        check_options(self.name, options, self.accepted)
-        self.precision = check_precision(self.name, options.get("precision") or "fp32", self.precisions)
-        threads = options.get("threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 0):
-            raise UsageError(f"backend {self.name}: threads {threads!r}: expected a non-negative integer "
-                             "(0 = all CPUs)")
-        self.threads = int(threads or 0) or cpu_threads()
-        self.device_id = int(options.get("device_id") or 0)
-        self.io_binding = bool(options.get("io_binding", self.default_io_binding))
+        self.precision = self.options.precision
+        self.threads = self.options.threads or cpu_threads()
+        self.device_id = self.options.device_id
+        self.io_binding = self.default_io_binding if self.options.io_binding is None else self.options.io_binding
         self.max_batch: int | None = None
         self._session: Any = None
         self._outputs: dict[int, Any] = {}
 
+    @classmethod
+    def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
+        try:
+            cls.graph_file(bundle, _ort_options(options).precision)
+        except UsageError as exc:
+            return str(exc)
+        return None
+
     # --- what to run ----------------------------------------------------------------------------------
-    def graph_path(self) -> Path:
-        """The ONNX file this backend runs: model.onnx, or model.fp16.onnx for precision fp16 (ort-cpu/cuda)."""
-        m = self.bundle.manifest
-        if self.precision == "fp16" and self.required_provider != TRT_EP:
+    @classmethod
+    def graph_file(cls, bundle: Bundle, precision: str) -> Path:
+        """The ONNX file this backend runs: model.onnx, or model.fp16.onnx for precision fp16; UsageError when
+        the bundle has no fp16 graph."""
+        m = bundle.manifest
+        if precision == "fp16":
             if not m.fp16_model_file:
-                raise UsageError(f"backend {self.name}: precision fp16 needs model.fp16.onnx, which bundle "
-                                 f"{self.bundle.path} lacks; re-export it with 'slidefuse export ... --fp16' "
+                raise UsageError(f"backend {cls.name}: precision fp16 needs model.fp16.onnx, which bundle "
+                                 f"{bundle.path} lacks; re-export it with 'slidefuse export ... --fp16' "
                                  "or use precision fp32")
-            return Path(self.bundle.path) / m.fp16_model_file
-        return Path(self.bundle.model_path)
+            return Path(bundle.path) / m.fp16_model_file
+        return Path(bundle.model_path)
+
+    def graph_path(self) -> Path:
+        """The ONNX file this instance runs (see `graph_file`)."""
+        return self.graph_file(self.bundle, self.precision)
 
     def providers(self) -> list[Any]:
         """The provider list passed to onnxruntime (names or (name, options) pairs), highest priority first."""
@@ -115,7 +175,7 @@ class _OrtBackend(Backend):
         so.enable_cpu_mem_arena = True
         so.enable_mem_pattern = True
         so.log_severity_level = 3  # errors only; provider placement is checked explicitly below
-        if not self.options.get("spin", True):
+        if not self.options.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
@@ -140,18 +200,14 @@ class _OrtBackend(Backend):
             if self.required_provider == CPU_EP:
                 raise BundleError(f"{path}: onnxruntime cannot load the graph ({_first_line(exc)}); "
                                   "re-export the bundle") from exc
-            raise BackendUnavailable(
-                f"backend {self.name}: onnxruntime could not start {self.required_provider} "
-                f"({_first_line(exc)}); not falling back to the CPU; available backends: {_available_line()}"
-            ) from exc
+            raise _unavailable(self.name, f"onnxruntime could not start {self.required_provider} "
+                               f"({_first_line(exc)}); not falling back to the CPU") from exc
         got = list(self._session.get_providers())
         if self.required_provider not in got:
             self._session = None
-            raise BackendUnavailable(
-                f"backend {self.name}: onnxruntime did not load {self.required_provider} (session providers: "
-                f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); not falling "
-                f"back to the CPU; available backends: {_available_line()}"
-            )
+            raise _unavailable(self.name, f"onnxruntime did not load {self.required_provider} (session providers: "
+                               f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); "
+                               "not falling back to the CPU")
         self._check_io()
         log.info("%s: %s on %s (precision %s, %d intra-op threads%s)", self.name, path.name,
                  ", ".join(got), self.precision, self.threads, ", IO binding" if self.io_binding else "")
@@ -190,7 +246,7 @@ class _OrtBackend(Backend):
         return self._run_bound(tiles)
 
     def _run_bound(self, tiles: np.ndarray) -> np.ndarray:
-        """IO binding: input bound from host memory, output into a reused buffer on `device_type`."""
+        """IO binding: input bound from host memory, output into a reused buffer on `device`."""
         import onnxruntime as ort
 
         m = self.bundle.manifest
@@ -200,7 +256,7 @@ class _OrtBackend(Backend):
             if len(self._outputs) >= _MAX_CACHED_OUTPUTS:
                 self._outputs.pop(next(iter(self._outputs)))
             shape = [b, m.num_classes, m.tile_size, m.tile_size]
-            out = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._out_dtype, self.device_type,
+            out = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._out_dtype, self.device,
                                                             self.device_id)
             self._outputs[b] = out
         io = self._session.io_binding()
@@ -210,13 +266,18 @@ class _OrtBackend(Backend):
         # a copy: on the CPU numpy() is a view of the reused output buffer, which the next run overwrites
         return np.array(out.numpy(), dtype=np.float32, copy=True)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> BackendInfo:
         import onnxruntime as ort
 
-        providers = list(self._session.get_providers()) if self._session is not None else self.providers()
-        return {"backend": self.name, "providers": [p if isinstance(p, str) else p[0] for p in providers],
-                "graph": self.graph_path().name, "precision": self.precision, "threads": self.threads,
-                "io_binding": self.io_binding, "onnxruntime": ort.__version__}
+        providers = self._session.get_providers() if self._session is not None else self.provider_chain
+        return BackendInfo(self.name, self.device, self.precision,
+                           device_id=self.device_id if self.device == "cuda" else None,
+                           providers=tuple(providers), graph=self.graph_path().name, threads=self.threads,
+                           versions={"onnxruntime": ort.__version__}, settings=self.settings())
+
+    def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
+        """The backend-specific part of `info()`."""
+        return {"io_binding": self.io_binding}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -238,6 +299,8 @@ def _provider_reason(provider: str, extra_hint: str) -> str | None:
 class OrtCpuBackend(_OrtBackend):
     name = "ort-cpu"
     description = "onnxruntime on the CPU"
+    # onnxruntime runs these graphs faster than eager PyTorch on the CPU and needs no torch
+    placements = (Placement("cpu", 20),)
 
     @classmethod
     def availability(cls) -> str | None:
@@ -247,10 +310,13 @@ class OrtCpuBackend(_OrtBackend):
 class OrtCudaBackend(_OrtBackend):
     name = "ort-cuda"
     description = "onnxruntime, CUDA execution provider (IO binding)"
+    options: OrtCudaOptions
+    options_type = OrtCudaOptions
     required_provider = CUDA_EP
-    device_type = "cuda"
+    provider_chain: ClassVar[tuple[str, ...]] = (CUDA_EP, CPU_EP)
+    device = "cuda"
+    placements = (Placement("cuda", 70),)
     default_io_binding = True
-    accepted = _OrtBackend.accepted | {"tf32"}
 
     @classmethod
     def availability(cls) -> str | None:
@@ -266,7 +332,7 @@ class OrtCudaBackend(_OrtBackend):
             "cudnn_conv_use_max_workspace": "1",
             "do_copy_in_default_stream": "1",
             "arena_extend_strategy": "kSameAsRequested",
-            "use_tf32": "1" if self.options.get("tf32") else "0",
+            "use_tf32": "1" if self.options.tf32 else "0",
         }
 
     def providers(self) -> list[Any]:
@@ -276,17 +342,18 @@ class OrtCudaBackend(_OrtBackend):
 class OrtTrtBackend(OrtCudaBackend):
     name = "ort-trt"
     description = "onnxruntime, TensorRT execution provider (engine cache in the bundle)"
+    options: OrtTrtOptions
+    options_type = OrtTrtOptions
     required_provider = TRT_EP
-    accepted = OrtCudaBackend.accepted | {"max_batch", "workspace_gb", "cache_dir"}
+    provider_chain = (TRT_EP, CUDA_EP, CPU_EP)
+    # builds its engine once (then cached in the bundle); TensorRT's kernels beat the CUDA EP's and torch's
+    placements = (Placement("cuda", 90),)
 
-    def __init__(self, bundle: Any, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
-        self.opt_batch = int(options.get("batch") or 8)
-        self.profile_max = int(options.get("max_batch") or max(32, self.opt_batch))
+        self.opt_batch = self.options.opt_batch
+        self.profile_max = self.options.profile_max
         self.max_batch = self.profile_max  # larger batches run in chunks
-        if not 1 <= self.opt_batch <= self.profile_max:
-            raise UsageError(f"backend {self.name}: batch {self.opt_batch} / max_batch {self.profile_max}: "
-                             "expected 1 <= batch <= max_batch")
 
     @classmethod
     def availability(cls) -> str | None:
@@ -296,8 +363,8 @@ class OrtTrtBackend(OrtCudaBackend):
     def cache_dir(self) -> Path:
         """Where the TensorRT EP keeps its engines and timing cache: `<bundle>/engines/ort-trt-cache`, or
         `cache_dir`; when the bundle is read-only, a per-bundle folder under the user's cache (logged)."""
-        if self.options.get("cache_dir"):
-            folder = Path(self.options["cache_dir"])
+        if self.options.cache_dir:
+            folder = Path(self.options.cache_dir)
         else:
             folder = Path(self.bundle.path) / ORT_TRT_CACHE
             try:
@@ -331,7 +398,7 @@ class OrtTrtBackend(OrtCudaBackend):
             "trt_timing_cache_enable": "True",
             "trt_timing_cache_path": cache,
             "trt_fp16_enable": "True" if self.precision == "fp16" else "False",
-            "trt_max_workspace_size": str(int(float(self.options.get("workspace_gb") or 8) * (1 << 30))),
+            "trt_max_workspace_size": str(int(self.options.workspace_gb * (1 << 30))),
             "trt_profile_min_shapes": shape(1),
             "trt_profile_opt_shapes": shape(self.opt_batch),
             "trt_profile_max_shapes": shape(self.profile_max),
@@ -341,12 +408,11 @@ class OrtTrtBackend(OrtCudaBackend):
         # CUDA EP after TensorRT: nodes TensorRT cannot take run on the GPU, not on the CPU.
         return [(TRT_EP, self.trt_options()), (CUDA_EP, self.cuda_options()), CPU_EP]
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d["graph"] = Path(self.bundle.model_path).name  # TensorRT EP runs the fp32 graph; fp16 via trt_fp16
-        d["trt_cache"] = getattr(self, "_cache", None)
-        d["batch"] = {"opt": self.opt_batch, "max": self.profile_max}
-        return d
+    def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
+        return {**super().settings(), "trt_cache": getattr(self, "_cache", None),
+                "batch": {"opt": self.opt_batch, "max": self.profile_max}}
 
-    def graph_path(self) -> Path:
-        return Path(self.bundle.model_path)
+    @classmethod
+    def graph_file(cls, bundle: Bundle, precision: str) -> Path:
+        """model.onnx in any precision: the TensorRT EP makes fp16 kernels from the fp32 graph (trt_fp16)."""
+        return Path(bundle.model_path)

@@ -1,5 +1,5 @@
 """Backends by name. An unknown or unavailable name is an error that lists what is available here; `auto` picks
-the fastest available one (see `auto.py`) and logs which.
+the best available one for the bundle (see `auto.py`) and logs which.
 
 | name          | runtime                                   | extra            |
 |---------------|-------------------------------------------|------------------|
@@ -9,37 +9,63 @@ the fastest available one (see `auto.py`) and logs which.
 | trt           | TensorRT engine from the bundle           | trt              |
 | torch         | PyTorch eager (the parity reference)      | export           |
 | torch-compile | PyTorch torch.compile                     | export           |
+
+Adding a backend is one module with a `Backend` subclass and one `register_backend` line at the end of this
+file. The backend modules import their runtimes (onnxruntime, TensorRT, torch) only inside their functions, so
+importing them here is cheap. Tests add their own backends with `registered_backend(cls)`. This module is also
+the one place that words the "available backends" part of errors (`unavailable`).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from slidefuse.errors import BackendUnavailable, UnknownName
+from slidefuse.errors import BackendUnavailable, UnknownName, UsageError
+from slidefuse.runtime.backends import ort, torch_backend, trt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 
 AUTO = "auto"
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
-# name -> "module:Class"; modules are imported only when the backend is asked for.
-_BACKENDS: dict[str, str] = {
-    "ort-cpu": "slidefuse.runtime.backends.ort:OrtCpuBackend",
-    "ort-cuda": "slidefuse.runtime.backends.ort:OrtCudaBackend",
-    "ort-trt": "slidefuse.runtime.backends.ort:OrtTrtBackend",
-    "trt": "slidefuse.runtime.backends.trt:TrtBackend",
-    "torch": "slidefuse.runtime.backends.torch_backend:TorchBackend",
-    "torch-compile": "slidefuse.runtime.backends.torch_backend:TorchCompileBackend",
-}
+# name -> Backend subclass, or "module:Class" imported on first use; in registration order
+_BACKENDS: dict[str, type[Backend] | str] = {}
 
 
-def register(name: str, target: str) -> None:
-    """Add a backend: `target` is "module:Class" of a `Backend` subclass (imported on first use)."""
-    _BACKENDS[name] = target
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Add backend class `cls` under `cls.name`; returns `cls`. The name must be new, lower case, not "auto"."""
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == AUTO:
+        raise UsageError(f"backend name {name!r} of {cls.__name__} is not allowed: use lower-case letters, digits, "
+                         f"'-' or '_', and not '{AUTO}'")
+    if name in _BACKENDS:
+        raise UsageError(f"backend {name!r} is already registered; unregister_backend({name!r}) first")
+    _BACKENDS[name] = cls
+    return cls
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (e.g. a test's own); UnknownName for a name not registered."""
+    get_backend(name)
+    del _BACKENDS[name]
+
+
+@contextmanager
+def registered_backend(cls: type[Backend]) -> Iterator[type[Backend]]:
+    """`with registered_backend(MyBackend):` registers it for the block and removes it afterwards."""
+    register_backend(cls)
+    try:
+        yield cls
+    finally:
+        _BACKENDS.pop(cls.name, None)
 
 
 def backend_names() -> list[str]:
-    """Registered backend names (without the `auto` pseudo-name)."""
+    """Registered backend names (without the `auto` pseudo-name), in registration order."""
     return list(_BACKENDS)
 
 
@@ -47,8 +73,11 @@ def get_backend(name: str) -> type[Backend]:
     """The Backend class registered as `name`; UnknownName listing the valid names otherwise."""
     if name not in _BACKENDS:
         raise UnknownName(f"unknown backend '{name}'; valid backends: {', '.join([*_BACKENDS, AUTO])}")
-    mod, cls = _BACKENDS[name].split(":")
-    return getattr(importlib.import_module(mod), cls)  # type: ignore[no-any-return]
+    target = _BACKENDS[name]
+    if isinstance(target, str):
+        mod, cls = target.split(":")
+        return getattr(importlib.import_module(mod), cls)  # type: ignore[no-any-return]
+    return target
 
 
 def availability(name: str) -> str | None:
@@ -64,10 +93,26 @@ def available_backends() -> dict[str, str | None]:
     return {name: availability(name) for name in _BACKENDS}
 
 
+def unavailable(name: str, reason: str) -> BackendUnavailable:
+    """The error for backend `name` that cannot run here: the reason, then the backends that can."""
+    avail = [n for n, r in available_backends().items() if r is None]
+    return BackendUnavailable(f"backend '{name}' is not available here: {reason}; available backends: "
+                              f"{', '.join(avail) or 'none'}")
+
+
+def require_available(name: str) -> type[Backend]:
+    """The class of backend `name` when it can run here; UnknownName or BackendUnavailable (see `unavailable`)."""
+    cls = get_backend(name)
+    reason = availability(name)
+    if reason is not None:
+        raise unavailable(name, reason)
+    return cls
+
+
 def open_backend(name: str, bundle: Bundle, **options: Any) -> Backend:
     """Instantiate a backend (use it as a context manager). Refuses, never falls back, when unavailable.
 
-    `name` "auto" picks the fastest backend that can run `bundle` here (logged; see `auto.choose_backend`).
+    `name` "auto" picks the best backend that can run `bundle` here (logged; see `auto.choose_backend`).
     Raises UnknownName for a name not registered, BackendUnavailable (listing the available backends) for a
     backend that cannot run here, UsageError for options the backend does not take.
     """
@@ -75,11 +120,13 @@ def open_backend(name: str, bundle: Bundle, **options: Any) -> Backend:
         from slidefuse.runtime.backends.auto import choose_backend
 
         return choose_backend(bundle, **options).backend
-    cls = get_backend(name)
-    reason = availability(name)
-    if reason is not None:
-        avail = [n for n, r in available_backends().items() if r is None]
-        raise BackendUnavailable(
-            f"backend '{name}' is not available here: {reason}; available backends: {', '.join(avail) or 'none'}"
-        )
-    return cls(bundle, **options)
+    return require_available(name)(bundle, **options)
+
+
+# --- the backends, in the order `--help`, errors and `bench parity` list them ---------------------------------
+register_backend(ort.OrtCpuBackend)
+register_backend(ort.OrtCudaBackend)
+register_backend(ort.OrtTrtBackend)
+register_backend(trt.TrtBackend)
+register_backend(torch_backend.TorchBackend)
+register_backend(torch_backend.TorchCompileBackend)

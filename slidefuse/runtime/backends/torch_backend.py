@@ -29,24 +29,68 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from slidefuse.errors import BackendUnavailable, BundleError, UsageError
-from slidefuse.runtime.backends.base import PRECISIONS, Backend, check_options, check_precision
+from slidefuse.errors import BundleError, UsageError
+from slidefuse.runtime.backends.base import (
+    Backend,
+    BackendInfo,
+    ComputePrecision,
+    DeviceKind,
+    JsonScalar,
+    Placement,
+)
+from slidefuse.runtime.backends.options import BackendOptions
+from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
 _AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
-def _available_line() -> str:
-    from slidefuse.runtime.backends.registry import available_backends
+@dataclass(frozen=True)
+class TorchOptions(BackendOptions):
+    """Options of the eager torch backend (see the module docstring)."""
 
-    return ", ".join(n for n, r in available_backends().items() if r is None) or "none"
+    precision: ComputePrecision = "fp32"  # fp16 / bf16: torch.autocast (weights and output stay fp32)
+    device: str = "auto"  # "cpu", "cuda", "cuda:N" or "auto" (CUDA when torch sees a GPU)
+    device_id: int = 0  # CUDA index for device "cuda"
+    threads: int | None = None  # torch intra-op threads on the CPU (process-wide)
+    batch: int | None = None  # taken (so that options meant for `auto` pass) and ignored by the eager backend
+    channels_last: bool | None = None  # NHWC decoder convolutions; None = on for CUDA
+    tf32: bool = False  # allow TF32 matmuls / convolutions on CUDA
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not _DEVICE.fullmatch(self.device.lower()):
+            raise UsageError(f"device '{self.device}': expected cpu, cuda, cuda:N or auto")
+        self.at_least("device_id", 0)
+        self.at_least("threads", 0)
+        self.at_least("batch", 1)
+
+
+@dataclass(frozen=True)
+class TorchCompileOptions(TorchOptions):
+    compile_mode: CompileMode | None = None  # None: "reduce-overhead" (CUDA graphs) on CUDA, "default" on the CPU
+    warmup: int | None = None  # compiled runs at load time; None: 3 on CUDA, 1 on the CPU
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.at_least("warmup", 0)
+
+
+def _unavailable(name: str, reason: str) -> Exception:
+    from slidefuse.runtime.backends.registry import unavailable
+
+    return unavailable(name, reason)
 
 
 def torch_reason() -> str | None:
@@ -60,19 +104,22 @@ def torch_reason() -> str | None:
 class TorchBackend(Backend):
     name = "torch"
     description = "PyTorch eager (the parity reference); fp16/bf16 autocast on CUDA"
-    accepted: ClassVar[frozenset[str]] = frozenset({"precision", "device", "device_id", "threads", "batch",
-                                                    "channels_last", "tf32"})
+    options: TorchOptions
+    options_type = TorchOptions
+    # CUDA: cuDNN / cuBLAS kernels and fused attention, ahead of onnxruntime's CUDA EP. CPU: only when
+    # onnxruntime is missing (it runs these graphs faster than eager PyTorch there).
+    placements: ClassVar[tuple[Placement, ...]] = (Placement("cuda", 80, {"device": "cuda"}),
+                                                   Placement("cpu", 10, {"device": "cpu"}))
 
-    def __init__(self, bundle: Any, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
-        check_options(self.name, options, self.accepted)
-        self.precision = check_precision(self.name, options.get("precision") or "fp32", PRECISIONS)
-        self.device = self._resolve_device(options.get("device"), options.get("device_id"))
-        if self.precision == "fp16" and self.device == "cpu":
+        self.precision = self.options.precision
+        self.torch_device = self._resolve_device(self.options.device, self.options.device_id)
+        if self.precision == "fp16" and self.torch_device == "cpu":
             raise UsageError(f"backend {self.name}: precision fp16 on the CPU is not supported; use "
                              "precision bf16 or fp32 on the CPU, or device cuda")
-        cl = options.get("channels_last")
-        self.channels_last = bool(self.device.startswith("cuda") if cl is None else cl)
+        cl = self.options.channels_last
+        self.channels_last = self.torch_device.startswith("cuda") if cl is None else cl
         self._model: Any = None
         self._pinned: dict[int, Any] = {}
 
@@ -80,39 +127,53 @@ class TorchBackend(Backend):
     def availability(cls) -> str | None:
         return torch_reason()
 
-    def _resolve_device(self, requested: Any, device_id: Any) -> str:
+    @classmethod
+    def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
+        """None when the bundle holds the torch weights (model.safetensors) the model is rebuilt from."""
+        try:
+            cls.weights_file(bundle)
+        except BundleError as exc:
+            return str(exc)
+        return None
+
+    def device_kind(self) -> DeviceKind:
+        return "cuda" if self.torch_device.startswith("cuda") else "cpu"
+
+    def _resolve_device(self, requested: str, device_id: int) -> str:
+        """"cpu" or "cuda:N" for `requested` ("auto", "cpu", "cuda", "cuda:N")."""
         import torch
 
-        req = str(requested or "auto").lower()
+        req = requested.lower()
         has_cuda = torch.cuda.is_available()
         if req == "auto":
             req = "cuda" if has_cuda else "cpu"
         if req == "cpu":
             return "cpu"
-        if req == "cuda" or req.startswith("cuda:"):
-            if not has_cuda:
-                raise BackendUnavailable(
-                    f"backend {self.name}: device '{requested}' requested but torch {torch.__version__} sees no "
-                    f"CUDA device (built for CUDA {torch.version.cuda}); not falling back to the CPU: pass "
-                    f"device cpu or run on a GPU machine; available backends: {_available_line()}"
-                )
-            index = int(req.split(":", 1)[1]) if ":" in req else int(device_id or 0)
-            if not 0 <= index < torch.cuda.device_count():
-                raise UsageError(f"backend {self.name}: CUDA device {index} does not exist; this machine has "
-                                 f"{torch.cuda.device_count()} (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-            return f"cuda:{index}"
-        raise UsageError(f"backend {self.name}: device '{requested}': expected cpu, cuda, cuda:N or auto")
+        if not has_cuda:
+            raise _unavailable(self.name, f"device '{requested}' requested but torch {torch.__version__} sees no "
+                               f"CUDA device (built for CUDA {torch.version.cuda}); not falling back to the CPU: "
+                               "pass device cpu or run on a GPU machine")
+        index = int(req.split(":", 1)[1]) if ":" in req else device_id
+        if not 0 <= index < torch.cuda.device_count():
+            raise UsageError(f"backend {self.name}: CUDA device {index} does not exist; this machine has "
+                             f"{torch.cuda.device_count()} (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        return f"cuda:{index}"
 
     # --- lifecycle -----------------------------------------------------------------------------------------
-    def weights_path(self) -> Path:
-        m = self.bundle.manifest
+    @staticmethod
+    def weights_file(bundle: Bundle) -> Path:
+        """The bundle's model.safetensors; BundleError when the manifest names none or it is missing."""
+        m = bundle.manifest
         if not m.torch_weights:
-            raise BundleError(f"{self.bundle.path}: the manifest names no torch weights (torch_weights), which "
+            raise BundleError(f"{bundle.path}: the manifest names no torch weights (torch_weights), which "
                               "the torch backends need; re-export the bundle with 'slidefuse export'")
-        path = Path(self.bundle.path) / m.torch_weights
+        path = Path(bundle.path) / m.torch_weights
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle; re-export it with 'slidefuse export'")
         return path
+
+    def weights_path(self) -> Path:
+        return self.weights_file(self.bundle)
 
     def _load(self) -> None:
         import torch
@@ -121,28 +182,27 @@ class TorchBackend(Backend):
 
         m = self.bundle.manifest
         t0 = time.perf_counter()
-        if self.device.startswith("cuda"):
+        if self.torch_device.startswith("cuda"):
             torch.backends.cudnn.benchmark = True
-            tf32 = bool(self.options.get("tf32", False))
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-        elif self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+            torch.backends.cuda.matmul.allow_tf32 = self.options.tf32
+            torch.backends.cudnn.allow_tf32 = self.options.tf32
+        elif self.options.threads:
+            torch.set_num_threads(self.options.threads)
         model = build_model_from_state(m.encoder, m.num_classes, m.tile_size, m.decoder_width,
                                        self.weights_path())
-        model = model.eval().to(self.device)
+        model = model.eval().to(self.torch_device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
         self._model = model
-        log.info("%s: %s model rebuilt on %s in %.1f s (precision %s%s)", self.name, m.encoder, self.device,
+        log.info("%s: %s model rebuilt on %s in %.1f s (precision %s%s)", self.name, m.encoder, self.torch_device,
                  time.perf_counter() - t0, self.precision, ", channels-last" if self.channels_last else "")
 
     def _close(self) -> None:
         self._model = None
         self._pinned.clear()
-        if self.device.startswith("cuda"):
+        if self.torch_device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
@@ -153,7 +213,7 @@ class TorchBackend(Backend):
         import torch
 
         x = torch.from_numpy(tiles)
-        if self.device == "cpu":
+        if self.torch_device == "cpu":
             return x
         pinned = self._pinned.get(len(tiles))
         if pinned is None:
@@ -162,7 +222,7 @@ class TorchBackend(Backend):
             pinned = torch.empty(tiles.shape, dtype=torch.uint8, pin_memory=True)
             self._pinned[len(tiles)] = pinned
         pinned.copy_(x)
-        return pinned.to(self.device, non_blocking=True)
+        return pinned.to(self.torch_device, non_blocking=True)
 
     def _forward(self, x: Any) -> Any:
         """uint8 [B, T, T, 3] on the device -> float32 [B, C, T, T] on the device."""
@@ -172,50 +232,53 @@ class TorchBackend(Backend):
         import torch
 
         x = self._to_device(tiles)
-        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        dev_type = self.device_kind()
         dtype = getattr(torch, _AUTOCAST[self.precision]) if self.precision in _AUTOCAST else None
         with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
             out = self._forward(x)
         return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> BackendInfo:
         import torch
 
-        d: dict[str, Any] = {"backend": self.name, "device": self.device, "precision": self.precision,
-                             "channels_last": self.channels_last, "torch": torch.__version__}
-        if self.device.startswith("cuda"):
-            d["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
-            d["cuda"] = torch.version.cuda
-            d["tf32"] = bool(self.options.get("tf32", False))
-        else:
-            d["threads"] = torch.get_num_threads()
+        settings: dict[str, JsonScalar | dict[str, int]] = {"channels_last": self.channels_last}
+        versions: dict[str, str | None] = {"torch": torch.__version__}
         try:
             from timm.layers import use_fused_attn
 
-            d["sdpa"] = bool(use_fused_attn())
+            settings["sdpa"] = bool(use_fused_attn())
         except ImportError:
             pass
-        return d
+        settings.update(self.settings())
+        if self.device_kind() == "cpu":
+            return BackendInfo(self.name, "cpu", self.precision, threads=torch.get_num_threads(),
+                               versions=versions, settings=settings)
+        dev = torch.device(self.torch_device)
+        versions["cuda"] = torch.version.cuda
+        settings["tf32"] = self.options.tf32
+        return BackendInfo(self.name, "cuda", self.precision, device_id=dev.index,
+                           device_name=torch.cuda.get_device_name(dev), versions=versions, settings=settings)
+
+    def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
+        """Settings of subclasses for `info()` (none for eager torch)."""
+        return {}
 
 
 class TorchCompileBackend(TorchBackend):
     name = "torch-compile"
     description = "PyTorch torch.compile (CUDA graphs on CUDA), fixed compiled batch"
-    accepted = TorchBackend.accepted | {"compile_mode", "warmup"}
+    options: TorchCompileOptions
+    options_type = TorchCompileOptions
+    placements = ()  # minutes of compilation at start-up: only when asked for by name
+    needs_per_batch_setup = True  # compiled for one batch size
 
-    def __init__(self, bundle: Any, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
-        self.batch = int(options.get("batch") or 8)
-        if self.batch < 1:
-            raise UsageError(f"backend {self.name}: batch {self.batch}: expected a positive compiled batch size")
-        on_cuda = self.device.startswith("cuda")
-        self.compile_mode = str(options.get("compile_mode") or ("reduce-overhead" if on_cuda else "default"))
-        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-        if self.compile_mode not in modes:
-            raise UsageError(f"backend {self.name}: compile_mode '{self.compile_mode}': expected one of "
-                             f"{', '.join(modes)}")
-        warmup = options.get("warmup")
-        self.warmup = int(warmup) if warmup is not None else (3 if on_cuda else 1)
+        self.batch = self.options.batch or 8
+        on_cuda = self.device_kind() == "cuda"
+        self.compile_mode = self.options.compile_mode or ("reduce-overhead" if on_cuda else "default")
+        warmup = self.options.warmup
+        self.warmup = warmup if warmup is not None else (3 if on_cuda else 1)
         self._cudagraphs = on_cuda and self.compile_mode in ("reduce-overhead", "max-autotune")
         self._compiled: Any = None
 
@@ -255,7 +318,5 @@ class TorchCompileBackend(TorchBackend):
             outs.append(self._compiled(chunk)[:k].clone())
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(compile_mode=self.compile_mode, compiled_batch=self.batch, cuda_graphs=self._cudagraphs)
-        return d
+    def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
+        return {"compile_mode": self.compile_mode, "compiled_batch": self.batch, "cuda_graphs": self._cudagraphs}

@@ -26,12 +26,15 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from slidefuse.errors import BundleError, EngineMismatch, UsageError
-from slidefuse.runtime.backends.base import Backend, check_options
+from slidefuse.errors import BackendUnavailable, BundleError, EngineMismatch, MissingExtra, UsageError
+from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
+from slidefuse.runtime.backends.options import BackendOptions
+from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.engines import PRECISIONS as ENGINE_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +83,59 @@ class _Slot:
     pending: tuple[int, int] | None = None  # (start, count) of the chunk queued on this slot
 
 
+@dataclass(frozen=True)
+class TrtOptions(BackendOptions):
+    precision: str | None = None  # engine precision to pick (fp16, bf16, fp8, int8); None or "auto" = any
+    device_id: int = 0  # CUDA device index
+    batch: int | None = None  # tiles per engine call (default: the engine profile's opt batch)
+    threads: int | None = None  # taken (so that options meant for `auto` pass) and ignored: one host thread
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.precision in ("", "auto"):
+            object.__setattr__(self, "precision", None)
+        if self.precision is not None and self.precision not in ENGINE_PRECISIONS:
+            raise UsageError(f"precision '{self.precision}': TensorRT engines are built as "
+                             f"{', '.join(ENGINE_PRECISIONS)}; pass one of those or leave it out")
+        self.at_least("device_id", 0)
+        self.at_least("batch", 1)
+
+
 class TrtBackend(Backend):
     name = "trt"
     description = "native TensorRT engine from the bundle, double-buffered on two CUDA streams"
-    accepted: ClassVar[frozenset[str]] = frozenset({"precision", "device_id", "batch", "threads"})
+    options: TrtOptions
+    options_type = TrtOptions
+    device = "cuda"
+    # a prebuilt engine for this GPU: no build at start-up, the fastest kernels TensorRT has for this graph
+    placements = (Placement("cuda", 100),)
 
-    def __init__(self, bundle: Any, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
-        check_options(self.name, options, self.accepted)
-        from slidefuse.runtime.engines import PRECISIONS
-
-        precision = options.get("precision")
-        if precision in (None, "", "auto"):
-            self.precision: str | None = None
-        elif precision in PRECISIONS:
-            self.precision = str(precision)
-        else:
-            raise UsageError(f"backend {self.name}: precision '{precision}': TensorRT engines are built as "
-                             f"{', '.join(PRECISIONS)}; pass one of those or leave it out")
-        self.device_id = int(options.get("device_id") or 0)
+        self.precision = self.options.precision
+        self.device_id = self.options.device_id
         self.entry: dict[str, Any] = {}
         self._slots: list[_Slot] = []
+
+    @classmethod
+    def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
+        """None when the bundle holds an engine built for this GPU and TensorRT version (of the precision asked
+        for, if any); else why not."""
+        if not isinstance(options, TrtOptions):
+            raise TypeError(f"expected TrtOptions, got {type(options).__name__}")
+        try:
+            cls.find_engine(bundle, options.device_id, options.precision)
+        except (EngineMismatch, MissingExtra, BackendUnavailable) as exc:
+            return str(exc)
+        return None
+
+    @staticmethod
+    def find_engine(bundle: Bundle, device_id: int, precision: str | None) -> dict[str, Any]:
+        """The manifest's engine entry for this machine's GPU and TensorRT (see `engines.find_engine`)."""
+        from slidefuse.runtime import engines
+
+        identity = engines.current_trt_identity(device_id)
+        return engines.find_engine(bundle.manifest.engines, identity, precision, bundle=str(bundle.path))
 
     @classmethod
     def availability(cls) -> str | None:
@@ -124,9 +159,7 @@ class TrtBackend(Backend):
     def _select_engine(self) -> tuple[dict[str, Any], Path]:
         from slidefuse.runtime import engines
 
-        identity = engines.current_trt_identity(self.device_id)
-        entry = engines.find_engine(self.bundle.manifest.engines, identity, self.precision,
-                                    bundle=str(self.bundle.path))
+        entry = self.find_engine(self.bundle, self.device_id, self.precision)
         path = Path(self.bundle.path) / str(entry.get("file"))
         if not path.is_file():
             raise BundleError(f"{path}: engine listed in the manifest is missing; rebuild it: "
@@ -158,7 +191,7 @@ class TrtBackend(Backend):
                                  f"[B, {t}, {t}, 3] tiles; rebuild it: "
                                  f"{rebuild_hint(self.entry, str(self.bundle.path))}")
         self.min_batch, self.max_batch = int(pmin[0]), int(pmax[0])
-        self.chunk = int(self.options.get("batch") or popt[0])
+        self.chunk = int(self.options.batch or popt[0])
         if not 1 <= self.chunk <= self.max_batch:
             raise UsageError(f"backend {self.name}: batch {self.chunk}: this engine takes 1..{self.max_batch} "
                              f"tiles per run; rebuild it with a larger --batch range or pass a smaller batch")
@@ -264,11 +297,14 @@ class TrtBackend(Backend):
             raise
         return out
 
-    def info(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"backend": self.name, "engine": self.entry.get("file"),
-                             "precision": self.entry.get("precision"), "gpu": self.entry.get("gpu"),
-                             "trt_version": self.entry.get("trt_version")}
+    def info(self) -> BackendInfo:
+        """The engine picked (file, precision, GPU, TensorRT version); before loading, what was asked for."""
+        settings: dict[str, JsonScalar | dict[str, int]] = {}
         if self._slots:
-            d.update(batch={"min": self.min_batch, "max": self.max_batch}, chunk=self.chunk, slots=len(self._slots))
-        return d
+            settings = {"batch": {"min": self.min_batch, "max": self.max_batch}, "chunk": self.chunk,
+                        "slots": len(self._slots)}
+        e = self.entry
+        return BackendInfo(self.name, "cuda", e.get("precision") or self.precision, device_id=self.device_id,
+                           device_name=e.get("gpu"), engine=e.get("file"),
+                           versions={"trt_version": e.get("trt_version")}, settings=settings)
 
