@@ -135,7 +135,7 @@ def time_batch(backend: Any, backend_name: str, model_id: str, mode: str, batch:
             "fraction_of_peak": tflops / peak.tflops if peak and peak.tflops else None,
             "device_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
             "load_average": machine_info()["load_average"],
-            "backend_info": {k: str(v) for k, v in info.items()},
+            "backend_info": {k: str(v) for k, v in info.to_dict().items()},
         })
         if peak and peak.alt_tflops:
             row.update({f"fraction_of_{k}_peak": tflops / v for k, v in peak.alt_tflops.items()})
