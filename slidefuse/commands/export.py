@@ -18,7 +18,12 @@ def _classes(text: str) -> tuple[str, ...]:
 @click.option("--colors", default=None, help="Comma-separated colours, one per class: '#000000,#e41a1c,...' or "
               "'r:g:b,...'. Default: background black, then a fixed distinct palette.")
 @click.option("--mpp", type=float, required=True, help="Microns per pixel the model expects its tiles at.")
-@click.option("--tile", "tile_size", type=int, default=512, show_default=True, help="Tile side in px.")
+@click.option("--tile", "tile_size", type=int, default=None,
+              help="Tile side in px [the aligned tile (a multiple of the patch size: 518 for patch 14, 512 for "
+                   "16 and 8), or the tile the decoder was trained on (its NAME.json sidecar)].")
+@click.option("--geometry", type=click.Choice(["aligned", "paper"]), default=None,
+              help="Tile geometry: 'aligned' (tile a multiple of the patch size, tokens cover it exactly) or "
+                   "'paper' (512 px; with patch 14 a 36x36 grid covers 504 px and the output is resized).")
 @click.option("--overlap", type=int, default=None, help="Recommended sliding-window overlap in px [tile // 8].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create.")
 @click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -48,7 +53,8 @@ def _classes(text: str) -> tuple[str, ...]:
               help="fp16 gate (vs the fp32 graph): largest allowed |dp|.")
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
-def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int, overlap: int | None,
+def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int | None,
+            geometry: str | None, overlap: int | None,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
@@ -71,9 +77,12 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
     except ValueError:
         raise UsageError(f"--parity-tiles {parity_tiles!r}: expected REAL:RANDOM counts, e.g. 4:2") from None
     from slidefuse.export.bundle_writer import parse_color
+    from slidefuse.export.geometry import resolve_tile
     from slidefuse.export.onnx_export import ExportConfig, export_bundle
     from slidefuse.export.parity import ParityThresholds
+    from slidefuse.export.registry import get_spec
 
+    tile_size, geometry = resolve_tile(get_spec(encoder).patch_size, tile_size, geometry, decoder_weights)
     cfg = ExportConfig(
         encoder=encoder, classes=_classes(classes), mpp=mpp, out=out, tile_size=tile_size,
         colors=tuple(parse_color(c) for c in colors.split(",")) if colors else None, overlap=overlap,
@@ -86,7 +95,7 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
     t0 = time.perf_counter()
     bundle = export_bundle(cfg)
     m = bundle.manifest
-    click.echo(f"bundle {bundle.path} ({time.perf_counter() - t0:.0f} s)")
+    click.echo(f"bundle {bundle.path} ({time.perf_counter() - t0:.0f} s); tile {m.tile_size} px, {m.geometry}")
     for name, rep in m.parity.items():
         click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
                    f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles")

@@ -47,6 +47,9 @@ class Manifest:
     overlap: int = 64  # recommended tile overlap in px (at `mpp`) for sliding-window inference
     random_weights: bool = False  # True when the weights are random (tests/benchmarks only)
     demo: bool = False  # True for the bundled demonstration model
+    # Tile geometry: "aligned" (tile_size a multiple of patch_size: tokens cover the tile) or "paper" (the paper's
+    # 512 px tile with P = 14: a 36 x 36 grid over 504 px, output resized); derived from the tile when absent.
+    geometry: str | None = None
     weights: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint names and sha256
     parity: dict[str, Any] = field(default_factory=dict)  # parity-gate figures (fp32 vs torch, fp16 vs fp32)
     export: dict[str, Any] = field(default_factory=dict)  # how the graphs were made: exporter, simplified, ...
@@ -55,6 +58,10 @@ class Manifest:
     created: str = ""  # ISO 8601 UTC time of export
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of every bundle file
     format_version: int = FORMAT_VERSION  # manifest schema version
+
+    def __post_init__(self) -> None:
+        if self.geometry is None:  # bundles made before the field: what the tile size implies
+            object.__setattr__(self, "geometry", "aligned" if self.tile_size % self.patch_size == 0 else "paper")
 
     @property
     def num_classes(self) -> int:
