@@ -25,7 +25,6 @@ import collections
 import dataclasses
 import gc
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slidefuse.errors import SlidefuseError, UsageError
+from slidefuse.atomic import atomic_path
+from slidefuse.errors import SlidefuseError, UsageError, one_line
 from slidefuse.export.bundle_writer import (
     checkpoint_provenance,
     make_classes,
@@ -161,8 +161,8 @@ def check_graph(path: Path, *, tile_size: int, num_classes: int, min_opset: int 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{path.name}: fails the ONNX checker ({first}); the export is broken") from exc
+        raise ExportError(f"{path.name}: fails the ONNX checker ({one_line(exc, max_chars=300)}); "
+                          "the export is broken") from exc
     m = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < min_opset:
@@ -201,17 +201,15 @@ def simplify_graph(path: Path, *, tile_size: int, num_classes: int) -> bool:
     except ImportError:
         log.warning("onnxslim is not installed; graph not simplified (pip install 'slidefuse[export]')")
         return False
-    slim_path = path.with_name(path.name + ".slim")
     try:
         slim = onnxslim.slim(onnx.load(str(path)))
-        onnx.save(slim, str(slim_path))
-        del slim
-        check_graph(slim_path, tile_size=tile_size, num_classes=num_classes)
+        with atomic_path(path) as slim_path:  # replaces the graph only once the slim one passes the checks
+            onnx.save(slim, str(slim_path))
+            del slim
+            check_graph(slim_path, tile_size=tile_size, num_classes=num_classes)
     except (ExportError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
         log.warning("onnxslim output rejected (%s); keeping the unsimplified graph", exc)
-        slim_path.unlink(missing_ok=True)
         return False
-    os.replace(slim_path, path)
     return True
 
 
