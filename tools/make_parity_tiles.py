@@ -4,13 +4,11 @@
     .venv/bin/python tools/make_parity_tiles.py --slides-dir ../shared/data/slides
 
 Slides: the OpenSlide project's freely distributable test slides CMU-1-Small-Region.svs (H&E, 0.499 um/px) and
-OS-2-vsi.ome.tif (Ki67 IHC: haematoxylin + DAB, 0.346 um/px), from https://openslide.cs.cmu.edu/download/openslide-testdata/.
-Pixels are decoded with tifffile (the dev extra), an independent decoder: libvips' TIFF loader mis-decodes
-OS-2's RGB JPEG tiles, and for CMU-1 tifffile and OpenSlide agree to the byte. Each decoded slide becomes an
-`InMemorySlide` at the pixel size `open_slide` reads from the file, and `slidefuse.export.parity.reader_tiles`
-chooses the tiles exactly as it does for a user's `--parity-slides`: tissue on a thumbnail, a grid at
-`--mpp`, the most tissue-covered tiles spread over the slide. Writes one PNG per tile, index.json and nothing
-else (the README.md beside them is kept by hand).
+OS-2-vsi.ome.tif (Ki67 IHC: haematoxylin + DAB, 0.346 um/px), from
+https://openslide.cs.cmu.edu/download/openslide-testdata/. Each slide is opened with `open_slide`, and
+`slidefuse.export.parity.reader_tiles` chooses the tiles exactly as it does for a user's `--parity-slides`:
+tissue on a thumbnail, a tile grid at `--mpp`, the most tissue-covered tiles spread over the slide. Writes one
+PNG per tile and index.json, nothing else (the README.md beside them is kept by hand).
 """
 
 from __future__ import annotations
@@ -31,12 +29,10 @@ SLIDES = (  # (file, short name, stain, tiles to cut)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
-    import tifffile
     from PIL import Image
 
     from slidefuse.export.parity import reader_tiles
-    from slidefuse.runtime.slide import InMemorySlide, open_slide
+    from slidefuse.runtime.slide import open_slide
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slides-dir", type=Path, required=True, help="folder with the OpenSlide test slides")
@@ -49,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for file, short, stain, n in SLIDES:
         path = args.slides_dir / file
         with open_slide(path) as reader:
-            slide_mpp = reader.info.mpp
-        pixels = np.ascontiguousarray(tifffile.imread(path, key=0)[..., :3])
-        tiles = reader_tiles(InMemorySlide(pixels, slide_mpp, name=file), file, args.tile, args.mpp, n)
+            tiles = reader_tiles(reader, file, args.tile, args.mpp, n)
         for i, (tile, source) in enumerate(zip(tiles.tiles, tiles.sources, strict=True)):
             name = f"{short}-{i}.png"
             Image.fromarray(tile).save(OUT / name, optimize=True)

@@ -1,13 +1,13 @@
-"""Parity between backends (after Polygraphy's "run N runners on the same input and compare"): every backend runs
-the same uint8 tiles through `slidefuse.export.parity.compare`, and its float32 probabilities `[N, C, T, T]` are
-compared with a reference backend's (`torch`, fp32, by default):
+"""Parity between backends (after Polygraphy's "run N runners on the same input and compare"): every backend
+runs the same uint8 tiles through `slidefuse.export.parity.compare`, and its float32 probabilities
+`[N, C, T, T]` are compared with a reference backend's (`torch`, fp32, by default):
 
 - `max_abs_diff`: largest |p_ref - p| over every tile, class and pixel (probabilities, 0..1);
 - `mean_abs_diff`: the mean of the same;
 - `argmax_agreement`: fraction of pixels whose argmax class is the same as the reference's.
 
-A row passes with max |dp| <= 1e-3 and agreement >= 0.999 for a backend that computes in fp32, and with the fp16
-thresholds of the export's parity gate (5e-2 / 0.99) for one that reports fp16/bf16/fp8/int8.
+A row passes with max |dp| <= 1e-3 and agreement >= 0.999 for a backend that computes in fp32, and with the
+fp16 thresholds of the export's parity gate (5e-2 / 0.99) for one that reports fp16/bf16/fp8/int8.
 
 Tiles (`slidefuse.export.parity.parity_tiles`): tissue tiles at the bundle's pixel size from the slides the
 caller names, else the real tiles shipped with the package, plus random tiles only when asked for; every row
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from slidefuse.errors import SlidefuseError, UsageError
+from slidefuse.errors import UsageError, one_line
 from slidefuse.export.parity import (
     FP16_THRESHOLDS,
     FP32_THRESHOLDS,
@@ -72,21 +72,17 @@ class ParityRow:
 
 def parity_inputs(tile_size: int, n_tiles: int, seed: int = 0, mpp: float | None = None,
                   slides: Sequence[Path] = ()) -> ParityTiles:
-    """`n_tiles` uint8 tiles `[n_tiles, T, T, 3]` at `mpp` um/px (default: the shipped tiles' own): half of them
-    (rounded up, at most the number shipped when no slides are named) real tissue tiles, the rest seeded random
-    ones. For tests and benchmarks that want both kinds in one call."""
+    """`n_tiles` uint8 tiles `[n_tiles, T, T, 3]` at `mpp` um/px (default: the shipped tiles' own): half of
+    them (rounded up, at most the number shipped when no slides are named) real tissue tiles, the rest seeded
+    random ones. For tests and benchmarks that want both kinds in one call."""
     if n_tiles < 1:
         raise UsageError(f"n_tiles {n_tiles}: expected at least 1 tile")
     n_real = (n_tiles + 1) // 2
     if not slides:
         n_real = min(n_real, len(package_tile_index()))
     tile_mpp = mpp if mpp is not None else float(package_tile_index()[0]["mpp"])
-    return parity_tiles(tile_size, tile_mpp, n_real=n_real, n_random=n_tiles - n_real, seed=seed, slides=slides)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, SlidefuseError) else f"{type(exc).__name__}: {text}"
+    return parity_tiles(tile_size, tile_mpp, n_real=n_real, n_random=n_tiles - n_real, seed=seed,
+                        slides=slides)
 
 
 def _thresholds_for(record: RunnerRecord) -> ParityThresholds:
@@ -104,9 +100,9 @@ def check_names(backends: Sequence[str]) -> None:
 def _reference_row(report: ParityReport, reference: str) -> ParityRow:
     rec = report.runners[0]
     run_s = rec.run_s or 0.0
-    return ParityRow(reference, "reference", 0.0, 0.0, 1.0, report.tiles, reference, rec.precision, rec.load_s,
-                     rec.run_s, report.tiles / run_s if run_s else None, tile_origin=report.tile_origin,
-                     info=rec.info)
+    return ParityRow(reference, "reference", 0.0, 0.0, 1.0, report.tiles, reference, rec.precision,
+                     rec.load_s, rec.run_s, report.tiles / run_s if run_s else None,
+                     tile_origin=report.tile_origin, info=rec.info)
 
 
 def _candidate_row(report: ParityReport, name: str, reference: str) -> ParityRow:
@@ -114,7 +110,8 @@ def _candidate_row(report: ParityReport, name: str, reference: str) -> ParityRow
     run_s = rec.run_s or 0.0
     return ParityRow(
         name, "pass" if pair.passed else "fail", pair.max_abs_diff, pair.mean_abs_diff, pair.argmax_agreement,
-        report.tiles, reference, rec.precision, rec.load_s, rec.run_s, report.tiles / run_s if run_s else None,
+        report.tiles, reference, rec.precision, rec.load_s, rec.run_s,
+        report.tiles / run_s if run_s else None,
         thresholds=dataclasses.asdict(pair.thresholds), tile_origin=report.tile_origin, info=rec.info,
     )
 
@@ -137,8 +134,8 @@ def run_parity(
     given, else the shipped package tiles) plus `n_random` seeded random tiles. Named backends that cannot run
     here raise BackendUnavailable before anything runs; unnamed unavailable ones get an "unavailable" row. A
     backend that fails while running gets an "error" row (its one-line error) and the others go on. `options`
-    go to every backend but the reference (e.g. precision), `reference_options` to the reference (default: fp32
-    on torch's default device).
+    go to every backend but the reference (e.g. precision), `reference_options` to the reference (default:
+    fp32 on torch's default device).
     """
     from slidefuse.runtime.backends.registry import available_backends, backend_names, open_backend
 
@@ -165,12 +162,12 @@ def run_parity(
             continue
         try:
             backend = open_backend(name, bundle, **dict(options or {}))
-            report = compare({ref_label: ref_backend, name: backend}, tiles, thresholds=_thresholds_for, batch=batch,
-                             warmup=True, outputs=cache)  # the reference's outputs come from `cache`
+            report = compare({ref_label: ref_backend, name: backend}, tiles, thresholds=_thresholds_for,
+                             batch=batch, warmup=True, outputs=cache)  # the reference's outputs: `cache`
         except Exception as exc:  # recorded in the row (one line); the other backends still run
             log.debug("parity: %s failed", name, exc_info=True)
             rows.append(ParityRow(name, "error", reference=reference, tile_origin=tiles.origin,
-                                  reason=_one_line(exc)))
+                                  reason=one_line(exc)))
             continue
         rows.append(_candidate_row(report, name, reference))
     return rows
@@ -188,7 +185,7 @@ def format_table(rows: Sequence[ParityRow]) -> str:
     for r in rows:
         note = r.reason or ", ".join(f"{k} {v}" for k, v in r.info.items()
                                      if k in ("device", "providers", "engine", "graph"))
-        lines.append(f"{r.backend:<14} {r.status:<11} {r.precision or '-':<9} {_fmt(r.max_abs_diff, '.3g'):>9} "
-                     f"{_fmt(r.argmax_agreement, '.5f'):>9} {_fmt(r.load_s, '.2f'):>8} "
-                     f"{_fmt(r.tiles_per_s, '.2f'):>9}  {note}")
+        lines.append(f"{r.backend:<14} {r.status:<11} {r.precision or '-':<9} "
+                     f"{_fmt(r.max_abs_diff, '.3g'):>9} {_fmt(r.argmax_agreement, '.5f'):>9} "
+                     f"{_fmt(r.load_s, '.2f'):>8} {_fmt(r.tiles_per_s, '.2f'):>9}  {note}")
     return "\n".join(lines)

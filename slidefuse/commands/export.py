@@ -98,4 +98,4 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
     click.echo(f"bundle {bundle.path} ({time.perf_counter() - t0:.0f} s); tile {m.tile_size} px, {m.geometry}")
     for name, rep in m.parity.items():
         click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
-                   f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles")
+                   f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles ({rep.get('tile_origin', '?')})")

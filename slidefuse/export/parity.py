@@ -6,9 +6,9 @@ float32 class probabilities `[B, C, T, T]` (summing to 1 over C). Every runtime 
 in-memory torch SegmentationModel, for the export gate) and `staged_bundle` / `gate_backend` (the real
 onnxruntime backend over a graph that is not a finished bundle yet).
 
-`compare(runners, tiles)` opens each runner in turn, runs every tile through it (batches 1, 2, 3, 1, ... by
-default, so a graph whose batch axis is not really dynamic fails), closes it, and compares each runner with the
-first one (the reference):
+`compare(runners, tiles)` opens each runner in turn, runs every tile through it (batches 1, 2, 3, 1, ...
+by default, so a graph whose batch axis is not really dynamic fails), closes it, and compares each runner
+with the first one (the reference):
 
 - `max_abs_diff`: the largest |p_ref - p| over every tile, class and pixel (probabilities, 0..1);
 - `mean_abs_diff`: the mean of the same;
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PACKAGE_TILES = Path(__file__).resolve().parents[1] / "data" / "parity_tiles"  # shipped real tiles + index.json
+PACKAGE_TILES = Path(__file__).resolve().parents[1] / "data" / "parity_tiles"  # shipped tiles + index.json
 TileOrigin = Literal["slides", "package-data", "random"]
 
 
@@ -84,7 +84,8 @@ FP16_THRESHOLDS = ParityThresholds(5e-2, 0.99)
 @dataclass(frozen=True)
 class ParityTiles:
     tiles: np.ndarray  # uint8 [N, T, T, 3], RGB 0..255 (tile frame)
-    sources: tuple[str, ...]  # one per tile: "slide.svs@model_xy=x,y", "package-data:cmu-1.png" or "random(seed=S)#i"
+    # one per tile: "slide.svs@model_xy=x,y", "package-data:cmu-1-0.png" or "random(seed=S)#i"
+    sources: tuple[str, ...]
     origins: tuple[TileOrigin, ...]  # the kinds of source used, in order, e.g. ("package-data", "random")
 
     @property
@@ -101,9 +102,10 @@ def _join(parts: Sequence[ParityTiles]) -> ParityTiles:
                        tuple(dict.fromkeys(o for p in parts for o in p.origins)))
 
 
-def _spread(candidates: Sequence[tuple[int, int]], fractions: Sequence[float], n: int) -> list[tuple[int, int]]:
+def _spread(candidates: Sequence[tuple[int, int]], fractions: Sequence[float], n: int
+            ) -> list[tuple[int, int]]:
     """Up to `n` of `candidates` (row-major tile_rc): evenly spread over those at least 75 % tissue (or as
-    covered as the best one) when there are `n` of them, else the `n` most tissue-covered; in row-major order."""
+    covered as the best one) when there are `n` of them, else the `n` most tissue-covered; row-major."""
     if not candidates or n < 1:
         return []
     order = sorted(range(len(candidates)), key=lambda i: -fractions[i])  # stable: row-major among equals
@@ -115,8 +117,8 @@ def _spread(candidates: Sequence[tuple[int, int]], fractions: Sequence[float], n
 
 def reader_tiles(reader: SlideReader, name: str, tile_size: int, mpp: float, n: int) -> ParityTiles:
     """Up to `n` tissue tiles of `tile_size` px at `mpp` um/px from an open slide: tissue detected on a
-    thumbnail, a grid of non-overlapping tiles laid over the slide at `mpp`, the most tissue-covered tiles kept
-    (evenly spread over the slide). Returns uint8 `[k, T, T, 3]`, k <= n (0 when no tile touches tissue)."""
+    thumbnail, a grid of non-overlapping tiles laid over the slide at `mpp`, the most tissue-covered tiles
+    kept (evenly spread over the slide). Returns uint8 `[k, T, T, 3]`, k <= n (0: no tile touches tissue)."""
     from slidefuse.runtime import coords
     from slidefuse.runtime.grid import TileGrid, select_tiles
     from slidefuse.runtime.tissue import TissueParams, detect_tissue, tissue_fraction_in_box
@@ -139,8 +141,8 @@ def reader_tiles(reader: SlideReader, name: str, tile_size: int, mpp: float, n: 
 def slide_tiles(slides: Sequence[Path], tile_size: int, mpp: float, n: int) -> ParityTiles:
     """At least `n` tissue tiles from the named slides: ceil(n / len(slides)) from each (see `reader_tiles`).
 
-    Raises SlideNotFound / SlideReadError for a slide that cannot be opened, MissingPixelSize for one without a
-    pixel size, and UsageError for one with no tissue tile.
+    Raises SlideNotFound / SlideReadError for a slide that cannot be opened, MissingPixelSize for one
+    without a pixel size, and UsageError for one with no tissue tile.
     """
     from slidefuse.errors import MissingPixelSize
     from slidefuse.runtime.slide import open_slide
@@ -151,13 +153,13 @@ def slide_tiles(slides: Sequence[Path], tile_size: int, mpp: float, n: int) -> P
         try:
             reader = open_slide(Path(path))
         except MissingPixelSize as exc:
-            raise MissingPixelSize(f"{path}: the slide has no pixel size, so its tiles cannot be matched to the "
-                                   "model's um/px; use a parity slide that records one") from exc
+            raise MissingPixelSize(f"{path}: the slide has no pixel size, so its tiles cannot be matched to "
+                                   "the model's um/px; use a parity slide that records one") from exc
         with reader:
             part = reader_tiles(reader, Path(path).name, tile_size, mpp, per_slide)
         if not len(part.tiles):
-            raise UsageError(f"{path}: no {tile_size} px tile at {mpp:g} um/px touches tissue; use a parity slide "
-                             "with tissue on it")
+            raise UsageError(f"{path}: no {tile_size} px tile at {mpp:g} um/px touches tissue; use a parity "
+                             "slide with tissue on it")
         log.info("parity: %d tiles from %s", len(part.tiles), path)
         parts.append(part)
     return _join(parts)
@@ -182,8 +184,8 @@ def package_tiles(tile_size: int, mpp: float, n: int) -> ParityTiles:
 
     entries = package_tile_index()
     if n > len(entries):
-        raise UsageError(f"{n} real parity tiles asked for, but the package ships {len(entries)}; ask for at most "
-                         f"{len(entries)} or name parity slides to cut more from")
+        raise UsageError(f"{n} real parity tiles asked for, but the package ships {len(entries)}; ask for at "
+                         f"most {len(entries)} or name parity slides to cut more from")
     tiles, sources = [], []
     for entry in entries[:n]:
         with Image.open(PACKAGE_TILES / entry["file"]) as im:
@@ -191,9 +193,9 @@ def package_tiles(tile_size: int, mpp: float, n: int) -> ParityTiles:
         view = InMemorySlide(pixels, float(entry["mpp"]), name=entry["file"]).scaled(mpp)
         w, h = min(tile_size, view.width), min(tile_size, view.height)
         crop = view.read((view.width - w) // 2, (view.height - h) // 2, w, h)
-        pad_y, pad_x = tile_size - h, tile_size - w  # > 0 when the resampled tile is smaller than a model tile
-        tiles.append(np.pad(crop, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0)),
-                            mode="symmetric"))
+        pad_y, pad_x = tile_size - h, tile_size - w  # > 0 when the resampled tile is smaller than T
+        widths = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0))
+        tiles.append(np.pad(crop, widths, mode="symmetric"))
         sources.append(f"package-data:{entry['file']}")
     return ParityTiles(np.stack(tiles), tuple(sources), ("package-data",))
 
@@ -226,7 +228,8 @@ def parity_tiles(tile_size: int, mpp: float, *, n_real: int = 4, n_random: int =
     check_tile_counts(n_real, n_random, slides)
     parts = []
     if n_real:
-        parts.append(slide_tiles(slides, tile_size, mpp, n_real) if slides else package_tiles(tile_size, mpp, n_real))
+        parts.append(slide_tiles(slides, tile_size, mpp, n_real) if slides
+                     else package_tiles(tile_size, mpp, n_real))
     if n_random:
         parts.append(random_tiles(tile_size, n_random, seed))
     return _join(parts)
@@ -244,8 +247,8 @@ class Runner(Protocol):
 
 
 class TorchModelRunner:
-    """A runner over an in-memory torch SegmentationModel on its own device, fp32, used once: leaving the `with`
-    block drops the model, so a model nothing else holds is freed before the next runner starts."""
+    """A runner over an in-memory torch SegmentationModel on its own device, fp32, used once: leaving the
+    `with` block drops the model, so a model nothing else holds is freed before the next runner starts."""
 
     def __init__(self, model: SegmentationModel) -> None:
         self._model: Any = model
@@ -347,10 +350,11 @@ class ParityReport:
         """Return self, or raise ParityError (one line) for the first pair that missed its thresholds."""
         for p in self.pairs:
             if not p.passed:
+                th = p.thresholds
                 raise ParityError(
                     f"{p.candidate}: parity with {p.reference} failed: max |dp| {p.max_abs_diff:.3g} (limit "
-                    f"{p.thresholds.max_abs_diff:g}), argmax agreement {p.argmax_agreement:.5f} (limit "
-                    f"{p.thresholds.min_argmax_agreement:g}) on {self.tiles} {self.tile_origin} tiles; it does not "
+                    f"{th.max_abs_diff:g}), argmax agreement {p.argmax_agreement:.5f} (limit "
+                    f"{th.min_argmax_agreement:g}) on {self.tiles} {self.tile_origin} tiles; it does not "
                     "compute what the reference computes: fix the export, or loosen the thresholds if the "
                     "difference is expected"
                 )
@@ -365,7 +369,7 @@ class ParityReport:
                 "batch_sizes": list(self.batch_sizes), "thresholds": asdict(p.thresholds), "passed": p.passed}
 
 
-ThresholdRule = Callable[[RunnerRecord], ParityThresholds]  # thresholds chosen per candidate (e.g. by precision)
+ThresholdRule = Callable[[RunnerRecord], ParityThresholds]  # thresholds per candidate (e.g. by precision)
 
 
 def batch_sizes(n: int, batch: int | None = None) -> list[int]:
@@ -403,7 +407,8 @@ def _run_one(name: str, runner: Runner, tiles: np.ndarray, sizes: Sequence[int],
         run_s = time.perf_counter() - t0
         info = _info(runner)
     prec = info.get("precision")
-    return np.concatenate(outs), RunnerRecord(name, info, prec if isinstance(prec, str) else None, load_s, run_s)
+    record = RunnerRecord(name, info, prec if isinstance(prec, str) else None, load_s, run_s)
+    return np.concatenate(outs), record
 
 
 def _figures(ref_name: str, ref: np.ndarray, cand_name: str, cand: np.ndarray, th: ParityThresholds
@@ -426,10 +431,11 @@ def compare(runners: Mapping[str, Runner], tiles: ParityTiles, *,
     """Run every runner (label -> runner; the first is the reference) on `tiles` and compare each other one
     with the reference. Runners are opened, run and closed one at a time, in order.
 
-    `thresholds`: one for every pair, or a rule choosing them from the candidate's record (e.g. its precision).
-    `batch`: fixed batch size (None: 1, 2, 3, ...). `warmup`: run one untimed batch first. `outputs`: a cache
-    label -> float32 [N, C, T, T] shared between calls on the same tiles: a label found there is not run again,
-    and each new runner's outputs are stored there. Does not raise on a miss: call `.check()` for that.
+    `thresholds`: one for every pair, or a rule choosing them from the candidate's record (e.g. its
+    precision). `batch`: fixed batch size (None: 1, 2, 3, ...). `warmup`: run one untimed batch first.
+    `outputs`: a cache label -> float32 [N, C, T, T] shared between calls on the same tiles: a label found
+    there is not run again, and each new runner's outputs are stored there. Does not raise on a miss: call
+    `.check()` for that.
     """
     if not runners:
         raise UsageError("compare needs at least one runner")
@@ -449,6 +455,7 @@ def compare(runners: Mapping[str, Runner], tiles: ParityTiles, *,
         th = thresholds if isinstance(thresholds, ParityThresholds) else thresholds(rec)
         p = _figures(ref, cache[ref], rec.name, cache[rec.name], th)
         log.info("parity %s vs %s: max|dp| %.3g, argmax agreement %.5f on %d %s tiles (%s)", p.candidate,
-                 p.reference, p.max_abs_diff, p.argmax_agreement, n, tiles.origin, "pass" if p.passed else "FAIL")
+                 p.reference, p.max_abs_diff, p.argmax_agreement, n, tiles.origin,
+                 "pass" if p.passed else "FAIL")
         pairs.append(p)
     return ParityReport(n, tiles.origin, tiles.sources, tuple(sizes), tuple(records), tuple(pairs))

@@ -1,5 +1,6 @@
-"""`slidefuse bench parity` through click's CliRunner: the table, --json, --check, and `--backend trt` on a
-machine without TensorRT (one line listing the available backends, non-zero exit)."""
+"""`slidefuse bench parity` through click's CliRunner: the table, --json, --check, --parity-slides and
+--random-tiles, and `--backend trt` on a machine without TensorRT (one line listing the available backends,
+non-zero exit)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 def test_parity_table_and_json(runner: CliRunner, bundle: Bundle, tmp_path: Path) -> None:
     out = tmp_path / "parity.json"
-    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path), "--backends", "ort-cpu,torch",
+    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path),
+                              "--backends", "ort-cpu,torch",
                               "--tiles", "3", "--batch", "2", "--json", str(out), "--check"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
@@ -38,11 +40,33 @@ def test_parity_table_and_json(runner: CliRunner, bundle: Bundle, tmp_path: Path
     ort = rows[1]
     assert {"backend", "max_abs_diff", "argmax_agreement", "run_s", "tiles_per_s"} <= set(ort)
     assert ort["max_abs_diff"] <= 1e-3 and ort["argmax_agreement"] >= 0.999 and ort["tiles"] == 3
+    assert ort["tile_origin"] == "package-data" and "tiles: 3 (package-data)" in lines
+
+
+def test_parity_slides_and_random_tiles(runner: CliRunner, bundle: Bundle, tmp_path: Path) -> None:
+    from runtime.conftest import synthetic_rgb, write_pyramid_tiff
+
+    slide = write_pyramid_tiff(synthetic_rgb(1024, 768), tmp_path / "synth.tif", 0.5)
+    out = tmp_path / "parity.json"
+    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path), "--backends", "ort-cpu",
+                              "--parity-slides", str(slide), "--tiles", "2", "--random-tiles", "1",
+                              "--json", str(out), "--check"])
+    assert res.exit_code == 0, res.output
+    assert "tiles: 3 (slides+random)" in res.stdout
+    rows = json.loads(out.read_text())
+    assert [(r["backend"], r["status"], r["tiles"], r["tile_origin"]) for r in rows] == [
+        ("torch", "reference", 3, "slides+random"), ("ort-cpu", "pass", 3, "slides+random")]
+    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path), "--parity-slides",
+                              str(tmp_path / "nope.svs")])
+    assert res.exit_code != 0 and "nope.svs" in res.stderr and "does not exist" in res.stderr
+    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path), "--tiles", "5"])
+    assert res.exit_code != 0 and "the package ships 4" in res.stderr and "Traceback" not in res.output
 
 
 def test_check_fails_on_an_error_row(runner: CliRunner, bundle: Bundle) -> None:
     """--precision fp16 with --check: torch refuses fp16 on the CPU, so the run ends with status 1."""
-    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path), "--backends", "ort-cpu,torch",
+    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(bundle.path),
+                              "--backends", "ort-cpu,torch",
                               "--tiles", "2", "--precision", "fp16", "--check"])
     assert res.exit_code == 1, res.output
     assert "parity failed for torch" in res.stderr and "fp16 on the CPU" in res.stdout

@@ -26,8 +26,17 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--parity-tiles", "1:1",
     ])
     assert result.exit_code == 0, result.output
-    assert "parity fp32: max |dp|" in result.output
+    assert "parity fp32: max |dp|" in result.output and "on 2 tiles (package-data+random)" in result.output
     return out
+
+
+def test_parity_slides_that_do_not_exist_are_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [
+        "-q", "export", "tiny", "--random-weights", "--classes", "background,tumour", "--mpp", "2",
+        "--tile", "64", "--out", str(tmp_path / "b.bundle"), "--parity-slides", str(tmp_path / "nope.svs"),
+    ])
+    assert result.exit_code != 0 and "nope.svs" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "b.bundle").exists()
 
 
 def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]

@@ -66,7 +66,8 @@ def test_bundle_files_and_manifest(bundle) -> None:  # type: ignore[no-untyped-d
         rep = m.parity[key]
         assert rep["passed"] and rep["tiles"] == 3 and rep["batch_sizes"] == [1, 2]
         assert rep["tile_origin"] == "package-data+random"
-        assert rep["tile_sources"] == ["package-data:cmu-1-0.png", "package-data:cmu-1-1.png", "random(seed=0)#0"]
+        assert rep["tile_sources"] == ["package-data:cmu-1-0.png", "package-data:cmu-1-1.png",
+                                       "random(seed=0)#0"]
     assert m.parity["fp32"]["reference"] == "torch fp32 (cpu)"
     assert m.parity["fp16"]["reference"] == "model.onnx (onnxruntime CPU)"
     assert m.parity["fp32"]["max_abs_diff"] <= 1e-3 and m.parity["fp32"]["argmax_agreement"] >= 0.999
@@ -239,8 +240,8 @@ def test_bad_options(tmp_path: Path, kw: dict[str, object], match: str) -> None:
 
 
 def test_parity_tiles_from_named_slides(tmp_path: Path) -> None:
-    """The gate's real tiles come from the slides named in the config (open_slide + tissue + grid at the model's
-    mpp); the manifest records them, and a slide that does not exist is refused before anything is exported."""
+    """The gate's real tiles come from the slides named in the config (open_slide + tissue + grid at the
+    model's mpp); the manifest records them, and a slide that does not exist is refused before any export."""
     from runtime.conftest import synthetic_rgb, write_pyramid_tiff
 
     from slidefuse.errors import SlideNotFound

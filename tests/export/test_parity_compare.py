@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime.conftest import synthetic_rgb, write_pyramid_tiff
+
 from slidefuse.errors import ParityError, SlideNotFound, UsageError
 from slidefuse.export import parity
 from slidefuse.export.parity import (
@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class SoftmaxRunner:
-    """A runner computing a fixed per-pixel function of the tiles: softmax over 3 class scores made from the RGB
-    channels. `swap` swaps classes 1 and 2 (the broken runner); `noise` adds a small perturbation."""
+    """A runner computing a fixed per-pixel function of the tiles: softmax over 3 class scores made from the
+    RGB channels. `swap` swaps classes 1 and 2 (the broken runner); `noise` adds a small perturbation."""
 
     def __init__(self, swap: bool = False, noise: float = 0.0, precision: str = "fp32") -> None:
         self.swap, self.noise, self.precision = swap, noise, precision
@@ -69,11 +69,11 @@ def test_a_broken_runner_is_caught_and_a_good_one_passes() -> None:
     report = compare({"ref": ref, "same": same, "broken": broken}, tiles)
     assert [p.candidate for p in report.pairs] == ["same", "broken"]
     good, bad = report.pairs
-    assert good.passed and good.max_abs_diff == 0.0 and good.mean_abs_diff == 0.0 and good.argmax_agreement == 1.0
+    assert good.passed and good.max_abs_diff == good.mean_abs_diff == 0.0 and good.argmax_agreement == 1.0
     assert not bad.passed and bad.argmax_agreement < 0.9 and bad.max_abs_diff > 0.1
     assert not report.passed and report.tile_origin == "random" and report.tiles == 5
     assert report.batch_sizes == (1, 2, 2) and ref.calls == [1, 2, 2]
-    with pytest.raises(ParityError, match=r"^broken: parity with ref failed: max \|dp\| .* on 5 random tiles"):
+    with pytest.raises(ParityError, match=r"^broken: parity with ref failed: max \|dp\| .* on 5 random"):
         report.check()
     rec = report.pair_record(1)
     assert rec["candidate"] == "broken" and rec["passed"] is False and rec["tile_origin"] == "random"
@@ -156,7 +156,8 @@ def test_package_tiles_at_the_models_size_and_pixel_size() -> None:
     same = package_tiles(384, 0.5, 1).tiles[0]  # no resampling: exactly the PNG
     from PIL import Image
 
-    assert np.array_equal(same, np.asarray(Image.open(parity.PACKAGE_TILES / index[0]["file"]).convert("RGB")))
+    png = np.asarray(Image.open(parity.PACKAGE_TILES / index[0]["file"]).convert("RGB"))
+    assert np.array_equal(same, png)
     big = package_tiles(512, 0.5, 1).tiles[0]  # larger than the PNG: mirrored outwards, the centre unchanged
     assert np.array_equal(big[64:448, 64:448], same)
     assert np.array_equal(big[63], big[64]) and np.array_equal(big[:, 448], big[:, 447])
@@ -179,7 +180,8 @@ def test_package_tiles_load_without_shared_data(tmp_path: Path) -> None:
         print(t.tiles.shape, t.origin)
     """)
     res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO), "SLIDEFUSE_SHARED": str(tmp_path / "none")}, timeout=120)
+                         env={"PYTHONPATH": str(REPO), "SLIDEFUSE_SHARED": str(tmp_path / "none")},
+                         timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "(4, 64, 64, 3) package-data"
 
@@ -205,7 +207,8 @@ def test_tiles_from_a_named_slide_go_through_open_slide_tissue_and_grid(
     t = parity_tiles(64, 1.0, n_real=3, n_random=2, seed=7, slides=[path])
     assert calls[0] == "open_slide" and "detect_tissue" in calls and calls[-1] == "select_tiles"
     assert t.tiles.shape == (5, 64, 64, 3) and t.origin == "slides+random"
-    assert [s.split("@")[0] for s in t.sources[:3]] == ["synth.tif"] * 3 and t.sources[3] == "random(seed=7)#0"
+    assert [s.split("@")[0] for s in t.sources[:3]] == ["synth.tif"] * 3
+    assert t.sources[3] == "random(seed=7)#0"
     with slide.open_slide(path) as reader:  # each tile is the slide's own pixels at 1 um/px, and tissue
         view = reader.scaled(1.0)
         for tile, src in zip(t.tiles[:3], t.sources[:3], strict=True):

@@ -1,6 +1,6 @@
-"""Parity between backends (slidefuse.bench.parity): ort-cpu against the torch reference on the tiny model (fast
-suite) and on phikon, a ViT-B/16 at 512 px with random weights (slow suite); rows for unavailable, failing and
-erroring backends."""
+"""Parity between backends (slidefuse.bench.parity): ort-cpu against the torch reference on the tiny model
+(fast suite) and on phikon, a ViT-B/16 at 512 px with random weights (slow suite); rows for unavailable,
+failing and erroring backends; tiles from a named slide."""
 
 from __future__ import annotations
 
@@ -41,17 +41,18 @@ def _row(rows: list[ParityRow], name: str) -> ParityRow:
 def test_parity_inputs_mix_real_and_random() -> None:
     t = parity_inputs(64, 5, seed=1)
     assert t.tiles.shape == (5, 64, 64, 3) and t.tiles.dtype == np.uint8 and len(t.sources) == 5
-    assert sum(s.startswith("random") for s in t.sources) >= 2
-    assert len(set(t.sources)) == 5
+    assert [s.split(":")[0].split("(")[0] for s in t.sources] == ["package-data"] * 3 + ["random"] * 2
+    assert len(set(t.sources)) == 5 and t.origin == "package-data+random"
 
 
 def test_ort_cpu_agrees_with_torch_tiny(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry._BACKENDS, "test-swapped", f"{__name__}:SwappedClassesBackend")
-    rows = run_parity(bundle, ["ort-cpu", "test-swapped"], n_tiles=6, batch=4, seed=2)
+    rows = run_parity(bundle, ["ort-cpu", "test-swapped"], n_tiles=4, n_random=2, batch=4, seed=2)
     assert [r.backend for r in rows] == ["torch", "ort-cpu", "test-swapped"]
     ref, ort = rows[0], _row(rows, "ort-cpu")
     assert ref.status == "reference" and ref.info["device"] == "cpu" and ref.precision == "fp32"
     assert ort.status == "pass" and ort.tiles == 6 and ort.info["providers"] == ["CPUExecutionProvider"]
+    assert {r.tile_origin for r in rows} == {"package-data+random"}
     assert ort.max_abs_diff is not None and ort.max_abs_diff <= 1e-3
     assert ort.argmax_agreement is not None and ort.argmax_agreement >= 0.999
     assert ort.thresholds == {"max_abs_diff": 1e-3, "min_argmax_agreement": 0.999}
@@ -69,7 +70,8 @@ def test_reduced_precision_rows(bundle: Bundle) -> None:
     ort, torch_row = _row(rows, "ort-cpu"), rows[-1]
     assert ort.status == "pass" and ort.precision == "fp16" and ort.info["graph"] == "model.fp16.onnx"
     assert ort.thresholds["max_abs_diff"] == 5e-2
-    assert torch_row.backend == "torch" and torch_row.status == "error" and "fp16 on the CPU" in torch_row.reason
+    assert torch_row.backend == "torch" and torch_row.status == "error"
+    assert "fp16 on the CPU" in torch_row.reason
 
 
 def test_every_backend_listed(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,16 +98,27 @@ def test_every_backend_listed(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -
 def test_named_backend_that_cannot_run_is_an_error(bundle: Bundle) -> None:
     if registry.available_backends()["trt"] is None:
         pytest.skip("TensorRT is installed here")
-    with pytest.raises(BackendUnavailable, match="backend 'trt' is not available here.*available backends: ort-cpu"):
+    with pytest.raises(BackendUnavailable, match="'trt' is not available here.*available backends: ort-cpu"):
         run_parity(bundle, ["ort-cpu", "trt"])
     with pytest.raises(UnknownName, match="valid backends"):
         run_parity(bundle, ["ort-gpu"])
 
 
+def test_tiles_from_named_slides(bundle: Bundle, tmp_path: Path) -> None:
+    """--parity-slides: the tiles are cut from the named slide at the bundle's pixel size; no random tiles."""
+    from runtime.conftest import synthetic_rgb, write_pyramid_tiff
+
+    slide = write_pyramid_tiff(synthetic_rgb(1024, 768), tmp_path / "synth.tif", 0.5)
+    rows = run_parity(bundle, ["ort-cpu"], n_tiles=3, slides=[slide], batch=2)
+    assert [(r.backend, r.status, r.tiles, r.tile_origin) for r in rows] == [
+        ("torch", "reference", 3, "slides"), ("ort-cpu", "pass", 3, "slides")]
+
+
 @pytest.mark.slow
 def test_ort_cpu_agrees_with_torch_phikon(phikon_bundle: Path) -> None:
-    """phikon (ViT-B/16, 768 wide, 12 blocks) at 512 px with random weights: the exported graph on ort-cpu against
-    the torch backend on 4 tiles (2 real tissue tiles when ../shared is present, 2 random), batches 1 and 3."""
+    """phikon (ViT-B/16, 768 wide, 12 blocks) at 512 px with random weights: the exported graph on ort-cpu
+    against the torch backend on 4 tiles (2 shipped real tissue tiles, mirrored out to 512 px, and 2 random),
+    batches 1 and 3."""
     b = load_bundle(phikon_bundle)
     tiles = parity_inputs(512, 4, seed=5).tiles
     with open_backend("torch", b, device="cpu") as be:
