@@ -13,11 +13,18 @@ def _is_bundle(path: Path) -> bool:
     return (path.is_dir() and (path / "manifest.json").exists()) or path.name == "manifest.json"
 
 
-def slide_summary(path: Path, mpp: float | None) -> dict[str, Any]:
+def slide_summary(path: Path, mpp: float | None, check_colours: bool = False) -> dict[str, Any]:
+    import dataclasses
+
     from slidefuse.runtime.slide import open_slide
 
     with open_slide(path, mpp=mpp) as slide:
         i = slide.info
+        checks = None
+        if check_colours:
+            from slidefuse.runtime.slide.crosscheck import check_colours as run_check
+
+            checks = [dataclasses.asdict(c) for c in run_check(slide)]
         return {
             "path": str(i.path),
             "width": i.width,
@@ -28,6 +35,8 @@ def slide_summary(path: Path, mpp: float | None) -> dict[str, Any]:
             "loader": i.loader,
             "objective_power": i.objective_power,
             "levels": [{"width": lv.width, "height": lv.height, "downsample": lv.downsample} for lv in i.levels],
+            "colour": dataclasses.asdict(i.colour) if i.colour else None,
+            "colour_check": checks,
         }
 
 
@@ -43,6 +52,25 @@ def _print_slide(d: dict[str, Any]) -> None:
     click.echo(f"levels     {len(d['levels'])}")
     for n, lv in enumerate(d["levels"]):
         click.echo(f"  {n}: {lv['width']} x {lv['height']}  downsample {lv['downsample']:g}")
+    c = d.get("colour")
+    if c:
+        click.echo(f"colour     decoder {c['decoder']}; stored {', '.join(c['stored'])}")
+        click.echo(f"           conversions: {', '.join(c['conversions']) or 'none'}; ICC: {c['icc']}")
+    if d.get("colour_check") is not None:
+        _print_colour_check(d["colour_check"])
+
+
+def _print_colour_check(checks: list[dict[str, Any]]) -> None:
+    if not checks:
+        click.echo("colour check: no independent decoder reads this file (tifffile, openslide-python)")
+        return
+    for name in sorted({c["decoder"] for c in checks}):
+        mine = [c for c in checks if c["decoder"] == name]
+        bad = [c for c in mine if not c["agrees"]]
+        worst = max(mine, key=lambda c: c["mean_abs_diff"])
+        verdict = "agrees" if not bad else f"DISAGREES on {len(bad)} of {len(mine)} regions"
+        click.echo(f"colour check vs {name}: {verdict} (worst region: level {worst['level']}, mean |diff| "
+                   f"{worst['mean_abs_diff']:.2f}, p99 {worst['p99_abs_diff']:.1f} grey levels, {worst['method']})")
 
 
 @click.command("info")
@@ -50,9 +78,12 @@ def _print_slide(d: dict[str, Any]) -> None:
 @click.option("--mpp", type=float, default=None, help="Pixel size override (um/px) for slides without one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--no-verify", is_flag=True, help="Bundles: skip the sha256 check of every file.")
-def command(path: Path, mpp: float | None, as_json: bool, no_verify: bool) -> None:
-    """Describe a slide (size, levels, pixel size, vendor, loader) or a model bundle (verifies every
-    file's sha256 and prints the model card)."""
+@click.option("--check-colours", is_flag=True,
+              help="Slides: compare the decoded colours with independent decoders (tifffile, openslide-python; "
+                   "the 'colour' extra) on random regions; exits 1 when one disagrees.")
+def command(path: Path, mpp: float | None, as_json: bool, no_verify: bool, check_colours: bool) -> None:
+    """Describe a slide (size, levels, pixel size, vendor, loader, colour pipeline) or a model bundle
+    (verifies every file's sha256 and prints the model card)."""
     from slidefuse.errors import SlideNotFound
 
     if not path.exists():
@@ -66,8 +97,10 @@ def command(path: Path, mpp: float | None, as_json: bool, no_verify: bool) -> No
         else:
             click.echo(model_card(bundle, verified=not no_verify))
         return
-    d = slide_summary(path, mpp)
+    d = slide_summary(path, mpp, check_colours)
     if as_json:
         click.echo(json.dumps(d, indent=2))
     else:
         _print_slide(d)
+    if check_colours and any(not c["agrees"] for c in d["colour_check"] or []):
+        raise SystemExit(1)

@@ -50,6 +50,9 @@ class Manifest:
     # Tile geometry: "aligned" (tile_size a multiple of patch_size: tokens cover the tile) or "paper" (the paper's
     # 512 px tile with P = 14: a 36 x 36 grid over 504 px, output resized); derived from the tile when absent.
     geometry: str | None = None
+    # What the model sees of a slide's embedded ICC profile: "none" (decoded values as stored, the default:
+    # what most training pipelines saw) or "icc-to-srgb" (converted through the profile to sRGB).
+    color_transform: str = "none"
     weights: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint names and sha256
     parity: dict[str, Any] = field(default_factory=dict)  # parity-gate figures (fp32 vs torch, fp16 vs fp32)
     export: dict[str, Any] = field(default_factory=dict)  # how the graphs were made: exporter, simplified, ...
@@ -84,6 +87,8 @@ class Manifest:
         kw["mean"] = tuple(d["mean"])
         kw["std"] = tuple(d["std"])
         kw["engines"] = tuple(d.get("engines", ()))
+        if kw.get("color_transform", "none") not in ("none", "icc-to-srgb"):
+            raise ValueError(f"color_transform {kw['color_transform']!r} is not 'none' or 'icc-to-srgb'")
         return cls(**kw)
 
 

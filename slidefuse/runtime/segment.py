@@ -267,7 +267,7 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
     t_start = time.perf_counter()
     m = bundle.manifest
     timings: dict[str, float] = {}
-    slide = open_slide(Path(slide_path), mpp=options.mpp)
+    slide = open_slide(Path(slide_path), mpp=options.mpp, colour_transform=bundle.manifest.color_transform)
     try:
         t0 = time.perf_counter()
         thumb, tissue, thumb_mpp = find_tissue(slide, options.tissue)

@@ -34,7 +34,7 @@ def tiffs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _ok(runner: CliRunner, *args: str) -> str:
     result = runner.invoke(cli, ["info", *args])
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # logs (the colour conversions, at INFO) go to stderr
 
 
 def _fails(runner: CliRunner, *args: str) -> str:

@@ -20,7 +20,7 @@ import os
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyvips
@@ -309,7 +309,11 @@ def _level_colours(info: SlideInfo) -> list[LevelColour]:
         return [LevelColour(f"decoded by OpenSlide's {info.vendor} reader (not inspected)", False, None)
                 for _ in info.levels]
     dirs = tiffdir.read_directories(info.path)
-    return [colour.plan_level(info.path, colour.match_directory(dirs, lv.width, lv.height)) for lv in info.levels]
+    levels = [colour.plan_level(info.path, colour.match_directory(dirs, lv.width, lv.height)) for lv in info.levels]
+    # Scanners embed the profile once (Aperio: in level 0's directory); it describes every level.
+    profile = next((lv.icc_profile for lv in levels if lv.icc_profile), None)
+    return [lv if lv.icc_profile or profile is None else dataclasses.replace(lv, icc_profile=profile)
+            for lv in levels]
 
 
 def _check_path(p: Path, mpp: float | None) -> None:
@@ -342,7 +346,7 @@ def _read_info(p: Path) -> tuple[SlideInfo, list[dict[str, Any]]]:
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
-               colour_transform: ColourTransform = "none") -> SlideReader:
+               colour_transform: ColourTransform | str = "none") -> SlideReader:
     """Open a whole-slide image. ``mpp`` (microns per level-0 pixel) overrides the file's pixel size.
 
     ``colour_transform`` is the bundle's choice for embedded ICC profiles: "none" (raw decoded values, the
@@ -353,6 +357,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
     _check_path(p, mpp)
     if colour_transform not in colour.COLOUR_TRANSFORMS:
         raise ValueError(f"colour_transform must be one of {colour.COLOUR_TRANSFORMS}, got {colour_transform!r}")
+    transform = cast(ColourTransform, colour_transform)
     info, level_args = _read_info(p)
     if mpp is not None:
         if info.mpp:
@@ -364,10 +369,12 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
             "(e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
         )
     reader = _VipsFileSlide(info, level_args, fail_on=info.loader == "tiffload",
-                            level_colours=_level_colours(info), transform=colour_transform)
+                            level_colours=_level_colours(info), transform=transform)
     reader.info = dataclasses.replace(info, colour=reader.colour_pipeline())
     for step in reader.info.colour.conversions if reader.info.colour else ():
-        log.info("%s: colour: %s", p, step)
+        # OpenSlide hands out premultiplied RGBA: flattening its alpha is routine, everything else is news.
+        log.log(logging.DEBUG if step.endswith("alpha-flattened-on-white") and info.loader == "openslideload"
+                else logging.INFO, "%s: colour: %s", p, step)
     log.debug("%s: %s, %dx%d, %d levels, %g um/px from %s, colour %s", p, info.loader, info.width, info.height,
               len(info.levels), info.mpp, info.mpp_source, reader.info.colour)
     _probe(reader)
