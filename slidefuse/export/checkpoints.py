@@ -182,6 +182,7 @@ def hf_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
     Unknown keys are kept unchanged so the strict check reports them."""
     # transformers 5 keeps ViTModel blocks in memory as `layers.N.*`; files and Dinov2 use `encoder.layer.N.*`
     sd = {_V5_LAYERS.sub(r"encoder.layer.\1.", k): v for k, v in sd.items()}
+    sd_keys = set(sd)
     dropped = [k for k in sd if _HF_DROP.match(k)]
     for k in dropped:
         del sd[k]
@@ -208,8 +209,10 @@ def hf_to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
         out[key] = sd.pop(key)
     if "reg_token" in out and out["reg_token"].dim() == 2:  # HF stores [1, R, d] already; be lenient on [R, d]
         out["reg_token"] = out["reg_token"].unsqueeze(0)
-    if spec.no_embed_class and "pos_embed" in out and "cls_token" in out:
-        # HF adds the position embedding to [cls, patches]; timm no_embed_class adds it to patches only.
+    hf_pos = "embeddings.position_embeddings" in sd_keys
+    if spec.no_embed_class and hf_pos and "pos_embed" in out and "cls_token" in out:
+        # HF adds the position embedding to [cls, patches]; timm no_embed_class adds it to patches only. A file
+        # already in timm keys (e.g. an encoder saved by `slidefuse train`) has no class row to fold.
         pos = out["pos_embed"]
         out["cls_token"] = out["cls_token"] + pos[:, :1]
         out["pos_embed"] = pos[:, 1:]

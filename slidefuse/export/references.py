@@ -231,3 +231,38 @@ def scramble(module: nn.Module, seed: int = 1) -> None:
             if len(leaf) == 2 and "norm" in leaf[0] and leaf[1] == "weight":
                 noise += 1.0  # keep LayerNorm scales near 1
             p.copy_(noise)
+
+
+def run_sizes(spec: EncoderSpec) -> tuple[int, ...]:
+    """224 px and the product's tile sizes: 512, plus 518 = 37 x 14 (pixel-aligned) for patch 14."""
+    return (224, 518, 512) if spec.patch_size == 14 else (224, 512)
+
+
+def compare(encoder_id: str, spec: EncoderSpec, folder: Path, sizes: tuple[int, ...]) -> dict[int, float]:
+    """Build the publisher's model for `spec` (random weights), save it in the publisher's format under
+    `folder`, load that file through slidefuse and return max |patch tokens slidefuse - publisher| per input
+    size (one random image each). At 512 px with patch 14 the publisher's model sees the 504 px its 36 x 36
+    grid covers (the paper's floor), exactly what the strided patch embedding reads of a 512 px tile."""
+    from slidefuse.export.checkpoints import load_encoder_weights
+    from slidefuse.export.encoders import build_vit, patch_tokens
+
+    ref = references()[encoder_id]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        src = ref.build(spec)
+    scramble(src)
+    path = ref.save(src, folder)
+    out = {}
+    for size in sizes:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+        enc = build_vit(spec, size).eval()
+        load_encoder_weights(enc, spec, path)
+        covered = spec.grid_size(size) * spec.patch_size
+        with torch.no_grad():
+            want, got = ref.tokens(src, x[..., :covered, :covered]), patch_tokens(enc, spec, x)
+        if got.shape != want.shape:
+            raise ValueError(f"{encoder_id} at {size} px: slidefuse tokens {list(got.shape)}, publisher's "
+                             f"{list(want.shape)}")
+        out[size] = (got - want).abs().max().item()
+        del enc
+    return out

@@ -269,3 +269,15 @@ def test_decoder_weights_round_trip_and_strictness(tmp_path: Path) -> None:
         load_decoder_weights(Decoder(64, 4, 16, grid=14, out_size=224), tmp_path / "decoder.safetensors")
     with pytest.raises(CheckpointError, match=r"missing 2 keys: blocks\.4\.1\.weight"):
         load_decoder_weights(Decoder(64, 3, 16, grid=7, out_size=224), tmp_path / "decoder.safetensors")
+
+
+def test_timm_layout_file_of_an_hf_format_encoder_is_not_folded(tmp_path: Path) -> None:
+    """An encoder saved in timm keys (as `slidefuse train` writes NAME.encoder.safetensors) for an encoder
+    whose publisher format is transformers: its position embeddings have no class row and load unchanged."""
+    spec = get_spec("tiny-p14-reg")
+    src = _timm_source(spec)
+    save_file(src.state_dict(), str(tmp_path / "enc.safetensors"))
+    x = _images(spec.native_size)
+    with torch.no_grad():
+        ref = src.forward_features(x)[:, 5:]
+    _assert_tokens_equal(spec, _ours(spec, tmp_path / "enc.safetensors"), ref, x)

@@ -15,7 +15,7 @@ import torch
 from slidefuse.errors import CheckpointError
 from slidefuse.export.checkpoints import load_encoder_weights, to_timm
 from slidefuse.export.encoders import build_vit, patch_tokens
-from slidefuse.export.references import conch15_load_pos, references, scramble
+from slidefuse.export.references import compare, conch15_load_pos, references, run_sizes, scramble
 from slidefuse.export.registry import PAPER_IDS, EncoderSpec, get_spec
 
 pytest.importorskip("transformers")
@@ -32,41 +32,14 @@ def small(spec: EncoderSpec) -> EncoderSpec:
     return dataclasses.replace(spec, width=SMALL_WIDTH.get(spec.id, 128), num_heads=2, depth=2)
 
 
-def run_sizes(spec: EncoderSpec) -> tuple[int, ...]:
-    """224 px and the product's tile sizes: 512, plus 518 = 37 x 14 (pixel-aligned) for patch 14."""
-    return (224, 518, 512) if spec.patch_size == 14 else (224, 512)
-
-
 def images(size: int, n: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(size))
-
-
-def max_diff(encoder_id: str, spec: EncoderSpec, folder: Path, sizes: tuple[int, ...]) -> dict[int, float]:
-    """Build the publisher's model for `spec`, save it in its format, load it through slidefuse and return
-    max |tokens_slidefuse - tokens_publisher| per input size."""
-    ref = REFS[encoder_id]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        src = ref.build(spec)
-    scramble(src)
-    path = ref.save(src, folder)
-    out = {}
-    for size in sizes:
-        x = images(size)
-        enc = build_vit(spec, size).eval()
-        load_encoder_weights(enc, spec, path)
-        covered = spec.grid_size(size) * spec.patch_size  # 512 with P14: the paper's floor, 36 x 14 = 504 px
-        with torch.no_grad():
-            want, got = ref.tokens(src, x[..., :covered, :covered]), patch_tokens(enc, spec, x)
-        assert got.shape == want.shape == (1, spec.grid_size(size) ** 2, spec.width), (size, got.shape, want.shape)
-        out[size] = (got - want).abs().max().item()
-    return out
 
 
 @pytest.mark.parametrize("encoder_id", PAPER_IDS)
 def test_patch_tokens_match_the_publishers_code(encoder_id: str, tmp_path: Path) -> None:
     spec = small(get_spec(encoder_id))
-    diffs = max_diff(encoder_id, spec, tmp_path, run_sizes(spec))
+    diffs = compare(encoder_id, spec, tmp_path, run_sizes(spec))
     assert max(diffs.values()) <= TOL, diffs
 
 

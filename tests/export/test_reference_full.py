@@ -15,7 +15,9 @@ from slidefuse.export.registry import PAPER_IDS, get_spec
 
 pytest.importorskip("transformers")
 
-from .test_reference_encoders import TOL, max_diff, run_sizes
+from slidefuse.export.references import compare, run_sizes
+
+TOL = 1e-5
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("encoder_id", PAPER_IDS)
 def test_full_width_patch_tokens_match_the_publishers_code(encoder_id: str, tmp_path: Path) -> None:
     spec = dataclasses.replace(get_spec(encoder_id), depth=2)
-    diffs = max_diff(encoder_id, spec, tmp_path, run_sizes(spec))
+    diffs = compare(encoder_id, spec, tmp_path, run_sizes(spec))
     assert max(diffs.values()) <= TOL, diffs
 
 
