@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from slidefuse.errors import BundleError, UsageError
+from slidefuse.errors import BackendUnavailable, BundleError, UsageError
 from slidefuse.runtime.backends.base import (
     Backend,
     BackendInfo,
@@ -87,7 +87,7 @@ class TorchCompileOptions(TorchOptions):
         self.at_least("warmup", 0)
 
 
-def _unavailable(name: str, reason: str) -> Exception:
+def _unavailable(name: str, reason: str) -> BackendUnavailable:
     from slidefuse.runtime.backends.registry import unavailable
 
     return unavailable(name, reason)
