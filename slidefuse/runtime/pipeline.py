@@ -91,10 +91,166 @@ _DONE = object()  # end-of-stream marker
 
 
 @dataclass
-class _Batch:
-    buffer_id: int
-    tiles: list[TileRC]
-    futures: list[Future[float]]
+class _QueuedBatch:
+    """A batch on its way to the engine: which buffer holds it, its tiles, and their pending reads."""
+
+    buffer_id: int  # index into the pipeline's preallocated buffers
+    tiles: list[TileRC]  # tile_rc of each slot, in order
+    futures: list[Future[float]]  # one read task per run of neighbouring tiles (returns seconds spent)
+
+
+class _Pipeline:
+    """One run of the pipeline: ``_feed`` (feeder thread), ``_infer`` (inference thread) and ``_drain`` (the
+    calling thread, stitching). Queues are bounded; ``stop`` ends every loop; the first failure wins."""
+
+    def __init__(self, source: TileSource, grid: TileGrid, tiles: Sequence[TileRC], backend: TileRunner,
+                 stitcher: Stitcher, opts: PipelineOptions) -> None:
+        self.source, self.grid, self.tiles = source, grid, tiles
+        self.backend, self.stitcher, self.opts = backend, stitcher, opts
+        self.stats = PipelineStats()
+        t = grid.tile
+        n_buffers = opts.prefetch + 2  # prefetch queued + one being inferred + one being filled
+        self.buffers = [np.empty((opts.batch_size, t, t, 3), dtype=np.uint8) for _ in range(n_buffers)]
+        self.free: queue.Queue[int] = queue.Queue()
+        for i in range(n_buffers):
+            self.free.put(i)
+        self.ready: queue.Queue[Any] = queue.Queue(maxsize=opts.prefetch)
+        self.results: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.failures: list[BaseException] = []
+        self.pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="slidefuse-read")
+
+    # --- plumbing ----------------------------------------------------------------------------------
+    def _put(self, q: queue.Queue[Any], item: Any) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue[Any]) -> Any:
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def _stop_with(self, exc: BaseException) -> None:
+        with self.lock:
+            self.failures.append(exc)
+        self.stop.set()
+
+    def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except _Stop:
+                pass
+            except BaseException as exc:  # handed to the calling thread
+                self._stop_with(exc)
+
+        return run
+
+    # --- stages ------------------------------------------------------------------------------------
+    def _read_run(self, buf: np.ndarray, slots: list[int], run: list[TileRC]) -> float:
+        if self.stop.is_set():
+            return 0.0
+        t0 = time.perf_counter()
+        t = self.grid.tile
+        boxes = [self.grid.tile_box(rc) for rc in run]
+        if len(boxes) == 1:
+            buf[slots[0]] = self.source.read(*boxes[0])
+        else:
+            x0, y0 = boxes[0][0], boxes[0][1]
+            region = self.source.read(x0, y0, boxes[-1][0] + t - x0, t)
+            for slot, (x, _, _, _) in zip(slots, boxes, strict=True):
+                buf[slot] = region[:, x - x0 : x - x0 + t]
+        return time.perf_counter() - t0
+
+    def _feed(self) -> None:
+        """Fill free buffers with reads (on the reader pool) and queue them, in tile order."""
+        bs = self.opts.batch_size
+        for start in range(0, len(self.tiles), bs):
+            batch_tiles = list(self.tiles[start : start + bs])
+            buffer_id = self._get(self.free)
+            buf = self.buffers[buffer_id]
+            futures = [self.pool.submit(self._read_run, buf, slots, run)
+                       for slots, run in _runs(batch_tiles, self.opts.run_length)]
+            self._put(self.ready, _QueuedBatch(buffer_id, batch_tiles, futures))
+        self._put(self.ready, _DONE)
+
+    def _infer(self) -> None:
+        """Wait for each batch's reads, run the backend, free the buffer, queue the probabilities."""
+        while True:
+            item = self._get(self.ready)
+            if item is _DONE:
+                self._put(self.results, _DONE)
+                return
+            t0 = time.perf_counter()
+            read_seconds = sum(f.result() for f in item.futures)
+            t1 = time.perf_counter()
+            probs = self.backend.run(self.buffers[item.buffer_id][: len(item.tiles)])
+            t2 = time.perf_counter()
+            self.free.put(item.buffer_id)
+            with self.lock:
+                self.stats.read += read_seconds
+                self.stats.read_wait += t1 - t0
+                self.stats.inference += t2 - t1
+                self.stats.batches += 1
+            self._put(self.results, (item.tiles, probs))
+
+    def _drain(self, progress: ProgressFn | None) -> int:
+        """Stitch results in order on the calling thread; returns the number of tiles stitched."""
+        done, total = 0, len(self.tiles)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = self._get(self.results)
+            except _Stop:
+                return done
+            self.stats.infer_wait += time.perf_counter() - t0
+            if item is _DONE:
+                return done
+            batch_tiles, probs = item
+            if probs.shape[0] != len(batch_tiles):
+                raise RuntimeError(f"backend returned {probs.shape[0]} results for {len(batch_tiles)} tiles")
+            t1 = time.perf_counter()
+            for i, rc in enumerate(batch_tiles):
+                self.stitcher.add(rc, probs[i])
+            self.stats.stitch += time.perf_counter() - t1
+            done += len(batch_tiles)
+            if progress is not None:
+                progress(done, total)
+
+    def run(self, progress: ProgressFn | None) -> PipelineStats:
+        threads = [
+            threading.Thread(target=self._guarded(self._feed), name="slidefuse-feed", daemon=True),
+            threading.Thread(target=self._guarded(self._infer), name="slidefuse-infer", daemon=True),
+        ]
+        for th in threads:
+            th.start()
+        try:
+            done = self._drain(progress)
+        except BaseException as exc:
+            self._stop_with(exc)
+            raise
+        finally:
+            self.stop.set()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            for th in threads:
+                th.join()
+        if self.failures:
+            raise self.failures[0]
+        if done != len(self.tiles):  # cannot happen without a failure; never return a silently short result
+            raise RuntimeError(f"pipeline stopped after {done} of {len(self.tiles)} tiles")
+        self.stats.tiles = done
+        return self.stats
 
 
 def run_pipeline(
@@ -115,148 +271,12 @@ def run_pipeline(
     order = [r * grid.n_cols + c for r, c in tiles]
     if any(b <= a for a, b in zip(order, order[1:], strict=False)):
         raise ValueError("tiles must be in row-major order without repeats")
-    stats = PipelineStats()
     t_start = time.perf_counter()
-    total = len(tiles)
-    if total == 0:
-        return stats
-
-    t = grid.tile
-    n_buffers = opts.prefetch + 2  # prefetch queued + one being inferred + one being filled
-    buffers = [np.empty((opts.batch_size, t, t, 3), dtype=np.uint8) for _ in range(n_buffers)]
-    free: queue.Queue[int] = queue.Queue()
-    for i in range(n_buffers):
-        free.put(i)
-    ready: queue.Queue[Any] = queue.Queue(maxsize=opts.prefetch)
-    results: queue.Queue[Any] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def put(q: queue.Queue[Any], item: Any) -> None:
-        while True:
-            if stop.is_set():
-                raise _Stop
-            try:
-                q.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def get(q: queue.Queue[Any]) -> Any:
-        while True:
-            if stop.is_set():
-                raise _Stop
-            try:
-                return q.get(timeout=0.05)
-            except queue.Empty:
-                continue
-
-    def read_run(buf: np.ndarray, slots: list[int], run: list[TileRC]) -> float:
-        if stop.is_set():
-            return 0.0
-        t0 = time.perf_counter()
-        boxes = [grid.tile_box(rc) for rc in run]
-        if len(boxes) == 1:
-            buf[slots[0]] = source.read(*boxes[0])
-        else:
-            x0, y0 = boxes[0][0], boxes[0][1]
-            region = source.read(x0, y0, boxes[-1][0] + t - x0, t)
-            for slot, (x, _, _, _) in zip(slots, boxes, strict=True):
-                buf[slot] = region[:, x - x0 : x - x0 + t]
-        return time.perf_counter() - t0
-
-    pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="slidefuse-read")
-
-    def feeder() -> None:
-        try:
-            for start in range(0, total, opts.batch_size):
-                batch_tiles = list(tiles[start : start + opts.batch_size])
-                buffer_id = get(free)
-                buf = buffers[buffer_id]
-                futures = [
-                    pool.submit(read_run, buf, slots, run) for slots, run in _runs(batch_tiles, opts.run_length)
-                ]
-                put(ready, _Batch(buffer_id, batch_tiles, futures))
-            put(ready, _DONE)
-        except _Stop:
-            pass
-        except BaseException as exc:  # handed to the calling thread
-            stop_with(exc)
-
-    def infer() -> None:
-        try:
-            while True:
-                item = get(ready)
-                if item is _DONE:
-                    put(results, _DONE)
-                    return
-                t0 = time.perf_counter()
-                read_seconds = sum(f.result() for f in item.futures)
-                t1 = time.perf_counter()
-                n = len(item.tiles)
-                probs = backend.run(buffers[item.buffer_id][:n])
-                t2 = time.perf_counter()
-                free.put(item.buffer_id)
-                with lock:
-                    stats.read += read_seconds
-                    stats.read_wait += t1 - t0
-                    stats.inference += t2 - t1
-                    stats.batches += 1
-                put(results, (item.tiles, probs))
-        except _Stop:
-            pass
-        except BaseException as exc:  # handed to the calling thread
-            stop_with(exc)
-
-    failures: list[BaseException] = []
-
-    def stop_with(exc: BaseException) -> None:
-        with lock:
-            failures.append(exc)
-        stop.set()
-
-    threads = [
-        threading.Thread(target=feeder, name="slidefuse-feed", daemon=True),
-        threading.Thread(target=infer, name="slidefuse-infer", daemon=True),
-    ]
-    for th in threads:
-        th.start()
-    done = 0
-    try:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = get(results)
-            except _Stop:
-                break
-            stats.infer_wait += time.perf_counter() - t0
-            if item is _DONE:
-                break
-            batch_tiles, probs = item
-            if probs.shape[0] != len(batch_tiles):
-                raise RuntimeError(f"backend returned {probs.shape[0]} results for {len(batch_tiles)} tiles")
-            t1 = time.perf_counter()
-            for i, rc in enumerate(batch_tiles):
-                stitcher.add(rc, probs[i])
-            stats.stitch += time.perf_counter() - t1
-            done += len(batch_tiles)
-            if progress is not None:
-                progress(done, total)
-    except BaseException as exc:
-        stop_with(exc)
-        raise
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for th in threads:
-            th.join()
-    if failures:
-        raise failures[0]
-    if done != total:  # cannot happen without a failure; never return a silently short result
-        raise RuntimeError(f"pipeline stopped after {done} of {total} tiles")
-    stats.tiles = done
+    if not tiles:
+        return PipelineStats()
+    stats = _Pipeline(source, grid, tiles, backend, stitcher, opts).run(progress)
     stats.wall = time.perf_counter() - t_start
-    log.debug("pipeline: %d tiles in %d batches, %s", done, stats.batches,
+    log.debug("pipeline: %d tiles in %d batches, %s", stats.tiles, stats.batches,
               ", ".join(f"{k} {v:.2f}s" for k, v in stats.as_dict().items()))
     return stats
 
