@@ -13,6 +13,27 @@ from slidefuse import __version__
 from slidefuse.errors import SlidefuseError
 
 
+# Option fields (of the library's frozen option records) -> the flag a user typed. Only this handler maps them.
+FIELD_FLAGS = {
+    "batch_size": "--batch",
+    "workers": "--workers",
+    "prefetch": "--prefetch",
+    "overlap": "--overlap",
+    "mpp": "--mpp",
+    "mask_mpp": "--mask-mpp",
+}
+
+
+def _with_flag(exc: SlidefuseError) -> str:
+    """The error's one line, with the option's field name replaced by its command-line flag."""
+    text = str(exc)
+    field: str = getattr(exc, "field", None) or ""
+    flag = FIELD_FLAGS.get(field)
+    if flag and text.startswith(f"{field} "):
+        return f"{flag} {text[len(field) + 1:]}"
+    return text
+
+
 class _Group(click.Group):
     """A click group that prints SlidefuseError as one line (no traceback) and exits with its code."""
 
@@ -20,7 +41,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SlidefuseError as exc:
-            click.echo(f"slidefuse: error: {exc}", err=True)
+            click.echo(f"slidefuse: error: {_with_flag(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("slidefuse: interrupted", err=True)

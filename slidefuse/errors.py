@@ -14,9 +14,14 @@ class SlidefuseError(Exception):
 
 
 class UsageError(SlidefuseError, ValueError):
-    """Options that conflict or are out of range."""
+    """Options that conflict or are out of range. ``field`` names the option (a dataclass field) when one
+    option is at fault; the CLI maps it to its flag."""
 
     exit_code = 2
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SlideNotFound(SlidefuseError, FileNotFoundError):
@@ -31,10 +36,8 @@ class MissingPixelSize(SlidefuseError, ValueError):
     """A slide without a pixel size and no --mpp given."""
 
 
-class InvalidPixelSize(SlidefuseError, ValueError):
+class InvalidPixelSize(UsageError):
     """A pixel size that is not a positive, finite number of microns per pixel."""
-
-    exit_code = 2
 
 
 class BundleError(SlidefuseError, ValueError):

@@ -93,36 +93,43 @@ def command(
     """
     import logging
 
-    from slidefuse.errors import SlideNotFound, UsageError
-    from slidefuse.runtime.bundle import load_bundle
     from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
     from slidefuse.runtime.progress import make_progress
     from slidefuse.runtime.segment import SegmentOptions, segment_many
-    from slidefuse.runtime.tissue import TissueParams
 
-    log = logging.getLogger("slidefuse.commands.segment")
-    obj: dict[str, Any] = ctx.obj or {}
-    quiet = quiet or bool(obj.get("quiet"))
+    quiet = quiet or bool((ctx.obj or {}).get("quiet"))
     if quiet:
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
+    _check_inputs(inputs, list_file, out, all_tiles, tissue_threshold, min_tile_tissue)
+    bundle = _load_model(model)
+    options = SegmentOptions(  # validates every value once; errors name the field, the CLI shows the flag
+        backend=backend,
+        backend_options={"threads": threads} if threads is not None else {},
+        batch_size=batch,
+        overlap=overlap,
+        tissue=_tissue_params(tissue_threshold, min_tile_tissue),
+        all_tiles=all_tiles,
+        mpp=mpp,
+        formats=DEFAULT_FORMATS if formats is None else parse_formats(formats),
+        mask_mpp=mask_mpp,
+        overwrite=overwrite,
+        workers=workers,
+        overlap_slides=overlap_slides,
+    )
+    results = segment_many(list(inputs), bundle, out, options, list_file=list_file, progress=make_progress(quiet))
+    if _summary(results, out, quiet):
+        ctx.exit(1)
 
-    # ---- options
+
+def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, all_tiles: bool,
+                  tissue_threshold: float | None, min_tile_tissue: float | None) -> None:
+    """Usage errors that only the command line can make: no slides, a missing list, conflicting flags."""
+    from slidefuse.errors import SlideNotFound, UsageError
+
     if not inputs and list_file is None:
         raise UsageError("no slides given; pass slide files or folders, or --list FILE")
     if list_file is not None and not list_file.is_file():
         raise SlideNotFound(f"{list_file}: no such list file (--list); pass a text file with one slide path per line")
-    if batch < 1:
-        raise UsageError(f"--batch must be >= 1 tile, got {batch}")
-    if workers < 1:
-        raise UsageError(f"--workers must be >= 1 reader thread, got {workers}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
-    if overlap is not None and overlap < 0:
-        raise UsageError(f"--overlap must be >= 0 px, got {overlap}")
-    if mpp is not None and not mpp > 0:
-        raise UsageError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
-    if mask_mpp is not None and not mask_mpp > 0:
-        raise UsageError(f"--mask-mpp must be a positive number of microns per pixel, got {mask_mpp}")
     if all_tiles and (tissue_threshold is not None or min_tile_tissue is not None):
         named = [n for n, v in (("--tissue-threshold", tissue_threshold), ("--min-tile-tissue", min_tile_tissue))
                  if v is not None]
@@ -130,15 +137,27 @@ def command(
                          "selected by tissue; drop one of them")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder for the outputs")
-    fmts = DEFAULT_FORMATS if formats is None else parse_formats(formats)
+
+
+def _tissue_params(tissue_threshold: float | None, min_tile_tissue: float | None) -> Any:
+    from slidefuse.runtime.tissue import TissueParams
 
     tissue = TissueParams()
     if tissue_threshold is not None:
         tissue = TissueParams(**{**tissue.to_dict(), "min_saturation": tissue_threshold})
     if min_tile_tissue is not None:
         tissue = TissueParams(**{**tissue.to_dict(), "tile_min_fraction": min_tile_tissue})
+    return tissue
 
-    # ---- model
+
+def _load_model(model: Path | None) -> Any:
+    """The bundle named by --model, else the demonstration bundle; warns about random or demo weights."""
+    import logging
+
+    from slidefuse.errors import UsageError
+    from slidefuse.runtime.bundle import load_bundle
+
+    log = logging.getLogger("slidefuse.commands.segment")
     if model is None:
         model = _default_model()
         if model is None:
@@ -150,28 +169,11 @@ def command(
         log.warning("model %s has RANDOM weights: its masks are meaningless (tests and benchmarks only)", model)
     if bundle.manifest.demo:
         log.info("model %s is the demonstration model: not for diagnostic use", model)
-    if overlap is not None and overlap > bundle.manifest.tile_size // 2:
-        raise UsageError(f"--overlap {overlap} px is more than half of this model's {bundle.manifest.tile_size} px "
-                         f"tile; choose 0..{bundle.manifest.tile_size // 2}")
+    return bundle
 
-    options = SegmentOptions(
-        backend=backend,
-        backend_options={"threads": threads} if threads else {},
-        batch_size=batch,
-        overlap=overlap,
-        tissue=tissue,
-        all_tiles=all_tiles,
-        mpp=mpp,
-        formats=fmts,
-        mask_mpp=mask_mpp,
-        overwrite=overwrite,
-        workers=workers,
-        overlap_slides=overlap_slides,
-    )
-    progress = make_progress(quiet)
-    results = segment_many(list(inputs), bundle, out, options, list_file=list_file, progress=progress)
 
-    # ---- summary
+def _summary(results: list[Any], out: Path, quiet: bool) -> bool:
+    """Print each failure as one line and the totals; True when any slide failed."""
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         click.echo(f"slidefuse: error: {r.error}", err=True)
@@ -180,5 +182,4 @@ def command(
         skipped = sum(r.status == "skipped" for r in results)
         click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed of {len(results)} slide(s); "
                    f"outputs in {out} (run log {out / 'run.json'})", err=True)
-    if failed:
-        ctx.exit(1)
+    return bool(failed)

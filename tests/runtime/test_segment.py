@@ -233,8 +233,8 @@ def test_overlapped_slides_plan_ahead_and_write_behind_with_the_same_outputs(
         where["finish"].append((done.slide_path.name, threading.current_thread().name))
         return real_finish(done, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(seg, "plan_slide", plan)
-    monkeypatch.setattr(seg, "finish_slide", finish)
+    monkeypatch.setattr(seg.stages, "plan_slide", plan)
+    monkeypatch.setattr(seg.stages, "finish_slide", finish)
     fmts = frozenset({"tiff", "report"})
     overlapped = segment_many(slides, bundle, tmp_path / "a", SegmentOptions(formats=fmts, **FAST))
     assert [r.status for r in overlapped] == ["ok"] * 3
@@ -269,7 +269,7 @@ def test_overlapped_slides_a_failed_output_fails_its_slide_alone(
             raise OSError(28, "No space left on device")
         return real_finish(done, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(seg, "finish_slide", finish)
+    monkeypatch.setattr(seg.stages, "finish_slide", finish)
     results = segment_many([slides[0], corrupt_slide, slides[1], slides[2]], bundle, tmp_path / "out",
                            SegmentOptions(formats=frozenset({"tiff"}), **FAST))
     assert [r.status for r in results] == ["failed", "failed", "ok", "ok"]
@@ -294,7 +294,7 @@ def test_an_interrupt_during_a_slide_still_finishes_and_records_the_previous_one
             raise KeyboardInterrupt
         return real_infer(plan, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(seg, "infer_slide", infer)
+    monkeypatch.setattr(seg.stages, "infer_slide", infer)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         segment_many(slides, bundle, out, SegmentOptions(formats=frozenset({"tiff", "report"}), **FAST))

@@ -1,0 +1,72 @@
+"""Options and per-slide results of a segmentation run: validated once, here."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slidefuse.errors import InvalidPixelSize, UsageError
+from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
+from slidefuse.runtime.tissue import TissueParams
+
+RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    backend: str = "ort-cpu"  # backend registry name (see `slidefuse.runtime.backends`)
+    backend_options: Mapping[str, Any] = field(default_factory=dict)  # passed to open_backend (e.g. threads)
+    batch_size: int = 8  # tiles per backend call
+    overlap: int | None = None  # tile overlap in model px; None = the bundle's recommendation (capped at T/2)
+    tissue: TissueParams = TissueParams()  # tissue detection and tile selection parameters
+    all_tiles: bool = False  # run every tile of the grid, not only those touching tissue
+    mpp: float | None = None  # slide pixel size override (um per level-0 px), for slides without one
+    formats: frozenset[str] = DEFAULT_FORMATS  # output format names to write (see runtime.outputs.registry)
+    mask_mpp: float | None = None  # write mask.tif at this coarser um/px (None: the model's mpp)
+    overwrite: bool = False  # redo slides whose outputs are already complete for this bundle
+    workers: int = 4  # reader threads
+    prefetch: int = 2  # batches read ahead of the engine
+    preload_max_pixels: int = 16_000_000  # decode the whole slide at the model's mpp once when it is this small
+    overlap_slides: bool = True  # plan the next slide and write the last one's outputs while a slide runs
+
+    def __post_init__(self) -> None:
+        """Every check of these options, once; messages name the field (the CLI maps fields to its flags)."""
+        for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1), ("overlap", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+        for name in ("mpp", "mask_mpp"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InvalidPixelSize(f"{name} must be a positive, finite number of microns per pixel, "
+                                       f"got {value!r}", field=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["formats"] = sorted(self.formats)
+        d["backend_options"] = dict(self.backend_options)
+        return d
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide."""
+
+    slide: Path  # the slide file as given
+    status: str  # "ok", "skipped" (outputs already complete for this bundle) or "failed"
+    out_dir: Path | None = None  # OUT/<slide stem>
+    error: str | None = None  # one-line reason when failed
+    outputs: dict[str, Path] = field(default_factory=dict)  # format -> written file
+    seconds: float = 0.0  # wall time spent on the slide
+    tile_counts: dict[str, int] = field(default_factory=dict)  # grid / tissue / run
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+

@@ -1,0 +1,218 @@
+"""A slide's three stages: `plan_slide` (open, tissue, tiles), `infer_slide` (pipeline + stitcher) and
+`finish_slide` (outputs); `segment_slide` runs them in turn. Only `infer_slide` touches the backend."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidefuse.errors import UsageError
+from slidefuse.runtime.backends.base import Backend
+from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
+from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
+from slidefuse.runtime.progress import NullProgress, Progress
+from slidefuse.runtime.segment.inputs import slide_stem
+from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
+from slidefuse.runtime.stitch import Stitcher
+from slidefuse.runtime.tissue import TissueParams, detect_tissue
+from slidefuse.runtime.types import MaskResult, SlideInfo
+
+log = logging.getLogger(__name__)
+
+
+def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:
+    """Overlap in model px: the option, else the bundle's recommendation capped at half a tile."""
+    t = bundle.manifest.tile_size
+    if options.overlap is not None:
+        if options.overlap > t // 2:
+            raise UsageError(f"overlap {options.overlap} px is more than half of this model's {t} px tile; "
+                             f"choose 0..{t // 2}", field="overlap")
+        return options.overlap
+    return min(max(int(bundle.manifest.overlap), 0), t // 2)
+
+
+def find_tissue(slide: Any, params: TissueParams) -> tuple[np.ndarray, np.ndarray, float]:
+    """Thumbnail and tissue: (uint8 [h, w, 3] RGB thumbnail, bool [h, w] tissue mask, thumb um/px)."""
+    thumb_mpp = float(slide.thumbnail_mpp(params.thumb_max_side))
+    thumb = slide.thumbnail(params.thumb_max_side)
+    tissue = detect_tissue(thumb, params, thumb_mpp=thumb_mpp)
+    return thumb, tissue, thumb_mpp
+
+
+def plan_tiles(
+    grid: TileGrid, tissue: np.ndarray, mpp: float, thumb_mpp: float, options: SegmentOptions
+) -> tuple[list[TileRC], int]:
+    """(tiles to run in row-major order, number of tiles touching tissue)."""
+    touching = select_tiles(grid, tissue, mpp, thumb_mpp, options.tissue.tile_min_fraction)
+    if options.all_tiles:
+        return list(grid.tiles()), len(touching)
+    return touching, len(touching)
+
+
+@dataclass
+class PlannedSlide:
+    """A slide opened, its tissue found and its tiles chosen (stage 1 of 3). Holds the open slide."""
+
+    slide_path: Path
+    out_dir: Path
+    slide: Any  # the open SlideReader; closed by `infer_slide`
+    view: Any  # the slide at the model's um/px (ScaledView)
+    grid: TileGrid
+    tiles: list[TileRC]
+    n_tissue: int
+    thumb: np.ndarray
+    tissue: np.ndarray
+    thumb_mpp: float
+    timings: dict[str, float]
+    seconds: float  # time this slide's own stages took so far
+
+    def close(self) -> None:
+        self.slide.close()
+
+
+@dataclass
+class StitchedSlide:
+    """A slide's tiles run and stitched into the raw mask on disk (stage 2 of 3); the slide is closed."""
+
+    slide_path: Path
+    out_dir: Path
+    info: SlideInfo
+    result: MaskResult
+    seconds: float
+
+
+def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path) -> PlannedSlide:
+    """Stage 1: open the slide, find tissue on a thumbnail, lay the grid and choose the tiles. Touches no
+    backend, so it can run on a background thread while another slide is inferred."""
+    from slidefuse.runtime.slide import open_slide
+
+    t_start = time.perf_counter()
+    m = bundle.manifest
+    timings: dict[str, float] = {}
+    slide = open_slide(Path(slide_path), mpp=options.mpp, colour_transform=bundle.manifest.color_transform)
+    try:
+        t0 = time.perf_counter()
+        thumb, tissue, thumb_mpp = find_tissue(slide, options.tissue)
+        timings["tissue"] = time.perf_counter() - t0
+        view = slide.scaled(m.mpp)
+        t0 = time.perf_counter()
+        if view.preload(options.preload_max_pixels):
+            log.info("%s: %d x %d px at %g um/px decoded once into memory (small slide)",
+                     Path(slide_path).name, view.width, view.height, m.mpp)
+        timings["preload"] = time.perf_counter() - t0
+        overlap = effective_overlap(bundle, options)
+        grid = TileGrid(view.width, view.height, m.tile_size, overlap, margin=overlap)
+        tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)
+    except BaseException:
+        slide.close()
+        raise
+    log.info("%s: %d x %d px at %g um/px, %d of %d tiles to run (%d x %d grid, tile %d, overlap %d)",
+             Path(slide_path).name, grid.width, grid.height, m.mpp, len(tiles), grid.n_tiles, grid.n_rows,
+             grid.n_cols, grid.tile, grid.overlap)
+    return PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
+                        thumb_mpp, timings, time.perf_counter() - t_start)
+
+
+def infer_slide(
+    plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, backend: Backend, progress: Progress
+) -> StitchedSlide:
+    """Stage 2: stream the planned tiles through the backend into the stitcher (disk-backed raw mask in the
+    output folder). Closes the slide; removes the raw mask when it fails."""
+    from slidefuse.runtime.outputs import clean_temporaries
+
+    t_start = time.perf_counter()
+    m = bundle.manifest
+    grid, tiles, timings = plan.grid, plan.tiles, plan.timings
+    raw_path = plan.out_dir / RAW_NAME
+    try:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(plan.out_dir)
+        progress.update(0, len(tiles))
+        with Stitcher(grid, m.num_classes, raw_path) as stitcher:
+            stats = run_pipeline(
+                plan.view, grid, tiles, backend, stitcher,
+                PipelineOptions(batch_size=options.batch_size, workers=options.workers, prefetch=options.prefetch),
+                progress=progress.update,
+            )
+            t0 = time.perf_counter()
+            stitcher.finish()
+            stats.stitch += time.perf_counter() - t0
+        timings.update(stats.as_dict())
+        result = MaskResult(
+            raw_path=raw_path,
+            mask_width=grid.width,
+            mask_height=grid.height,
+            mpp=m.mpp,
+            class_pixels=stitcher.class_pixels.copy(),
+            tissue=plan.tissue,
+            thumbnail=plan.thumb,
+            tile_counts={"grid": grid.n_tiles, "tissue": plan.n_tissue, "run": len(tiles)},
+            timings=timings,
+            backend=backend.info().to_dict(),
+            extra={
+                "tile": grid.tile, "overlap": grid.overlap, "stride": grid.stride, "margin": grid.margin,
+                "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "batch_size": options.batch_size,
+                "workers": options.workers, "batches": stats.batches, "thumb_mpp": plan.thumb_mpp,
+                "all_tiles": options.all_tiles, "stitcher_bytes": stitcher.accumulator_bytes(),
+            },
+        )
+    except BaseException:
+        raw_path.unlink(missing_ok=True)
+        raise
+    finally:
+        plan.close()
+    seconds = plan.seconds + time.perf_counter() - t_start
+    timings["total"] = seconds  # this slide's own stages up to the stitched mask (outputs not included)
+    return StitchedSlide(plan.slide_path, plan.out_dir, plan.slide.info, result, seconds)
+
+
+def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions) -> SlideResult:
+    """Stage 3: write the outputs from the raw mask (each atomically), then remove the raw mask. Touches no
+    backend, so it can run on a background thread while the next slide is inferred."""
+    from slidefuse.runtime.outputs import write_outputs
+
+    result, timings = done.result, done.result.timings
+    t0 = time.perf_counter()
+    try:
+        outputs = write_outputs(result, done.info, bundle, done.out_dir, options.formats,
+                                mask_mpp=options.mask_mpp, extra_report={"options": options.to_dict()})
+    finally:
+        result.raw_path.unlink(missing_ok=True)
+    timings["write"] = time.perf_counter() - t0
+    seconds = done.seconds + timings["write"]
+    n_run = result.tile_counts["run"]
+    log.info("%s: done in %.1f s (%d tiles, %.1f tiles/s inference)", done.slide_path.name, seconds, n_run,
+             n_run / timings["inference"] if timings.get("inference") else 0.0)
+    return SlideResult(done.slide_path, "ok", done.out_dir, None, dict(outputs), seconds, dict(result.tile_counts),
+                       dict(timings))
+
+
+def segment_slide(
+    slide_path: Path,
+    bundle: Bundle,
+    out_root: Path,
+    options: SegmentOptions,
+    backend: Backend,
+    *,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> SlideResult:
+    """Segment one slide into `out_dir` (default OUT/<slide stem>) with an open `backend`; raises on failure.
+
+    Stages, in turn: `plan_slide` (open, thumbnail + tissue, grid + tile selection), `infer_slide` (pipeline +
+    stitch), `finish_slide` (outputs). `segment_many` runs the same stages with the first and last of
+    neighbouring slides overlapped with inference.
+    """
+    slide_path = Path(slide_path)
+    out_dir = Path(out_dir) if out_dir is not None else Path(out_root) / slide_stem(slide_path)
+    plan = plan_slide(slide_path, bundle, options, out_dir)
+    done = infer_slide(plan, bundle, options, backend, progress or NullProgress())
+    return finish_slide(done, bundle, options)
+
+
