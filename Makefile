@@ -10,7 +10,7 @@ CACHE  := .cache
 DEMO_SLIDE := $(CACHE)/demo/CMU-1-Small-Region.svs
 DEMO_OUT   := demo-out
 
-.PHONY: demo test test-slow lint typecheck setup setup-dev system-deps bench-cpu clean help
+.PHONY: demo test test-slow lint typecheck docs-check setup setup-dev system-deps bench-cpu clean help
 
 help:
 	@echo "make demo       set up and segment the real CMU-1-Small-Region slide with the default model"
@@ -52,7 +52,10 @@ lint: setup-dev
 typecheck: setup-dev
 	$(VENV)/bin/mypy
 
-test: setup-dev lint typecheck
+docs-check: setup-dev
+	$(VENV)/bin/python tools/gen_cli_docs.py --check
+
+test: setup-dev lint typecheck docs-check
 	$(VENV)/bin/python -m pytest -q
 
 # pytest exits 5 when no test is selected; that is not a failure here.

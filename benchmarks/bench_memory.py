@@ -4,11 +4,12 @@
     .venv/bin/python benchmarks/bench_memory.py --sizes 12000,36000 --tissue-fraction 0.3 --model-mpp 1.0
 
 For each size, a pyramidal JPEG TIFF made of real H&E windows (``benchmarks/make_slides.py``, same tissue
-fraction and layout) is segmented end to end (``segment_many``: thumbnail + tissue, tiles, pipeline,
-stitching to disk, outputs) in a fresh subprocess, which reports its own peak RSS (``ru_maxrss``) and, after
-resetting the kernel's mark once the tiles are planned, the peak of the streaming part alone (``VmHWM``). The model is a pure-ONNX colour classifier bundle (``tests/runtime/onnx_models.py``), so the
-figures measure the runtime, not a network. Target (issue 5): the 36k slide's peak within 25% of the 12k one's.
-Results: ``benchmarks/results/memory.json``. Slides are cached in ``--workdir`` between runs.
+fraction and layout) is segmented end to end (``segment_many``: thumbnail + tissue, tiles, pipeline, stitching
+to disk, outputs) in a fresh subprocess, which reports its own peak RSS (``ru_maxrss``) and, after resetting
+the kernel's mark once the tiles are planned, the peak of the streaming part alone (``VmHWM``). The model is a
+pure-ONNX colour classifier bundle (``tests/runtime/onnx_models.py``), so the figures measure the runtime, not
+a network. Target (issue 5): the 36k slide's peak within 25% of the 12k one's. Results:
+``benchmarks/results/memory.json``. Slides are cached in ``--workdir`` between runs.
 """
 
 from __future__ import annotations

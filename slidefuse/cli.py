@@ -12,7 +12,6 @@ import click
 from slidefuse import __version__
 from slidefuse.errors import SlidefuseError
 
-
 # Option fields (of the library's frozen option records) -> the flag a user typed. Only this handler maps them.
 FIELD_FLAGS = {
     "batch_size": "--batch",

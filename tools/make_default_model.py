@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild the committed demonstration bundle `slidefuse/data/default/`, end to end, in one command:
 
-    .venv/bin/python tools/make_default_model.py            # minutes on a free 2-core CPU (see the README for the measured time)
+    .venv/bin/python tools/make_default_model.py    # minutes on a free 2-core CPU (the README has the measured time)
 
 Stages (each printed as the command it runs):
 1. data:   tools/make_pseudolabel_tiles.py  -> build/default-model/tiles  (pseudo-labels from the real H&E slides)
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     mark_demo(out, {"training.json": training_record(ckpt.with_suffix(".json"), tiles / "dataset.json",
                                                      train_seconds, recipe),
                     "README.md": readme(args.mpp, args.tile, recipe)})
-    print(f"demonstration bundle {rel(out)} ({sum(p.stat().st_size for p in out.rglob('*') if p.is_file()) / 1e6:.1f} MB),"
+    size_mb = sum(p.stat().st_size for p in out.rglob('*') if p.is_file()) / 1e6
+    print(f"demonstration bundle {rel(out)} ({size_mb:.1f} MB),"
           f" trained in {train_seconds:.0f} s")
     if args.skip_check:
         return 0

@@ -1,5 +1,5 @@
-"""`slidefuse bench slide`: one slide (or a batch of slides) end to end through the runtime, time per stage, and the ratio of the
-end-to-end rate to the engine-only rate on the same tiles."""
+"""`slidefuse bench slide`: one slide (or a batch of slides) end to end through the runtime, time per stage,
+and the ratio of the end-to-end rate to the engine-only rate on the same tiles."""
 
 from __future__ import annotations
 

@@ -142,7 +142,9 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         return Manifest.from_dict(json.loads(mpath.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{mpath}: unreadable manifest ({exc}); re-export the bundle with 'slidefuse export'") from exc
+        raise BundleError(
+            f"{mpath}: unreadable manifest ({exc}); re-export the bundle with 'slidefuse export'"
+        ) from exc
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:

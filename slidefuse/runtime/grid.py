@@ -1,7 +1,8 @@
 """The overlapping tile grid in the model frame, its blend weight window, and tile selection by tissue.
 
 Frames (see ``coords``): tiles live in the *model* frame (pixels at the bundle's microns per pixel); a tile is
-addressed by ``tile_rc = (row, col)`` and covers the model-frame box ``(col * stride - margin, row * stride - margin, T, T)``.
+addressed by ``tile_rc = (row, col)`` and covers the model-frame box
+``(col * stride - margin, row * stride - margin, T, T)``.
 The grid is regular. It starts ``margin`` px before the left / top edges and its last row and column reach at
 least ``margin`` px past the right / bottom edges; the reader pads white outside the slide. With
 ``margin = overlap`` (what ``segment`` uses) every slide pixel sees at least ``overlap`` px of context on every

@@ -28,7 +28,9 @@ COLOUR_CLASSES: tuple[tuple[str, tuple[float, float, float], tuple[int, int, int
 )
 
 
-def colour_classifier(blur_radius: int = 1, sharpness: float = 12.0, depth: int = 0, width: int = 16) -> onnx.ModelProto:
+def colour_classifier(
+    blur_radius: int = 1, sharpness: float = 12.0, depth: int = 0, width: int = 16
+) -> onnx.ModelProto:
     """The ONNX model described in the module docstring (opset 17).
 
     ``depth > 0`` adds a side branch of ``depth`` 3x3 convs (``width`` channels, ReLU, seeded random weights)

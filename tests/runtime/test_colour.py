@@ -145,7 +145,8 @@ def test_icc_transform_is_a_recorded_choice(tcga_slide: Path, tmp_path: Path) ->
     the choice is recorded either way. A Display P3 profile really changes the pixels."""
     import pyvips
 
-    with open_slide(tcga_slide, mpp=0.25) as raw, open_slide(tcga_slide, mpp=0.25, colour_transform="icc-to-srgb") as icc:
+    with (open_slide(tcga_slide, mpp=0.25) as raw,
+          open_slide(tcga_slide, mpp=0.25, colour_transform="icc-to-srgb") as icc):
         assert raw.info.colour is not None and icc.info.colour is not None
         assert "not applied" in raw.info.colour.icc
         assert "converted to sRGB" in icc.info.colour.icc

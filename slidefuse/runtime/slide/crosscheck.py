@@ -1,15 +1,16 @@
 """Cross-reader colour check: slidefuse's pixels against independent decoders, region by region.
 
 For random regions at level 0 and at a reduced level, the pixels slidefuse gives the model (the level as
-``SlideReader.level_rgb`` returns it, which every ``ScaledView`` resamples from) are compared with what tifffile + imagecodecs decode
-(TIFF, OME-TIFF and TIFF-based vendor files) and what openslide-python returns (OpenSlide formats). JPEG
-decoders round differently, so a reader agrees when the mean absolute difference is <= 1.5 grey levels and
-the 99th percentile <= 8. OpenSlide trusts the TIFF photometric tag as libtiff does, so on a level where
-slidefuse converts mislabelled YCbCr, openslide-python is not asked (it returns the same raw values that
-slidefuse corrects); tifffile decides there. libvips reads an OpenSlide level whose downsample is not an
-integer (e.g. 2.0005) tile by tile through level-0 coordinates, which OpenSlide renders with a growing
+``SlideReader.level_rgb`` returns it, which every ``ScaledView`` resamples from) are compared with what
+tifffile + imagecodecs decode (TIFF, OME-TIFF and TIFF-based vendor files) and what openslide-python returns
+(OpenSlide formats). JPEG decoders round differently, so a reader agrees when the mean absolute difference is
+<= 1.5 grey levels and the 99th percentile <= 8. OpenSlide trusts the TIFF photometric tag as libtiff does, so
+on a level where slidefuse converts mislabelled YCbCr, openslide-python is not asked (it returns the same raw
+values that slidefuse corrects); tifffile decides there. libvips reads an OpenSlide level whose downsample is
+not an integer (e.g. 2.0005) tile by tile through level-0 coordinates, which OpenSlide renders with a growing
 sub-pixel shift; on such a level the check compares 32x32 block means, which a shift of under a pixel barely
-moves and a colour error moves a lot. Those decoders live in the ``colour`` extra; they are never needed to segment.
+moves and a colour error moves a lot. Those decoders live in the ``colour`` extra; they are never needed to
+segment.
 """
 
 from __future__ import annotations

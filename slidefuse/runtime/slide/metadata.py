@@ -71,7 +71,8 @@ def _plausible(mpp: float | None, what: str, path: Path) -> float | None:
         return None
     lo, hi = PLAUSIBLE_MPP
     if not lo <= mpp <= hi:
-        log.debug("%s: ignoring %s pixel size %.6g um/px (outside %g..%g um/px: a placeholder)", path, what, mpp, lo, hi)
+        log.debug("%s: ignoring %s pixel size %.6g um/px (outside %g..%g um/px: a placeholder)",
+                  path, what, mpp, lo, hi)
         return None
     return mpp
 
