@@ -313,3 +313,16 @@ def test_auto_without_test_backends_on_the_colour_bundle(colour_bundle: Bundle) 
     assert "no TensorRT engine" in choice.skipped["trt"] or "TensorRT" in available_backends()["trt"]
     if choice.name != "ort-trt" and available_backends()["torch"] is None:  # torch (cuda) was tried
         assert "names no torch weights" in choice.skipped["torch (cuda)"]
+
+
+def test_a_registered_test_backend_runs_in_bench_parity(onehot: type[OneHotBackend], tiny: Bundle,
+                                                        runner: CliRunner, tmp_path: Path) -> None:
+    """The same test-only backend is compared with torch by `bench parity`; it predicts one class
+    everywhere, so the comparator must find it far from the reference and --check must fail."""
+    out = tmp_path / "parity.json"
+    res = runner.invoke(cli, ["-q", "bench", "parity", "--model", str(tiny.path), "--backends",
+                              f"ort-cpu,{onehot.name}", "--tiles", "2", "--json", str(out), "--check"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    rows = {r["backend"]: r for r in json.loads(out.read_text())}
+    assert rows["ort-cpu"]["status"] == "pass"
+    assert rows[onehot.name]["status"] == "fail" and rows[onehot.name]["max_abs_diff"] > 0.1
