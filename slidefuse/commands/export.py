@@ -14,13 +14,17 @@ def _classes(text: str) -> tuple[str, ...]:
 
 @click.command("export")
 @click.argument("encoder")
-@click.option("--classes", required=True, help="Comma-separated class names, background first: background,tumour,stroma.")
+@click.option("--classes", required=True,
+              help="Comma-separated class names, background first: background,tumour,stroma.")
 @click.option("--colors", default=None, help="Comma-separated colours, one per class: '#000000,#e41a1c,...' or "
               "'r:g:b,...'. Default: background black, then a fixed distinct palette.")
 @click.option("--mpp", type=float, required=True, help="Microns per pixel the model expects its tiles at.")
 @click.option("--tile", "tile_size", type=int, default=None,
               help="Tile side in px [the aligned tile (a multiple of the patch size: 518 for patch 14, 512 for "
                    "16 and 8), or the tile the decoder was trained on (its NAME.json sidecar)].")
+@click.option("--color-transform", type=click.Choice(["none", "icc-to-srgb"]), default="none", show_default=True,
+              help="What the model sees of a slide's embedded ICC profile: 'none' (the decoded values, as most "
+                   "training pipelines saw them) or 'icc-to-srgb' (converted through the profile to sRGB).")
 @click.option("--geometry", type=click.Choice(["aligned", "paper"]), default=None,
               help="Tile geometry: 'aligned' (tile a multiple of the patch size, tokens cover it exactly) or "
                    "'paper' (512 px; with patch 14 a 36x36 grid covers 504 px and the output is resized).")
@@ -54,7 +58,7 @@ def _classes(text: str) -> tuple[str, ...]:
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
 def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int | None,
-            geometry: str | None, overlap: int | None,
+            geometry: str | None, overlap: int | None, color_transform: str,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
@@ -89,7 +93,7 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
         encoder_weights=encoder_weights, decoder_weights=decoder_weights, random_weights=random_weights,
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
         simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random, parity_slides=parity_slides,
-        parity=ParityThresholds(parity_max_diff, parity_min_agreement),
+        parity=ParityThresholds(parity_max_diff, parity_min_agreement), color_transform=color_transform,
         fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
     )
     t0 = time.perf_counter()

@@ -102,6 +102,7 @@ class ExportConfig:
     parity: ParityThresholds = FP32_THRESHOLDS  # fp32 graph vs torch thresholds
     fp16_parity: ParityThresholds = FP16_THRESHOLDS  # fp16 graph vs fp32 graph thresholds
     parity_slides: tuple[Path, ...] = ()  # slides to cut the gate's real tiles from; () = the shipped tiles
+    color_transform: str = "none"  # embedded ICC profiles: "none" (as decoded) or "icc-to-srgb"
 
     def check(self) -> None:
         """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
@@ -111,6 +112,8 @@ class ExportConfig:
             raise UsageError(f"--tile {self.tile_size}: expected a tile side of at least 8 px, e.g. 512")
         if self.overlap is not None and not 0 <= self.overlap < self.tile_size:
             raise UsageError(f"--overlap {self.overlap}: expected 0 <= overlap < tile size {self.tile_size}")
+        if self.color_transform not in ("none", "icc-to-srgb"):
+            raise UsageError(f"--color-transform {self.color_transform!r}: expected 'none' or 'icc-to-srgb'")
         if self.opset < MIN_OPSET:
             raise UsageError(f"--opset {self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)")
         check_tile_counts(self.parity_real_tiles, self.parity_random_tiles, self.parity_slides)
@@ -331,6 +334,7 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
             model_file=onnx_path.name, fp16_model_file=fp16_file, torch_weights="model.safetensors",
             decoder_width=decoder_width, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
             opset=int(graph["opset"]), overlap=config.overlap if config.overlap is not None else t // 8,
+            color_transform=config.color_transform,
             random_weights=config.random_weights and (config.encoder_weights is None
                                                      or config.decoder_weights is None),
             weights={

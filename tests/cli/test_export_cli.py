@@ -3,6 +3,7 @@ bundles that must be refused (a changed byte, a missing file, no manifest) with 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -95,3 +96,16 @@ def test_export_without_weights_is_refused(tmp_path: Path) -> None:
     line = _one_line_error(CliRunner().invoke(cli, [
         "export", "tiny", "--classes", "background,tumour", "--mpp", "2", "--out", str(tmp_path / "b")]))
     assert "--random-weights" in line and not (tmp_path / "b").exists()
+
+
+def test_color_transform_is_recorded_in_the_manifest(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "icc.bundle"
+    res = runner.invoke(cli, ["export", "tiny", "--random-weights", "--classes", "background,tissue", "--mpp", "2",
+                              "--tile", "64", "--out", str(out), "--color-transform", "icc-to-srgb",
+                              "--parity-tiles", "1:1"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["color_transform"] == "icc-to-srgb"
+    res = runner.invoke(cli, ["export", "tiny", "--random-weights", "--classes", "a,b", "--mpp", "2", "--tile", "64",
+                              "--out", str(tmp_path / "x"), "--color-transform", "srgb"])
+    assert res.exit_code == 2 and "icc-to-srgb" in res.output
