@@ -33,15 +33,17 @@ import click
               help="Compute the frozen encoder's features once; image augmentation is then replaced by random "
                    "flips/rotations of the feature maps.")
 @click.option("--no-augment", is_flag=True, help="Turn image augmentation off.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the decoder init, shuffling, augmentation.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the decoder init, shuffling, augmentation.")
 @click.option("--device", default="auto", show_default=True,
               help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:N.")
 def command(encoder: str, encoder_weights: Path | None, random_encoder: bool, train_encoder: bool, tiles: Path,
             classes: str, out: Path, epochs: int, batch_size: int, lr: float, restart_every: int, val_every: int,
             tile_size: int, decoder_width: int | None, cache_features: bool, no_augment: bool, seed: int,
             device: str) -> None:
-    """Train the shared decoder on a frozen ENCODER (SPEC §1): cross-entropy + Dice, NAdam, lr cosine-annealed
-    to 0 with warm restarts, random affine + colour jitter, validation Dice per class, best checkpoint kept.
+    """Train the shared decoder on a frozen ENCODER with the reference paper's protocol: cross-entropy + Dice,
+    NAdam, lr cosine-annealed to 0 with warm restarts, random affine + colour jitter, validation Dice per class,
+    best checkpoint kept.
 
     \b
     Dataset layout (--tiles DIR):
@@ -72,6 +74,6 @@ def command(encoder: str, encoder_weights: Path | None, random_encoder: bool, tr
 
     hint = json.loads(result.sidecar.read_text()).get("export_command", "")
     click.echo(f"best val Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} ({result.seconds:.0f} s)")
-    click.echo(f"checkpoint {result.checkpoint}" + (f", encoder {result.encoder_checkpoint}"
-                                                    if result.encoder_checkpoint else "") + f", sidecar {result.sidecar}")
+    encoder_note = f", encoder {result.encoder_checkpoint}" if result.encoder_checkpoint else ""
+    click.echo(f"checkpoint {result.checkpoint}{encoder_note}, sidecar {result.sidecar}")
     click.echo(f"export with: {hint}")

@@ -1,4 +1,4 @@
-"""The shared lightweight decoder of SPEC §1, identical for every encoder.
+"""The shared lightweight decoder of the reference benchmark, identical for every encoder.
 
     Conv1x1(d -> D)
     s = ceil(log2(H / h)) blocks of: x2 bilinear upsample, Conv3x3(D -> D), ReLU

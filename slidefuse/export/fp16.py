@@ -18,7 +18,7 @@ and numpy (bf16 uses `ml_dtypes`, an onnx dependency), so `slidefuse build` can 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 
 import numpy as np
 import onnx
@@ -121,6 +121,117 @@ def _fp32_nodes(graph: onnx.GraphProto, keep_fp32_ops: Iterable[str]) -> set[int
     return fp32
 
 
+class _Rewrite:
+    """One pass over a graph's nodes in order: the element type of every tensor produced so far, the casts and
+    converted initializer copies made on the way, and the rewritten node list."""
+
+    def __init__(self, graph: onnx.GraphProto, types: dict[str, int], low: int, precision: str) -> None:
+        self.low = low
+        self.types = types
+        self.inits = {i.name: i for i in graph.initializer}
+        self.dtype_of: dict[str, int] = {i.name: i.data_type for i in graph.initializer}
+        self.dtype_of.update({i.name: i.type.tensor_type.elem_type for i in graph.input})
+        self.casts: dict[tuple[str, int], str] = {}
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.new_inits: list[TensorProto] = []
+        self.used_inits: set[str] = set()
+        self.suffix: dict[int, str] = {int(TensorProto.FLOAT): "fp32", int(low): precision}
+
+    def as_type(self, name: str, want: int) -> str:
+        """Name of a tensor holding `name` converted to `want` (an initializer copy or a Cast node)."""
+        key = (name, want)
+        if key in self.casts:
+            return self.casts[key]
+        new = f"{name}__{self.suffix[want]}"
+        if name in self.inits:
+            arr = numpy_helper.to_array(self.inits[name])
+            conv = _low_array(arr, self.low) if want == self.low else arr.astype(np.float32)
+            self.new_inits.append(numpy_helper.from_array(conv, new))
+        else:
+            self.new_nodes.append(helper.make_node("Cast", [name], [new], to=want, name=f"cast_{new}"))
+        self.dtype_of[new] = want
+        self.casts[key] = new
+        return new
+
+    def node(self, node: onnx.NodeProto, prec: int) -> None:
+        """Append `node` run in precision `prec`: inputs cast to it, float attributes and outputs retyped."""
+        self._cast_inputs(node, prec)
+        self._retype_attributes(node, prec)
+        self._record_outputs(node, prec)
+        self.new_nodes.append(node)
+
+    def _cast_inputs(self, node: onnx.NodeProto, prec: int) -> None:
+        node_inputs = list(node.input)
+        for k, name in enumerate(node_inputs):
+            if not name:
+                continue
+            t = self.dtype_of.get(name, self.types.get(name, TensorProto.UNDEFINED))
+            fixed = (node.op_type, k) in _FIXED_INPUTS or node.op_type in _TYPE_ONLY_INPUT_OPS
+            if node.op_type == "Cast" or fixed or t not in _FLOATS or t == prec:
+                if name in self.inits:
+                    self.used_inits.add(name)
+                continue
+            node_inputs[k] = self.as_type(name, prec)
+        del node.input[:]
+        node.input.extend(node_inputs)
+
+    def _retype_attributes(self, node: onnx.NodeProto, prec: int) -> None:
+        """A float Cast target and a float ConstantOfShape value follow a low-precision node's precision."""
+        if node.op_type == "Cast":
+            to = next(a for a in node.attribute if a.name == "to")
+            if to.i == TensorProto.FLOAT and prec == self.low:
+                to.i = self.low
+        if node.op_type == "ConstantOfShape" and prec == self.low:
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                    a.t.CopyFrom(numpy_helper.from_array(_low_array(numpy_helper.to_array(a.t), self.low)))
+
+    def _record_outputs(self, node: onnx.NodeProto, prec: int) -> None:
+        for out in node.output:
+            t = self.types.get(out, TensorProto.UNDEFINED)
+            if node.op_type == "Cast":
+                t = next(a.i for a in node.attribute if a.name == "to")
+            elif t == TensorProto.FLOAT and prec == self.low:
+                t = self.low
+            self.dtype_of[out] = t
+
+    def restore_output_types(self, outputs: Iterable[onnx.ValueInfoProto], precision: str) -> None:
+        """Graph outputs keep their declared (float32) type: a retyped output is renamed and cast back."""
+        for out in outputs:
+            want = out.type.tensor_type.elem_type
+            if self.dtype_of.get(out.name, want) == want:
+                continue
+            inner = f"{out.name}__{precision}"
+            for n in self.new_nodes:
+                _rename(n.output, out.name, inner)
+                _rename(n.input, out.name, inner)
+            self.new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=want, name=f"cast_{out.name}"))
+
+
+def _rename(names: MutableSequence[str], old: str, new: str) -> None:
+    for k, name in enumerate(names):
+        if name == old:
+            names[k] = new
+
+
+def _check_request(model: onnx.ModelProto, precision: str) -> None:
+    if precision not in LOW_PRECISIONS:
+        raise UsageError(f"precision {precision!r} is not a low-precision float type; expected one of "
+                         f"{', '.join(LOW_PRECISIONS)}")
+    if model.functions:
+        raise UsageError(f"graph has {len(model.functions)} local functions; inline them before the {precision} pass")
+
+
+def _install(graph: onnx.GraphProto, rw: _Rewrite) -> None:
+    """Replace the graph's nodes and initializers by the rewritten ones; drop the now stale value_info."""
+    kept = [i for i in graph.initializer if i.name in rw.used_inits]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + rw.new_inits)
+    del graph.node[:]
+    graph.node.extend(rw.new_nodes)
+    del graph.value_info[:]
+
+
 def convert_to_low_precision(
     model: onnx.ModelProto,
     precision: str = "fp16",
@@ -131,11 +242,7 @@ def convert_to_low_precision(
     `model` must have its initializer data loaded (`onnx.load(..., load_external_data=True)`). The input
     and output names, dtypes and shapes are unchanged: uint8 `[B, T, T, 3]` in, float32 `[B, C, T, T]` out.
     """
-    if precision not in LOW_PRECISIONS:
-        raise UsageError(f"precision {precision!r} is not a low-precision float type; expected one of "
-                         f"{', '.join(LOW_PRECISIONS)}")
-    if model.functions:
-        raise UsageError(f"graph has {len(model.functions)} local functions; inline them before the {precision} pass")
+    _check_request(model, precision)
     low = LOW_PRECISIONS[precision]
     out_model = onnx.ModelProto()
     out_model.CopyFrom(model)
@@ -144,83 +251,11 @@ def convert_to_low_precision(
     types = _elem_types(out_model)
     fp32_idx = _fp32_nodes(g, keep_fp32_ops)
 
-    inits = {i.name: i for i in g.initializer}
-    dtype_of: dict[str, int] = {i.name: i.data_type for i in g.initializer}
-    dtype_of.update({i.name: i.type.tensor_type.elem_type for i in g.input})
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[TensorProto] = []
-    used_inits: set[str] = set()
-    suffix: dict[int, str] = {int(TensorProto.FLOAT): "fp32", int(low): precision}
-
-    def as_type(name: str, want: int) -> str:
-        """Name of a tensor holding `name` converted to `want` (an initializer copy or a Cast node)."""
-        key = (name, want)
-        if key in casts:
-            return casts[key]
-        new = f"{name}__{suffix[want]}"
-        if name in inits:
-            arr = numpy_helper.to_array(inits[name])
-            conv = _low_array(arr, low) if want == low else arr.astype(np.float32)
-            new_inits.append(numpy_helper.from_array(conv, new))
-        else:
-            new_nodes.append(helper.make_node("Cast", [name], [new], to=want, name=f"cast_{new}"))
-        dtype_of[new] = want
-        casts[key] = new
-        return new
-
+    rw = _Rewrite(g, types, low, precision)
     for idx, node in enumerate(g.node):
-        prec = TensorProto.FLOAT if idx in fp32_idx else low
-        node_inputs = list(node.input)
-        for k, name in enumerate(node_inputs):
-            if not name:
-                continue
-            t = dtype_of.get(name, types.get(name, TensorProto.UNDEFINED))
-            fixed = (node.op_type, k) in _FIXED_INPUTS or node.op_type in _TYPE_ONLY_INPUT_OPS
-            if node.op_type == "Cast" or fixed or t not in _FLOATS or t == prec:
-                if name in inits:
-                    used_inits.add(name)
-                continue
-            node_inputs[k] = as_type(name, prec)
-        del node.input[:]
-        node.input.extend(node_inputs)
-        if node.op_type == "Cast":
-            to = next(a for a in node.attribute if a.name == "to")
-            if to.i == TensorProto.FLOAT and prec == low:
-                to.i = low
-        if node.op_type == "ConstantOfShape" and prec == low:
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    a.t.CopyFrom(numpy_helper.from_array(_low_array(numpy_helper.to_array(a.t), low)))
-        for out in node.output:
-            t = types.get(out, TensorProto.UNDEFINED)
-            if node.op_type == "Cast":
-                t = next(a.i for a in node.attribute if a.name == "to")
-            elif t == TensorProto.FLOAT and prec == low:
-                t = low
-            dtype_of[out] = t
-        new_nodes.append(node)
-
-    # graph outputs keep their float32 type
-    for out in g.output:
-        want = out.type.tensor_type.elem_type
-        if dtype_of.get(out.name, want) != want:
-            inner = f"{out.name}__{precision}"
-            for n in new_nodes:
-                for k, o in enumerate(n.output):
-                    if o == out.name:
-                        n.output[k] = inner
-                for k, i in enumerate(n.input):
-                    if i == out.name:
-                        n.input[k] = inner
-            new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=want, name=f"cast_{out.name}"))
-
-    kept = [i for i in g.initializer if i.name in used_inits]
-    del g.initializer[:]
-    g.initializer.extend(kept + new_inits)
-    del g.node[:]
-    g.node.extend(new_nodes)
-    del g.value_info[:]
-    log.info("%s pass: %d nodes, %d kept in fp32, %d casts inserted", precision, len(new_nodes),
-             len(fp32_idx), sum(1 for n in new_nodes if n.name.startswith("cast_")))
+        rw.node(node, TensorProto.FLOAT if idx in fp32_idx else low)
+    rw.restore_output_types(g.output, precision)
+    _install(g, rw)
+    log.info("%s pass: %d nodes, %d kept in fp32, %d casts inserted", precision, len(rw.new_nodes),
+             len(fp32_idx), sum(1 for n in rw.new_nodes if n.name.startswith("cast_")))
     return out_model

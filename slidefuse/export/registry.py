@@ -140,7 +140,7 @@ _HIBOU_REF = ("histai/hibou-b|L model card (transformers, trust_remote_code: DIN
               "transformers Dinov2WithRegistersModel(use_swiglu_ffn=True), which resamples position embeddings "
               "bicubic with antialias like HistAI's code")
 
-_SPECS: tuple[EncoderSpec, ...] = (
+_ENCODERS: tuple[EncoderSpec, ...] = (
     _spec(id="uni", architecture="ViT-L/16, LayerScale", patch_size=16, width=1024, depth=24, num_heads=16,
           init_values=1e-5, paper_params=303_000_000,
           reference="MahmoodLab/UNI model card: timm.create_model('vit_large_patch16_224', img_size=224, "
@@ -243,14 +243,15 @@ _SPECS: tuple[EncoderSpec, ...] = (
           num_heads=2, default_decoder_width=32, paper_params=0, note="test encoder, not in the paper"),
 )
 
-_BY_ID: dict[str, EncoderSpec] = {s.id: s for s in _SPECS}
-PAPER_IDS: tuple[str, ...] = tuple(s.id for s in _SPECS if s.paper_params > 0)  # the fifteen of the reference benchmark
-TEST_IDS: tuple[str, ...] = tuple(s.id for s in _SPECS if s.paper_params == 0)  # tiny test encoders
+_BY_ID: dict[str, EncoderSpec] = {s.id: s for s in _ENCODERS}
+# the fifteen of the reference benchmark
+PAPER_IDS: tuple[str, ...] = tuple(s.id for s in _ENCODERS if s.paper_params > 0)
+TEST_IDS: tuple[str, ...] = tuple(s.id for s in _ENCODERS if s.paper_params == 0)  # tiny test encoders
 
 
 def list_specs(include_test: bool = True) -> list[EncoderSpec]:
     """All registered encoders in table order (the fifteen paper encoders, then the tiny test encoders)."""
-    return [s for s in _SPECS if include_test or s.paper_params > 0]
+    return [s for s in _ENCODERS if include_test or s.paper_params > 0]
 
 
 def get_spec(encoder_id: str) -> EncoderSpec:

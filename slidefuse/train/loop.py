@@ -1,4 +1,4 @@
-"""The training loop of `slidefuse train`: the reference paper's protocol (SPEC §1) for the shared decoder.
+"""The training loop of `slidefuse train`: the reference paper's protocol for the shared decoder.
 
 Protocol (defaults): the encoder is frozen (eval mode, no gradients) and only the decoder is trained;
 loss = cross-entropy + soft Dice; NAdam; lr 1e-4 annealed to 0 by cosine with warm restarts every 10 epochs

@@ -1,4 +1,4 @@
-"""Loss and metric of the reference protocol (SPEC §1): cross-entropy + soft Dice, and Dice per class averaged.
+"""Loss and metric of the reference paper's protocol: cross-entropy + soft Dice, and Dice per class averaged.
 
 Pixels labelled IGNORE_INDEX (255) count in neither.
 """

@@ -77,6 +77,17 @@ def _crop_positions(tissue: np.ndarray, y_lo: int, y_hi: int, tile: int, n: int,
     return out
 
 
+def _prepare_out(out: Path, sources: Sequence[SlideSource]) -> None:
+    """Refuse a non-empty `out` or no slides, then create the train/val image and mask folders."""
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out}: exists and is not empty; choose a new folder or remove it")
+    if not sources:
+        raise UsageError("no slides given: pass at least one H&E slide")
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            (out / split / kind).mkdir(parents=True, exist_ok=True)
+
+
 def make_pseudolabel_dataset(sources: Sequence[SlideSource], out: Path | str,
                              params: TileSetParams | None = None) -> dict[str, Any]:
     """Write the dataset (see the module docstring) into `out` (created; must be empty or absent) and return
@@ -85,13 +96,7 @@ def make_pseudolabel_dataset(sources: Sequence[SlideSource], out: Path | str,
 
     p = params or TileSetParams()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out}: exists and is not empty; choose a new folder or remove it")
-    if not sources:
-        raise UsageError("no slides given: pass at least one H&E slide")
-    for split in ("train", "val"):
-        for kind in ("images", "masks"):
-            (out / split / kind).mkdir(parents=True, exist_ok=True)
+    _prepare_out(out, sources)
     rng = np.random.default_rng(p.seed)
     counts = {"train": np.zeros(len(PSEUDO_CLASSES), np.int64), "val": np.zeros(len(PSEUDO_CLASSES), np.int64)}
     n_tiles = {"train": 0, "val": 0}
