@@ -7,6 +7,7 @@ v1.5's position rule; `slidefuse.export.references`) gets random weights, is sav
 format, loaded through slidefuse, and the patch tokens of one random image are compared at 224 px and at the
 product's tile sizes (512; 518 and 512 for patch 14). Prints a table and saves
 benchmarks/results/encoder-fidelity.json (max |diff| per size, the reference library, versions).
+`--table` prints the README's encoder table from the saved JSON and the registry instead.
 """
 
 from __future__ import annotations
@@ -28,12 +29,39 @@ from slidefuse.export.registry import PAPER_IDS, get_spec  # noqa: E402
 GATE = 1e-5
 
 
+def _fmt_norm(spec: object) -> str:
+    mean, std = spec.mean, spec.std  # type: ignore[attr-defined]
+    return f"({', '.join(f'{v:g}' for v in mean)}) / ({', '.join(f'{v:g}' for v in std)})"
+
+
+def readme_table(result: dict[str, object]) -> str:
+    """The README's encoder table: the registry (`slidefuse models`) plus the verification figures."""
+    from slidefuse.commands.models import _human, registry_rows
+
+    rows = {r["id"]: r for r in registry_rows(include_test=False)}
+    lines = ["| id | architecture | patch | width | params (counted) | paper | checkpoint format | "
+             "normalisation mean / std | verified against | max \\|diff\\| 224 px / run tile | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for enc in result["encoders"]:  # type: ignore[attr-defined]
+        spec, row = get_spec(enc["encoder"]), rows[enc["encoder"]]
+        diffs = enc["max_abs_diff"]
+        run = " / ".join(f"{diffs[k]:.1e} ({k})" for k in diffs if k != "224")
+        lines.append(f"| `{spec.id}` | {spec.architecture} | {spec.patch_size} | {spec.width} | "
+                     f"{_human(row['params'])} | {_human(spec.paper_params)} | {spec.checkpoint_format} | "
+                     f"{_fmt_norm(spec)} | {enc['reference']} | {diffs['224']:.1e} / {run} | {spec.note} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--depth", type=int, default=2, help="transformer blocks (full width always)")
     ap.add_argument("--only", default="", help="comma-separated encoder ids [all fifteen]")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "encoder-fidelity.json")
+    ap.add_argument("--table", action="store_true", help="print the README table from --out and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(readme_table(json.loads(args.out.read_text())))
+        return 0
     import timm
     import torch
     import transformers

@@ -1,4 +1,4 @@
-"""The encoder registry: the fifteen ids of SPEC §1, parameter counts on the meta device, `slidefuse models`."""
+"""The encoder registry: the fifteen paper encoders, parameter counts on the meta device, `slidefuse models`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from click.testing import CliRunner
 
 from slidefuse.cli import cli
 from slidefuse.errors import UnknownName
-from slidefuse.export.registry import CHECKPOINT_FORMATS, PAPER_IDS, count_params, get_spec, list_specs
+from slidefuse.export.registry import (
+    CHECKPOINT_FORMATS,
+    PAPER_IDS,
+    POS_RESAMPLE,
+    count_params,
+    get_spec,
+    list_specs,
+)
 
 FIFTEEN = (
     "uni", "uni2-h", "conch", "conch-v1.5", "virchow", "virchow2", "phikon", "phikon-v2", "prov-gigapath",
@@ -115,3 +122,18 @@ def test_models_without_torch_names_the_export_extra(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 1
     assert "slidefuse[export]" in result.output and "torch" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("encoder_id", FIFTEEN)
+def test_every_paper_encoder_names_its_source_and_position_rule(encoder_id: str) -> None:
+    spec = get_spec(encoder_id)
+    assert len(spec.reference) > 40 and spec.pos_resample in POS_RESAMPLE
+    assert spec.to_dict()["reference"] == spec.reference
+
+
+def test_publisher_specific_choices() -> None:
+    assert {get_spec(i).pos_resample for i in ("phikon", "phikon-v2")} == {"bicubic"}
+    assert get_spec("conch-v1.5").pos_resample == "bicubic-offset" and get_spec("conch-v1.5").native_size == 224
+    assert get_spec("hibou-b").mlp == get_spec("hibou-l").mlp == "swiglu-dinov2"
+    assert (get_spec("hibou-b").mlp_hidden(), get_spec("hibou-l").mlp_hidden()) == (4096, 5472)
+    assert get_spec("uni2-h").mlp_hidden() == 8192 and get_spec("virchow").mlp_hidden() == 6832
