@@ -185,7 +185,8 @@ def references() -> dict[str, Reference]:
     tm = _timm_tokens
     return {
         "uni": Reference("timm vit_large_patch16_224 (UNI model-card kwargs)", _timm(
-            "vit_large_patch16_224", img_size=224, patch_size=16, init_values=1e-5), _torch_file("pytorch_model.bin"), tm),
+            "vit_large_patch16_224", img_size=224, patch_size=16, init_values=1e-5),
+            _torch_file("pytorch_model.bin"), tm),
         "uni2-h": Reference("timm vit_giant_patch14_224 (UNI2-h model-card kwargs)", _timm(
             "vit_giant_patch14_224", **_swiglu(img_size=224, patch_size=14, init_values=1e-5, mlp_ratio=_G,
                                                no_embed_class=True, reg_tokens=8)),
