@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ def segment_many(
     list_file: Path | None = None,
     progress: Progress | None = None,
     backend: Backend | None = None,
+    on_result: Callable[[SlideResult], None] | None = None,
 ) -> list[SlideResult]:
     """Segment every slide in `paths` (slide files, folders scanned recursively) and `list_file`.
 
@@ -45,7 +46,8 @@ def segment_many(
     most three slides are in flight, and outputs are still written atomically, in slide order. A failing
     slide is recorded with a one-line reason (naming the slide) and the others continue; failures are logged
     at INFO only, since they are returned (status "failed", `error`) for the caller to report. Every slide
-    gets an entry in OUT/run.json. Returns one SlideResult per slide, in input order.
+    gets an entry in OUT/run.json. Returns one SlideResult per slide, in input order. `on_result` is called
+    with each slide's result as soon as it is recorded (slide order; the Python API yields from it).
     """
     from slidefuse.runtime.backends import open_backend
     from slidefuse.runtime.outputs import RunLog, outputs_complete
@@ -63,6 +65,7 @@ def segment_many(
         for d in dirs
     ]
     batch = _SlideBatch(slides, dirs, skip, bundle, options, run_log, progress)
+    batch.on_result = on_result
     if backend is not None:
         batch.run(backend)
     else:
@@ -90,6 +93,7 @@ class _SlideBatch:
         self.started: dict[int, float] = {}
         self.pending: tuple[int, Future[SlideResult]] | None = None  # outputs being written
         self.planned: dict[int, Future[PlannedSlide]] = {}  # slides planned ahead
+        self.on_result: Callable[[SlideResult], None] | None = None  # told of each result once recorded
 
     def run(self, backend: Backend) -> None:
         overlap = self.options.overlap_slides and sum(not s for s in self.skip) > 1
@@ -170,3 +174,5 @@ class _SlideBatch:
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
                             seconds=res.seconds if res.status == "ok" else time.perf_counter() - self.started[i],
                             tiles=res.tile_counts or None, backend=self.options.backend)
+        if self.on_result is not None:
+            self.on_result(res)

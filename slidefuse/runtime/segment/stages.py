@@ -87,15 +87,19 @@ class StitchedSlide:
     seconds: float
 
 
-def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path) -> PlannedSlide:
+def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path, *,
+               reader: Any = None) -> PlannedSlide:
     """Stage 1: open the slide, find tissue on a thumbnail, lay the grid and choose the tiles. Touches no
-    backend, so it can run on a background thread while another slide is inferred."""
+    backend, so it can run on a background thread while another slide is inferred. `reader`: an already open
+    SlideReader (e.g. an `InMemorySlide` from the Python API) used instead of opening `slide_path`; it is
+    closed with the plan."""
     from slidefuse.runtime.slide import open_slide
 
     t_start = time.perf_counter()
     m = bundle.manifest
     timings: dict[str, float] = {}
-    slide = open_slide(Path(slide_path), mpp=options.mpp, colour_transform=bundle.manifest.color_transform)
+    slide = reader if reader is not None else open_slide(Path(slide_path), mpp=options.mpp,
+                                                         colour_transform=bundle.manifest.color_transform)
     try:
         t0 = time.perf_counter()
         thumb, tissue, thumb_mpp = find_tissue(slide, options.tissue)
