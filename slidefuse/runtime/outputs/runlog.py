@@ -1,4 +1,13 @@
-"""`OUT/run.json`: one entry per slide of a batch (status, error, outputs, seconds).
+"""`OUT/run.json`: one entry per slide of a batch (status, error, outputs, seconds), safe for any number of
+processes (on one host or many sharing the folder) recording into the same OUT at once.
+
+Each process appends its records to its own JSON-lines file, `OUT/.run/<run id>.jsonl` (one line per slide
+it finished, flushed and fsynced; a process killed mid-line leaves a last line that is skipped). run.json is
+the merged view: after every record the process rebuilds it from run.json and every `.run/*.jsonl` file,
+under a short cross-process mutex (`run.json.lock`), and writes it atomically. `read_run_log` merges the same
+way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
+record of a slide (by its time `t`) wins, in the position where the slide was first recorded; entries of
+earlier batches in the same OUT are kept.
 
 Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry sits on its own line::
 
@@ -8,10 +17,7 @@ Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry 
     {"slide": "/data/b.svs", "status": "failed", "error": "...", ...}
     ]}
 
-so it is both valid JSON (`json.load`) and greppable line by line. The file is rewritten atomically
-after every slide, so a killed batch keeps the entries of the slides it finished and never leaves a
-truncated run.json. Entries are keyed by slide path: recording a slide again (a rerun) replaces its entry
-in place; entries of slides from earlier batches in the same OUT folder are kept.
+so it is both valid JSON (`json.load`) and greppable line by line; it is never truncated.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 RUN_LOG = "run.json"
 RUN_FORMAT = "slidefuse-run/1"
+RECORDS_DIR = ".run"  # OUT/.run/<run id>.jsonl: each process's own append-only records
 STATUSES = ("ok", "failed", "skipped")  # skipped = outputs already complete for the same bundle
 
 
@@ -38,46 +49,98 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_run_log(out_root: Path) -> list[dict[str, Any]]:
-    """The slide entries of `out_root/run.json`; [] when absent. Raises ValueError when unreadable."""
-    p = Path(out_root) / RUN_LOG
-    if not p.exists():
+def _read_view(path: Path) -> list[dict[str, Any]]:
+    """The slide entries of a run.json file; [] when absent. Raises ValueError when unreadable."""
+    if not path.exists():
         return []
-    d = json.loads(p.read_text(encoding="utf-8"))
+    d = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(d, dict) or not isinstance(d.get("slides"), list):
-        raise ValueError(f"{p}: not a slidefuse run log (no 'slides' list)")
+        raise ValueError(f"{path}: not a slidefuse run log (no 'slides' list)")
     return [e for e in d["slides"] if isinstance(e, dict) and "slide" in e]
 
 
-class RunLog:
-    """The batch log of an output folder; `record()` adds or replaces a slide's entry and saves at once."""
+def read_records(out_root: Path) -> list[dict[str, Any]]:
+    """Every record of every process in `out_root/.run/*.jsonl`, oldest first (by `t`). A line that is not
+    complete JSON (the last line of a killed process) is skipped."""
+    folder = Path(out_root) / RECORDS_DIR
+    out: list[dict[str, Any]] = []
+    for f in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        try:
+            lines = f.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            logger.warning("%s is unreadable (%s); its records are left out", f, exc)
+            continue
+        for line in lines:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(e, dict) and "slide" in e and "status" in e:
+                out.append(e)
+    return sorted(out, key=lambda e: float(e.get("t") or 0.0))
 
-    def __init__(self, out_root: Path, *, keep_previous: bool = True) -> None:
+
+def _merge(view: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Latest entry per slide (by `t`; entries without one count as oldest), in first-recorded order."""
+    merged: dict[str, dict[str, Any]] = {}
+    for e in [*view, *records]:
+        key = str(e["slide"])
+        old = merged.get(key)
+        if old is None or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
+            merged[key] = e
+    return list(merged.values())
+
+
+def read_run_log(out_root: Path) -> list[dict[str, Any]]:
+    """The slide entries of `out_root`'s run log: run.json merged with every process's records (see the
+    module docstring); [] when there is none. Raises ValueError when run.json is unreadable."""
+    return _merge(_read_view(Path(out_root) / RUN_LOG), read_records(out_root))
+
+
+def _counts(entries: list[dict[str, Any]]) -> dict[str, int]:
+    out = dict.fromkeys(STATUSES, 0)
+    for e in entries:
+        out[e["status"]] = out.get(e["status"], 0) + 1
+    return out
+
+
+class RunLog:
+    """One process's writer of an output folder's run log; `record()` appends a slide's entry to this
+    process's records and rewrites the merged run.json at once.
+
+    keep_previous: False leaves the entries recorded before this log was made out of `entries`, `counts`
+    and run.json (they stay in `.run/`).
+    """
+
+    def __init__(self, out_root: Path, *, keep_previous: bool = True, run_id: str | None = None) -> None:
         self.out_root = Path(out_root)
         self.path = self.out_root / RUN_LOG
         self.started = _now()
+        self._t0 = time.time()
+        self.keep_previous = keep_previous
+        self.run_id = run_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.records_path = self.out_root / RECORDS_DIR / f"{self.run_id}.jsonl"
         self._lock = threading.Lock()
-        self._entries: dict[str, dict[str, Any]] = {}
-        if keep_previous:
-            try:
-                for e in read_run_log(self.out_root):
-                    self._entries[str(e["slide"])] = e
-            except (OSError, ValueError) as exc:
-                logger.warning("%s is unreadable (%s); starting a new run log", self.path, exc)
+
+    def _view(self) -> list[dict[str, Any]]:
+        try:
+            entries = read_run_log(self.out_root)
+        except (OSError, ValueError) as exc:
+            logger.warning("%s is unreadable (%s); rebuilding it from the records in %s", self.path, exc,
+                           self.out_root / RECORDS_DIR)
+            entries = _merge([], read_records(self.out_root))
+        if not self.keep_previous:
+            entries = [e for e in entries if float(e.get("t") or 0.0) >= self._t0]
+        return entries
 
     @property
     def entries(self) -> list[dict[str, Any]]:
-        """Slide entries in the order they were first recorded."""
-        with self._lock:
-            return [dict(e) for e in self._entries.values()]
+        """Slide entries (every process's) in the order they were first recorded."""
+        return [dict(e) for e in self._view()]
 
     def counts(self) -> dict[str, int]:
         """Number of entries per status (every status present, 0 when none)."""
-        with self._lock:
-            out = dict.fromkeys(STATUSES, 0)
-            for e in self._entries.values():
-                out[e["status"]] = out.get(e["status"], 0) + 1
-            return out
+        return _counts(self._view())
 
     def record(
         self,
@@ -106,19 +169,34 @@ class RunLog:
             "seconds": None if seconds is None else round(float(seconds), 3),
             "finished": _now(),
             "batch_started": self.started,
+            "run_id": self.run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
         }
         entry.update(extra)
+        entry["t"] = time.time()  # orders records of many processes (latest wins)
         with self._lock:
-            self._entries[str(slide)] = entry
-            self._save_locked()
+            self._append(entry)
+            self._save()
         return dict(entry)
 
-    def _save_locked(self) -> None:
-        counts = dict.fromkeys(STATUSES, 0)
-        for e in self._entries.values():
-            counts[e["status"]] = counts.get(e["status"], 0) + 1
-        head = json.dumps({"format": RUN_FORMAT, "updated": _now(), "counts": counts})
-        lines = [json.dumps(e, default=str) for e in self._entries.values()]
-        text = head[:-1] + ',\n "slides": [\n' + ",\n".join(lines) + ("\n" if lines else "") + "]}\n"
-        self.out_root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, text)
+    def _append(self, entry: dict[str, Any]) -> None:
+        self.records_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.records_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _save(self) -> None:
+        """Rebuild run.json from every process's records, under the folder's run-log mutex."""
+        from slidefuse.runtime.segment.claims import exclusive_file
+
+        try:
+            with exclusive_file(self.out_root / (RUN_LOG + ".lock")):
+                entries = self._view()
+                head = json.dumps({"format": RUN_FORMAT, "updated": _now(), "counts": _counts(entries)})
+                lines = [json.dumps(e, default=str) for e in entries]
+                text = head[:-1] + ',\n "slides": [\n' + ",\n".join(lines) + ("\n" if lines else "") + "]}\n"
+                write_text_atomic(self.path, text)
+        except TimeoutError as exc:  # the record is safe in .run/; the next save (any process's) includes it
+            logger.warning("run.json not rewritten this time: %s", exc)
