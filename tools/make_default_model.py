@@ -83,6 +83,16 @@ def readme(mpp: float, tile: int, recipe: str) -> str:
 """
 
 
+def publish(bundle: Path, out: Path) -> None:
+    """Replace `out` with a copy of `bundle` (atomically, modes 0755 / 0644)."""
+    from slidefuse.atomic import atomic_folder
+    from slidefuse.export.bundle_writer import publish_modes
+
+    with atomic_folder(out) as stage:
+        shutil.copytree(bundle, stage, dirs_exist_ok=True)
+        publish_modes(stage)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "build" / "default-model", help="scratch folder [%(default)s]")
@@ -96,7 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of data, init and training [%(default)s]")
     ap.add_argument("--reuse-tiles", action="store_true", help="keep an existing WORK/tiles")
     ap.add_argument("--skip-check", action="store_true", help="do not run the CMU check at the end")
+    ap.add_argument("--upgrade-manifest", action="store_true",
+                    help="only re-seal the existing bundle's manifest at the current format (files unchanged)")
     args = ap.parse_args(argv)
+    if args.upgrade_manifest:
+        from slidefuse.runtime.bundle import upgrade_manifest
+
+        manifest = upgrade_manifest(args.out)
+        print(f"{args.out}: manifest at format {manifest.format_version}, {len(manifest.files)} files verified")
+        return 0
     py = sys.executable
     recipe = "python tools/make_default_model.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
@@ -120,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     run([py, "-m", "slidefuse", "export", ENCODER, "--encoder-weights", str(enc), "--decoder-weights", str(ckpt),
          "--decoder-width", str(json.loads(ckpt.with_suffix(".json").read_text())["decoder_width"]),
          "--classes", classes, "--colors", colors, "--mpp", str(args.mpp), "--tile", str(args.tile),
-         "--out", str(out), "--force"])
-    mark_demo(out, {"training.json": training_record(ckpt.with_suffix(".json"), tiles / "dataset.json",
-                                                     train_seconds, recipe),
-                    "README.md": readme(args.mpp, args.tile, recipe)})
+         "--out", str(work / "bundle"), "--force"])  # export refuses the package's data folder: copied below
+    mark_demo(work / "bundle", {"training.json": training_record(ckpt.with_suffix(".json"), tiles / "dataset.json",
+                                                                 train_seconds, recipe),
+                                "README.md": readme(args.mpp, args.tile, recipe)})
+    publish(work / "bundle", out)
     size_mb = sum(p.stat().st_size for p in out.rglob('*') if p.is_file()) / 1e6
     print(f"demonstration bundle {rel(out)} ({size_mb:.1f} MB),"
           f" trained in {train_seconds:.0f} s")

@@ -11,6 +11,7 @@ import contextlib
 import datetime as _dt
 import importlib.metadata
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,17 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"  # the installed package's own data (demo bundle)
+FILE_MODE, FOLDER_MODE = 0o644, 0o755  # a bundle is readable by every user that runs it
+
+
 def check_target(out: Path, force: bool) -> None:
-    """Refuse an existing target unless `force`; never replace a non-empty folder that is not a bundle."""
+    """Refuse the package's own data folder, an existing target unless `force`, and a non-empty folder that
+    is not a bundle even with `force`."""
+    target = out.resolve()
+    if target == PACKAGE_DATA or PACKAGE_DATA in target.parents:
+        raise UsageError(f"--out {out}: is inside slidefuse's own data folder ({PACKAGE_DATA}), which holds the "
+                         "shipped demonstration model; choose another path")
     if not out.exists():
         return
     if not out.is_dir():
@@ -109,6 +119,15 @@ def check_target(out: Path, force: bool) -> None:
                          "refusing to replace it even with --force: choose another path")
 
 
+def publish_modes(folder: Path) -> None:
+    """Give `folder`, its sub-folders and files the modes of a published bundle (0755 / 0644): temporary
+    files and folders are created private (0600 / 0700), which would lock other users out of the bundle."""
+    os.chmod(folder, FOLDER_MODE)
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            os.chmod(p, FOLDER_MODE if p.is_dir() else FILE_MODE)
+
+
 @contextlib.contextmanager
 def staging_folder(out: Path, force: bool) -> Iterator[Path]:
     """Yield an empty sibling folder of `out`; on success rename it to `out`, on any error delete it.
@@ -118,6 +137,10 @@ def staging_folder(out: Path, force: bool) -> Iterator[Path]:
     out = Path(out)
     check_target(out, force)
     # check again before the swap: something may have appeared meanwhile
-    with atomic_folder(out, before_swap=lambda: check_target(out, force)) as stage:
+    def before_swap() -> None:
+        check_target(out, force)
+        publish_modes(stage)
+
+    with atomic_folder(out, before_swap=before_swap) as stage:
         yield stage
     log.info("bundle written to %s", out)

@@ -1,7 +1,11 @@
-"""Model bundles: a folder with `manifest.json`, `model.onnx` and friends.
+"""Model bundles: a folder with `manifest.json`, `model.onnx` and friends, checked as one unit.
 
-The manifest lists the sha256 of every file in the bundle; `load_bundle` verifies them, so a changed or
-missing file is refused everywhere a bundle is used. This module needs no torch: the export side writes
+The manifest lists the sha256 of every file in the bundle and, in `integrity`, the sha256 of its own canonical
+content (every field but `integrity`; see `manifest_digest`). `load_bundle` refuses a manifest that breaks its
+schema (`manifest_schema`), that names a file outside the bundle, or whose content differs from its integrity
+record (an edited field: `random_weights`, `demo`, the classes, a file name, ...), and then verifies every
+file's sha256. The integrity record is therefore the bundle's identity (`Bundle.digest`): it covers the
+manifest and, through the hashes it lists, every file. This module needs no torch: the export side writes
 manifests with `write_manifest`.
 """
 
@@ -16,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.atomic import TMP_SUFFIX, write_text_atomic
-from slidefuse.errors import BundleError, BundleNotFound, IntegrityError
+from slidefuse.errors import BundleError, BundleNotFound, IntegrityError, one_line
+from slidefuse.runtime.manifest_schema import FORMAT_VERSION, check_manifest
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+INTEGRITY = "integrity"  # the manifest field holding `manifest_digest` of the rest
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class Manifest:
 class Bundle:
     path: Path  # bundle folder
     manifest: Manifest
-    digest: str  # sha256 of manifest.json: identifies the bundle (used to skip finished slides)
+    digest: str  # the manifest's integrity record (covers every field and file): identifies the bundle
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -123,15 +128,66 @@ def hash_files(folder: Path) -> dict[str, str]:
     return out
 
 
+def manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON (keys sorted, no whitespace) without its `integrity` field."""
+    body = {k: v for k, v in data.items() if k != INTEGRITY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
-    """Hash every file in `folder`, store the hashes in the manifest and write it atomically."""
-    manifest = dataclasses.replace(manifest, files=hash_files(folder))
-    write_text_atomic(folder / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    """Hash every file in `folder`, store the hashes and the integrity record in the manifest (at the current
+    format version) and write it atomically."""
+    manifest = dataclasses.replace(manifest, files=hash_files(folder), format_version=FORMAT_VERSION)
+    data = manifest.to_dict()
+    data[INTEGRITY] = manifest_digest(data)
+    write_text_atomic(folder / MANIFEST, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return manifest
 
 
-def read_manifest(folder: Path) -> Manifest:
+def upgrade_manifest(folder: Path) -> Manifest:
+    """Re-seal an intact format-1 bundle (no integrity record) at the current format: every file listed must
+    match its sha256 first. Returns the new manifest; a bundle already at the current format is left as is."""
     folder = Path(folder)
+    data = _load_json(folder / MANIFEST)
+    if isinstance(data, dict) and data.get("format_version") == FORMAT_VERSION:
+        return read_manifest(folder)
+    if not isinstance(data, dict) or data.get("format_version") != 1:
+        raise BundleError(f"{folder / MANIFEST}: not a format-1 manifest; nothing to upgrade")
+    old = Manifest.from_dict(data)
+    verify_files(folder, old)
+    return write_manifest(folder, old)
+
+
+def _load_json(mpath: Path) -> Any:
+    try:
+        return json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: unreadable manifest ({one_line(exc)}); re-export the bundle with "
+                          "'slidefuse export'") from exc
+
+
+def _checked(mpath: Path, data: Any) -> tuple[Manifest, str]:
+    """(the manifest in `data`, its integrity digest) after its schema and integrity record are checked."""
+    problems = check_manifest(data)
+    if problems:
+        fix = ("re-export the bundle with 'slidefuse export'" if not (isinstance(data, dict)
+               and data.get("format_version") == 1) else
+               "it was made by an older slidefuse without an integrity record: re-export it with 'slidefuse export'")
+        raise BundleError(f"{mpath}: invalid manifest: {'; '.join(problems)}; {fix}")
+    if manifest_digest(data) != data[INTEGRITY]:
+        raise IntegrityError(f"{mpath}: its content differs from its integrity record: a field was edited after "
+                             "the bundle was made; re-export the bundle (or restore its manifest.json)")
+    return Manifest.from_dict(data), str(data[INTEGRITY])
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of a bundle folder (or a manifest.json path), refused unless it passes its schema and
+    matches its integrity record. Does not hash the bundle's files (see `verify_files`)."""
+    return _read_sealed(Path(folder))[0]
+
+
+def _read_sealed(folder: Path) -> tuple[Manifest, str]:
     if not folder.exists():
         raise BundleNotFound(f"{folder}: no such model bundle; make one with 'slidefuse export' or check the path")
     mpath = folder / MANIFEST if folder.is_dir() else folder
@@ -139,12 +195,35 @@ def read_manifest(folder: Path) -> Manifest:
         raise BundleNotFound(
             f"{folder}: not a model bundle (no {MANIFEST}); pass a folder made by 'slidefuse export'"
         )
-    try:
-        return Manifest.from_dict(json.loads(mpath.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise BundleError(
-            f"{mpath}: unreadable manifest ({exc}); re-export the bundle with 'slidefuse export'"
-        ) from exc
+    return _checked(mpath, _load_json(mpath))
+
+
+def bundle_names(manifest: Manifest) -> list[str]:
+    """Every file name the manifest refers to: listed files, graphs, torch weights and engines."""
+    named = [manifest.model_file, manifest.fp16_model_file, manifest.torch_weights]
+    named += [str(e.get("file")) for e in manifest.engines]
+    return [*manifest.files, *(n for n in named if n is not None)]
+
+
+def check_paths(folder: Path, manifest: Manifest) -> Manifest:
+    """Refuse a file reference that leaves the bundle (through a symlink too) or names an unlisted file.
+
+    A `torch_weights` name that is not among the hashed files is dropped (the bundle has no torch weights),
+    so nothing outside the hashes is ever loaded. Returns the manifest to use.
+    """
+    root = folder.resolve()
+    for rel in [MANIFEST, *bundle_names(manifest)]:
+        target = (folder / rel).resolve()
+        if target != root and root not in target.parents:
+            raise IntegrityError(f"{folder / rel}: leads outside the bundle ({target}); a bundle's files must be "
+                                 "inside its folder: re-export the bundle")
+    unlisted = [e.get("file") for e in manifest.engines if e.get("file") not in manifest.files]
+    if unlisted:
+        raise IntegrityError(f"{folder / MANIFEST}: engine {unlisted[0]} is not among the hashed files; "
+                             "rebuild it with 'slidefuse build'")
+    if manifest.torch_weights is not None and manifest.torch_weights not in manifest.files:
+        manifest = dataclasses.replace(manifest, torch_weights=None)
+    return manifest
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:
@@ -166,12 +245,14 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
 def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     """Read a bundle's manifest and (by default) verify the sha256 of every file it lists."""
     folder = Path(path)
-    manifest = read_manifest(folder)
+    if not folder.exists():
+        raise BundleNotFound(f"{folder}: no such model bundle; make one with 'slidefuse export' or check the path")
     if not folder.is_dir():
         raise BundleError(f"{folder}: a bundle is a folder with {MANIFEST}; pass the folder")
+    manifest, digest = _read_sealed(folder)
+    manifest = check_paths(folder, manifest)
     if verify:
         verify_files(folder, manifest)
-    digest = sha256_file(folder / MANIFEST)
     return Bundle(path=folder, manifest=manifest, digest=digest)
 
 
@@ -210,7 +291,8 @@ def model_card(bundle: Bundle, verified: bool = True) -> str:
     m = bundle.manifest
     lines = [
         f"bundle     {bundle.path}",
-        f"integrity  {'all ' + str(len(m.files)) + ' files match their sha256' if verified else 'not checked'}",
+        f"integrity  manifest sealed (sha256 {bundle.digest[:12]}…), "
+        f"{'all ' + str(len(m.files)) + ' files match their sha256' if verified else 'files not checked'}",
         f"encoder    {m.encoder} (patch {m.patch_size})",
         f"tile       {m.tile_size} px at {m.mpp:g} um/px, overlap {m.overlap} px",
         f"normalise  mean {tuple(round(x, 4) for x in m.mean)}, std {tuple(round(x, 4) for x in m.std)} (in graph)",
