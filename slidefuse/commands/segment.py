@@ -93,16 +93,17 @@ def command(
     """
     import logging
 
+    from slidefuse.api import load_model
     from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
     from slidefuse.runtime.progress import make_progress
-    from slidefuse.runtime.segment import SegmentOptions, segment_many
 
     quiet = quiet or bool((ctx.obj or {}).get("quiet"))
     if quiet:
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
     _check_inputs(inputs, list_file, out, all_tiles, tissue_threshold, min_tile_tissue)
     bundle = _load_model(model)
-    options = SegmentOptions(  # validates every value once; errors name the field, the CLI shows the flag
+    model_api = load_model(  # the Python API; SegmentOptions validates every value once (errors name the field)
+        bundle,
         backend=backend,
         backend_options={"threads": threads} if threads is not None else {},
         batch_size=batch,
@@ -116,7 +117,8 @@ def command(
         workers=workers,
         overlap_slides=overlap_slides,
     )
-    results = segment_many(list(inputs), bundle, out, options, list_file=list_file, progress=make_progress(quiet))
+    with model_api:
+        results = model_api.segment_batch(inputs, out=out, list_file=list_file, progress=make_progress(quiet))
     if _summary(results, out, quiet):
         ctx.exit(1)
 

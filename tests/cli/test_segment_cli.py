@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from runtime.onnx_models import make_bundle
 
 from slidefuse.cli import cli
-from slidefuse.runtime.progress import LogProgress, NullProgress, TerminalProgress, make_progress
+from slidefuse.runtime.progress import BarRenderer, LogRenderer, ProgressEvent, make_progress
 
 FAST = ["--threads", "1", "--workers", "2"]
 
@@ -202,14 +202,14 @@ def test_progress_display_choice_and_bar() -> None:
         def isatty(self) -> bool:
             return True
 
-    assert type(make_progress(quiet=True, stream=Tty())) is NullProgress
-    assert isinstance(make_progress(quiet=False, stream=io.StringIO()), LogProgress)
+    assert make_progress(quiet=True, stream=Tty()) is None
+    assert isinstance(make_progress(quiet=False, stream=io.StringIO()), LogRenderer)
     tty = Tty()
     bar = make_progress(quiet=False, stream=tty)
-    assert isinstance(bar, TerminalProgress)
-    bar.start_slide(2, 5, "a.svs")
-    bar.update(0, 40)
-    bar.update(40, 40)
-    bar.end_slide("ok")
-    text = tty.getvalue()
-    assert "[2/5] a.svs" in text and "40/40 tiles" in text and "tiles/s" in text and text.endswith("ok\n")
+    assert isinstance(bar, BarRenderer)
+    bar(ProgressEvent("start", 2, 5, "a.svs"))
+    bar(ProgressEvent("tiles", 2, 5, "a.svs", done_tiles=0, total_tiles=40))
+    bar(ProgressEvent("tiles", 2, 5, "a.svs", done_tiles=40, total_tiles=40))
+    bar(ProgressEvent("end", 2, 5, "a.svs", status="ok"))
+    text = tty.getvalue()  # tqdm's own rendering
+    assert "[2/5] a.svs" in text and "40/40" in text and "tile/s" in text and text.rstrip().endswith("ok]")

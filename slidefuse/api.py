@@ -1,0 +1,391 @@
+"""The Python API: load a model bundle once, segment slides or arrays, get masks back.
+
+```python
+import slidefuse
+
+with slidefuse.load_model("uni.bundle", backend="auto") as model:
+    result = model.segment("slide.svs", out="results/")
+    mask = result.mask_array()          # uint8 [H, W] class indices, memory-mapped, at result.mpp um/px
+    print(result.class_areas_mm2)       # {"tumour": 1.23, ...}
+```
+
+Frames. A mask pixel (x, y) covers level-0 slide pixels `[x * l0_per_px[0], (x + 1) * l0_per_px[0])` (and
+likewise in y): the mask spans the whole slide at the model's pixel size (`result.mpp`, um/px). For an array
+input, "level 0" is the array itself.
+
+The command line (`slidefuse segment`) is a thin layer over this module; everything it does is reachable
+from here: `Model.segment_batch` runs a batch (what the CLI calls), `Model.segment_many` and
+`slidefuse.segment_many` yield each slide's result as soon as its outputs are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import numpy as np
+
+from slidefuse.errors import SlidefuseError, UsageError
+from slidefuse.runtime.progress import Progress, ProgressCallback, as_progress
+
+if TYPE_CHECKING:
+    import pyvips
+
+    from slidefuse.runtime.backends.base import Backend
+    from slidefuse.runtime.bundle import Bundle
+    from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
+
+SlidePath = Union[str, "os.PathLike[str]"]
+Status = Literal["ok", "skipped", "failed"]
+MASK_FORMAT = "tiff"  # mask.tif: the output the result's mask is read from (a default format)
+
+
+class ResultError(SlidefuseError, RuntimeError):
+    """A result that has no mask or report (the slide failed, or mask.tif was not written)."""
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """One slide's segmentation: where its outputs are, its report, and its mask on demand.
+
+    The mask is never held in memory by the result: `mask()` opens mask.tif lazily (pyvips) and
+    `mask_array()` memory-maps it as a uint8 [H, W] array of class indices (0 = background).
+    """
+
+    slide: Path  # the slide file, as given (for an array: its name)
+    status: Status  # "ok", "skipped" (outputs already complete for this model) or "failed"
+    out_dir: Path | None  # the slide's output folder (OUT/<slide stem>)
+    outputs: Mapping[str, Path]  # format -> file written in this run (empty when skipped or failed)
+    error: str | None = None  # one-line reason when failed
+    seconds: float = 0.0  # wall time spent on the slide
+
+    @property
+    def ok(self) -> bool:
+        """True unless the slide failed."""
+        return self.status != "failed"
+
+    def _need_ok(self, what: str) -> Path:
+        if self.status == "failed" or self.out_dir is None:
+            raise ResultError(f"{self.slide}: no {what}: the slide failed ({self.error})")
+        return self.out_dir
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        """report.json: slide metadata, model card, backend, areas, tissue, timings, outputs."""
+        from slidefuse.runtime.outputs import read_report
+
+        out_dir = self._need_ok("report")
+        report = read_report(out_dir)
+        if report is None:
+            raise ResultError(f"{out_dir / 'report.json'}: missing or unreadable; rerun with overwrite=True")
+        return report
+
+    @property
+    def class_areas_mm2(self) -> dict[str, float]:
+        """Area of each class in mm^2 (class 0, the background, included), from the report."""
+        return {name: float(a["area_mm2"]) for name, a in self.report["areas"].items()}
+
+    @property
+    def mask_path(self) -> Path:
+        """mask.tif: the pyramidal TIFF of class indices."""
+        info = self.report.get("outputs", {}).get(MASK_FORMAT)
+        if not info:
+            raise ResultError(f"{self.out_dir}: mask.tif was not written (formats {self.report.get('formats')})")
+        return self._need_ok("mask") / str(info["file"])
+
+    @property
+    def mpp(self) -> tuple[float, float]:
+        """Pixel size of the mask as written in mask.tif, um/px (x, y)."""
+        info = self.report["outputs"][MASK_FORMAT]
+        return float(info["mpp_x"]), float(info["mpp_y"])
+
+    @property
+    def l0_per_px(self) -> tuple[float, float]:
+        """Level-0 slide pixels per mask pixel (x, y): mask px * l0_per_px = level-0 px."""
+        info = self.report["outputs"][MASK_FORMAT]
+        return float(info["l0_per_px_x"]), float(info["l0_per_px_y"])
+
+    def mask(self) -> pyvips.Image:
+        """The mask as a lazy 1-band uchar pyvips image (level 0 of mask.tif, W x H, class indices)."""
+        import pyvips
+
+        return pyvips.Image.new_from_file(str(self.mask_path), access="sequential")
+
+    def mask_array(self, scratch_dir: SlidePath | None = None) -> np.ndarray:
+        """The mask as a read-only memory-mapped uint8 [H, W] array of class indices at `mpp`.
+
+        mask.tif is decoded band by band by libvips into a scratch file (in `scratch_dir`, default the
+        slide's output folder), which is mapped and then unlinked: nothing is left on disk once the array
+        is dropped, and memory holds only the pages that are read.
+        """
+        import pyvips
+
+        image = pyvips.Image.new_from_file(str(self.mask_path), access="sequential")
+        folder = Path(scratch_dir) if scratch_dir is not None else self._need_ok("mask")
+        fd, name = tempfile.mkstemp(prefix=".mask-", suffix=".u8", dir=folder)
+        os.close(fd)
+        try:
+            image.rawsave(name)
+            return np.memmap(name, dtype=np.uint8, mode="r", shape=(image.height, image.width))
+        finally:
+            os.unlink(name)  # the mapping keeps the pages (POSIX)
+
+
+def _result(res: SlideResult) -> SegmentationResult:
+    status: Status = res.status  # type: ignore[assignment]
+    return SegmentationResult(res.slide, status, res.out_dir, dict(res.outputs), res.error, res.seconds)
+
+
+_OPTION_NAMES = frozenset({
+    "backend_options", "batch_size", "overlap", "tissue", "all_tiles", "mpp", "formats", "mask_mpp",
+    "overwrite", "workers", "prefetch", "preload_max_pixels", "overlap_slides",
+})
+
+
+def _options(backend: str, options: Mapping[str, Any]) -> SegmentOptions:
+    """SegmentOptions from keyword options (validated there)."""
+    from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
+    from slidefuse.runtime.segment import SegmentOptions
+
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(_OPTION_NAMES))}")
+    kw = dict(options)
+    formats = parse_formats(kw.get("formats") or DEFAULT_FORMATS)
+    kw["formats"] = formats
+    return SegmentOptions(backend=backend, **kw)
+
+
+class Model:
+    """A loaded model bundle and its backend. Use it as a context manager (or call `close()`): the backend
+    is opened on first use and held until then, so many slides pay its start-up once."""
+
+    def __init__(self, bundle: Bundle, options: SegmentOptions) -> None:
+        self.bundle = bundle  # the sha256-verified bundle (manifest: classes, mpp, tile size)
+        self.options = options  # defaults of every run (per call: mpp, formats, overwrite)
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names; index i of a mask is class `classes[i]` (0 = background)."""
+        return tuple(self.bundle.manifest.class_names)
+
+    @property
+    def backend(self) -> Backend:
+        """The open backend (opened now if needed)."""
+        from slidefuse.runtime.backends import open_backend
+
+        with self._lock:
+            if self._backend is None:
+                opened = open_backend(self.options.backend, self.bundle, **dict(self.options.backend_options))
+                self._backend = opened.__enter__()
+            return self._backend
+
+    def close(self) -> None:
+        """Close the backend (the model can be used again: it reopens)."""
+        with self._lock:
+            if self._backend is not None:
+                self._backend.__exit__(None, None, None)
+                self._backend = None
+
+    def _run_options(self, **override: Any) -> SegmentOptions:
+        from slidefuse.runtime.outputs import parse_formats
+
+        given = {k: v for k, v in override.items() if v is not None}
+        if "formats" in given:
+            given["formats"] = parse_formats(given["formats"])
+        return dataclasses.replace(self.options, **given)
+
+    def segment(
+        self,
+        slide: SlidePath | np.ndarray,
+        *,
+        mpp: float | None = None,
+        out: SlidePath | None = None,
+        formats: str | Iterable[str] | None = None,
+        name: str | None = None,
+        overwrite: bool | None = None,
+        progress: ProgressCallback | Progress | None = None,
+    ) -> SegmentationResult:
+        """Segment one slide file or one RGB array, write its outputs and return the result.
+
+        slide: a slide file (any format `slidefuse info` reads) or a uint8 [H, W, 3] RGB array (then `mpp`,
+          its pixel size in um/px, is required; `name` names its output folder, default "array").
+        mpp: the slide's pixel size in um/px, overriding the file's (for slides without one).
+        out: output root; the slide's files go to `out/<slide stem>/`. None: a new temporary folder (kept).
+        formats: outputs to write ("tiff,geojson", a list, or "all"; default: the model's, every built-in
+          format); `mask()` and `mask_array()` read mask.tif ("tiff"); report.json is always written.
+        progress: a callable receiving `ProgressEvent`s.
+        A slide that fails raises its error (a `SlidefuseError` naming the slide); a slide whose outputs are
+        complete for this model is skipped (status "skipped") unless `overwrite`.
+        """
+        out_root = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="slidefuse-"))
+        options = self._run_options(mpp=mpp, formats=formats, overwrite=overwrite)
+        if isinstance(slide, np.ndarray):
+            return self._segment_array(slide, out_root, options, name or "array", as_progress(progress))
+        path = Path(slide)
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder; segment() takes one slide: use segment_many() for folders")
+        results = self._batch([path], None, out_root, options, as_progress(progress), None)
+        if results[0].status == "failed":
+            raise ResultError(str(results[0].error))
+        return results[0]
+
+    def _segment_array(self, array: np.ndarray, out_root: Path, options: SegmentOptions, name: str,
+                       progress: Progress) -> SegmentationResult:
+        from slidefuse.runtime.segment import stages
+        from slidefuse.runtime.slide import InMemorySlide
+
+        if options.mpp is None:
+            raise UsageError("an array has no pixel size: pass mpp= (microns per pixel)", field="mpp")
+        if os.sep in name or name in ("", ".", ".."):
+            raise UsageError(f"name {name!r} is not a folder name; pass a plain name for the output folder")
+        reader = InMemorySlide(array, options.mpp, name=name)
+        out_dir = out_root / name
+        progress.start_slide(1, 1, name)
+        try:
+            plan = stages.plan_slide(Path(name), self.bundle, options, out_dir, reader=reader)
+            done = stages.infer_slide(plan, self.bundle, options, self.backend, progress)
+            res = stages.finish_slide(done, self.bundle, options)
+        except BaseException:
+            progress.end_slide("failed")
+            raise
+        progress.end_slide(res.status)
+        return _result(res)
+
+    def _batch(self, slides: list[Path], list_file: Path | None, out_root: Path, options: SegmentOptions,
+               progress: Progress, on_result: Callable[[SegmentationResult], None] | None,
+               backend: Backend | None = None) -> list[SegmentationResult]:
+        from slidefuse.runtime.segment import segment_many as run_slides
+
+        def told(res: SlideResult) -> None:
+            if on_result is not None:
+                on_result(_result(res))
+
+        done = run_slides(slides, self.bundle, out_root, options, list_file=list_file, progress=progress,
+                          backend=backend or self.backend, on_result=told)
+        return [_result(r) for r in done]
+
+    def segment_batch(
+        self,
+        slides: Iterable[SlidePath],
+        *,
+        out: SlidePath,
+        list_file: SlidePath | None = None,
+        progress: ProgressCallback | Progress | None = None,
+        on_result: Callable[[SegmentationResult], None] | None = None,
+        **override: Any,
+    ) -> list[SegmentationResult]:
+        """Segment slide files and folders (scanned recursively) and `list_file`; returns every result in
+        input order, failures included (status "failed", `error`), after `on_result` was told of each one
+        as it finished. Records every slide in `out/run.json`. `override`: options for this batch only
+        (mpp, formats, overwrite, overlap_slides, ...). Slides are overlapped as in the CLI."""
+        options = self._run_options(**override)
+        return self._batch([Path(s) for s in slides], Path(list_file) if list_file is not None else None,
+                           Path(out), options, as_progress(progress), on_result)
+
+    def segment_many(
+        self,
+        slides: Iterable[SlidePath],
+        *,
+        out: SlidePath,
+        list_file: SlidePath | None = None,
+        progress: ProgressCallback | Progress | None = None,
+        **override: Any,
+    ) -> Iterator[SegmentationResult]:
+        """Like `segment_batch`, but yields each slide's result as soon as its outputs are written (in slide
+        order). The batch runs on one worker thread, the only one that touches the backend meanwhile.
+        Stopping the iteration early stops the batch after the slide being recorded."""
+        paths, listed = [Path(s) for s in slides], Path(list_file) if list_file is not None else None
+        options, hooks = self._run_options(**override), as_progress(progress)
+
+        def run(on_result: Callable[[SegmentationResult], None]) -> object:
+            return self._batch(paths, listed, Path(out), options, hooks, on_result)
+
+        yield from _yield_from_thread(run)
+
+
+class _Stop(Exception):
+    """Raised inside the batch's result hook when the consumer stopped iterating."""
+
+
+def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None]], object]
+                       ) -> Iterator[SegmentationResult]:
+    """Call `run(on_result)` on a thread and yield the results it reports as they are recorded."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+
+    def told(res: SegmentationResult) -> None:
+        q.put(("result", res))
+        if stop.is_set():
+            raise _Stop()
+
+    def work() -> None:
+        try:
+            run(told)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(("error", exc))
+        q.put(("end", None))
+
+    thread = threading.Thread(target=work, name="slidefuse-api-batch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def load_model(bundle: SlidePath | Bundle, backend: str = "auto", **options: Any) -> Model:
+    """Load (and sha256-verify) a model bundle; returns a `Model` (a context manager).
+
+    backend: a backend name ("ort-cpu", "trt", ...) or "auto" (the best one available here for the bundle).
+    options: defaults of every run: batch_size, overlap, workers, tissue (`TissueParams`), all_tiles, mpp,
+      formats, mask_mpp, overwrite, overlap_slides, backend_options (e.g. {"threads": 2}). Checked now.
+    """
+    from slidefuse.runtime.bundle import Bundle, load_bundle
+
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
+    return Model(loaded, _options(backend, options))
+
+
+def segment_many(
+    slides: Iterable[SlidePath],
+    model: Model | SlidePath,
+    *,
+    out: SlidePath,
+    list_file: SlidePath | None = None,
+    backend: str = "auto",
+    progress: ProgressCallback | Progress | None = None,
+    **options: Any,
+) -> Iterator[SegmentationResult]:
+    """Segment slides and folders with `model` (a `Model`, or a bundle path loaded here with `backend` and
+    `options`) and yield each slide's `SegmentationResult` as soon as its outputs are written."""
+    if isinstance(model, Model):
+        yield from model.segment_many(slides, out=out, list_file=list_file, progress=progress, **options)
+        return
+    with load_model(model, backend=backend, **options) as loaded:
+        yield from loaded.segment_many(slides, out=out, list_file=list_file, progress=progress)
