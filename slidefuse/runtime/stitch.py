@@ -17,12 +17,19 @@ processed (or skipped), because the other tiles that cover it come earlier in ro
 Blending: each tile's probabilities are multiplied by the blend window and summed; the class is the argmax of
 the sum (dividing by the summed weights would not change it). Pixels no tile covered sum to zero everywhere
 and get class 0 (background), which is what ``argmax`` returns for ties.
+
+Cost per tile: only the frame of a cell where the window is below 1 or a neighbour adds to the sum is
+weighted and summed (the same arithmetic, in the same order, as a whole-cell sum). The cell's interior, where
+the window is exactly 1 and only this tile contributes, is the argmax of the probabilities themselves, and that
+argmax (most of a tile's pixels) runs on ``threads`` worker threads (numpy releases the GIL), so stitching
+scales with cores. A band is written to disk once every interior job of its tile row is done.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,9 +45,11 @@ class Stitcher:
     in the model frame of ``grid``. Feed tiles with ``add`` in row-major order, then call ``finish``.
     Use as a context manager (closes the file on error)."""
 
-    def __init__(self, grid: TileGrid, num_classes: int, raw_path: Path) -> None:
+    def __init__(self, grid: TileGrid, num_classes: int, raw_path: Path, threads: int = 1) -> None:
         if not 1 <= num_classes <= 256:
             raise ValueError(f"num_classes must be 1..256 to fit uint8 class indices, got {num_classes}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.grid = grid
         self.num_classes = num_classes
         self.raw_path = Path(raw_path)
@@ -57,6 +66,11 @@ class Stitcher:
         self._next = 0  # row-major index of the next grid position to process
         self._file: BinaryIO | None = open(self.raw_path, "wb")  # closed in finish/close
         self._done = False
+        lo, hi = o, t - o  # tile-frame span where the blend window is exactly 1
+        self._pure = (lo, hi)
+        # interior argmax jobs of the current tile row (threads > 1), waited for before the band is written
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="slidefuse-stitch") if threads > 1 else None
+        self._jobs: list[Future[None]] = []
 
     # ---------------------------------------------------------------------------------------- public API
     def accumulator_bytes(self) -> int:
@@ -80,8 +94,7 @@ class Stitcher:
                              f"got {list(probs.shape)}")
         while self._next < index:
             self._process(self._next, None)
-        weighted = probs.astype(np.float32, copy=False) * self.window
-        self._process(index, weighted)
+        self._process(index, probs.astype(np.float32, copy=False))
         self.tiles_added += 1
         self.seconds += time.perf_counter() - t0
 
@@ -100,6 +113,9 @@ class Stitcher:
             raise RuntimeError(f"stitcher wrote {int(self.class_pixels.sum())} pixels, expected {expected}")
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -111,61 +127,107 @@ class Stitcher:
         self.close()
 
     # ----------------------------------------------------------------------------------------- internals
-    def _process(self, index: int, weighted: np.ndarray | None) -> None:
-        """Finalise cell ``index`` (row-major) with its tile's weighted probabilities (or None: no tile) and
-        pass the tile's overlap parts on to ``right`` / ``bottom``. Cells are in the padded frame; only
-        their part inside the model frame is written."""
+    def _process(self, index: int, probs: np.ndarray | None) -> None:
+        """Finalise cell ``index`` (row-major) with its tile's probabilities ``[C, T, T]`` (or None: no tile)
+        and pass the tile's weighted overlap parts on to ``right`` / ``bottom``. Cells are in the padded frame;
+        only their part inside the model frame is written."""
         g = self.grid
         r, c = divmod(index, g.n_cols)
-        s, o, m = g.stride, g.overlap, g.margin
+        s, o = g.stride, g.overlap
         x0, x1 = g.col_span(c)  # padded frame
-        y0, y1 = g.row_span(r)
-        cw, ch = x1 - x0, y1 - y0
         last_col, last_row = c == g.n_cols - 1, r == g.n_rows - 1
         from_left = c > 0 and self.right_has
         from_top = r > 0 and bool(self.bottom_has[c])
-        # the cell's part inside the model frame, in cell coordinates
-        ax0, ax1 = min(max(m - x0, 0), cw), min(max(m + g.width - x0, 0), cw)
-        ay0, ay1 = min(max(m - y0, 0), ch), min(max(m + g.height - y0, 0), ch)
-
-        # 1. the cell's sum: this tile + the left neighbour's right strip + the previous row's bottom strip
-        if ax1 > ax0 and ay1 > ay0:
-            fx0 = x0 + ax0 - m  # model-frame x of the written part
-            if weighted is not None or from_left or from_top:
-                if weighted is not None:
-                    acc = weighted[:, :ch, :cw].copy()
-                else:
-                    acc = np.zeros((self.num_classes, ch, cw), dtype=np.float32)
-                if from_left:
-                    acc[:, :, :o] += self.right[:, :ch, :]
-                if from_top:
-                    acc[:, :o, :] += self.bottom[:, :, x0:x1]
-                self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = argmax_classes(acc[:, ay0:ay1, ax0:ax1])
-            else:
-                self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = 0
-
-        # 2. this row's contribution to the next row's top o rows of this column (+ the left tile's corner)
+        self._label_cell(r, c, probs, from_left, from_top)
+        # this row's contribution to the next row's top o rows of this column (+ the left tile's corner)
         if not last_row and o > 0:
-            if weighted is not None:
-                self.bottom[:, :, x0:x1] = weighted[:, s : s + o, :cw]
+            cw = x1 - x0
+            if probs is not None:
+                self.bottom[:, :, x0:x1] = probs[:, s : s + o, :cw] * self.window[s : s + o, :cw]
             elif from_left:
                 self.bottom[:, :, x0:x1] = 0.0
             if from_left:
                 self.bottom[:, :, x0 : x0 + o] += self.right[:, s : s + o, :]
-            self.bottom_has[c] = weighted is not None or from_left
-
-        # 3. this tile's contribution to the next cell's left o columns
+            self.bottom_has[c] = probs is not None or from_left
+        # this tile's contribution to the next cell's left o columns
         if not last_col and o > 0:
-            if weighted is not None:
-                self.right[:] = weighted[:, :, s : s + o]
-            self.right_has = weighted is not None
-
+            if probs is not None:
+                np.multiply(probs[:, :, s : s + o], self.window[:, s : s + o], out=self.right)
+            self.right_has = probs is not None
         self._next = index + 1
         if last_col:
-            self._flush_band(ay1 - ay0)
+            self._flush_band(self._cell_rows(r))
             self.right_has = False
 
+    def _cell_rows(self, r: int) -> int:
+        """Rows of cell row ``r`` inside the model frame."""
+        g = self.grid
+        y0, y1 = g.row_span(r)
+        return min(max(g.margin + g.height - y0, 0), y1 - y0) - min(max(g.margin - y0, 0), y1 - y0)
+
+    def _label_cell(self, r: int, c: int, probs: np.ndarray | None, from_left: bool, from_top: bool) -> None:
+        """Class indices of cell ``(r, c)``'s part inside the model frame, into ``band``."""
+        g = self.grid
+        x0, x1 = g.col_span(c)
+        y0, y1 = g.row_span(r)
+        cw, ch, m = x1 - x0, y1 - y0, g.margin
+        ax0, ax1 = min(max(m - x0, 0), cw), min(max(m + g.width - x0, 0), cw)  # visible part, cell coords
+        ay0, ay1 = min(max(m - y0, 0), ch), min(max(m + g.height - y0, 0), ch)
+        if ax1 <= ax0 or ay1 <= ay0:
+            return
+        fx0 = x0 + ax0 - m  # model-frame x of the visible part
+        if probs is None and not (from_left or from_top):
+            self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = 0
+            return
+        # interior: window 1 and no neighbour, so the argmax of the probabilities themselves
+        lo, hi = self._pure
+        iy0, iy1 = max(lo, ay0), min(hi, ay1)
+        ix0, ix1 = max(lo, ax0), min(hi, ax1)
+        interior = probs is not None and iy1 > iy0 and ix1 > ix0
+        if interior:
+            self._interior(probs, (iy0, iy1, ix0, ix1), ay0, fx0 - ax0)  # type: ignore[arg-type]
+        else:
+            iy0 = iy1 = ix0 = ix1 = ay0
+        # the frame around it: weighted, plus what the left and upper neighbours left in `right` / `bottom`
+        for ry0, ry1, rx0, rx1 in ((ay0, iy0, ax0, ax1), (iy1, ay1, ax0, ax1), (iy0, iy1, ax0, ix0),
+                                   (iy0, iy1, ix1, ax1)):
+            if ry1 > ry0 and rx1 > rx0:
+                acc = self._blended(probs, x0, (ry0, ry1, rx0, rx1), from_left, from_top)
+                self.band[ry0 - ay0 : ry1 - ay0, fx0 - ax0 + rx0 : fx0 - ax0 + rx1] = argmax_classes(acc)
+
+    def _interior(self, probs: np.ndarray, box: tuple[int, int, int, int], ay0: int, bx: int) -> None:
+        """argmax of ``probs`` over cell box ``(y0, y1, x0, x1)`` into ``band`` (on the pool when there is one)."""
+        y0, y1, x0, x1 = box
+
+        def job() -> None:
+            self.band[y0 - ay0 : y1 - ay0, bx + x0 : bx + x1] = argmax_classes(probs[:, y0:y1, x0:x1])
+
+        if self._pool is None:
+            job()
+        else:
+            self._jobs.append(self._pool.submit(job))
+
+    def _blended(self, probs: np.ndarray | None, x0: int, box: tuple[int, int, int, int], from_left: bool,
+                 from_top: bool) -> np.ndarray:
+        """float32 ``[C, h, w]`` blended sums over cell box ``(y0, y1, x0, x1)``: the tile's weighted
+        probabilities, then the left neighbour's strip, then the upper row's strip (the order of a whole-cell
+        sum, so results are bit-identical to it)."""
+        y0, y1, bx0, bx1 = box
+        o = self.grid.overlap
+        if probs is not None:
+            acc = probs[:, y0:y1, bx0:bx1] * self.window[y0:y1, bx0:bx1]
+        else:
+            acc = np.zeros((self.num_classes, y1 - y0, bx1 - bx0), dtype=np.float32)
+        if from_left and bx0 < o:
+            acc[:, :, : min(bx1, o) - bx0] += self.right[:, y0:y1, bx0 : min(bx1, o)]
+        if from_top and y0 < o:
+            acc[:, : min(y1, o) - y0, :] += self.bottom[:, y0 : min(y1, o), x0 + bx0 : x0 + bx1]
+        return acc
+
     def _flush_band(self, rows: int) -> None:
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:  # the row's interior argmax jobs write into the band
+            job.result()
         if rows <= 0:
             return
         band = self.band[:rows]

@@ -148,3 +148,32 @@ def test_argmax_classes_matches_numpy_including_ties() -> None:
     got = argmax_classes(scores)
     assert got.dtype == np.uint8
     assert np.array_equal(got, np.argmax(scores, axis=0))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "overlap", "margin", "keep_fraction"),
+    [(300, 220, 64, 16, 16, 0.7), (300, 220, 64, 16, 0, 1.0), (64, 64, 64, 8, 0, 1.0), (130, 70, 32, 16, 16, 0.5),
+     (200, 90, 40, 0, 0, 0.8), (517, 389, 128, 32, 32, 0.6), (90, 400, 48, 12, 12, 0.9)],
+)
+def test_stitcher_is_bit_identical_to_the_whole_cell_blend(
+    tmp_path: Path, width: int, height: int, tile: int, overlap: int, margin: int, keep_fraction: float, threads: int
+) -> None:
+    """The interior fast path and its threads change no pixel: the mask equals, byte for byte, the one the
+    previous stitcher (every cell weighted and summed whole; tests/runtime/legacy_stitch.py) writes."""
+    from runtime.legacy_stitch import LegacyStitcher
+
+    rng = np.random.default_rng(width * 7 + tile + overlap)
+    c = 4
+    grid = TileGrid(width, height, tile, overlap, margin=margin)
+    keep = [rc for rc in grid.tiles() if rng.random() < keep_fraction]
+    tiles = {rc: _random_probs(rng, c, tile) for rc in keep}
+    tiles.update({rc: np.full((c, tile, tile), 0.25, np.float32) for rc in keep[::5]})  # exact ties too
+    for cls, name in ((Stitcher, "new.raw"), (LegacyStitcher, "old.raw")):
+        kw = {"threads": threads} if cls is Stitcher else {}
+        with cls(grid, c, tmp_path / name, **kw) as st:
+            for rc in keep:
+                st.add(rc, tiles[rc])
+            st.finish()
+    new, old = (tmp_path / "new.raw").read_bytes(), (tmp_path / "old.raw").read_bytes()
+    assert new == old

@@ -1,0 +1,193 @@
+"""The stitcher as it was before the interior fast path and threads, kept verbatim as an exact reference for
+the tests (tests/runtime/test_stitch.py). Not product code.
+
+Band-by-band stitching of overlapping tile probabilities into a raw uint8 class-index file on disk.
+
+Tiles arrive in row-major grid order (only the tiles that ran; the positions in between are empty). The
+stitcher keeps just the blended probability sums that later tiles still add to:
+
+- ``right``: the current tile's contribution to the first ``o`` columns of the next cell on its row,
+  float32 ``[C, T, o]`` (rows ``T``: it also holds the corner that belongs to the next tile row);
+- ``bottom``: the current tile row's contribution to the first ``o`` rows of the next tile row,
+  float32 ``[C, o, width + 2 * margin]`` (the padded frame, see ``grid``);
+- ``band``: finished class indices of the current tile row, uint8 ``[<= T, width]``, written to disk when the
+  row is done.
+
+So memory is ``C * o * width * 4 + T * width`` bytes plus one tile, never a band of ``T x width`` floats, and
+nothing grows with the slide's height. A cell ``(r, c)`` (see ``grid``) is final once tile ``(r, c)`` has been
+processed (or skipped), because the other tiles that cover it come earlier in row-major order.
+
+Blending: each tile's probabilities are multiplied by the blend window and summed; the class is the argmax of
+the sum (dividing by the summed weights would not change it). Pixels no tile covered sum to zero everywhere
+and get class 0 (background), which is what ``argmax`` returns for ties.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from slidefuse.runtime.grid import TileGrid, TileRC, blend_window
+
+log = logging.getLogger(__name__)
+
+
+class LegacyStitcher:
+    """Stitch tile probabilities into ``raw_path``: uint8 class indices, row-major, ``width * height`` bytes,
+    in the model frame of ``grid``. Feed tiles with ``add`` in row-major order, then call ``finish``.
+    Use as a context manager (closes the file on error)."""
+
+    def __init__(self, grid: TileGrid, num_classes: int, raw_path: Path) -> None:
+        if not 1 <= num_classes <= 256:
+            raise ValueError(f"num_classes must be 1..256 to fit uint8 class indices, got {num_classes}")
+        self.grid = grid
+        self.num_classes = num_classes
+        self.raw_path = Path(raw_path)
+        t, o, w = grid.tile, grid.overlap, grid.width
+        self.window = blend_window(t, o)  # float32 [T, T]
+        self.bottom = np.zeros((num_classes, o, grid.padded_width), dtype=np.float32)  # next row's top o rows
+        self.bottom_has = np.zeros(grid.n_cols, dtype=bool)  # column c of `bottom` holds data
+        self.right = np.zeros((num_classes, t, o), dtype=np.float32)  # sums for the next cell's left o columns
+        self.right_has = False
+        self.band = np.zeros((t, w), dtype=np.uint8)  # class indices of the current tile row
+        self.class_pixels = np.zeros(num_classes, dtype=np.int64)
+        self.tiles_added = 0
+        self.seconds = 0.0  # time spent in add/finish
+        self._next = 0  # row-major index of the next grid position to process
+        self._file: BinaryIO | None = open(self.raw_path, "wb")  # closed in finish/close
+        self._done = False
+
+    # ---------------------------------------------------------------------------------------- public API
+    def accumulator_bytes(self) -> int:
+        """Bytes held in the stitcher's persistent buffers (probability sums and the uint8 band)."""
+        return int(self.bottom.nbytes + self.right.nbytes + self.band.nbytes + self.window.nbytes)
+
+    def add(self, tile_rc: TileRC, probs: np.ndarray) -> None:
+        """Add one tile's probabilities: float32 ``[C, T, T]`` (tile frame, rows = y), ``tile_rc`` in row-major
+        order after the previous call. Grid positions skipped since the previous call contribute nothing."""
+        t0 = time.perf_counter()
+        r, c = tile_rc
+        g = self.grid
+        if not (0 <= r < g.n_rows and 0 <= c < g.n_cols):
+            raise ValueError(f"tile {tile_rc} is outside the {g.n_rows} x {g.n_cols} grid")
+        index = r * g.n_cols + c
+        if index < self._next or self._done:
+            raise ValueError(f"tiles must be added once each in row-major order: got {tile_rc} after "
+                             f"position {self._next - 1}")
+        if probs.shape != (self.num_classes, g.tile, g.tile):
+            raise ValueError(f"tile probabilities must be [{self.num_classes}, {g.tile}, {g.tile}], "
+                             f"got {list(probs.shape)}")
+        while self._next < index:
+            self._process(self._next, None)
+        weighted = probs.astype(np.float32, copy=False) * self.window
+        self._process(index, weighted)
+        self.tiles_added += 1
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> None:
+        """Process the remaining (empty) positions, write the last band and close the file."""
+        t0 = time.perf_counter()
+        if self._done:
+            return
+        while self._next < self.grid.n_tiles:
+            self._process(self._next, None)
+        self.close()
+        self._done = True
+        self.seconds += time.perf_counter() - t0
+        expected = self.grid.width * self.grid.height
+        if int(self.class_pixels.sum()) != expected:
+            raise RuntimeError(f"stitcher wrote {int(self.class_pixels.sum())} pixels, expected {expected}")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> LegacyStitcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _process(self, index: int, weighted: np.ndarray | None) -> None:
+        """Finalise cell ``index`` (row-major) with its tile's weighted probabilities (or None: no tile) and
+        pass the tile's overlap parts on to ``right`` / ``bottom``. Cells are in the padded frame; only
+        their part inside the model frame is written."""
+        g = self.grid
+        r, c = divmod(index, g.n_cols)
+        s, o, m = g.stride, g.overlap, g.margin
+        x0, x1 = g.col_span(c)  # padded frame
+        y0, y1 = g.row_span(r)
+        cw, ch = x1 - x0, y1 - y0
+        last_col, last_row = c == g.n_cols - 1, r == g.n_rows - 1
+        from_left = c > 0 and self.right_has
+        from_top = r > 0 and bool(self.bottom_has[c])
+        # the cell's part inside the model frame, in cell coordinates
+        ax0, ax1 = min(max(m - x0, 0), cw), min(max(m + g.width - x0, 0), cw)
+        ay0, ay1 = min(max(m - y0, 0), ch), min(max(m + g.height - y0, 0), ch)
+
+        # 1. the cell's sum: this tile + the left neighbour's right strip + the previous row's bottom strip
+        if ax1 > ax0 and ay1 > ay0:
+            fx0 = x0 + ax0 - m  # model-frame x of the written part
+            if weighted is not None or from_left or from_top:
+                if weighted is not None:
+                    acc = weighted[:, :ch, :cw].copy()
+                else:
+                    acc = np.zeros((self.num_classes, ch, cw), dtype=np.float32)
+                if from_left:
+                    acc[:, :, :o] += self.right[:, :ch, :]
+                if from_top:
+                    acc[:, :o, :] += self.bottom[:, :, x0:x1]
+                self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = argmax_classes(acc[:, ay0:ay1, ax0:ax1])
+            else:
+                self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = 0
+
+        # 2. this row's contribution to the next row's top o rows of this column (+ the left tile's corner)
+        if not last_row and o > 0:
+            if weighted is not None:
+                self.bottom[:, :, x0:x1] = weighted[:, s : s + o, :cw]
+            elif from_left:
+                self.bottom[:, :, x0:x1] = 0.0
+            if from_left:
+                self.bottom[:, :, x0 : x0 + o] += self.right[:, s : s + o, :]
+            self.bottom_has[c] = weighted is not None or from_left
+
+        # 3. this tile's contribution to the next cell's left o columns
+        if not last_col and o > 0:
+            if weighted is not None:
+                self.right[:] = weighted[:, :, s : s + o]
+            self.right_has = weighted is not None
+
+        self._next = index + 1
+        if last_col:
+            self._flush_band(ay1 - ay0)
+            self.right_has = False
+
+    def _flush_band(self, rows: int) -> None:
+        if rows <= 0:
+            return
+        band = self.band[:rows]
+        for k in range(self.num_classes):  # C fast comparisons beat bincount's conversion to intp
+            self.class_pixels[k] += np.count_nonzero(band == k)
+        if self._file is None:
+            raise RuntimeError(f"{self.raw_path}: stitcher file already closed")
+        self._file.write(np.ascontiguousarray(band).data)
+
+
+def argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """Index of the largest score over axis 0: float32 ``[C, h, w]`` -> uint8 ``[h, w]``; ties go to the lowest
+    index (so all-zero pixels are class 0). Same result as ``np.argmax(scores, axis=0)``, but a few running
+    comparisons over whole planes instead of numpy's strided reduction over axis 0 (about 10x slower)."""
+    best = scores[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, scores.shape[0]):
+        better = (scores[k] > best).view(np.uint8)  # 1 where class k wins so far
+        index += better * (np.uint8(k) - index)  # branch-free select (masked writes are ~10x slower)
+        np.maximum(best, scores[k], out=best)
+    return index
+
