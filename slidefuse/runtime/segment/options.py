@@ -16,6 +16,15 @@ from slidefuse.runtime.tissue import TissueParams
 RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
 
 
+def _check_sharing(shard: tuple[int, int] | None, claim_timeout: float) -> None:
+    """The options that share a slide list among processes (they change no result)."""
+    if shard is not None and not (len(shard) == 2 and 1 <= shard[1] and 0 <= shard[0] < shard[1]):
+        raise UsageError(f"shard {shard!r}: expected (i, n) with 0 <= i < n", field="shard")
+    if isinstance(claim_timeout, bool) or not isinstance(claim_timeout, (int, float)) or not claim_timeout > 0:
+        raise UsageError(f"claim_timeout must be a positive number of seconds, got {claim_timeout!r}",
+                         field="claim_timeout")
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     backend: str = "ort-cpu"  # backend registry name (see `slidefuse.runtime.backends`)
@@ -32,6 +41,8 @@ class SegmentOptions:
     prefetch: int = 2  # batches read ahead of the engine
     preload_max_pixels: int = 16_000_000  # decode the whole slide at the model's mpp once when it is this small
     overlap_slides: bool = True  # plan the next slide and write the last one's outputs while a slide runs
+    shard: tuple[int, int] | None = None  # (i, n): take only slides i, i+n, i+2n, ... of the list (static split)
+    claim_timeout: float = 120.0  # s without a heartbeat after which another process takes over a slide's claim
 
     def __post_init__(self) -> None:
         """Every check of these options, once; messages name the field (the CLI maps fields to its flags)."""
@@ -39,6 +50,7 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+        _check_sharing(self.shard, self.claim_timeout)
         for name in ("mpp", "mask_mpp"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -57,7 +69,8 @@ class SlideResult:
     """What happened to one slide."""
 
     slide: Path  # the slide file as given
-    status: str  # "ok", "skipped" (outputs already complete for this bundle) or "failed"
+    status: str  # "ok", "skipped" (outputs already complete for this bundle), "failed", or "claimed" (being
+    # done by another process sharing OUT: not recorded in run.json by this one)
     out_dir: Path | None = None  # OUT/<slide stem>
     error: str | None = None  # one-line reason when failed
     outputs: dict[str, Path] = field(default_factory=dict)  # format -> written file

@@ -1,5 +1,12 @@
 """The batch runner: `segment_many` runs every slide's stages, overlapping the planning of the next slide
-and the outputs of the previous one with the current slide's inference (one background thread, FIFO)."""
+and the outputs of the previous one with the current slide's inference (one background thread, FIFO).
+
+Many processes (on one host or many sharing OUT) can run the same list into the same OUT: before a slide
+is planned, its claim file `OUT/<slide>/.lock` is taken (see `claims`); a slide claimed by another live
+process is left to it (status "claimed", not recorded here), a slide finished meanwhile is skipped, and a
+claim whose holder died is taken over. `options.shard = (i, n)` keeps only every n-th slide from the i-th
+(a static split, e.g. one Slurm array task each); the output folder names are those of the whole list.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +15,53 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from slidefuse.errors import one_line
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment import stages
+from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet, new_run_id
 from slidefuse.runtime.segment.inputs import collect_slides, output_dirs
 from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
 from slidefuse.runtime.segment.stages import PlannedSlide, StitchedSlide
 
 log = logging.getLogger(__name__)
 
+Decision = Literal["run", "skipped", "claimed"]
+
 
 def _with_slide(slide: Path, reason: str) -> str:
     return reason if str(slide) in reason else f"{slide}: {reason}"
+
+
+def batch_slides(paths: Sequence[Path], list_file: Path | None, out_root: Path,
+                 shard: tuple[int, int] | None) -> tuple[list[Path], list[Path]]:
+    """(slides, their output folders) of a run: the whole list's folder names, then this shard's share."""
+    slides = collect_slides(paths, list_file, exclude=out_root)
+    dirs = output_dirs(slides, out_root)
+    if shard is not None:
+        i, n = shard
+        slides, dirs = slides[i::n], dirs[i::n]
+        log.info("shard %d/%d: %d slide(s) of this list", i, n, len(slides))
+    return slides, dirs
+
+
+def slide_complete(out_dir: Path, bundle: Bundle, options: SegmentOptions, *, slide: Path | None = None) -> bool:
+    """Whether `out_dir` holds this slide's complete outputs for this bundle and these options (never with
+    `options.overwrite`). With `slide`, only outputs made from that very file (its identity: path, size,
+    mtime, content fingerprint) with the same result-changing options count (`segment.skipkey`); otherwise
+    the reason it runs again is logged."""
+    from slidefuse.runtime.outputs import outputs_complete
+
+    if slide is None:
+        return not options.overwrite and outputs_complete(out_dir, bundle.digest, options.formats,
+                                                          mask_mpp=options.mask_mpp)
+    reason = stages.rerun_reason(slide, out_dir, bundle, options)
+    if reason is not None and (out_dir / "report.json").exists():
+        log.info("%s: segmenting it again into %s: %s", slide, out_dir, reason)
+    return reason is None
 
 
 def segment_many(
@@ -40,63 +78,85 @@ def segment_many(
     """Segment every slide in `paths` (slide files, folders scanned recursively) and `list_file`.
 
     The backend is opened once (or `backend`, already open, is used). A slide whose outputs are complete and
-    made by this bundle is skipped unless `options.overwrite`. With `options.overlap_slides` and more than one
-    slide, a background thread plans the next slide (thumbnail, tissue, tiles) and writes the previous
-    slide's outputs while the current slide's tiles run, so the engine does not wait for per-slide work; at
-    most three slides are in flight, and outputs are still written atomically, in slide order. A failing
-    slide is recorded with a one-line reason (naming the slide) and the others continue; failures are logged
-    at INFO only, since they are returned (status "failed", `error`) for the caller to report. Every slide
+    made by this bundle is skipped unless `options.overwrite`; a slide claimed by another process sharing
+    OUT is left to it ("claimed"). With `options.overlap_slides` and more than one slide, a background thread
+    plans the next slide (thumbnail, tissue, tiles) and writes the previous slide's outputs while the current
+    slide's tiles run, so the engine does not wait for per-slide work; at most three slides are in flight,
+    and outputs are still written atomically, in slide order. A failing slide is recorded with a one-line
+    reason (naming the slide) and the others continue; failures are logged at INFO only, since they are
+    returned (status "failed", `error`) for the caller to report. Every slide this process ran or skipped
     gets an entry in OUT/run.json. Returns one SlideResult per slide, in input order. `on_result` is called
     with each slide's result as soon as it is recorded (slide order; the Python API yields from it).
     """
     from slidefuse.runtime.backends import open_backend
-    from slidefuse.runtime.outputs import RunLog, outputs_complete
+    from slidefuse.runtime.outputs import RunLog
 
     out_root = Path(out_root)
-    stages.effective_overlap(bundle, options)  # an overlap this model cannot take fails before any slide
-    slides = collect_slides(paths, list_file, exclude=out_root)
-    dirs = output_dirs(slides, out_root)
+    stages.check_run(bundle, options, out_root)  # overlap, mask mpp and OUT this run cannot take fail first
+    slides, dirs = batch_slides(paths, list_file, out_root, options.shard)
     out_root.mkdir(parents=True, exist_ok=True)
-    run_log = RunLog(out_root)
+    run_id = new_run_id()
+    run_log = RunLog(out_root, run_id=run_id)
     progress = progress or NullProgress()
-    log.info("%d slide(s) to segment into %s with %s (%s)", len(slides), out_root, bundle.path, options.backend)
-    skip = [
-        not options.overwrite and outputs_complete(d, bundle.digest, options.formats, mask_mpp=options.mask_mpp)
-        for d in dirs
-    ]
-    batch = _SlideBatch(slides, dirs, skip, bundle, options, run_log, progress)
-    batch.on_result = on_result
-    if backend is not None:
-        batch.run(backend)
-    else:
-        with open_backend(options.backend, bundle, **dict(options.backend_options)) as opened:
-            batch.run(opened)
+    log.info("%d slide(s) to segment into %s with %s (%s); run %s", len(slides), out_root, bundle.path,
+             options.backend, run_id)
+    with ClaimSet(run_id, ClaimPolicy(timeout=options.claim_timeout)) as claims:
+        batch = _SlideBatch(slides, dirs, bundle, options, run_log, progress, claims)
+        batch.on_result = on_result
+        if backend is not None:
+            batch.run(backend)
+        else:
+            with open_backend(options.backend, bundle, **dict(options.backend_options)) as opened:
+                batch.run(opened)
     results = [batch.results[i] for i in range(len(slides))]
-
-    n_failed = sum(r.status == "failed" for r in results)
-    n_skipped = sum(r.status == "skipped" for r in results)
-    log.info("%d slide(s): %d segmented, %d skipped, %d failed; run log %s", len(results),
-             len(results) - n_failed - n_skipped, n_skipped, n_failed, run_log.path)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed", "claimed")}
+    log.info("%d slide(s): %d segmented, %d skipped, %d failed, %d done by other processes; run log %s",
+             len(results), counts["ok"], counts["skipped"], counts["failed"], counts["claimed"], run_log.path)
     return results
 
 
 class _SlideBatch:
     """The slide loop of `segment_many`: inference on the calling thread; with overlap, planning of the next
     slide and outputs of the previous one on one background thread (FIFO: outputs of slide i-1 are written
-    before slide i+1 is planned)."""
+    before slide i+1 is planned). A slide is claimed when it is first looked at (reached, or chosen to be
+    planned ahead) and released once it is recorded."""
 
-    def __init__(self, slides: Sequence[Path], dirs: Sequence[Path], skip: Sequence[bool], bundle: Bundle,
-                 options: SegmentOptions, run_log: Any, progress: Progress) -> None:
-        self.slides, self.dirs, self.skip = list(slides), list(dirs), list(skip)
+    def __init__(self, slides: Sequence[Path], dirs: Sequence[Path], bundle: Bundle, options: SegmentOptions,
+                 run_log: Any, progress: Progress, claims: ClaimSet) -> None:
+        self.slides, self.dirs = list(slides), list(dirs)
         self.bundle, self.options, self.run_log, self.progress = bundle, options, run_log, progress
+        self.claims = claims
+        self.decided: dict[int, Decision] = {}
         self.results: dict[int, SlideResult] = {}
         self.started: dict[int, float] = {}
         self.pending: tuple[int, Future[SlideResult]] | None = None  # outputs being written
         self.planned: dict[int, Future[PlannedSlide]] = {}  # slides planned ahead
         self.on_result: Callable[[SlideResult], None] | None = None  # told of each result once recorded
 
+    def decide(self, i: int) -> Decision:
+        """Whether this process runs slide i (claimed here), skips it (complete) or leaves it to another."""
+        if i not in self.decided:
+            out_dir = self.dirs[i]
+            if slide_complete(out_dir, self.bundle, self.options, slide=self.slides[i]):
+                self.decided[i] = "skipped"
+            elif not self._claim(out_dir):
+                self.decided[i] = "claimed"
+            elif slide_complete(out_dir, self.bundle, self.options, slide=self.slides[i]):  # done meanwhile
+                self.claims.release(out_dir)
+                self.decided[i] = "skipped"
+            else:
+                self.decided[i] = "run"
+        return self.decided[i]
+
+    def _claim(self, out_dir: Path) -> bool:
+        try:
+            return self.claims.try_claim(out_dir)
+        except OSError as exc:  # the folder cannot be written: the slide then fails alone, naming the cause
+            log.warning("%s: cannot write its claim file (%s); the slide runs unclaimed", out_dir, one_line(exc))
+            return True
+
     def run(self, backend: Backend) -> None:
-        overlap = self.options.overlap_slides and sum(not s for s in self.skip) > 1
+        overlap = self.options.overlap_slides and len(self.slides) > 1
         # One worker, FIFO: the outputs of slide i-1 are queued before slide i+1's plan, so an interruption
         # only ever cancels a plan, never the outputs of a slide whose tiles are done.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slidefuse-slide") if overlap else None
@@ -114,22 +174,37 @@ class _SlideBatch:
                 if ahead.done() and not ahead.cancelled() and ahead.exception() is None:
                     ahead.result().close()
 
+    def _not_run(self, i: int, decision: Decision) -> None:
+        slide, out_dir = self.slides[i], self.dirs[i]
+        self._settle()
+        if decision == "skipped":
+            log.info("%s: outputs in %s are complete for this bundle; skipped (--overwrite redoes it)",
+                     slide, out_dir)
+            self._record(i, SlideResult(slide, "skipped", out_dir))
+            self.progress.end_slide("skipped")
+        else:
+            log.info("%s: claimed by another process sharing %s; left to it", slide, out_dir.parent)
+            self.results[i] = SlideResult(slide, "claimed", out_dir)
+            if self.on_result is not None:
+                self.on_result(self.results[i])
+            self.progress.end_slide("claimed by another process")
+
+    def _next_to_run(self, i: int) -> int | None:
+        return next((j for j in range(i + 1, len(self.slides)) if self.decide(j) == "run"), None)
+
     def _one(self, i: int, backend: Backend, pool: ThreadPoolExecutor | None) -> None:
         slide, out_dir = self.slides[i], self.dirs[i]
         self.progress.start_slide(i + 1, len(self.slides), slide.name)
         self.started[i] = time.perf_counter()
-        if self.skip[i]:
-            log.info("%s: outputs in %s are complete for this bundle; skipped (--overwrite redoes it)",
-                     slide, out_dir)
-            (out_dir / RAW_NAME).unlink(missing_ok=True)  # left by a run killed while redoing it
-            self._settle()
-            self._record(i, SlideResult(slide, "skipped", out_dir))
-            self.progress.end_slide("skipped")
+        decision = self.decide(i)
+        if decision != "run":
+            self._not_run(i, decision)
             return
         try:
+            (out_dir / RAW_NAME).unlink(missing_ok=True)  # left by a run killed while doing it
             ahead = self.planned.pop(i, None)
             plan = ahead.result() if ahead is not None else stages.plan_slide(slide, self.bundle, self.options, out_dir)
-            nxt = next((j for j in range(i + 1, len(self.slides)) if not self.skip[j]), None)
+            nxt = self._next_to_run(i) if pool is not None else None
             if pool is not None and nxt is not None:
                 self.planned[nxt] = pool.submit(stages.plan_slide, self.slides[nxt], self.bundle, self.options,
                                                 self.dirs[nxt])
@@ -150,7 +225,7 @@ class _SlideBatch:
 
     def _finish(self, i: int, done: StitchedSlide) -> SlideResult:
         try:
-            return stages.finish_slide(done, self.bundle, self.options)
+            return stages.finish_slide(done, self.bundle, self.options, run_info={"run_id": self.claims.run_id})
         except Exception as exc:
             done.result.raw_path.unlink(missing_ok=True)  # never leave the raw mask behind a failed slide
             return self._failed(i, exc)
@@ -174,5 +249,6 @@ class _SlideBatch:
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
                             seconds=res.seconds if res.status == "ok" else time.perf_counter() - self.started[i],
                             tiles=res.tile_counts or None, backend=self.options.backend)
+        self.claims.release(self.dirs[i])
         if self.on_result is not None:
             self.on_result(res)

@@ -176,16 +176,19 @@ def infer_slide(
     return StitchedSlide(plan.slide_path, plan.out_dir, plan.slide.info, result, seconds)
 
 
-def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions) -> SlideResult:
+def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *,
+                 run_info: dict[str, Any] | None = None) -> SlideResult:
     """Stage 3: write the outputs from the raw mask (each atomically), then remove the raw mask. Touches no
-    backend, so it can run on a background thread while the next slide is inferred."""
+    backend, so it can run on a background thread while the next slide is inferred. `run_info`: JSON-able
+    fields added to report.json's "run" (the batch's run id, the attempt, the worker)."""
     from slidefuse.runtime.outputs import write_outputs
 
     result, timings = done.result, done.result.timings
     t0 = time.perf_counter()
     try:
         outputs = write_outputs(result, done.info, bundle, done.out_dir, options.formats,
-                                mask_mpp=options.mask_mpp, extra_report={"options": options.to_dict()})
+                                mask_mpp=options.mask_mpp,
+                                extra_report={"options": options.to_dict(), **(run_info or {})})
     finally:
         result.raw_path.unlink(missing_ok=True)
     timings["write"] = time.perf_counter() - t0
