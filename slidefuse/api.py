@@ -144,20 +144,15 @@ def _result(res: SlideResult) -> SegmentationResult:
     return SegmentationResult(res.slide, status, res.out_dir, dict(res.outputs), res.error, res.seconds)
 
 
-_OPTION_NAMES = frozenset({
-    "backend_options", "batch_size", "overlap", "tissue", "all_tiles", "mpp", "formats", "mask_mpp",
-    "overwrite", "workers", "prefetch", "preload_max_pixels", "overlap_slides",
-})
-
-
 def _options(backend: str, options: Mapping[str, Any]) -> SegmentOptions:
-    """SegmentOptions from keyword options (validated there)."""
+    """SegmentOptions from keyword options (its fields but `backend`; validated there)."""
     from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
     from slidefuse.runtime.segment import SegmentOptions
 
-    unknown = sorted(set(options) - _OPTION_NAMES)
+    names = {f.name for f in dataclasses.fields(SegmentOptions)} - {"backend"}
+    unknown = sorted(set(options) - names)
     if unknown:
-        raise UsageError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(_OPTION_NAMES))}")
+        raise UsageError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     kw = dict(options)
     formats = parse_formats(kw.get("formats") or DEFAULT_FORMATS)
     kw["formats"] = formats

@@ -122,7 +122,7 @@ def test_help_lists_a_registered_writer_and_an_unregistered_name_is_refused(
     writer = register_writer(ClassCountsWriter())
     try:
         text = CliRunner().invoke(cli, ["segment", "--help"], terminal_width=200).output
-        assert "tiff, geojson, preview, class-counts, report (or 'all')" in text
+        assert "tiff, geojson, preview, zarr, class-counts, report (or 'all')" in text
         assert "[default: tiff,geojson,preview,report]" in text  # a plug-in is not written unless asked for
     finally:
         unregister_writer(writer.name)

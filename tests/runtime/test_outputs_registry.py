@@ -76,17 +76,17 @@ def _inputs(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_builtin_formats_and_the_registry_round_trip(registered: list[NoteWriter]) -> None:
-    assert format_names() == ("tiff", "geojson", "preview", "report")
+    assert format_names() == ("tiff", "geojson", "preview", "zarr", "report")  # zarr: opt-in, not a default
     assert ALL_FORMATS == {"tiff", "geojson", "report", "preview"}
     assert get_writer("tiff").file_name == "mask.tif"
     _add(registered, NoteWriter())
-    assert format_names() == ("tiff", "geojson", "preview", "note", "report")
+    assert format_names() == ("tiff", "geojson", "preview", "zarr", "note", "report")
     assert parse_formats("note,report") == {"note", "report"} and "note" in parse_formats("all")
     assert ALL_FORMATS == {"tiff", "geojson", "report", "preview"}  # the built-ins; plug-ins are asked for
     unregister_writer("note")
     registered.clear()
     assert "note" not in format_names()
-    with pytest.raises(UsageError, match="note.*choose among geojson, preview, report, tiff"):
+    with pytest.raises(UsageError, match="note.*choose among geojson, preview, report, tiff, zarr"):
         parse_formats("note")
 
 
@@ -107,14 +107,14 @@ def test_builtin_formats_and_the_registry_round_trip(registered: list[NoteWriter
 def test_register_refuses_taken_or_bad_names(name: str, file_name: str, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         register_writer(NoteWriter(name, file_name))
-    assert format_names() == ("tiff", "geojson", "preview", "report")
+    assert format_names() == ("tiff", "geojson", "preview", "zarr", "report")
 
 
 def test_unknown_names_list_the_registered_ones() -> None:
-    with pytest.raises(UnknownName, match="'zarr' is not registered; registered: tiff, geojson, preview"):
-        get_writer("zarr")
+    with pytest.raises(UnknownName, match="'zip' is not registered; registered: tiff, geojson, preview, zarr"):
+        get_writer("zip")
     with pytest.raises(UnknownName, match="registered: tiff, geojson, preview"):
-        unregister_writer("zarr")
+        unregister_writer("zip")
 
 
 def test_write_outputs_hands_each_writer_the_context_and_reports_its_record(

@@ -16,6 +16,7 @@ from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter
 from slidefuse.runtime.outputs.preview import TISSUE_FILE, PreviewWriter
 from slidefuse.runtime.outputs.report import REPORT
 from slidefuse.runtime.outputs.runlog import RUN_LOG
+from slidefuse.runtime.outputs.zarr import ZarrWriter
 
 REPORT_FORMAT = "report"  # always written, last, by write_outputs itself: the record that a slide is complete
 _RESERVED_NAMES = frozenset({REPORT_FORMAT, "all", "tissue"})  # "tissue": tissue.png, written in any case
@@ -88,3 +89,4 @@ register_writer(GeoJsonWriter())
 register_writer(PreviewWriter())
 
 DEFAULT_FORMATS = frozenset(format_names())  # what `segment` writes by default: every built-in format
+register_writer(ZarrWriter())  # opt-in (--formats zarr, needs the zarr extra): after DEFAULT_FORMATS
