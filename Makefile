@@ -10,7 +10,7 @@ CACHE  := .cache
 DEMO_SLIDE := $(CACHE)/demo/CMU-1-Small-Region.svs
 DEMO_OUT   := demo-out
 
-.PHONY: demo test test-slow lint typecheck docs-check setup setup-dev system-deps bench-cpu clean help
+.PHONY: demo test test-slow lint typecheck docs-check gpu-check gpu-check-dry-run setup setup-dev system-deps bench-cpu clean help
 
 help:
 	@echo "make demo       set up and segment the real CMU-1-Small-Region slide with the default model"
@@ -61,6 +61,15 @@ test: setup-dev lint typecheck docs-check
 # pytest exits 5 when no test is selected; that is not a failure here.
 test-slow: setup-dev
 	$(VENV)/bin/python -m pytest -q -m "slow and not gpu" || [ $$? -eq 5 ]
+
+# On a borrowed GPU machine (see tools/gpu_check.py): tests, engine benchmarks and slides end to end into
+# RESULTS. Fetch the wheels that machine lacks first, here: tools/fetch_gpu_wheels.sh (carry .whl).
+RESULTS ?= gpu-check-results
+gpu-check:
+	python3 tools/gpu_check.py --results $(RESULTS) $(GPU_CHECK_ARGS)
+
+gpu-check-dry-run: setup-dev
+	$(VPY) tools/gpu_check.py --results $(RESULTS) --dry-run
 
 clean:
 	rm -rf $(VENV) $(CACHE) $(DEMO_OUT) *.egg-info
