@@ -1,0 +1,160 @@
+"""The Ray worker: one long-lived process per GPU (or per N CPU cores) holding an open backend.
+
+`SlideWorker` is a plain class; the driver makes it a Ray actor (`ray.remote(...)(SlideWorker)`) with the
+resources of one worker and a concurrency of two, so that while one slide's tiles run on the backend
+(`infer_slide`, one slide at a time under a lock), the next slide is planned and the previous one's outputs
+are written on the actor's other thread: the same three stages (`runtime/segment/stages.py`) as a single
+process, overlapped the same way. Each slide is claimed (`OUT/<slide>/.lock`) while it runs, so Ray workers
+and plain `slidefuse segment` processes on the same OUT never do a slide twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from slidefuse.errors import one_line
+from slidefuse.runtime.progress import Progress
+from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "failed", "skipped", "claimed"]
+
+
+@dataclass(frozen=True)
+class SlideTask:
+    """One slide, as the driver hands it to a worker."""
+
+    index: int  # position in the run's slide list
+    slide: Path  # slide file, as given
+    out_dir: Path  # OUT/<slide stem> (the whole list's names)
+    attempt: int = 1  # 1 = first try; more after a worker died on this slide
+    supersede: str | None = None  # claim owner of the attempt that died (its claim is taken over at once)
+
+    @property
+    def owner(self) -> str:
+        return f"task-{self.index}-attempt-{self.attempt}"
+
+
+@dataclass(frozen=True)
+class SlideOutcome:
+    """What a worker did with a task."""
+
+    task: SlideTask
+    result: SlideResult  # status "ok", "failed", "skipped" (already complete) or "claimed" (another process)
+    worker: str  # host:pid of the worker
+    owner: str  # the claim owner it ran under (run id + task + attempt)
+
+
+@dataclass
+class WorkerSetup:
+    """Everything a worker needs, sent once when it starts."""
+
+    bundle: Path  # the bundle folder (on storage every node sees)
+    options: SegmentOptions
+    out_root: Path
+    token_path: Path  # the driver's shared-storage token (see `storage`)
+    token: str
+    run_id: str
+    backend_options: dict[str, Any] = field(default_factory=dict)  # options for this worker's backend
+
+
+class _TileCounter(Progress):
+    """Counts the tiles this worker has stitched (for the driver's tiles/s across the cluster)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def update(self, done_tiles: int, total_tiles: int) -> None:
+        with self._lock:
+            if done_tiles < self._last or done_tiles == 0:
+                self._last = 0
+            self.total += done_tiles - self._last
+            self._last = done_tiles
+
+
+class SlideWorker:
+    """A worker: checks it sees OUT, loads the bundle and opens the backend once, then runs slides."""
+
+    def __init__(self, setup: WorkerSetup) -> None:
+        self.setup = setup
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.error: str | None = None
+        self.tiles = _TileCounter()
+        self._infer = threading.Lock()
+        self._backend: Any = None
+        self._claims: Any = None
+        try:
+            self._start()
+        except Exception as exc:  # reported by `ready`, so that the driver names this node
+            self.error = one_line(exc)
+
+    def _start(self) -> None:
+        from slidefuse.distributed.storage import check_token
+        from slidefuse.runtime.backends import open_backend
+        from slidefuse.runtime.bundle import load_bundle
+        from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet
+
+        s = self.setup
+        check_token(s.token_path, s.token)
+        self.bundle = load_bundle(s.bundle)
+        self._backend = open_backend(s.options.backend, self.bundle, **s.backend_options).__enter__()
+        self._claims = ClaimSet(s.run_id, ClaimPolicy(timeout=s.options.claim_timeout)).__enter__()
+
+    def ready(self) -> dict[str, Any]:
+        """{"worker", "node", "error" (None when it can work), "backend" (BackendInfo as a dict)}."""
+        import ray
+
+        info = self._backend.info().to_dict() if self._backend is not None else None
+        return {"worker": self.name, "node": ray.get_runtime_context().get_node_id(), "error": self.error,
+                "backend": info}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def tiles_done(self) -> int:
+        """Tiles stitched by this worker so far (finished slides and the slides in progress)."""
+        return self.tiles.total
+
+    def run(self, task: SlideTask) -> SlideOutcome:
+        """Claim, plan, infer (one slide at a time on the backend), finish; never raises for a slide's own
+        failure (status "failed" with the one-line reason)."""
+        from slidefuse.runtime.segment import stages
+        from slidefuse.runtime.segment.scheduler import slide_complete
+
+        s, t0 = self.setup, time.perf_counter()
+        owner = f"{s.run_id}:{task.owner}"
+        if not self._claims.try_claim(task.out_dir, owner=owner, supersede=task.supersede):
+            return SlideOutcome(task, SlideResult(task.slide, "claimed", task.out_dir), self.name, owner)
+        try:
+            if slide_complete(task.out_dir, self.bundle, s.options):
+                return SlideOutcome(task, SlideResult(task.slide, "skipped", task.out_dir), self.name, owner)
+            (task.out_dir / RAW_NAME).unlink(missing_ok=True)  # left by an attempt that died
+            plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir)
+            with self._infer:
+                done = stages.infer_slide(plan, self.bundle, s.options, self._backend, self.tiles)
+            run_info = {"run_id": s.run_id, "attempt": task.attempt, "worker": self.name}
+            res = stages.finish_slide(done, self.bundle, s.options, run_info=run_info)
+        except Exception as exc:
+            reason = one_line(exc)
+            reason = reason if str(task.slide) in reason else f"{task.slide}: {reason}"
+            res = SlideResult(task.slide, "failed", task.out_dir, reason, seconds=time.perf_counter() - t0)
+        finally:
+            self._claims.release(task.out_dir)
+        return SlideOutcome(task, res, self.name, owner)
+
+    def close(self) -> None:
+        """Release the claims and close the backend."""
+        if self._claims is not None:
+            self._claims.__exit__(None, None, None)
+        if self._backend is not None:
+            self._backend.__exit__(None, None, None)
