@@ -3,6 +3,7 @@ the group, sets up logging, and turns slidefuse's errors into one-line messages 
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import click
 
 from slidefuse import __version__
-from slidefuse.errors import SlidefuseError
+from slidefuse.errors import SlidefuseError, one_line
 
 # Option fields (of the library's frozen option records) -> the flag a user typed. Only this handler maps them.
 FIELD_FLAGS = {
@@ -20,6 +21,7 @@ FIELD_FLAGS = {
     "overlap": "--overlap",
     "mpp": "--mpp",
     "mask_mpp": "--mask-mpp",
+    "max_tiles": "--max-tiles",
 }
 
 
@@ -45,6 +47,32 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("slidefuse: interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:  # the environment (permissions, a full or read-only disk, a file for a folder)
+            click.echo(f"slidefuse: error: {os_error_line(exc)}", err=True)
+            ctx.exit(1)
+
+
+# errno -> what to do about it, for errors the operating system raises on paths the user named
+_OS_FIXES = {
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOSPC: "the disk is full: free some space or choose another location",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another location",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "a folder stands where a file is expected: check the path",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+    errno.ELOOP: "the path has a symlink loop: check the path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the path, what the system said and how to fix it."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    what = exc.strerror or one_line(exc)
+    fix = _OS_FIXES.get(exc.errno or 0, "check the path and the disk, then try again")
+    return f"{where + ': ' if where else ''}{what}; {fix}"
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -73,6 +101,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
       slidefuse segment slides/ --model tiny.bundle --out results/
       slidefuse info results/... or a slide or a bundle
     """
+    from slidefuse.runtime import interrupt
+
+    interrupt.install_handler()  # Ctrl-C also reaches work on other threads (checked between their steps)
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
     ctx.obj["verbose"] = verbose

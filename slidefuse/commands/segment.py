@@ -45,11 +45,16 @@ class _FormatsOption(click.Option):
               help="Tile overlap in px at the model's resolution (0..tile/2). Default: the bundle's.")
 @click.option("--mpp", type=float, default=None,
               help="Slide pixel size in um/px, for slides without one (overrides the file's).")
-@click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")
+@click.option("--workers", type=int, default=None, help="Reader threads. Default: two per usable CPU core.")
+@click.option("--stitch-threads", type=int, default=None,
+              help="Threads that label tile interiors while stitching. Default: one per usable CPU core.")
 @click.option("--threads", type=int, default=None, help="Engine CPU threads (ort-cpu). Default: all cores.")
 @click.option("--formats", cls=_FormatsOption, default=None, show_default=True,
               help="Outputs to write, comma-separated (or 'all'). Default: every built-in format.")
 @click.option("--mask-mpp", type=float, default=None, help="Write mask.tif at this coarser pixel size (um/px).")
+@click.option("--geojson-frame", type=click.Choice(["qupath", "level0"]), default="qupath", show_default=True,
+              help="mask.geojson coordinates: 'qupath' subtracts the slide's openslide.bounds-x/y (QuPath crops "
+                   "MIRAX and other slides with bounds to them), 'level0' keeps slide level-0 pixels.")
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs are already complete.")
 @click.option("--tissue-threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Lowest HSV saturation (0..1) counted as tissue on the thumbnail (default 0.07).")
@@ -59,9 +64,31 @@ class _FormatsOption(click.Option):
 @click.option("--overlap-slides/--one-slide-at-a-time", "overlap_slides", default=True, show_default=True,
               help="With several slides, plan the next slide and write the previous one's outputs on a "
                    "background thread while a slide's tiles run, so the engine does not wait for them.")
+@click.option("--max-tiles", type=int, default=None,
+              help="Refuse a slide whose tile grid at the model's pixel size has more tiles (default 10000000).")
+@click.option("--force-mpp", is_flag=True,
+              help="Use slide pixel sizes outside the plausible 0.05..20 um/px (from the file or --mpp).")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
               help="Text file with one slide path per line ('#' comments; relative to the file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines; only errors (as 'slidefuse -q').")
+@click.option("--device", type=click.IntRange(min=0), default=None,
+              help="GPU index for the backend (its device_id option).")
+@click.option("--option", "backend_option", multiple=True, metavar="KEY=VALUE",
+              help="Backend option (repeatable), e.g. --option precision=fp16; an unknown key lists the valid ones.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Take only slides I, I+N, I+2N, ... of the list (e.g. one Slurm array task each).")
+@click.option("--claim-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds without a heartbeat after which another process takes over a slide's claim "
+                   "(OUT/<slide>/.lock). Any number of processes can share one list and OUT.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Spread the slides over a Ray cluster (the 'ray' extra): ADDRESS, or 'auto' (the default) "
+                   "to join the running cluster or start a local one. OUT must be on storage every node sees.")
+@click.option("--ray-workers", type=int, default=None,
+              help="With --ray: worker processes (default: one per GPU, or per --ray-cpus-per-worker CPUs).")
+@click.option("--ray-cpus-per-worker", type=int, default=1, show_default=True,
+              help="With --ray: CPU cores per worker (and its engine threads on a CPU backend).")
+@click.option("--retries", type=int, default=2, show_default=True,
+              help="With --ray: times a slide is retried on another worker when its worker dies.")
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -72,17 +99,22 @@ def command(
     batch: int,
     overlap: int | None,
     mpp: float | None,
-    workers: int,
+    workers: int | None,
+    stitch_threads: int | None,
     threads: int | None,
     formats: str | None,
     mask_mpp: float | None,
+    geojson_frame: str,
     overwrite: bool,
     tissue_threshold: float | None,
     min_tile_tissue: float | None,
     all_tiles: bool,
     overlap_slides: bool,
+    max_tiles: int | None,
+    force_mpp: bool,
     list_file: Path | None,
     quiet: bool,
+    **scale_out: Any,
 ) -> None:
     """Segment slides (files, folders scanned recursively, or --list FILE) with a model bundle.
 
@@ -105,7 +137,9 @@ def command(
     model_api = load_model(  # the Python API; SegmentOptions validates every value once (errors name the field)
         bundle,
         backend=backend,
-        backend_options={"threads": threads} if threads is not None else {},
+        backend_options=_backend_options(threads, scale_out["device"], scale_out["backend_option"]),
+        shard=_shard(scale_out["shard"]),
+        claim_timeout=scale_out["claim_timeout"],
         batch_size=batch,
         overlap=overlap,
         tissue=_tissue_params(tissue_threshold, min_tile_tissue),
@@ -113,14 +147,61 @@ def command(
         mpp=mpp,
         formats=DEFAULT_FORMATS if formats is None else parse_formats(formats),
         mask_mpp=mask_mpp,
+        geojson_frame=geojson_frame,
         overwrite=overwrite,
-        workers=workers,
         overlap_slides=overlap_slides,
+        force_mpp=force_mpp,
+        **{k: v for k, v in (("workers", workers), ("stitch_threads", stitch_threads), ("max_tiles", max_tiles))
+           if v is not None},
     )
-    with model_api:
-        results = model_api.segment_batch(inputs, out=out, list_file=list_file, progress=make_progress(quiet))
+    if scale_out["ray_address"] is not None:
+        results = _on_ray(inputs, out, list_file, model_api, scale_out, quiet)
+    else:
+        with model_api:
+            results = model_api.segment_batch(inputs, out=out, list_file=list_file, progress=make_progress(quiet))
     if _summary(results, out, quiet):
         ctx.exit(1)
+
+
+def _backend_options(threads: int | None, device: int | None, items: tuple[str, ...]) -> dict[str, Any]:
+    """--threads, --device and --option KEY=VALUE as backend options (a key given twice is refused)."""
+    from slidefuse.commands.bench_engine import parse_options
+    from slidefuse.errors import UsageError
+
+    out = parse_options(items)
+    for key, flag, value in (("threads", "--threads", threads), ("device_id", "--device", device)):
+        if value is None:
+            continue
+        if key in out and out[key] != value:
+            raise UsageError(f"{flag} {value} conflicts with --option {key}={out[key]}; give it once")
+        out[key] = value
+    return out
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from slidefuse.runtime.segment.claims import parse_shard
+
+    return None if text is None else parse_shard(text)
+
+
+def _on_ray(inputs: tuple[Path, ...], out: Path, list_file: Path | None, model_api: Any,
+            scale_out: dict[str, Any], quiet: bool) -> list[Any]:
+    """--ray: the slides spread over a Ray cluster; a progress line per finished slide (and every 10 s)."""
+    from slidefuse.distributed import RayConfig, segment_on_ray
+    from slidefuse.errors import UsageError
+
+    if Path(scale_out["ray_address"]).exists():
+        raise UsageError(f"--ray took {scale_out['ray_address']!r}, a path, as the cluster address; write "
+                         "'--ray auto' or put --ray after the slides")
+    config = RayConfig(address=scale_out["ray_address"], workers=scale_out["ray_workers"],
+                       cpus_per_worker=scale_out["ray_cpus_per_worker"], retries=scale_out["retries"])
+
+    def show(status: Any) -> None:
+        if not quiet:
+            click.echo(f"slidefuse: {status.line()}", err=True)
+
+    return segment_on_ray(list(inputs), model_api.bundle, out, model_api.options, config, list_file=list_file,
+                          on_status=show)
 
 
 def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, all_tiles: bool,
@@ -182,6 +263,8 @@ def _summary(results: list[Any], out: Path, quiet: bool) -> bool:
     if not quiet and (len(results) > 1 or not failed):
         ok = sum(r.status == "ok" for r in results)
         skipped = sum(r.status == "skipped" for r in results)
-        click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed of {len(results)} slide(s); "
+        claimed = sum(r.status == "claimed" for r in results)
+        others = f", {claimed} left to other processes sharing OUT" if claimed else ""
+        click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed{others} of {len(results)} slide(s); "
                    f"outputs in {out} (run log {out / 'run.json'})", err=True)
     return bool(failed)

@@ -77,6 +77,7 @@ __all__ = [
     "read_report",
     "read_run_log",
     "register_writer",
+    "rerun_reason",
     "unregister_writer",
     "write_outputs",
     "writers",
@@ -151,6 +152,7 @@ def write_outputs(
     extra_report: dict[str, Any] | None = None,
     geojson_mpp: float | None = None,
     geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS,
+    geojson_frame: str = "qupath",
 ) -> dict[str, Path]:
     """Write a slide's outputs into `out_dir` atomically; returns {format: final path} (plus "tissue").
 
@@ -159,10 +161,12 @@ def write_outputs(
     mask_mpp: write mask.tif at this coarser pixel size (um/px, mode downsampling); None = model's mpp.
     extra_report: JSON-able fields stored under "run" in report.json (e.g. options of the command).
     geojson_mpp / geojson_max_pixels: resolution of the grid that is polygonised (see `geojson`).
+    geojson_frame: "qupath" (level 0 minus the slide's openslide.bounds-x/y) or "level0" (see `geojson`).
     """
     formats = parse_formats(formats)
     _check_classes(result, bundle)
-    options = OutputOptions(mask_mpp=mask_mpp, geojson_mpp=geojson_mpp, geojson_max_pixels=geojson_max_pixels)
+    options = OutputOptions(mask_mpp=mask_mpp, geojson_mpp=geojson_mpp, geojson_max_pixels=geojson_max_pixels,
+                            geojson_frame=geojson_frame)
     context = OutputContext(result, slide, bundle, Path(out_dir), options)
     _prepare_folder(context.out_dir)
     done = {"tissue": _timed(lambda: _write_tissue(context))}
@@ -188,25 +192,61 @@ def _file_as_recorded(out_dir: Path, info: Any) -> bool:
 
 
 def outputs_complete(
-    out_dir: Path, bundle_digest: str, formats: frozenset[str], *, mask_mpp: float | None = None
+    out_dir: Path,
+    bundle_digest: str,
+    formats: frozenset[str],
+    *,
+    mask_mpp: float | None = None,
+    key: dict[str, Any] | None = None,
+    geojson_frame: str = "qupath",
 ) -> bool:
-    """True when `out_dir` holds complete outputs of `formats` made by the bundle with `bundle_digest`.
+    """True when `out_dir` holds complete outputs of `formats` made by the bundle with `bundle_digest` (and,
+    when `key` is given, with exactly that skip key: see `rerun_reason`)."""
+    return rerun_reason(out_dir, bundle_digest, formats, mask_mpp=mask_mpp, key=key,
+                        geojson_frame=geojson_frame) is None
 
-    Checks: report.json is readable and records this digest and every requested format; each file it lists
-    for those formats (and tissue.png) exists with the recorded size; no `*.partial` file is left; and each
-    requested format's writer finds its file current for these options (`OutputWriter.is_current`: e.g.
-    mask.tif written at `mask_mpp`, None = the model's resolution).
+
+def rerun_reason(
+    out_dir: Path,
+    bundle_digest: str,
+    formats: frozenset[str],
+    *,
+    mask_mpp: float | None = None,
+    key: dict[str, Any] | None = None,
+    geojson_frame: str = "qupath",
+) -> str | None:
+    """None when `out_dir` holds complete, current outputs; else why the slide must be segmented again.
+
+    Checks: report.json is readable and records this digest and every requested format; with `key` (from
+    `segment.skipkey.result_key`), the skip key it records matches (same slide file and content, same
+    result-changing options); each file it lists for those formats (and tissue.png) exists with the recorded
+    size; no `*.partial` file is left; and each requested format's writer finds its file current for these
+    options (`OutputWriter.is_current`: e.g. mask.tif written at `mask_mpp`, None = the model's resolution).
     """
+    from slidefuse.runtime.segment.skipkey import why_rerun
+
     formats = parse_formats(formats)
     out_dir = Path(out_dir)
     report = read_report(out_dir)
-    if report is None or report.get("bundle", {}).get("digest") != bundle_digest:
-        return False
-    if not formats <= set(report.get("formats", ())) or find_temporaries(out_dir):
-        return False
-    outputs = report.get("outputs", {})
+    if report is None:
+        return "no readable report.json (never finished)"
+    recorded = report.get("bundle")
+    if not isinstance(recorded, dict) or recorded.get("digest") != bundle_digest:
+        return "the outputs were made by another model bundle"
+    reason = why_rerun(report, key) if key is not None else None
+    if reason is not None:
+        return reason
+    written = report.get("formats")
+    missing = sorted(formats - set(written if isinstance(written, list) else ()))
+    if missing:
+        return f"formats not written before: {', '.join(missing)}"
+    if find_temporaries(out_dir):
+        return "a partial file is left from an interrupted run"
+    outputs: dict[str, Any] = report["outputs"] if isinstance(report.get("outputs"), dict) else {}
     files = (formats - {REPORT_FORMAT}) | {"tissue"}
-    if not all(_file_as_recorded(out_dir, outputs.get(fmt)) for fmt in files):
-        return False
-    options = OutputOptions(mask_mpp=mask_mpp)
-    return all(get_writer(fmt).is_current(report, options) for fmt in formats - {REPORT_FORMAT})
+    lost = sorted(fmt for fmt in files if not _file_as_recorded(out_dir, outputs.get(fmt)))
+    if lost:
+        return f"output files missing or changed: {', '.join(lost)}"
+    options = OutputOptions(mask_mpp=mask_mpp, geojson_frame=geojson_frame)
+    stale = sorted(fmt for fmt in formats - {REPORT_FORMAT} if not get_writer(fmt).is_current(report, options))
+    return f"outputs made with other options: {', '.join(stale)}" if stale else None

@@ -84,7 +84,7 @@ def _merge(view: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[di
     """Latest entry per slide (by `t`; entries without one count as oldest), in first-recorded order."""
     merged: dict[str, dict[str, Any]] = {}
     for e in [*view, *records]:
-        key = str(e["slide"])
+        key = str(e.get("slide_key") or e["slide"])  # the resolved path: relative and absolute forms are one
         old = merged.get(key)
         if old is None or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
             merged[key] = e
@@ -160,8 +160,11 @@ class RunLog:
         """
         if status not in STATUSES:
             raise UsageError(f"run log status {status!r} is unknown; use one of {', '.join(STATUSES)}")
+        from slidefuse.runtime.segment.skipkey import resolved
+
         entry: dict[str, Any] = {
             "slide": str(slide),
+            "slide_key": str(resolved(slide)),
             "status": status,
             "error": error,
             "out_dir": str(out_dir) if out_dir is not None else None,
@@ -176,8 +179,12 @@ class RunLog:
         entry.update(extra)
         entry["t"] = time.time()  # orders records of many processes (latest wins)
         with self._lock:
-            self._append(entry)
-            self._save()
+            try:
+                self._append(entry)
+                self._save()
+            except OSError as exc:  # the run log is a record, not the outputs: the batch goes on without it
+                logger.warning("run log not written (%s: %s); the slide's outputs and report.json are "
+                               "unaffected", exc.filename or self.path, exc.strerror or exc)
         return dict(entry)
 
     def _append(self, entry: dict[str, Any]) -> None:

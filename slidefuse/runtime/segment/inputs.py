@@ -91,20 +91,49 @@ def collect_slides(
     return out
 
 
+def check_out_folder(out_root: Path) -> None:
+    """Refuse an output folder that is, or is inside, a model bundle (a folder with manifest.json): outputs
+    written there would change the bundle (and the shipped demonstration model)."""
+    from slidefuse.runtime.bundle import MANIFEST
+    from slidefuse.runtime.segment.skipkey import resolved
+
+    real = resolved(out_root)
+    for folder in (real, *real.parents):
+        if (folder / MANIFEST).is_file():
+            raise UsageError(f"--out {out_root}: is inside the model bundle {folder}; outputs must not change a "
+                             "bundle: choose a folder outside it")
+
+
+def _owner(out_dir: Path) -> str | None:
+    """The resolved path of the slide whose outputs `out_dir` holds (from its report's skip key), or None."""
+    from slidefuse.runtime.outputs.report import read_report
+    from slidefuse.runtime.segment.skipkey import recorded_key
+
+    key = recorded_key(read_report(out_dir))
+    slide = key.get("slide") if key is not None else None
+    return str(slide.get("path")) if isinstance(slide, dict) and slide.get("path") else None
+
+
 def output_dirs(slides: Sequence[Path], out_root: Path) -> list[Path]:
-    """OUT/<stem> for each slide; when two slides share a stem, the later ones get their parent folder's
-    name as a prefix (then a counter), so no slide overwrites another's outputs."""
+    """OUT/<stem> for each slide. A folder belongs to one slide file: when two slides of the batch share a
+    stem, or OUT/<stem> already holds another slide file's outputs (a same-named slide from another folder,
+    recorded in its report.json), the slide gets its parent folder's name as a prefix (then a counter), so
+    no slide overwrites another's outputs and each keeps its own folder on reruns."""
+    from slidefuse.runtime.segment.skipkey import resolved
+
     used: set[str] = set()
     out = []
     for s in slides:
-        name = slide_stem(s)
-        if name in used:
-            name = f"{s.parent.name}_{name}" if s.parent.name else name
-            base, k = name, 2
-            while name in used:
-                name, k = f"{base}_{k}", k + 1
+        real = str(resolved(s))
+        stem = slide_stem(s)
+        prefixed = f"{s.parent.name}_{stem}" if s.parent.name else stem
+        candidates = [stem, prefixed] + [f"{prefixed}_{k}" for k in range(2, 10_000)]
+        for name in candidates:
+            owner = None if name in used else _owner(Path(out_root) / name)
+            if name not in used and owner in (None, real):
+                break
+        if name != stem:
+            log.info("%s: outputs go to %s (%s is taken by another slide file)", s, name, stem)
         used.add(name)
         out.append(Path(out_root) / name)
     return out
-
-

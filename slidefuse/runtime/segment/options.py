@@ -10,8 +10,28 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.errors import InvalidPixelSize, UsageError
+from slidefuse.runtime.manifest_schema import MPP_RANGE as PLAUSIBLE_MPP  # um/px accepted without --force-mpp
+from slidefuse.runtime.outputs.base import GEOJSON_FRAMES
 from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
 from slidefuse.runtime.tissue import TissueParams
+
+MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, so containers and Slurm's limits count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Reader threads: two per usable core (one decoding in libvips while the other copies tiles out)."""
+    return 2 * usable_cores()
+
 
 RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
 
@@ -37,16 +57,21 @@ class SegmentOptions:
     formats: frozenset[str] = DEFAULT_FORMATS  # output format names to write (see runtime.outputs.registry)
     mask_mpp: float | None = None  # write mask.tif at this coarser um/px (None: the model's mpp)
     overwrite: bool = False  # redo slides whose outputs are already complete for this bundle
-    workers: int = 4  # reader threads
+    workers: int = field(default_factory=default_workers)  # reader threads (default: two per usable core)
+    stitch_threads: int = field(default_factory=usable_cores)  # threads taking tile interiors' argmax
     prefetch: int = 2  # batches read ahead of the engine
     preload_max_pixels: int = 16_000_000  # decode the whole slide at the model's mpp once when it is this small
     overlap_slides: bool = True  # plan the next slide and write the last one's outputs while a slide runs
+    max_tiles: int = MAX_TILES  # refuse a slide whose tile grid at the model's mpp has more tiles than this
+    force_mpp: bool = False  # accept slide pixel sizes outside PLAUSIBLE_MPP (from the file or `mpp`)
     shard: tuple[int, int] | None = None  # (i, n): take only slides i, i+n, i+2n, ... of the list (static split)
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes over a slide's claim
+    geojson_frame: str = "qupath"  # mask.geojson coordinates: "qupath" (level 0 minus openslide.bounds) or "level0"
 
     def __post_init__(self) -> None:
         """Every check of these options, once; messages name the field (the CLI maps fields to its flags)."""
-        for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1), ("overlap", 0)):
+        for name, minimum in (("batch_size", 1), ("workers", 1), ("stitch_threads", 1),
+                              ("prefetch", 1), ("overlap", 0), ("max_tiles", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
@@ -56,12 +81,26 @@ class SegmentOptions:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise InvalidPixelSize(f"{name} must be a positive, finite number of microns per pixel, "
                                        f"got {value!r}", field=name)
+        check_plausible_mpp(self.mpp, "mpp", self.force_mpp)
+        if self.geojson_frame not in GEOJSON_FRAMES:
+            raise UsageError(f"geojson_frame must be one of {', '.join(GEOJSON_FRAMES)}, got {self.geojson_frame!r}",
+                             field="geojson_frame")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["formats"] = sorted(self.formats)
         d["backend_options"] = dict(self.backend_options)
         return d
+
+
+def check_plausible_mpp(mpp: float | None, field: str | None, force: bool) -> None:
+    """Refuse a slide pixel size outside PLAUSIBLE_MPP (um/px) unless `force` (--force-mpp)."""
+    lo, hi = PLAUSIBLE_MPP
+    if mpp is not None and not force and not lo <= mpp <= hi:
+        name = field or "the slide's pixel size"
+        raise InvalidPixelSize(f"{name} {mpp:g} um/px is outside the plausible {lo:g}..{hi:g} um/px of a slide; "
+                               "check the value (pass --mpp to override the file's) or pass --force-mpp to use it "
+                               "anyway", field=field)
 
 
 @dataclass

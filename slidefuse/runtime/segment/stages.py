@@ -5,25 +5,29 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slidefuse.errors import UsageError
+from slidefuse.errors import SlidefuseError, UsageError, one_line
+from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
-from slidefuse.runtime.segment.inputs import slide_stem
-from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
+from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
+from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult, check_plausible_mpp
+from slidefuse.runtime.segment.skipkey import result_key, slide_identity
 from slidefuse.runtime.stitch import Stitcher
 from slidefuse.runtime.tissue import TissueParams, detect_tissue
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 log = logging.getLogger(__name__)
+
+MAX_DECODE_PIXELS = 30_000_000_000  # most pixels of one level a tissue thumbnail may decode (no pyramid)
 
 
 def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:
@@ -35,6 +39,50 @@ def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:
                              f"choose 0..{t // 2}", field="overlap")
         return options.overlap
     return min(max(int(bundle.manifest.overlap), 0), t // 2)
+
+
+def check_run(bundle: Bundle, options: SegmentOptions, out_root: Path | None = None) -> None:
+    """What can be refused before any slide is opened: an overlap or a mask pixel size this model cannot
+    take (UsageError naming the field), and an output folder inside a model bundle."""
+    effective_overlap(bundle, options)
+    if out_root is not None:
+        check_out_folder(Path(out_root))
+    model_mpp = bundle.manifest.mpp
+    if options.mask_mpp is not None and options.mask_mpp < model_mpp * (1 - 1e-6):
+        raise UsageError(f"mask_mpp {options.mask_mpp:g} um/px is finer than this model's {model_mpp:g} um/px; "
+                         f"pass a value >= {model_mpp:g} or leave it out", field="mask_mpp")
+
+
+def rerun_reason(slide_path: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions) -> str | None:
+    """None when `out_dir` holds this slide's complete outputs for exactly this skip key (skip it); else why
+    it runs. A slide that cannot be examined runs (and fails there, alone, with its own message)."""
+    from slidefuse.runtime.outputs import rerun_reason as outputs_reason
+
+    if options.overwrite:
+        return "--overwrite"
+    try:
+        key = result_key(bundle, options, slide_identity(slide_path))
+    except (SlidefuseError, OSError) as exc:
+        return one_line(exc)
+    return outputs_reason(out_dir, bundle.digest, options.formats, mask_mpp=options.mask_mpp, key=key,
+                          geojson_frame=options.geojson_frame)
+
+
+def check_planning_bounds(slide: Any, view: Any, grid: TileGrid, options: SegmentOptions,
+                          params: TissueParams) -> None:
+    """Refuse, before anything is decoded, a slide whose tile grid exceeds `options.max_tiles`, or whose
+    tissue thumbnail would have to decode more than MAX_DECODE_PIXELS of one level."""
+    name = Path(slide.info.path).name
+    if grid.n_tiles > options.max_tiles:
+        raise UsageError(f"{name}: {grid.n_tiles:,} tiles ({grid.n_cols:,} x {grid.n_rows:,}) at {view.mpp:g} um/px "
+                         f"exceed the limit of {options.max_tiles:,} (--max-tiles); check the slide's pixel size "
+                         f"({slide.info.mpp:g} um/px from {slide.info.mpp_source}; --mpp overrides it) or raise "
+                         "--max-tiles", field="max_tiles")
+    decode = slide.scaled(slide.thumbnail_mpp(params.thumb_max_side)).source_pixels()
+    if decode > MAX_DECODE_PIXELS:
+        raise UsageError(f"{name}: its thumbnail would decode {decode / 1e9:,.0f} gigapixels of one level, over the "
+                         f"limit of {MAX_DECODE_PIXELS / 1e9:g} gigapixels: the file has no reduced levels; make "
+                         "a pyramid (e.g. vips tiffsave SLIDE OUT.tif --tile --pyramid) and pass that")
 
 
 def find_tissue(slide: Any, params: TissueParams) -> tuple[np.ndarray, np.ndarray, float]:
@@ -71,6 +119,7 @@ class PlannedSlide:
     thumb_mpp: float
     timings: dict[str, float]
     seconds: float  # time this slide's own stages took so far
+    key: dict[str, Any] = field(default_factory=dict)  # the skip key (skipkey.result_key), made before opening
 
     def close(self) -> None:
         self.slide.close()
@@ -85,6 +134,7 @@ class StitchedSlide:
     info: SlideInfo
     result: MaskResult
     seconds: float
+    key: dict[str, Any] = field(default_factory=dict)  # the skip key, recorded in report.json (run.skip_key)
 
 
 def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path, *,
@@ -98,20 +148,28 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
     t_start = time.perf_counter()
     m = bundle.manifest
     timings: dict[str, float] = {}
+    key: dict[str, Any] = {}  # an open reader (e.g. an in-memory array) has no file to key
+    if reader is None:
+        key = result_key(bundle, options, slide_identity(slide_path))  # refuses a FIFO or folder unopened
     slide = reader if reader is not None else open_slide(Path(slide_path), mpp=options.mpp,
                                                          colour_transform=bundle.manifest.color_transform)
     try:
+        check_plausible_mpp(slide.info.mpp, None, options.force_mpp)
+        view = slide.scaled(m.mpp)
+        overlap = effective_overlap(bundle, options)
+        grid = TileGrid(view.width, view.height, m.tile_size, overlap, margin=overlap)
+        check_planning_bounds(slide, view, grid, options, options.tissue)
+        interrupt.check()
         t0 = time.perf_counter()
         thumb, tissue, thumb_mpp = find_tissue(slide, options.tissue)
         timings["tissue"] = time.perf_counter() - t0
-        view = slide.scaled(m.mpp)
+        interrupt.check()
         t0 = time.perf_counter()
         if view.preload(options.preload_max_pixels):
             log.info("%s: %d x %d px at %g um/px decoded once into memory (small slide)",
                      Path(slide_path).name, view.width, view.height, m.mpp)
         timings["preload"] = time.perf_counter() - t0
-        overlap = effective_overlap(bundle, options)
-        grid = TileGrid(view.width, view.height, m.tile_size, overlap, margin=overlap)
+        interrupt.check()
         tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)
     except BaseException:
         slide.close()
@@ -120,7 +178,7 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
              Path(slide_path).name, grid.width, grid.height, m.mpp, len(tiles), grid.n_tiles, grid.n_rows,
              grid.n_cols, grid.tile, grid.overlap)
     return PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
-                        thumb_mpp, timings, time.perf_counter() - t_start)
+                        thumb_mpp, timings, time.perf_counter() - t_start, key)
 
 
 def infer_slide(
@@ -138,7 +196,7 @@ def infer_slide(
         plan.out_dir.mkdir(parents=True, exist_ok=True)
         clean_temporaries(plan.out_dir)
         progress.update(0, len(tiles))
-        with Stitcher(grid, m.num_classes, raw_path) as stitcher:
+        with Stitcher(grid, m.num_classes, raw_path, threads=options.stitch_threads) as stitcher:
             stats = run_pipeline(
                 plan.view, grid, tiles, backend, stitcher,
                 PipelineOptions(batch_size=options.batch_size, workers=options.workers, prefetch=options.prefetch),
@@ -162,7 +220,8 @@ def infer_slide(
             extra={
                 "tile": grid.tile, "overlap": grid.overlap, "stride": grid.stride, "margin": grid.margin,
                 "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "batch_size": options.batch_size,
-                "workers": options.workers, "batches": stats.batches, "thumb_mpp": plan.thumb_mpp,
+                "workers": options.workers,
+                "stitch_threads": options.stitch_threads, "batches": stats.batches, "thumb_mpp": plan.thumb_mpp,
                 "all_tiles": options.all_tiles, "stitcher_bytes": stitcher.accumulator_bytes(),
             },
         )
@@ -173,7 +232,7 @@ def infer_slide(
         plan.close()
     seconds = plan.seconds + time.perf_counter() - t_start
     timings["total"] = seconds  # this slide's own stages up to the stitched mask (outputs not included)
-    return StitchedSlide(plan.slide_path, plan.out_dir, plan.slide.info, result, seconds)
+    return StitchedSlide(plan.slide_path, plan.out_dir, plan.slide.info, result, seconds, plan.key)
 
 
 def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *,
@@ -187,8 +246,9 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
     t0 = time.perf_counter()
     try:
         outputs = write_outputs(result, done.info, bundle, done.out_dir, options.formats,
-                                mask_mpp=options.mask_mpp,
-                                extra_report={"options": options.to_dict(), **(run_info or {})})
+                                mask_mpp=options.mask_mpp, geojson_frame=options.geojson_frame,
+                                extra_report={"options": options.to_dict(), "skip_key": done.key,
+                                              **(run_info or {})})
     finally:
         result.raw_path.unlink(missing_ok=True)
     timings["write"] = time.perf_counter() - t0

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import os
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -316,11 +317,28 @@ def _level_colours(info: SlideInfo) -> list[LevelColour]:
             for lv in levels]
 
 
+def check_slide_file(p: Path) -> os.stat_result:
+    """stat() of a slide path, refusing at once (never opening it: a FIFO would block) anything that is not
+    an existing, readable regular file."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise SlideNotFound(f"{p}: no such slide file; check the path") from None
+    except OSError as exc:
+        raise SlideReadError(f"{p}: cannot be examined ({exc.strerror}); check the path and its permissions") \
+            from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device or socket")
+        raise SlideReadError(f"{p}: is {kind}, not a slide file; pass the slide file itself")
+    if not os.access(p, os.R_OK):
+        raise SlideReadError(f"{p}: is not readable by this user (permission denied); fix its permissions "
+                             "(chmod a+r) or run as a user who may read it")
+    return st
+
+
 def _check_path(p: Path, mpp: float | None) -> None:
-    if not p.exists():
-        raise SlideNotFound(f"{p}: no such slide file; check the path")
-    if p.is_dir():
-        raise SlideReadError(f"{p}: is a folder, not a slide file; pass the slide file itself")
+    check_slide_file(p)
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise InvalidPixelSize(f"{p}: the pixel size must be a positive number of microns per pixel, got {mpp}")
 

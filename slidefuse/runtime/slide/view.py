@@ -9,9 +9,10 @@ import numpy as np
 import pyvips
 
 from slidefuse.errors import SlideReadError, one_line
-from slidefuse.runtime import coords
+from slidefuse.runtime import coords, interrupt
 
 WHITE = 255
+BAND_SOURCE_PIXELS = 16_000_000  # source pixels decoded between two checks for Ctrl-C in `read_all`
 
 
 class ScaledView:
@@ -82,8 +83,27 @@ class ScaledView:
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
 
     def read_all(self) -> np.ndarray:
-        """The whole view as uint8 ``[height, width, 3]`` (only for small views: thumbnails, tests)."""
-        return self.read(0, 0, self.width, self.height)
+        """The whole view as uint8 ``[height, width, 3]`` (only for small views: thumbnails, tests).
+
+        Read in bands of rows that each decode about BAND_SOURCE_PIXELS of the source level, with a check for
+        Ctrl-C between bands, so a view resampled from a huge single-level file stays interruptible."""
+        if self._pixels is not None:
+            return self._pixels
+        src_per_row = self.source_pixels() / max(self.height, 1)
+        rows = max(1, min(self.height, int(BAND_SOURCE_PIXELS / max(src_per_row, 1.0))))
+        if rows >= self.height:
+            return self.read(0, 0, self.width, self.height)
+        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        for y in range(0, self.height, rows):
+            interrupt.check()
+            h = min(rows, self.height - y)
+            out[y : y + h] = self._fetch(0, y, self.width, h)
+        return out
+
+    def source_pixels(self) -> int:
+        """Pixels of the pyramid level this view resamples from (what reading all of it decodes)."""
+        scale = self.mpp / self.level_mpp if self.level_mpp > 0 else 1.0
+        return int(round(self.width * scale) * round(self.height * scale))
 
     def read_many(self, model_boxes: list[coords.Box]) -> list[np.ndarray]:
         """Read several model-frame boxes ``(x, y, w, h)`` in this thread; one array per box as ``read``.
