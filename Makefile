@@ -10,7 +10,7 @@ CACHE  := .cache
 DEMO_SLIDE := $(CACHE)/demo/CMU-1-Small-Region.svs
 DEMO_OUT   := demo-out
 
-.PHONY: demo test test-slow lint typecheck docs-check gpu-check gpu-check-dry-run setup setup-dev system-deps bench-cpu clean help
+.PHONY: demo test test-slow lint typecheck docs-check gpu-check gpu-check-dry-run triton-server setup setup-dev system-deps bench-cpu clean help
 
 help:
 	@echo "make demo       set up and segment the real CMU-1-Small-Region slide with the default model"
@@ -59,8 +59,19 @@ test: setup-dev lint typecheck docs-check
 	$(VENV)/bin/python -m pytest -q
 
 # pytest exits 5 when no test is selected; that is not a failure here.
-test-slow: setup-dev
+test-slow: setup-dev triton-server
 	$(VENV)/bin/python -m pytest -q -m "slow and not gpu" || [ $$? -eq 5 ]
+
+# A real Triton server for the triton backend's slow tests and benchmarks/bench_triton.py (tools/triton_local.py):
+# the tritonserver binary of the nvidia-pytriton wheel, in its own environment (its Python-backend stub needs
+# numpy < 2; the dev environment has numpy 2).
+TRITON_ENV := $(CACHE)/triton-server
+$(TRITON_ENV)/.stamp: | $(VPY)
+	$(VPY) -m venv $(TRITON_ENV)
+	$(TRITON_ENV)/bin/pip install -q "nvidia-pytriton==0.7.0" "onnxruntime>=1.18" "numpy<2"
+	@touch $@
+
+triton-server: $(TRITON_ENV)/.stamp
 
 # On a borrowed GPU machine (see tools/gpu_check.py): tests, engine benchmarks and slides end to end into
 # RESULTS. Fetch the wheels that machine lacks first, here: tools/fetch_gpu_wheels.sh (carry .whl).

@@ -21,6 +21,9 @@ FIELD_FLAGS = {
     "overlap": "--overlap",
     "mpp": "--mpp",
     "mask_mpp": "--mask-mpp",
+    "max_batch": "--max-batch",
+    "queue_delay_us": "--queue-delay-us",
+    "instances": "--instances",
     "max_tiles": "--max-tiles",
 }
 
@@ -112,9 +115,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 def _register() -> None:
     # Command modules import only click at module level; heavy imports happen inside each command.
-    from slidefuse.commands import bench, build, export, info, models, segment, train
+    from slidefuse.commands import bench, build, export, info, models, segment, train, triton
 
-    for mod in (models, export, build, segment, bench, info, train):
+    for mod in (models, export, build, segment, bench, info, train, triton):
         cli.add_command(mod.command)
 
 

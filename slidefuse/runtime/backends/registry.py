@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from slidefuse.errors import BackendUnavailable, UnknownName, UsageError
-from slidefuse.runtime.backends import null, ort, torch_backend, trt
+from slidefuse.runtime.backends import null, ort, torch_backend, triton, trt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 
@@ -130,4 +130,5 @@ register_backend(ort.OrtTrtBackend)
 register_backend(trt.TrtBackend)
 register_backend(torch_backend.TorchBackend)
 register_backend(torch_backend.TorchCompileBackend)
+register_backend(triton.TritonBackend)
 register_backend(null.NullBackend)
