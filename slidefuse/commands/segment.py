@@ -132,6 +132,7 @@ def command(
     quiet = quiet or bool((ctx.obj or {}).get("quiet"))
     if quiet:
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
+    _check_ray_address(scale_out["ray_address"])
     _check_inputs(inputs, list_file, out, all_tiles, tissue_threshold, min_tile_tissue)
     bundle = _load_model(model)
     model_api = load_model(  # the Python API; SegmentOptions validates every value once (errors name the field)
@@ -178,6 +179,15 @@ def _backend_options(threads: int | None, device: int | None, items: tuple[str, 
     return out
 
 
+def _check_ray_address(address: str | None) -> None:
+    """`--ray slides/` takes the folder as the address (click's optional value): refuse it, saying so."""
+    from slidefuse.errors import UsageError
+
+    if address is not None and Path(address).exists():
+        raise UsageError(f"--ray took {address!r}, a path, as the cluster address; write '--ray auto' or put "
+                         "--ray after the slides")
+
+
 def _shard(text: str | None) -> tuple[int, int] | None:
     from slidefuse.runtime.segment.claims import parse_shard
 
@@ -188,11 +198,7 @@ def _on_ray(inputs: tuple[Path, ...], out: Path, list_file: Path | None, model_a
             scale_out: dict[str, Any], quiet: bool) -> list[Any]:
     """--ray: the slides spread over a Ray cluster; a progress line per finished slide (and every 10 s)."""
     from slidefuse.distributed import RayConfig, segment_on_ray
-    from slidefuse.errors import UsageError
 
-    if Path(scale_out["ray_address"]).exists():
-        raise UsageError(f"--ray took {scale_out['ray_address']!r}, a path, as the cluster address; write "
-                         "'--ray auto' or put --ray after the slides")
     config = RayConfig(address=scale_out["ray_address"], workers=scale_out["ray_workers"],
                        cpus_per_worker=scale_out["ray_cpus_per_worker"], retries=scale_out["retries"])
 

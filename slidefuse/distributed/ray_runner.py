@@ -44,9 +44,9 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         for name, minimum in (("cpus_per_worker", 1), ("retries", 0), ("workers", 1)):
-            value = getattr(self, name)
+            value, field = getattr(self, name), "retries" if name == "retries" else f"ray_{name}"
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+                raise UsageError(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _worker_resources(ray: Any, options: SegmentOptions, config: RayConfig) -> t
     if n < 1 or n > fit:
         raise UsageError(f"the Ray cluster has {cpus} CPU(s) and {gpus} GPU(s): room for {fit} worker(s) of "
                          f"{config.cpus_per_worker} CPU(s) and {per_gpu:g} GPU(s), not {n}; lower --ray-workers "
-                         "or --ray-cpus-per-worker, or add nodes", field="workers")
+                         "or --ray-cpus-per-worker, or add nodes", field="ray_workers")
     backend_options = dict(options.backend_options)
     if "device_id" in backend_options and per_gpu > 0:
         raise UsageError("--device cannot be used with --ray: Ray gives each worker its own GPU", field="device")
@@ -175,7 +175,7 @@ class _Driver:
         from slidefuse.runtime.segment.scheduler import slide_complete
 
         for i, (slide, out_dir) in enumerate(zip(self.slides, self.dirs, strict=True)):
-            if slide_complete(out_dir, self.bundle, self.options):
+            if slide_complete(out_dir, self.bundle, self.options, slide=slide):
                 self._record(i, SlideResult(slide, "skipped", out_dir), None)
             else:
                 self.queue.append(SlideTask(i, slide, out_dir))

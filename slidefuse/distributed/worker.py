@@ -136,7 +136,7 @@ class SlideWorker:
         if not self._claims.try_claim(task.out_dir, owner=owner, supersede=task.supersede):
             return SlideOutcome(task, SlideResult(task.slide, "claimed", task.out_dir), self.name, owner)
         try:
-            if slide_complete(task.out_dir, self.bundle, s.options):
+            if slide_complete(task.out_dir, self.bundle, s.options, slide=task.slide):
                 return SlideOutcome(task, SlideResult(task.slide, "skipped", task.out_dir), self.name, owner)
             (task.out_dir / RAW_NAME).unlink(missing_ok=True)  # left by an attempt that died
             plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir)

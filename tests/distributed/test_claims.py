@@ -119,7 +119,7 @@ def test_a_slide_claimed_by_another_live_process_is_left_to_it(tmp_path: Path, b
     assert report["run"]["run_id"] and report["run"]["options"]["shard"] == [1, 2]
 
 
-@pytest.mark.parametrize("n_procs", [2, 3])
+@pytest.mark.parametrize("n_procs", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_concurrent_processes_do_every_slide_exactly_once(tmp_path: Path, bundle_dir: Path, slides: list[Path],
                                                           n_procs: int) -> None:
     out = tmp_path / "out"
