@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 
 SlidePath = Union[str, "os.PathLike[str]"]
-Status = Literal["ok", "skipped", "failed"]
+Status = Literal["ok", "skipped", "failed", "claimed"]
 MASK_FORMAT = "tiff"  # mask.tif: the output the result's mask is read from (a default format)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -92,21 +93,22 @@ def test_an_array_segments_like_the_same_pixels_in_a_file(bundle_dir: Path, tmp_
 
 def test_segment_many_yields_each_slide_before_the_batch_ends(bundle_dir: Path, slides: list[Path],
                                                               tmp_path: Path) -> None:
-    seen: list[tuple[str, int]] = []
     events: list[ProgressEvent] = []
+    first_result = threading.Event()
+    yielded_before_slide_3: list[bool] = []
 
-    def progress(event: ProgressEvent) -> None:
+    def progress(event: ProgressEvent) -> None:  # runs on the batch's thread
         events.append(event)
-        if event.kind == "start":
-            seen.append(("start", event.index))
+        if event.kind == "start" and event.index == 3:  # hold slide 3 until the consumer has slide 1
+            yielded_before_slide_3.append(first_result.wait(timeout=30))
 
     results = []
     for res in slidefuse.segment_many(slides, bundle_dir, out=tmp_path, backend="ort-cpu", progress=progress,
                                       **FAST):
-        seen.append(("result", len(results) + 1))
         results.append(res)
+        first_result.set()
     assert [r.slide for r in results] == slides and all(r.status == "ok" for r in results)
-    assert seen.index(("result", 1)) < seen.index(("start", 3))  # yielded while slide 3 was still to come
+    assert yielded_before_slide_3 == [True]  # slide 1 came back while slide 3 had not started
     kinds = {(e.index, e.kind) for e in events}
     assert {(i, k) for i in (1, 2, 3) for k in ("start", "tiles", "end")} <= kinds
     tiles = [e for e in events if e.kind == "tiles" and e.index == 1]

@@ -19,6 +19,7 @@ from slidefuse.runtime.bundle import Bundle, ClassInfo
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 GEOJSON_MAX_PIXELS = 1 << 26  # default cap on the grid polygonised for mask.geojson (67 Mpx, 8192 x 8192)
+GEOJSON_FRAMES = ("qupath", "level0")  # mask.geojson's coordinate frames (see outputs.geojson.frame_offset)
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,16 @@ class OutputOptions:
     mask_mpp: float | None = None  # mask.tif um/px (>= the model's, mode-downsampled); None = the model's
     geojson_mpp: float | None = None  # pixel size of the grid polygonised for mask.geojson; None = the mask's
     geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS  # cap on that grid's pixels; None = no cap
+    geojson_frame: str = "qupath"  # mask.geojson's coordinates: "qupath" (level 0 minus the bounds) or "level0"
 
     def __post_init__(self) -> None:
         for name in ("mask_mpp", "geojson_mpp"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be a positive number of microns per pixel, got {value}")
+        if self.geojson_frame not in GEOJSON_FRAMES:
+            raise UsageError(f"geojson_frame must be one of {', '.join(GEOJSON_FRAMES)}, got {self.geojson_frame!r}",
+                             field="geojson_frame")
         if self.geojson_max_pixels is not None and self.geojson_max_pixels < 1:
             raise UsageError(
                 f"geojson_max_pixels must be >= 1 (or None for no cap), got {self.geojson_max_pixels}"

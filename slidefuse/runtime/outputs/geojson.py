@@ -18,6 +18,11 @@ Polygonisation is exact on the pixel grid, then simplified:
    slide level-0 pixels (`l0_xy = grid_xy * slide size / grid size`), checked with `is_valid` and repaired
    with `make_valid` where simplification or rounding broke one.
 
+Frame: `level0` writes slide level-0 pixel coordinates. `qupath` (the default) writes QuPath's frame: QuPath
+crops a slide with `openslide.bounds-x` / `openslide.bounds-y` (MIRAX, some others) to those bounds, so its
+pixel (0, 0) is level-0 pixel (bounds-x, bounds-y), and the offset is subtracted (`frame_offset`); on a slide
+without bounds the two frames are the same. report.json records the frame and the offset.
+
 Bounded memory and time: the grid is the mask itself when it holds at most `max_pixels` pixels, else the
 mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file); the
 report records the grid's resolution. Memory is about 6 bytes per grid pixel plus about 100 bytes per boundary
@@ -39,7 +44,13 @@ import numpy as np
 from slidefuse.atomic import atomic_path
 from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import ClassInfo
-from slidefuse.runtime.outputs.base import GEOJSON_MAX_PIXELS, OutputContext, OutputOptions, OutputRecord
+from slidefuse.runtime.outputs.base import (
+    GEOJSON_FRAMES,
+    GEOJSON_MAX_PIXELS,
+    OutputContext,
+    OutputOptions,
+    OutputRecord,
+)
 from slidefuse.runtime.outputs.raster import grid_size_for, mode_downsample, open_mask
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
@@ -253,8 +264,10 @@ def _polygonal(geom: Any) -> list[Any]:
     return []
 
 
-def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX) -> list[Any]:
-    """Simplify grid_xy polygons within `tolerance_px`, scale to l0_xy, round, and make each valid.
+def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX,
+          offset: tuple[float, float] = (0.0, 0.0)) -> list[Any]:
+    """Simplify grid_xy polygons within `tolerance_px`, scale to l0_xy, subtract `offset` (l0 px: the output
+    frame's origin in level 0), round, and make each valid.
 
     Returns one shapely Polygon or MultiPolygon per input polygon (empty results are dropped).
     """
@@ -264,8 +277,8 @@ def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX
         return []
     if tolerance_px > 0:
         polys = shapely.simplify(polys, tolerance_px, preserve_topology=True)
-    scale = np.array([sx, sy])
-    polys = shapely.transform(polys, lambda c: np.round(c * scale, DECIMALS))
+    scale, origin = np.array([sx, sy]), np.array(offset, dtype=np.float64)
+    polys = shapely.transform(polys, lambda c: np.round(c * scale - origin, DECIMALS))
     valid = shapely.is_valid(polys)
     out = []
     for g, ok in zip(polys, valid, strict=True):
@@ -297,14 +310,16 @@ def feature(geom: Any, cls: ClassInfo) -> dict[str, Any]:
 
 
 def iter_features(
-    grid: np.ndarray, classes: Sequence[ClassInfo], sx: float, sy: float, *, min_area_px: float = 0.0
+    grid: np.ndarray, classes: Sequence[ClassInfo], sx: float, sy: float, *, min_area_px: float = 0.0,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> Iterator[tuple[int, Any]]:
-    """(class index, l0_xy geometry) for every region of every class >= 1 of a uint8 [h, w] class grid."""
+    """(class index, geometry in l0_xy minus `offset`) for every region of every class >= 1 of a uint8 [h, w]
+    class grid."""
     for c in range(1, len(classes)):
         fg = grid == c
         if not fg.any():
             continue
-        for g in to_l0(polygonize(fg, min_area_px=min_area_px), sx, sy):
+        for g in to_l0(polygonize(fg, min_area_px=min_area_px), sx, sy, offset=offset):
             yield c, g
 
 
@@ -317,10 +332,13 @@ def write_geojson(
     geojson_mpp: float | None = None,
     max_pixels: int | None = MAX_PIXELS,
     min_area_px: float = 0.0,
+    frame: str = "qupath",
 ) -> dict[str, Any]:
-    """Write `mask.geojson` atomically; return how it was made (grid size and mpp, features per class).
+    """Write `mask.geojson` atomically; return how it was made (grid size and mpp, features per class, frame).
 
     The grid is the mask at `geojson_mpp` (um/px; None = the mask's own), capped at `max_pixels`.
+    Coordinates are in `frame` ("qupath": level 0 minus the slide's bounds offset; "level0"), see
+    `frame_offset`.
     Features are streamed to the file one per line, so the file never sits in memory whole.
     """
     import shapely
@@ -335,11 +353,12 @@ def write_geojson(
     if grid.ndim == 3:
         grid = grid[..., 0]
     sx, sy = slide.width / gw, slide.height / gh  # l0 px per grid px
+    offset, offset_source = frame_offset(slide, frame)
     counts = {c.name: 0 for c in classes[1:]}
     with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write('{"type": "FeatureCollection", "features": [\n')
         first = True
-        for c, geom in iter_features(grid, classes, sx, sy, min_area_px=min_area_px):
+        for c, geom in iter_features(grid, classes, sx, sy, min_area_px=min_area_px, offset=offset):
             props = feature(shapely.Polygon(), classes[c])["properties"]
             text = '{"type": "Feature", "geometry": ' + shapely.to_geojson(geom) + ', "properties": '
             text += json.dumps(props) + "}"
@@ -365,9 +384,33 @@ def write_geojson(
         "simplify_tolerance_px": SIMPLIFY_PX,
         "min_area_px": min_area_px,
         "connectivity": 4,
+        "frame": frame,
+        "frame_offset_l0": list(offset),
+        "frame_offset_source": offset_source,
         "features": counts,
         "seconds": seconds,
     }
+
+
+def frame_offset(slide: SlideInfo, frame: str) -> tuple[tuple[float, float], str]:
+    """The origin of `frame` in level-0 px, (x, y), and where it came from.
+
+    "qupath": (`openslide.bounds-x`, `openslide.bounds-y`) when the slide has them (QuPath's OpenSlide server
+    crops to the bounds), else (0, 0); "level0": (0, 0).
+    """
+    if frame not in GEOJSON_FRAMES:
+        raise UsageError(f"geojson frame {frame!r} is not one of {', '.join(GEOJSON_FRAMES)}", field="geojson_frame")
+    props = slide.properties or {}
+    if frame == "level0":
+        return (0.0, 0.0), "level 0 asked for"
+    if "openslide.bounds-x" not in props and "openslide.bounds-y" not in props:
+        return (0.0, 0.0), "the slide has no openslide.bounds-x/y: QuPath's frame is level 0"
+    try:
+        bx, by = float(props.get("openslide.bounds-x", 0)), float(props.get("openslide.bounds-y", 0))
+    except ValueError:
+        raise UsageError(f"{slide.path}: unreadable openslide.bounds-x/y ({props.get('openslide.bounds-x')!r}, "
+                         f"{props.get('openslide.bounds-y')!r}); pass --geojson-frame level0") from None
+    return (bx, by), "openslide.bounds-x/y"
 
 
 @dataclass(frozen=True)
@@ -381,8 +424,12 @@ class GeoJsonWriter:
         path = context.out_dir / self.file_name
         opts = context.options
         info = write_geojson(context.result, context.slide, context.classes, path,
-                             geojson_mpp=opts.geojson_mpp, max_pixels=opts.geojson_max_pixels)
+                             geojson_mpp=opts.geojson_mpp, max_pixels=opts.geojson_max_pixels,
+                             frame=opts.geojson_frame)
         return OutputRecord(path, info)
 
     def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
-        return True  # the grid options are not checked on a rerun: mask.geojson is kept as it was made
+        """True when the recorded mask.geojson is in the frame asked for (files from before frames existed were
+        in level 0). The grid options are not checked: mask.geojson is kept as it was made."""
+        recorded = report.get("outputs", {}).get(self.name, {}).get("frame", "level0")
+        return bool(recorded == options.geojson_frame)

@@ -57,7 +57,8 @@ def slide_complete(out_dir: Path, bundle: Bundle, options: SegmentOptions, *, sl
 
     if slide is None:
         return not options.overwrite and outputs_complete(out_dir, bundle.digest, options.formats,
-                                                          mask_mpp=options.mask_mpp)
+                                                          mask_mpp=options.mask_mpp,
+                                                          geojson_frame=options.geojson_frame)
     reason = stages.rerun_reason(slide, out_dir, bundle, options)
     if reason is not None and (out_dir / "report.json").exists():
         log.info("%s: segmenting it again into %s: %s", slide, out_dir, reason)

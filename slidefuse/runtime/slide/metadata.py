@@ -29,6 +29,10 @@ REPORT_PROPERTIES = (
     "openslide.mpp-y",
     "openslide.objective-power",
     "openslide.quickhash-1",
+    "openslide.bounds-x",  # the region QuPath shows (it crops MIRAX slides to it); mask.geojson's frame
+    "openslide.bounds-y",
+    "openslide.bounds-width",
+    "openslide.bounds-height",
     "aperio.AppMag",
     "aperio.MPP",
     "aperio.ScanScope ID",
