@@ -25,6 +25,11 @@ FIELD_FLAGS = {
     "queue_delay_us": "--queue-delay-us",
     "instances": "--instances",
     "max_tiles": "--max-tiles",
+    "shard": "--shard",
+    "claim_timeout": "--claim-timeout",
+    "ray_workers": "--ray-workers",
+    "ray_cpus_per_worker": "--ray-cpus-per-worker",
+    "retries": "--retries",
 }
 
 
