@@ -21,13 +21,12 @@ from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
 from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult, check_plausible_mpp
 from slidefuse.runtime.segment.skipkey import result_key, slide_identity
+from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
 from slidefuse.runtime.tissue import TissueParams, detect_tissue
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 log = logging.getLogger(__name__)
-
-MAX_DECODE_PIXELS = 30_000_000_000  # most pixels of one level a tissue thumbnail may decode (no pyramid)
 
 
 def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:

@@ -43,6 +43,11 @@ TIFF_DECODED_VENDORS = {"aperio", "leica", "philips", "ventana", "trestle", "gen
 # A pyramid level this small (px) is decoded into memory once, the first time a view needs it, and shared by
 # every view of that level: a small slide's thumbnail and model-resolution view then cost one decode, not two.
 SMALL_LEVEL_PIXELS = 16_000_000
+# Bounds on what opening and planning a slide may decode (refused before any pixel is read, see
+# `check_decode_bounds`): the pixels of one level a thumbnail decodes, and a TIFF stored in strips, which libvips
+# decodes whole (into a temporary file the size of the image) before any random read.
+MAX_DECODE_PIXELS = 30_000_000_000
+MAX_STRIP_PIXELS = 500_000_000
 
 
 def _corrupt(path: Path | str, what: str, exc: BaseException) -> SlideReadError:
@@ -395,8 +400,31 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
                 else logging.INFO, "%s: colour: %s", p, step)
     log.debug("%s: %s, %dx%d, %d levels, %g um/px from %s, colour %s", p, info.loader, info.width, info.height,
               len(info.levels), info.mpp, info.mpp_source, reader.info.colour)
+    try:
+        check_decode_bounds(info)
+    except BaseException:
+        reader.close()
+        raise
     _probe(reader)
     return reader
+
+
+def check_decode_bounds(info: SlideInfo) -> None:
+    """Refuse, before any pixel is decoded, a slide that cannot be read within bounded time and disk: a
+    coarsest level over MAX_DECODE_PIXELS (a thumbnail would decode it whole), or a TIFF stored in strips over
+    MAX_STRIP_PIXELS (libvips decodes such a file whole into a temporary file for random access)."""
+    smallest = min(lv.width * lv.height for lv in info.levels)
+    fix = "convert it to a tiled pyramid (e.g. vips tiffsave SLIDE OUT.tif --tile --pyramid) and pass that"
+    if smallest > MAX_DECODE_PIXELS:
+        raise SlideReadError(f"{info.path}: its smallest level has {smallest / 1e9:,.0f} gigapixels, over the limit "
+                             f"of {MAX_DECODE_PIXELS / 1e9:g} gigapixels decoded for a thumbnail; {fix}")
+    if info.loader != "tiffload" or info.width * info.height <= MAX_STRIP_PIXELS:
+        return
+    dirs = tiffdir.read_directories(Path(info.path))
+    if dirs and not dirs[0].tiled:
+        raise SlideReadError(f"{info.path}: {info.width} x {info.height} px stored in strips, not tiles: reading "
+                             f"it would decode all {info.width * info.height / 1e9:,.1f} gigapixels into a temporary "
+                             f"file (limit {MAX_STRIP_PIXELS / 1e9:g} gigapixels in strips); {fix}")
 
 
 def _probe(reader: SlideReader) -> None:
