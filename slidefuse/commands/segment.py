@@ -69,7 +69,9 @@ class _FormatsOption(click.Option):
 @click.option("--force-mpp", is_flag=True,
               help="Use slide pixel sizes outside the plausible 0.05..20 um/px (from the file or --mpp).")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
-              help="Text file with one slide path per line ('#' comments; relative to the file).")
+              help="Slide list: a text file with one slide path per line ('#' comments), or a CSV with a header "
+                   "naming 'path' and optionally 'mpp' (that slide's um/px) and 'out_name' (its folder under "
+                   "--out). Relative paths are relative to the list.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines; only errors (as 'slidefuse -q').")
 @click.option("--device", type=click.IntRange(min=0), default=None,
               help="GPU index for the backend (its device_id option).")

@@ -120,6 +120,16 @@ def _worker_resources(ray: Any, options: SegmentOptions, config: RayConfig) -> t
     return n, per_gpu, backend_options
 
 
+def _refuse_per_slide_mpp(list_file: Path | None) -> None:
+    """The workers plan with the batch's options: a list CSV's per-slide mpp is refused, never ignored."""
+    from slidefuse.errors import UsageError
+    from slidefuse.runtime.segment.inputs import list_overrides
+
+    if any(e.mpp is not None for e in list_overrides(list_file).values()):
+        raise UsageError(f"{list_file}: a per-slide mpp column is not supported with --ray yet; run without --ray, "
+                         "or drop the column and pass --mpp")
+
+
 def segment_on_ray(
     paths: Sequence[Path],
     bundle: Bundle,
@@ -141,6 +151,7 @@ def segment_on_ray(
     out_root = Path(out_root).absolute()
     stages.effective_overlap(bundle, options)
     slides, dirs = batch_slides([Path(p).absolute() for p in paths], list_file, out_root, options.shard)
+    _refuse_per_slide_mpp(list_file)
     out_root.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
     ray, started = _connect(config.address)

@@ -10,6 +10,7 @@ claim whose holder died is taken over. `options.shard = (i, n)` keeps only every
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment import stages
 from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet, new_run_id
-from slidefuse.runtime.segment.inputs import collect_slides, output_dirs
+from slidefuse.runtime.segment.inputs import collect_slides, list_overrides, output_dirs
 from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
 from slidefuse.runtime.segment.stages import PlannedSlide, StitchedSlide
 
@@ -40,7 +41,8 @@ def batch_slides(paths: Sequence[Path], list_file: Path | None, out_root: Path,
                  shard: tuple[int, int] | None) -> tuple[list[Path], list[Path]]:
     """(slides, their output folders) of a run: the whole list's folder names, then this shard's share."""
     slides = collect_slides(paths, list_file, exclude=out_root)
-    dirs = output_dirs(slides, out_root)
+    named = {p: e.out_name for p, e in list_overrides(list_file).items() if e.out_name}
+    dirs = output_dirs(slides, out_root, named)
     if shard is not None:
         i, n = shard
         slides, dirs = slides[i::n], dirs[i::n]
@@ -104,6 +106,8 @@ def segment_many(
     with ClaimSet(run_id, ClaimPolicy(timeout=options.claim_timeout)) as claims:
         batch = _SlideBatch(slides, dirs, bundle, options, run_log, progress, claims)
         batch.on_result = on_result
+        mpps = {p: e.mpp for p, e in list_overrides(list_file).items() if e.mpp is not None}
+        batch.slide_mpp = {i: mpps[s] for i, s in enumerate(slides) if s in mpps}  # a list CSV's mpp column
         if backend is not None:
             batch.run(backend)
         else:
@@ -133,16 +137,22 @@ class _SlideBatch:
         self.pending: tuple[int, Future[SlideResult]] | None = None  # outputs being written
         self.planned: dict[int, Future[PlannedSlide]] = {}  # slides planned ahead
         self.on_result: Callable[[SlideResult], None] | None = None  # told of each result once recorded
+        self.slide_mpp: dict[int, float] = {}  # slide index -> its own pixel size (a list CSV's mpp column)
+
+    def opts(self, i: int) -> SegmentOptions:
+        """The options of slide i: the batch's, with the slide's own pixel size where the list gives one."""
+        mpp = self.slide_mpp.get(i)
+        return self.options if mpp is None else dataclasses.replace(self.options, mpp=mpp)
 
     def decide(self, i: int) -> Decision:
         """Whether this process runs slide i (claimed here), skips it (complete) or leaves it to another."""
         if i not in self.decided:
             out_dir = self.dirs[i]
-            if slide_complete(out_dir, self.bundle, self.options, slide=self.slides[i]):
+            if slide_complete(out_dir, self.bundle, self.opts(i), slide=self.slides[i]):
                 self.decided[i] = "skipped"
             elif not self._claim(out_dir):
                 self.decided[i] = "claimed"
-            elif slide_complete(out_dir, self.bundle, self.options, slide=self.slides[i]):  # done meanwhile
+            elif slide_complete(out_dir, self.bundle, self.opts(i), slide=self.slides[i]):  # done meanwhile
                 self.claims.release(out_dir)
                 self.decided[i] = "skipped"
             else:
@@ -204,12 +214,12 @@ class _SlideBatch:
         try:
             (out_dir / RAW_NAME).unlink(missing_ok=True)  # left by a run killed while doing it
             ahead = self.planned.pop(i, None)
-            plan = ahead.result() if ahead is not None else stages.plan_slide(slide, self.bundle, self.options, out_dir)
+            plan = ahead.result() if ahead is not None else stages.plan_slide(slide, self.bundle, self.opts(i), out_dir)
             nxt = self._next_to_run(i) if pool is not None else None
             if pool is not None and nxt is not None:
-                self.planned[nxt] = pool.submit(stages.plan_slide, self.slides[nxt], self.bundle, self.options,
+                self.planned[nxt] = pool.submit(stages.plan_slide, self.slides[nxt], self.bundle, self.opts(nxt),
                                                 self.dirs[nxt])
-            done = stages.infer_slide(plan, self.bundle, self.options, backend, self.progress)
+            done = stages.infer_slide(plan, self.bundle, self.opts(i), backend, self.progress)
         except Exception as exc:  # recorded with its slide; the batch goes on
             self._settle()
             self._record(i, self._failed(i, exc))
@@ -226,7 +236,7 @@ class _SlideBatch:
 
     def _finish(self, i: int, done: StitchedSlide) -> SlideResult:
         try:
-            return stages.finish_slide(done, self.bundle, self.options, run_info={"run_id": self.claims.run_id})
+            return stages.finish_slide(done, self.bundle, self.opts(i), run_info={"run_id": self.claims.run_id})
         except Exception as exc:
             done.result.raw_path.unlink(missing_ok=True)  # never leave the raw mask behind a failed slide
             return self._failed(i, exc)
