@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,8 +59,19 @@ def test_a_stale_claim_is_taken_over_by_exactly_one_holder(tmp_path: Path) -> No
         assert old.try_claim(tmp_path / "s")
         past = time.time() - 5
         os.utime(tmp_path / "s" / CLAIM_NAME, (past, past))  # no heartbeat for 5 s > timeout 1 s
-        sets = [ClaimSet(f"new{i}", ClaimPolicy(timeout=1.0)) for i in range(3)]
-        won = [s.try_claim(tmp_path / "s") for s in sets]
+        sets = [ClaimSet(f"new{i}", ClaimPolicy(timeout=1.0)) for i in range(4)]
+        start = threading.Barrier(len(sets))
+        won = [False] * len(sets)
+
+        def race(k: int) -> None:
+            start.wait()
+            won[k] = sets[k].try_claim(tmp_path / "s")
+
+        threads = [threading.Thread(target=race, args=(k,)) for k in range(len(sets))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         assert won.count(True) == 1
         info = ClaimInfo.read(tmp_path / "s" / CLAIM_NAME)
         assert info is not None and info.run_id == f"new{won.index(True)}"

@@ -1,0 +1,42 @@
+"""The run log written by many writers at once: every record kept, run.json valid and complete."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from slidefuse.runtime.outputs import RunLog, read_run_log
+from slidefuse.runtime.outputs.runlog import read_records
+
+
+def test_many_writers_lose_no_entry_and_the_latest_record_wins(tmp_path: Path) -> None:
+    logs = [RunLog(tmp_path, run_id=f"w{k}") for k in range(4)]
+    start = threading.Barrier(len(logs))
+
+    def write(k: int) -> None:
+        start.wait()
+        for i in range(15):
+            logs[k].record(f"/s/{k}-{i}.svs", "ok", seconds=0.1)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(len(logs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = {f"/s/{k}-{i}.svs" for k in range(4) for i in range(15)}
+    assert {e["slide"] for e in read_run_log(tmp_path)} == want
+    data = json.loads((tmp_path / "run.json").read_text())  # the merged file, rewritten by the last writer
+    assert {e["slide"] for e in data["slides"]} == want and data["counts"]["ok"] == 60
+    logs[0].record("/s/3-0.svs", "failed", error="later")  # another writer's slide, recorded again later
+    entries = {e["slide"]: e for e in read_run_log(tmp_path)}
+    assert entries["/s/3-0.svs"]["status"] == "failed" and entries["/s/3-0.svs"]["run_id"] == "w0"
+    assert len(read_records(tmp_path)) == 61 and not (tmp_path / "run.json.lock").exists()
+
+
+def test_a_line_cut_by_a_killed_writer_is_skipped(tmp_path: Path) -> None:
+    log = RunLog(tmp_path, run_id="a")
+    log.record("/s/a.svs", "ok")
+    with open(log.records_path, "a") as f:
+        f.write('{"slide": "/s/b.svs", "sta')  # killed mid-line
+    assert [e["slide"] for e in read_run_log(tmp_path)] == ["/s/a.svs"]
