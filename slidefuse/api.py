@@ -139,6 +139,12 @@ class SegmentationResult:
             os.unlink(name)  # the mapping keeps the pages (POSIX)
 
 
+def _is_dicom_folder(path: Path) -> bool:
+    from slidefuse.runtime.slide.dicom import is_dicom
+
+    return is_dicom(path)
+
+
 def _result(res: SlideResult) -> SegmentationResult:
     status: Status = res.status  # type: ignore[assignment]
     return SegmentationResult(res.slide, status, res.out_dir, dict(res.outputs), res.error, res.seconds)
@@ -219,8 +225,9 @@ class Model:
     ) -> SegmentationResult:
         """Segment one slide file or one RGB array, write its outputs and return the result.
 
-        slide: a slide file (any format `slidefuse info` reads) or a uint8 [H, W, 3] RGB array (then `mpp`,
-          its pixel size in um/px, is required; `name` names its output folder, default "array").
+        slide: a slide file (any format `slidefuse info` reads, or a DICOM WSI folder) or a uint8 [H, W, 3] RGB
+          array (then `mpp`, its pixel size in um/px, is required; `name` names its output folder, default
+          "array").
         mpp: the slide's pixel size in um/px, overriding the file's (for slides without one).
         out: output root; the slide's files go to `out/<slide stem>/`. None: a new temporary folder (kept).
         formats: outputs to write ("tiff,geojson", a list, or "all"; default: the model's, every built-in
@@ -234,7 +241,7 @@ class Model:
         if isinstance(slide, np.ndarray):
             return self._segment_array(slide, out_root, options, name or "array", as_progress(progress))
         path = Path(slide)
-        if path.is_dir():
+        if path.is_dir() and not _is_dicom_folder(path):
             raise UsageError(f"{path} is a folder; segment() takes one slide: use segment_many() for folders")
         results = self._batch([path], None, out_root, options, as_progress(progress), None)
         if results[0].status == "failed":

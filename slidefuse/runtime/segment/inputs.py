@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # File extensions scanned for in folders (case-insensitive). `.tif`/`.tiff` include OME-TIFF.
 SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".vms", ".vmu", ".bif", ".svslide")
 MAX_LISTED = 20  # unrecognised files named in the "skipped" warning (then a count)
+DICOM_SUFFIX = ".dcm"  # a folder holding such files is one DICOM WSI slide (see runtime.slide.dicom)
 
 
 def slide_stem(path: Path) -> str:
@@ -45,20 +46,29 @@ def scan_folder(folder: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def _scan(folder: Path, exclude: Path | None) -> tuple[list[Path], list[Path]]:
-    """(slide files, other files) under `folder`, sorted. Hidden files, files under `exclude` and the data
-    files of a MIRAX slide (the folder beside `X.mrxs` named `X`) are neither."""
+    """(slides, other files) under `folder`, sorted. A folder holding `.dcm` files is one DICOM WSI slide.
+    Hidden files, files under `exclude` and the data files of a MIRAX slide (the folder beside `X.mrxs`
+    named `X`) are neither."""
     ex = exclude.resolve() if exclude is not None else None
-    slides, others = [], []
+    slides: list[Path] = []
+    others = []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith("."):
             continue
         if ex is not None and (p.resolve() == ex or ex in p.resolve().parents):
             continue
-        if _is_slide_file(p):
+        if p.suffix.lower() == DICOM_SUFFIX:
+            if p.parent not in slides:
+                slides.append(p.parent)  # the series' folder is the slide
+        elif _is_slide_file(p):
             slides.append(p)
         elif not _in_mirax_data(p, folder):
             others.append(p)
     return slides, others
+
+
+def _is_dicom_folder(p: Path) -> bool:
+    return any(f.suffix.lower() == DICOM_SUFFIX and f.is_file() for f in p.iterdir())
 
 
 def _in_mirax_data(p: Path, folder: Path) -> bool:
@@ -164,7 +174,7 @@ def collect_slides(
     seen: set[Path] = set()
     empty_folders, unrecognised = [], []
     for p in given:
-        found, others = _scan(p, exclude) if p.is_dir() else ([p], [])
+        found, others = _scan(p, exclude) if p.is_dir() and not _is_dicom_folder(p) else ([p], [])
         unrecognised += others
         if p.is_dir() and not found:
             empty_folders.append(p)

@@ -59,11 +59,28 @@ def _fingerprint(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def _dicom_identity(folder: Path) -> SlideIdentity:
+    """A DICOM WSI series folder: its .dcm files' total size, newest mtime and a hash of their names, sizes and
+    first MiB."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    stats = [f.stat() for f in files]
+    h = hashlib.sha256()
+    for f, st in zip(files, stats, strict=True):
+        h.update(f"{f.name}:{st.st_size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(FINGERPRINT_BYTES))
+    return SlideIdentity(str(resolved(folder)), sum(st.st_size for st in stats),
+                         max(st.st_mtime_ns for st in stats), h.hexdigest())
+
+
 def slide_identity(path: str | os.PathLike[str]) -> SlideIdentity:
     """The identity of the slide file at `path`. Raises SlideNotFound, or SlideReadError for a path that is
     not a regular readable file."""
+    from slidefuse.runtime.slide.dicom import is_dicom
     from slidefuse.runtime.slide.reader import check_slide_file
 
+    if Path(path).is_dir() and is_dicom(Path(path)):
+        return _dicom_identity(Path(path))
     real = resolved(path)
     st = check_slide_file(Path(path))
     try:

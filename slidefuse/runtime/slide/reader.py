@@ -377,6 +377,12 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
     corrupt), ``InvalidPixelSize`` (a bad ``mpp``) and ``MissingPixelSize`` (no usable pixel size, no ``mpp``).
     """
     p = Path(path)
+    from slidefuse.runtime.slide import dicom  # a DICOM WSI series (folder or .dcm): its own reader
+
+    if dicom.is_dicom(p):
+        if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+            raise InvalidPixelSize(f"{p}: the pixel size must be a positive number of microns per pixel, got {mpp}")
+        return dicom.open_dicom(p, mpp)
     _check_path(p, mpp)
     if colour_transform not in colour.COLOUR_TRANSFORMS:
         raise ValueError(f"colour_transform must be one of {colour.COLOUR_TRANSFORMS}, got {colour_transform!r}")

@@ -1,0 +1,158 @@
+"""DICOM WSI (VL Whole Slide Microscopy Image) slides, read through `wsidicom` (the `dicom` extra).
+
+A DICOM slide is a series of `.dcm` instances, one per pyramid level (or several): pass the folder that holds
+them, or any one `.dcm` file of it (its folder is opened). The pixel size comes from the DICOM metadata
+(Pixel Spacing of the finest level, via wsidicom), the levels from the instances of the series' pyramid.
+
+Pixels. A level is a libvips mosaic of its frames (tiles), cropped to the level's size. Frames that libvips
+decodes itself (baseline JPEG in YCbCr, JPEG 2000) stay encoded until a region needs them, so a level is
+decoded lazily and from many threads; frames in other transfer syntaxes (JPEG-LS, JPEG lossless, RLE,
+uncompressed, RGB-coded JPEG) are decoded by wsidicom when the level is first used, which holds that level
+decoded in memory (refused above `MAX_EAGER_PIXELS`). The encoded frames of a level in use stay in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyvips
+
+from slidefuse.errors import MissingPixelSize, SlideReadError, one_line, require
+from slidefuse.runtime.slide.reader import SlideReader
+from slidefuse.runtime.types import ColourPipeline, LevelInfo, SlideInfo
+
+log = logging.getLogger(__name__)
+
+# Transfer syntaxes whose frames libvips decodes from the encoded bytes (lazily): JPEG baseline, JPEG 2000.
+LIBVIPS_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "jpeg",  # JPEG baseline (8 bit)
+    "1.2.840.10008.1.2.4.90": "jpeg2000",  # JPEG 2000, lossless only
+    "1.2.840.10008.1.2.4.91": "jpeg2000",  # JPEG 2000
+}
+MAX_EAGER_PIXELS = 400_000_000  # a level decoded by wsidicom is held in memory: 1.2 GB of RGB at most
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether `path` names a DICOM slide: a `.dcm` file, or a folder holding `.dcm` files (not in
+    sub-folders)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" and p.is_file() for p in path.iterdir())
+
+
+def _wsidicom() -> Any:
+    return require("wsidicom", extra="dicom", purpose="reading DICOM WSI slides")
+
+
+def _syntax(level: Any) -> str:
+    return str(getattr(level.default_instance.image_data, "transfer_syntax", "") or "")
+
+
+def _photometric(level: Any) -> str:
+    return str(getattr(level.default_instance.image_data, "photometric_interpretation", "") or "")
+
+
+def _lazy_decoder(level: Any) -> str | None:
+    """"jpeg" or "jpeg2000" when libvips can decode this level's frames as stored, else None."""
+    kind = LIBVIPS_SYNTAXES.get(_syntax(level))
+    if kind == "jpeg" and _photometric(level) == "RGB":
+        return None  # RGB-coded JPEG without an Adobe marker: libjpeg would take it for YCbCr
+    return kind
+
+
+class DicomSlide(SlideReader):
+    """A DICOM WSI series opened with wsidicom; each level a libvips mosaic of its frames."""
+
+    def __init__(self, info: SlideInfo, wsi: Any) -> None:
+        super().__init__(info)
+        self._wsi = wsi
+        self._levels = list(wsi.levels)  # finest first, as info.levels
+
+    def _load_level(self, level: int) -> pyvips.Image:
+        lv = self._levels[level]
+        width, height = lv.size.width, lv.size.height
+        tw, th = lv.tile_size.width, lv.tile_size.height
+        nx, ny = math.ceil(width / tw), math.ceil(height / th)
+        try:
+            if _lazy_decoder(lv) is not None:
+                tiles = [pyvips.Image.new_from_buffer(self._wsi.read_encoded_tile(lv.level, (x, y),
+                                                                                   crop_to_image_boundary=False), "")
+                         for y in range(ny) for x in range(nx)]
+                tiles = [t if t.bands == 3 else t.colourspace("srgb") for t in tiles]
+                mosaic = pyvips.Image.arrayjoin(tiles, across=nx)
+            else:
+                mosaic = self._decoded(lv, nx, ny, tw, th)
+        except (pyvips.Error, OSError, ValueError) as exc:
+            raise SlideReadError(f"{self.info.path}: cannot read DICOM level {level} ({one_line(exc)}); the series "
+                                 "is incomplete or corrupt: re-export it") from exc
+        return mosaic.crop(0, 0, width, height)
+
+    def _decoded(self, lv: Any, nx: int, ny: int, tw: int, th: int) -> pyvips.Image:
+        """The level decoded by wsidicom, tile by tile, into one uint8 RGB array in memory."""
+        if nx * tw * ny * th > MAX_EAGER_PIXELS:
+            raise SlideReadError(
+                f"{self.info.path}: DICOM level {lv.level} is stored as {_syntax(lv)}, which slidefuse decodes whole "
+                f"({nx * tw} x {ny * th} px, over {MAX_EAGER_PIXELS / 1e6:g} Mpx); re-encode the series with JPEG or "
+                "JPEG 2000 frames (e.g. wsidicomizer --format jpeg)")
+        out = np.empty((ny * th, nx * tw, 3), dtype=np.uint8)
+        for y in range(ny):
+            for x in range(nx):
+                tile = np.asarray(self._wsi.read_tile(lv.level, (x, y)).convert("RGB"))
+                out[y * th:y * th + tile.shape[0], x * tw:x * tw + tile.shape[1]] = tile
+        return pyvips.Image.new_from_array(out, interpretation="srgb")
+
+    def close(self) -> None:
+        super().close()
+        self._wsi.close()
+
+
+def _info(path: Path, wsi: Any, mpp: float | None) -> SlideInfo:
+    levels = list(wsi.levels)
+    base = levels[0]
+    try:
+        file_mpp: float | None = float(base.mpp.width)
+    except Exception:  # wsidicom raises its own error for a level without Pixel Spacing
+        file_mpp = None
+    if mpp is None and not file_mpp:
+        raise MissingPixelSize(f"{path}: the DICOM series has no Pixel Spacing; pass --mpp MICRONS_PER_PIXEL")
+    stored = tuple(f"{LIBVIPS_SYNTAXES.get(_syntax(lv), _syntax(lv))} {_photometric(lv)}".strip() for lv in levels)
+    return SlideInfo(
+        path=path,
+        width=base.size.width,
+        height=base.size.height,
+        mpp=float(mpp) if mpp is not None else float(file_mpp or 0.0),
+        mpp_source="user" if mpp is not None else "dicom",
+        vendor="dicom",
+        loader="wsidicom",
+        levels=tuple(LevelInfo(lv.size.width, lv.size.height, base.size.width / lv.size.width) for lv in levels),
+        properties={"dicom.transfer-syntax": _syntax(base), "dicom.photometric": _photometric(base),
+                    "dicom.pixel-spacing-um": f"{file_mpp:g}" if file_mpp else ""},
+        colour=ColourPipeline("wsidicom+libvips", stored, (), "not applied (DICOM ICC profile ignored)"),
+    )
+
+
+def open_dicom(path: Path, mpp: float | None = None) -> DicomSlide:
+    """Open a DICOM WSI series (a folder of `.dcm` files, or one `.dcm` file of it) as a SlideReader."""
+    wsidicom = _wsidicom()
+    folder = path.parent if path.is_file() else path
+    if not folder.exists():
+        from slidefuse.errors import SlideNotFound
+
+        raise SlideNotFound(f"{path}: no such DICOM file or folder; check the path")
+    try:
+        wsi = wsidicom.WsiDicom.open(folder)
+    except Exception as exc:  # wsidicom's own errors: no WSI instances, mixed series, unreadable files
+        raise SlideReadError(f"{path}: not a DICOM WSI series wsidicom can open ({one_line(exc)}); pass a folder "
+                             "holding the .dcm files of one slide") from exc
+    try:
+        info = _info(path, wsi, mpp)
+    except BaseException:
+        wsi.close()
+        raise
+    log.debug("%s: DICOM WSI, %dx%d, %d levels, %g um/px from %s", path, info.width, info.height,
+              len(info.levels), info.mpp, info.mpp_source)
+    return DicomSlide(info, wsi)
