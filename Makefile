@@ -10,7 +10,7 @@ CACHE  := .cache
 DEMO_SLIDE := $(CACHE)/demo/CMU-1-Small-Region.svs
 DEMO_OUT   := demo-out
 
-.PHONY: demo test test-slow lint typecheck docs-check gpu-check gpu-check-dry-run triton-server setup setup-dev system-deps bench-cpu clean help
+.PHONY: demo test test-slow lint typecheck docs-check gpu-check gpu-check-dry-run triton-server image image-gpu image-test setup setup-dev system-deps bench-cpu clean help
 
 help:
 	@echo "make demo       set up and segment the real CMU-1-Small-Region slide with the default model"
@@ -72,6 +72,21 @@ $(TRITON_ENV)/.stamp: | $(VPY)
 	@touch $@
 
 triton-server: $(TRITON_ENV)/.stamp
+
+# Container images (Dockerfile, tools/image/image.sh): docker where a daemon answers, else podman/buildah with a
+# Debian bookworm base made here by mmdebstrap (apt-get install podman buildah mmdebstrap).
+image:
+	bash tools/image/image.sh build cpu
+
+image-gpu:
+	bash tools/image/image.sh build gpu
+
+# Both targets: the demo slide segmented inside the CPU image (mask equal to this machine's), GPU libraries checked.
+image-test: setup-dev $(DEMO_SLIDE)
+	bash tools/image/image.sh build cpu
+	bash tools/image/image.sh test cpu
+	bash tools/image/image.sh build gpu
+	bash tools/image/image.sh test gpu
 
 # On a borrowed GPU machine (see tools/gpu_check.py): tests, engine benchmarks and slides end to end into
 # RESULTS. Fetch the wheels that machine lacks first, here: tools/fetch_gpu_wheels.sh (carry .whl).
