@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.distributed.worker import SlideOutcome, SlideTask, SlideWorker, WorkerSetup
-from slidefuse.errors import UsageError, require
+from slidefuse.errors import SlidefuseError, UsageError, require
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 
 log = logging.getLogger(__name__)
 
 SLIDES_PER_WORKER = 2  # slides in flight per worker: one on the backend, one being planned or written
+
+
+class WorkerStartError(SlidefuseError, RuntimeError):
+    """A Ray worker that could not start (bundle unreadable there, backend unavailable there, ...)."""
 
 
 @dataclass(frozen=True)
@@ -220,12 +224,12 @@ class _Driver:
         refs = [w.ready.remote() for w in workers]
         done, pending = self.ray.wait(refs, num_returns=len(refs), timeout=self.config.ready_timeout)
         if pending:
-            raise UsageError(f"{len(pending)} Ray worker(s) did not start within {self.config.ready_timeout:.0f} s "
-                             "(not enough free CPUs/GPUs on the cluster?)")
+            raise WorkerStartError(f"{len(pending)} Ray worker(s) did not start within "
+                                   f"{self.config.ready_timeout:.0f} s (not enough free CPUs/GPUs on the cluster?)")
         for info in self.ray.get(refs):
-            if info["error"] is not None:
-                cls = SharedStorageError if "not shared with host" in info["error"] else UsageError
-                raise cls(f"Ray worker {info['worker']} on node {info['node'][:12]}: {info['error']}")
+            if info.error is not None:
+                cls = WorkerStartError if info.sees_out else SharedStorageError
+                raise cls(f"Ray worker {info.worker} on node {info.node[:12]}: {info.error}")
 
     def _submit(self) -> None:
         load = {id(w): 0 for w in self.workers}

@@ -66,6 +66,17 @@ class WorkerSetup:
     backend_options: dict[str, Any] = field(default_factory=dict)  # options for this worker's backend
 
 
+@dataclass(frozen=True)
+class WorkerReady:
+    """A worker's answer once started."""
+
+    worker: str  # host:pid
+    node: str  # Ray node id
+    error: str | None  # None when it can work; else the one-line reason it cannot
+    sees_out: bool  # False: OUT is not shared with this node (the driver's token is not visible here)
+    backend: dict[str, Any] | None  # BackendInfo.to_dict() of its open backend
+
+
 class _TileCounter(Progress):
     """Counts the tiles this worker has stitched (for the driver's tiles/s across the cluster)."""
 
@@ -89,14 +100,18 @@ class SlideWorker:
         self.setup = setup
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.error: str | None = None
+        self.sees_out = True
         self.tiles = _TileCounter()
         self._infer = threading.Lock()
         self._backend: Any = None
         self._claims: Any = None
+        from slidefuse.distributed.storage import SharedStorageError
+
         try:
             self._start()
         except Exception as exc:  # reported by `ready`, so that the driver names this node
             self.error = one_line(exc)
+            self.sees_out = not isinstance(exc, SharedStorageError)
 
     def _start(self) -> None:
         from slidefuse.distributed.storage import check_token
@@ -110,13 +125,12 @@ class SlideWorker:
         self._backend = open_backend(s.options.backend, self.bundle, **s.backend_options).__enter__()
         self._claims = ClaimSet(s.run_id, ClaimPolicy(timeout=s.options.claim_timeout)).__enter__()
 
-    def ready(self) -> dict[str, Any]:
-        """{"worker", "node", "error" (None when it can work), "backend" (BackendInfo as a dict)}."""
+    def ready(self) -> WorkerReady:
+        """Whether this worker can work, and where it runs."""
         import ray
 
         info = self._backend.info().to_dict() if self._backend is not None else None
-        return {"worker": self.name, "node": ray.get_runtime_context().get_node_id(), "error": self.error,
-                "backend": info}
+        return WorkerReady(self.name, ray.get_runtime_context().get_node_id(), self.error, self.sees_out, info)
 
     def pid(self) -> int:
         return os.getpid()
