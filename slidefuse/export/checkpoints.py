@@ -71,8 +71,11 @@ def read_state_file(path: Path | str) -> StateDict:
                 f"{path} holds Python objects besides tensors, which slidefuse does not unpickle "
                 f"(weights_only=True): re-save it as a plain state dict or as .safetensors"
             ) from exc
-        except (RuntimeError, OSError, EOFError) as exc:
-            raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from exc
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError, IndexError, TypeError) as exc:
+            # a text or random file fails inside the unpickler with any of these (e.g. KeyError: 101)
+            raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc}); "
+                                  "pass the checkpoint file itself, re-saved with torch.save or as .safetensors") \
+                from exc
     else:
         raise CheckpointError(
             f"{path}: unsupported checkpoint suffix {suffix!r}; expected .safetensors or one of "

@@ -118,7 +118,8 @@ class ManifestSchema(_Strict):
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "manifest"
+    """A field's location as `classes.0.color`; keys that are not plain names are quoted (one line)."""
+    return ".".join(str(p) if isinstance(p, int) or p.isidentifier() else repr(p) for p in loc) or "manifest"
 
 
 def _describe(err: Any) -> str:
