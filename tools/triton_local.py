@@ -134,6 +134,12 @@ def main() -> int:
     parser.add_argument("repo", type=Path, help="model repository (slidefuse triton ... --out REPO)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     args = parser.parse_args()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)  # also when started in the background, where SIGINT is ignored
+    signal.signal(signal.SIGTERM, interrupt)
     server = start_server(args.repo.resolve(), args.grpc_port)
     print(f"tritonserver ready: gRPC {server.url} (log {server.log_path}); Ctrl-C stops it", flush=True)
     try:
