@@ -114,10 +114,11 @@ class SegmentationResult:
         return float(info["l0_per_px_x"]), float(info["l0_per_px_y"])
 
     def mask(self) -> pyvips.Image:
-        """The mask as a lazy 1-band uchar pyvips image (level 0 of mask.tif, W x H, class indices)."""
+        """The mask as a lazy 1-band uchar pyvips image (level 0 of mask.tif, W x H, class indices): tiles are
+        decoded when pixels are asked for, in any order (e.g. `result.mask().crop(x, y, w, h).numpy()`)."""
         import pyvips
 
-        return pyvips.Image.new_from_file(str(self.mask_path), access="sequential")
+        return pyvips.Image.new_from_file(str(self.mask_path))
 
     def mask_array(self, scratch_dir: SlidePath | None = None) -> np.ndarray:
         """The mask as a read-only memory-mapped uint8 [H, W] array of class indices at `mpp`.
