@@ -70,6 +70,8 @@ def test_segment_a_slide_returns_its_mask_areas_and_report(bundle_dir: Path, sli
     assert not list(result.out_dir.glob(".mask-*"))  # the scratch file is unlinked once mapped
     lazy = result.mask()
     assert (lazy.width, lazy.height, lazy.bands) == (120, 80, 1)
+    np.testing.assert_array_equal(lazy.crop(60, 40, 10, 10).numpy().reshape(10, 10), mask[40:50, 60:70])
+    np.testing.assert_array_equal(lazy.crop(0, 0, 10, 10).numpy().reshape(10, 10), mask[:10, :10])  # any order
     assert result.mpp == pytest.approx((2.0, 2.0)) and result.l0_per_px == pytest.approx((4.0, 4.0))
     report = json.loads((result.out_dir / "report.json").read_text())
     assert result.class_areas_mm2 == {k: v["area_mm2"] for k, v in report["areas"].items()}
