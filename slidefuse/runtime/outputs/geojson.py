@@ -341,8 +341,6 @@ def write_geojson(
     `frame_offset`.
     Features are streamed to the file one per line, so the file never sits in memory whole.
     """
-    import shapely
-
     t0 = time.perf_counter()
     gw, gh = grid_size_for(result, geojson_mpp, max_pixels)
     img = open_mask(result)
@@ -354,18 +352,8 @@ def write_geojson(
         grid = grid[..., 0]
     sx, sy = slide.width / gw, slide.height / gh  # l0 px per grid px
     offset, offset_source = frame_offset(slide, frame)
-    counts = {c.name: 0 for c in classes[1:]}
-    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write('{"type": "FeatureCollection", "features": [\n')
-        first = True
-        for c, geom in iter_features(grid, classes, sx, sy, min_area_px=min_area_px, offset=offset):
-            props = feature(shapely.Polygon(), classes[c])["properties"]
-            text = '{"type": "Feature", "geometry": ' + shapely.to_geojson(geom) + ', "properties": '
-            text += json.dumps(props) + "}"
-            f.write(("" if first else ",\n") + text)
-            first = False
-            counts[classes[c].name] += 1
-        f.write("\n]}\n")
+    counts = _stream_features(Path(path), iter_features(grid, classes, sx, sy, min_area_px=min_area_px,
+                                                        offset=offset), classes)
     seconds = time.perf_counter() - t0
     grid_mpp = result.mask_width * result.mpp / gw
     logger.info(
@@ -390,6 +378,26 @@ def write_geojson(
         "features": counts,
         "seconds": seconds,
     }
+
+
+def _stream_features(path: Path, features: Iterator[tuple[int, Any]], classes: Sequence[ClassInfo]) -> dict[str, int]:
+    """Write (class index, geometry) pairs to `path` atomically as a FeatureCollection, one feature per line;
+    returns the number of features per class name."""
+    import shapely
+
+    counts = {c.name: 0 for c in classes[1:]}
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        first = True
+        for c, geom in features:
+            props = feature(shapely.Polygon(), classes[c])["properties"]
+            text = '{"type": "Feature", "geometry": ' + shapely.to_geojson(geom) + ', "properties": '
+            text += json.dumps(props) + "}"
+            f.write(("" if first else ",\n") + text)
+            first = False
+            counts[classes[c].name] += 1
+        f.write("\n]}\n")
+    return counts
 
 
 def frame_offset(slide: SlideInfo, frame: str) -> tuple[tuple[float, float], str]:
