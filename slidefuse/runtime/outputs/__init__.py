@@ -223,6 +223,7 @@ def rerun_reason(
     size; no `*.partial` file is left; and each requested format's writer finds its file current for these
     options (`OutputWriter.is_current`: e.g. mask.tif written at `mask_mpp`, None = the model's resolution).
     """
+    from slidefuse.runtime.segment.options import RAW_NAME
     from slidefuse.runtime.segment.skipkey import why_rerun
 
     formats = parse_formats(formats)
@@ -240,7 +241,7 @@ def rerun_reason(
     missing = sorted(formats - set(written if isinstance(written, list) else ()))
     if missing:
         return f"formats not written before: {', '.join(missing)}"
-    if find_temporaries(out_dir):
+    if find_temporaries(out_dir) or (out_dir / RAW_NAME).exists():
         return "a partial file is left from an interrupted run"
     outputs: dict[str, Any] = report["outputs"] if isinstance(report.get("outputs"), dict) else {}
     files = (formats - {REPORT_FORMAT}) | {"tissue"}
