@@ -64,6 +64,7 @@ class WorkerSetup:
     token: str
     run_id: str
     backend_options: dict[str, Any] = field(default_factory=dict)  # options for this worker's backend
+    started: float = field(default_factory=time.time)  # the batch's start (with --overwrite: newer is this run's)
 
 
 @dataclass(frozen=True)
@@ -143,14 +144,15 @@ class SlideWorker:
         """Claim, plan, infer (one slide at a time on the backend), finish; never raises for a slide's own
         failure (status "failed" with the one-line reason)."""
         from slidefuse.runtime.segment import stages
-        from slidefuse.runtime.segment.scheduler import slide_complete
+        from slidefuse.runtime.segment.scheduler import slide_complete, written_since
 
         s, t0 = self.setup, time.perf_counter()
         owner = f"{s.run_id}:{task.owner}"
         if not self._claims.try_claim(task.out_dir, owner=owner, supersede=task.supersede):
             return SlideOutcome(task, SlideResult(task.slide, "claimed", task.out_dir), self.name, owner)
         try:
-            if slide_complete(task.out_dir, self.bundle, s.options, slide=task.slide):
+            if (slide_complete(task.out_dir, self.bundle, s.options, slide=task.slide)
+                    or written_since(task.out_dir, s.started, s.options)):
                 return SlideOutcome(task, SlideResult(task.slide, "skipped", task.out_dir), self.name, owner)
             (task.out_dir / RAW_NAME).unlink(missing_ok=True)  # left by an attempt that died
             plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir)

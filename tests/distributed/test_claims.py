@@ -150,6 +150,19 @@ def test_concurrent_processes_do_every_slide_exactly_once(tmp_path: Path, bundle
     assert not list(out.rglob(CLAIM_NAME)) and not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
 
 
+def test_concurrent_overwrites_redo_each_slide_once(tmp_path: Path, bundle_dir: Path, slides: list[Path]) -> None:
+    out = tmp_path / "out"
+    list_file = write_list(tmp_path / "slides.txt", slides[:4])
+    first = segment_process(list_file, bundle_dir, out)
+    assert first.wait(timeout=300) == 0
+    backwards = write_list(tmp_path / "backwards.txt", slides[:4][::-1])  # the two meet, then pass each other
+    procs = [segment_process(f, bundle_dir, out, "--overwrite") for f in (list_file, backwards)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert ok_records(out) == {str(s): 2 for s in slides[:4]}  # the first run and exactly one overwrite
+
+
 def test_a_killed_process_leaves_its_slide_to_be_taken_over(tmp_path: Path, slides: list[Path]) -> None:
     big = make_slides(tmp_path / "big", 2, size=(3072, 2048), prefix="big")
     bundle = tmp_path / "b"

@@ -67,6 +67,15 @@ def slide_complete(out_dir: Path, bundle: Bundle, options: SegmentOptions, *, sl
     return reason is None
 
 
+def written_since(out_dir: Path, since: float, options: SegmentOptions) -> bool:
+    """With `options.overwrite`: whether another process sharing OUT has rewritten this slide's outputs (its
+    report.json) since `since` (seconds since the epoch), i.e. during this batch, so it is not redone twice."""
+    try:
+        return options.overwrite and (Path(out_dir) / "report.json").stat().st_mtime >= since
+    except OSError:
+        return False
+
+
 def segment_many(
     paths: Sequence[Path],
     bundle: Bundle,
@@ -132,6 +141,7 @@ class _SlideBatch:
         self.bundle, self.options, self.run_log, self.progress = bundle, options, run_log, progress
         self.claims = claims
         self.decided: dict[int, Decision] = {}
+        self.batch_started = time.time()  # outputs written after this, with --overwrite, are this batch's
         self.results: dict[int, SlideResult] = {}
         self.started: dict[int, float] = {}
         self.pending: tuple[int, Future[SlideResult]] | None = None  # outputs being written
@@ -152,7 +162,8 @@ class _SlideBatch:
                 self.decided[i] = "skipped"
             elif not self._claim(out_dir):
                 self.decided[i] = "claimed"
-            elif slide_complete(out_dir, self.bundle, self.opts(i), slide=self.slides[i]):  # done meanwhile
+            elif (slide_complete(out_dir, self.bundle, self.opts(i), slide=self.slides[i])
+                  or written_since(out_dir, self.batch_started, self.opts(i))):  # done meanwhile by another
                 self.claims.release(out_dir)
                 self.decided[i] = "skipped"
             else:
