@@ -156,10 +156,10 @@ def segment_on_ray(
     stages.effective_overlap(bundle, options)
     slides, dirs = batch_slides([Path(p).absolute() for p in paths], list_file, out_root, options.shard)
     _refuse_per_slide_mpp(list_file)
-    out_root.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
-    ray, started = _connect(config.address)
+    ray, started = _connect(config.address)  # before OUT is touched: a missing extra changes nothing
     try:
+        out_root.mkdir(parents=True, exist_ok=True)
         driver = _Driver(ray, slides, dirs, bundle, out_root, options, config, RunLog(out_root, run_id=run_id),
                          on_status or (lambda s: log.info("%s", s.line())))
         return driver.run()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,12 @@ def test_segment_on_a_local_ray_cluster(bundle_dir: Path, slides: list[Path], tm
     line = _one_error(_segment(*slides, "--model", bundle_dir, "--out", tmp_path / "o2", "--ray", "auto",
                                "--ray-workers", "0"))
     assert line.startswith("slidefuse: error: --ray-workers must be an integer >= 1")
+
+
+def test_ray_without_the_extra_names_it(bundle_dir: Path, slides: list[Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as on a base install
+    result = _segment(slides[0], "--model", bundle_dir, "--out", tmp_path / "out", "--ray", "auto")
+    line = _one_error(result, code=1)
+    assert "pip install 'slidefuse[ray]'" in line
+    assert not (tmp_path / "out").exists()  # nothing written
