@@ -244,7 +244,8 @@ class _Driver:
     def _loop(self) -> None:
         while self.queue or self.in_flight:
             if not self.workers:
-                raise RuntimeError("every Ray worker died and none could be restarted")
+                raise WorkerStartError("every Ray worker died and none could be restarted; see the Ray logs "
+                                       "(/tmp/ray/session_latest/logs) on the nodes")
             self._submit()
             ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=1.0)
             for ref in ready:

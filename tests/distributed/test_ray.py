@@ -61,10 +61,13 @@ def _mask(folder: Path) -> np.ndarray:
 
 def test_a_batch_on_three_nodes_matches_one_process(cluster: Cluster, bundle: Bundle, tmp_path: Path) -> None:
     slides = make_slides(tmp_path / "slides", 7)
+    broken = tmp_path / "slides" / "broken.tif"
+    broken.write_bytes(b"II*\x00 this is not a slide")
     seen: list[ClusterStatus] = []
-    results = segment_on_ray(slides, bundle, tmp_path / "ray", OPTIONS, RayConfig(status_interval=0.5),
+    results = segment_on_ray([*slides, broken], bundle, tmp_path / "ray", OPTIONS, RayConfig(status_interval=0.5),
                              on_status=seen.append)
-    assert [r.status for r in results] == ["ok"] * 7, [r.error for r in results]
+    assert [r.status for r in results] == ["ok"] * 7 + ["failed"], [r.error for r in results]
+    assert results[-1].error is not None and str(broken) in results[-1].error and "\n" not in results[-1].error
     local = segment_many(slides, bundle, tmp_path / "one", OPTIONS)
     assert [r.status for r in local] == ["ok"] * 7
     workers = set()
@@ -78,9 +81,10 @@ def test_a_batch_on_three_nodes_matches_one_process(cluster: Cluster, bundle: Bu
     assert len(workers) == 3  # every node's worker took slides
     entries = read_run_log(tmp_path / "ray")
     assert sorted(Path(e["slide"]).name for e in entries if e["status"] == "ok") == sorted(s.name for s in slides)
+    assert [Path(e["slide"]).name for e in entries if e["status"] == "failed"] == ["broken.tif"]
     last = seen[-1]
-    assert last.done == 7 and last.failed == 0 and last.in_flight == 0 and last.tiles > 0
-    assert "7/7 slides: 7 done" in last.line()
+    assert last.done == 7 and last.failed == 1 and last.in_flight == 0 and last.tiles > 0
+    assert "8/8 slides: 7 done, 0 skipped, 1 failed, 0 in flight on 3 worker(s)" in last.line()
     assert not list((tmp_path / "ray").glob(".slidefuse-shared-*"))
 
 
