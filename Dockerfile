@@ -1,6 +1,7 @@
 # slidefuse container images on Debian bookworm: libvips with OpenSlide from Debian, everything else from pip.
 #
 #   docker build -t slidefuse:gpu .                  # default target: onnxruntime-gpu (CUDA 12, cuDNN 9) + TensorRT 10
+#   docker build -t slidefuse:gpu --build-arg TENSORRT=0 .   # the same without TensorRT (no access to pypi.nvidia.com)
 #   docker build -t slidefuse:cpu --target cpu .     # onnxruntime on the CPU, for labs without GPUs
 #   docker run --rm --gpus all -v /data/slides:/slides:ro -v /data/out:/out slidefuse:gpu \
 #       segment /slides --out /out --backend auto
@@ -48,11 +49,15 @@ RUN --mount=type=secret,id=pip_cert \
     && rm -rf /src
 
 FROM base AS build-gpu
-COPY tools/image/requirements-gpu.txt /tmp/requirements.txt
+# TENSORRT=0 leaves TensorRT out (the ort-cuda backend still works; trt and ort-trt then say TensorRT is missing).
+ARG TENSORRT=1
+COPY tools/image/requirements-gpu.txt tools/image/requirements-tensorrt.txt /tmp/
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && python3.11 -m venv /opt/slidefuse \
-    && /opt/slidefuse/bin/pip install -q -r /tmp/requirements.txt \
+    && /opt/slidefuse/bin/pip install -q -r /tmp/requirements-gpu.txt \
+    && if [ "$TENSORRT" = 1 ]; then /opt/slidefuse/bin/pip install -q --extra-index-url https://pypi.nvidia.com \
+           -r /tmp/requirements-tensorrt.txt; fi \
     && if /opt/slidefuse/bin/pip show -q onnxruntime 2>/dev/null; then \
            echo "the CPU onnxruntime got installed next to onnxruntime-gpu" >&2; exit 1; fi
 COPY pyproject.toml setup.cfg README.md /src/
@@ -87,6 +92,8 @@ LABEL org.opencontainers.image.variant="cpu"
 RUN slidefuse-smoke
 
 FROM runtime AS gpu
+ARG TENSORRT=1
 COPY --from=build-gpu /opt/slidefuse /opt/slidefuse
-LABEL org.opencontainers.image.variant="gpu"
+LABEL org.opencontainers.image.variant="gpu" \
+      io.slidefuse.tensorrt="${TENSORRT}"
 RUN slidefuse-smoke

@@ -42,7 +42,7 @@ def test_gpu_requirements_swap_onnxruntime_for_onnxruntime_gpu_and_pin_tensorrt_
     gpu = _requirements("gpu")
     assert "onnxruntime" not in gpu and gpu["onnxruntime-gpu"].startswith("onnxruntime-gpu[cuda,cudnn]")
     assert {k: v for k, v in gpu.items() if k in base} == {k: v for k, v in base.items() if k != "onnxruntime"}
-    assert gpu["tensorrt-cu12"] == "tensorrt-cu12>=10,<11"
+    assert _requirements("tensorrt") == {"tensorrt-cu12": "tensorrt-cu12>=10,<11"}
     trt = _names(cfg["options.extras_require"]["trt"].splitlines())
     assert trt["tensorrt"] == "tensorrt>=10,<11" and gpu["cuda-python"] == trt["cuda-python"]
 

@@ -9,6 +9,7 @@ the best available one for the bundle (see `auto.py`) and logs which.
 | trt           | TensorRT engine from the bundle           | trt              |
 | torch         | PyTorch eager (the parity reference)      | export           |
 | torch-compile | PyTorch torch.compile                     | export           |
+| triton        | a Triton Inference Server over gRPC       | triton           |
 
 Adding a backend is one module with a `Backend` subclass and one `register_backend` line at the end of this
 file. The backend modules import their runtimes (onnxruntime, TensorRT, torch) only inside their functions, so
