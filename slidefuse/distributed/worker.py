@@ -152,8 +152,9 @@ class SlideWorker:
             return SlideOutcome(task, SlideResult(task.slide, "claimed", task.out_dir), self.name, owner)
         try:
             if (slide_complete(task.out_dir, self.bundle, s.options, slide=task.slide)
-                    or written_since(task.out_dir, s.started, s.options)):
-                return SlideOutcome(task, SlideResult(task.slide, "skipped", task.out_dir), self.name, owner)
+                    or (s.options.overwrite and written_since(task.out_dir, s.started))):
+                status = "claimed" if written_since(task.out_dir, s.started) else "skipped"  # claimed: done by another
+                return SlideOutcome(task, SlideResult(task.slide, status, task.out_dir), self.name, owner)
             (task.out_dir / RAW_NAME).unlink(missing_ok=True)  # left by an attempt that died
             plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir)
             with self._infer:

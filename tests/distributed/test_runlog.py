@@ -40,3 +40,15 @@ def test_a_line_cut_by_a_killed_writer_is_skipped(tmp_path: Path) -> None:
     with open(log.records_path, "a") as f:
         f.write('{"slide": "/s/b.svs", "sta')  # killed mid-line
     assert [e["slide"] for e in read_run_log(tmp_path)] == ["/s/a.svs"]
+
+
+
+def test_a_skip_by_a_later_process_keeps_the_entry_of_the_one_that_did_the_slide(tmp_path: Path) -> None:
+    RunLog(tmp_path, run_id="did-it").record("/s/a.svs", "ok", seconds=3.0)
+    RunLog(tmp_path, run_id="came-later").record("/s/a.svs", "skipped")
+    (entry,) = read_run_log(tmp_path)
+    assert (entry["status"], entry["run_id"]) == ("ok", "did-it")
+    RunLog(tmp_path, run_id="redid-it").record("/s/a.svs", "failed", error="x")
+    assert [e["status"] for e in read_run_log(tmp_path)] == ["failed"]
+    RunLog(tmp_path, run_id="after-a-failure").record("/s/a.svs", "skipped")
+    assert [e["status"] for e in read_run_log(tmp_path)] == ["skipped"]

@@ -6,8 +6,9 @@ it finished, flushed and fsynced; a process killed mid-line leaves a last line t
 the merged view: after every record the process rebuilds it from run.json and every `.run/*.jsonl` file,
 under a short cross-process mutex (`run.json.lock`), and writes it atomically. `read_run_log` merges the same
 way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
-record of a slide (by its time `t`) wins, in the position where the slide was first recorded; entries of
-earlier batches in the same OUT are kept.
+record of a slide (by its time `t`) wins, in the position where the slide was first recorded, except that a
+"skipped" record keeps the "ok" entry of the run that made the outputs; entries of earlier batches in the
+same OUT are kept.
 
 Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry sits on its own line::
 
@@ -81,11 +82,15 @@ def read_records(out_root: Path) -> list[dict[str, Any]]:
 
 
 def _merge(view: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Latest entry per slide (by `t`; entries without one count as oldest), in first-recorded order."""
+    """Latest entry per slide (by `t`; entries without one count as oldest), in first-recorded order. A
+    "skipped" record (outputs found complete) does not hide the "ok" entry of the run that made them: with
+    several processes, one that started later skips what another has just done."""
     merged: dict[str, dict[str, Any]] = {}
     for e in [*view, *records]:
         key = str(e.get("slide_key") or e["slide"])  # the resolved path: relative and absolute forms are one
         old = merged.get(key)
+        if old is not None and e["status"] == "skipped" and old["status"] == "ok":
+            continue
         if old is None or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
             merged[key] = e
     return list(merged.values())

@@ -67,11 +67,12 @@ def slide_complete(out_dir: Path, bundle: Bundle, options: SegmentOptions, *, sl
     return reason is None
 
 
-def written_since(out_dir: Path, since: float, options: SegmentOptions) -> bool:
-    """With `options.overwrite`: whether another process sharing OUT has rewritten this slide's outputs (its
-    report.json) since `since` (seconds since the epoch), i.e. during this batch, so it is not redone twice."""
+def written_since(out_dir: Path, since: float) -> bool:
+    """Whether this slide's report.json was written at or after `since` (seconds since the epoch): during this
+    batch, so by another process sharing OUT (which records the slide itself), and not to be redone even with
+    --overwrite."""
     try:
-        return options.overwrite and (Path(out_dir) / "report.json").stat().st_mtime >= since
+        return (Path(out_dir) / "report.json").stat().st_mtime >= since
     except OSError:
         return False
 
@@ -155,20 +156,23 @@ class _SlideBatch:
         return self.options if mpp is None else dataclasses.replace(self.options, mpp=mpp)
 
     def decide(self, i: int) -> Decision:
-        """Whether this process runs slide i (claimed here), skips it (complete) or leaves it to another."""
+        """Whether this process runs slide i (claimed here), skips it (complete before this batch) or leaves it
+        to another process (claimed by it, or done by it during this batch: that process records it)."""
         if i not in self.decided:
-            out_dir = self.dirs[i]
-            if slide_complete(out_dir, self.bundle, self.opts(i), slide=self.slides[i]):
-                self.decided[i] = "skipped"
-            elif not self._claim(out_dir):
-                self.decided[i] = "claimed"
-            elif (slide_complete(out_dir, self.bundle, self.opts(i), slide=self.slides[i])
-                  or written_since(out_dir, self.batch_started, self.opts(i))):  # done meanwhile by another
-                self.claims.release(out_dir)
-                self.decided[i] = "skipped"
-            else:
-                self.decided[i] = "run"
+            self.decided[i] = self._decide(i)
         return self.decided[i]
+
+    def _decide(self, i: int) -> Decision:
+        out_dir, options, slide = self.dirs[i], self.opts(i), self.slides[i]
+        if slide_complete(out_dir, self.bundle, options, slide=slide):
+            return "claimed" if written_since(out_dir, self.batch_started) else "skipped"
+        if not self._claim(out_dir):
+            return "claimed"
+        if (slide_complete(out_dir, self.bundle, options, slide=slide)
+                or (options.overwrite and written_since(out_dir, self.batch_started))):  # done meanwhile
+            self.claims.release(out_dir)
+            return "claimed" if written_since(out_dir, self.batch_started) else "skipped"
+        return "run"
 
     def _claim(self, out_dir: Path) -> bool:
         try:
@@ -205,7 +209,7 @@ class _SlideBatch:
             self._record(i, SlideResult(slide, "skipped", out_dir))
             self.progress.end_slide("skipped")
         else:
-            log.info("%s: claimed by another process sharing %s; left to it", slide, out_dir.parent)
+            log.info("%s: done or being done by another process sharing %s; left to it", slide, out_dir.parent)
             self.results[i] = SlideResult(slide, "claimed", out_dir)
             if self.on_result is not None:
                 self.on_result(self.results[i])
