@@ -26,6 +26,10 @@ DEMO_SLIDE=${DEMO_SLIDE:-.cache/demo/CMU-1-Small-Region.svs}
 mkdir -p "$CACHE"
 
 if docker info >/dev/null 2>&1; then ENGINE=docker; else ENGINE=podman; fi
+if [[ $ENGINE == podman ]] && ! { command -v podman && command -v buildah; } >/dev/null; then
+    echo "[image] no docker daemon and no podman/buildah here: apt-get install -y podman buildah mmdebstrap" >&2
+    exit 1
+fi
 PODMAN=(podman --storage-driver vfs)
 BUILDAH=(buildah --storage-driver vfs)
 
