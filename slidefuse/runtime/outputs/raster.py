@@ -66,24 +66,27 @@ def _fit(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
 
 
 def block_mode(result: MaskResult, k: int, out: Path | None = None, *, num_classes: int) -> Any:
-    """Mode of each k x k block of the raw mask, streamed band by band from a memory map.
+    """Mode of each k x k block of the raw mask, streamed band by band with plain file reads.
 
     Output is uint8 [ceil(h / k), ceil(w / k)] class indices (edge blocks are partial; ties go to the
     lower class index): returned as an array, or written to the raw file `out` (returning `out`) so that
-    memory stays bounded by one band whatever the mask's size.
+    memory stays bounded by one band whatever the mask's size. (Not a memory map: every page of a mapped
+    file that was read stays in the process's resident set until it is unmapped, so a map would make peak
+    RSS grow with the slide's area.)
     """
     if k < 1:
         raise UsageError(f"block size {k} must be >= 1")
     w, h = result.mask_width, result.mask_height
     ow, oh = -(-w // k), -(-h // k)
-    src = np.memmap(result.raw_path, dtype=np.uint8, mode="r", shape=(h, w))
+    src = open(result.raw_path, "rb")  # closed in the finally below
     rows_per_band = max(1, (1 << 24) // max(w * k, 1))  # about 16 MB of source per band
     count_dtype = np.uint16 if k * k < (1 << 16) else np.uint32
     dst: Any = np.empty((oh, ow), np.uint8) if out is None else open(out, "wb")
     try:
         for r0 in range(0, oh, rows_per_band):
             r1 = min(oh, r0 + rows_per_band)
-            band = np.asarray(src[r0 * k : r1 * k])
+            n_rows = min(h, r1 * k) - r0 * k
+            band = np.fromfile(src, dtype=np.uint8, count=n_rows * w).reshape(n_rows, w)
             pad_h, pad_w = (r1 - r0) * k - band.shape[0], ow * k - w
             if pad_h or pad_w:  # partial edge blocks: pad with a value that is no class
                 band = np.pad(band, ((0, pad_h), (0, pad_w)), constant_values=255)
@@ -108,7 +111,7 @@ def block_mode(result: MaskResult, k: int, out: Path | None = None, *, num_class
     finally:
         if out is not None:
             dst.close()
-        del src
+        src.close()
     return dst if out is None else out
 
 
