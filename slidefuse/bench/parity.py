@@ -137,7 +137,7 @@ def run_parity(
     go to every backend but the reference (e.g. precision), `reference_options` to the reference (default:
     fp32 on torch's default device).
     """
-    from slidefuse.runtime.backends.registry import available_backends, backend_names, open_backend
+    from slidefuse.runtime.backends.registry import available_backends, backend_names, get_backend, open_backend
 
     if batch < 1:
         raise UsageError(f"batch {batch}: expected a positive batch size")
@@ -159,6 +159,10 @@ def run_parity(
             continue
         if avail.get(name) is not None:
             rows.append(ParityRow(name, "unavailable", reference=reference, reason=str(avail[name])))
+            continue
+        if not named and not get_backend(name).computes_model:
+            rows.append(ParityRow(name, "unavailable", reference=reference,
+                                  reason=f"{name} computes no model (a host benchmark engine); name it to compare"))
             continue
         try:
             backend = open_backend(name, bundle, **dict(options or {}))

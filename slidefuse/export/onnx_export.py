@@ -269,24 +269,14 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
     tile size must match `config`). Raises ParityError (leaving no bundle behind) when the graph's outputs differ
     from the model's beyond `config.parity`, UsageError for bad options, ExportError for a broken graph.
     """
+    from slidefuse.export.bundle_writer import check_target
+    from slidefuse.export.model import save_model_state
+
     config.check()
     classes = make_classes(config.classes, config.colors)
-    from slidefuse.export.bundle_writer import check_target
-
     check_target(config.out, config.force)
     owned = model is None
-    if model is None:
-        from slidefuse.export.model import build_model
-
-        model = build_model(
-            config.encoder, len(classes), tile_size=config.tile_size, decoder_width=config.decoder_width,
-            encoder_weights=config.encoder_weights, decoder_weights=config.decoder_weights,
-            random_weights=config.random_weights, seed=config.seed,
-        )
-    elif (model.spec.id, model.num_classes, model.tile_size) != (config.encoder, len(classes), config.tile_size):
-        raise UsageError(f"model ({model.spec.id}, {model.num_classes} classes, tile {model.tile_size}) does not "
-                         f"match the config ({config.encoder}, {len(classes)} classes, tile {config.tile_size})")
-    model = model.eval()
+    model = _model_for(config, model, len(classes)).eval()
     spec = model.spec
     decoder_width = int(model.decoder_width)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -301,8 +291,6 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
         if config.simplify and not external and weight_bytes <= SIMPLIFY_MAX_BYTES:
             simplified = simplify_graph(onnx_path, tile_size=t, num_classes=c)
             graph = check_graph(onnx_path, tile_size=t, num_classes=c)
-        from slidefuse.export.model import save_model_state
-
         save_model_state(model, stage / "model.safetensors")
         tiles = parity_tiles(t, config.mpp, n_real=config.parity_real_tiles, n_random=config.parity_random_tiles,
                              seed=config.seed, slides=config.parity_slides)
@@ -318,44 +306,77 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
         fp16_file: str | None = None
         fp16_graph: dict[str, Any] | None = None
         if config.fp16:
-            fp16_path = stage / "model.fp16.onnx"
-            _, fp16_graph = write_fp16_graph(onnx_path, fp16_path, tile_size=t, num_classes=c)
-            gc.collect()
-            fp16_staged = staged_bundle(stage, spec, classes, t, config.mpp, fp16_model_file=fp16_path.name)
-            parity["fp16"] = compare(
-                {"model.onnx (onnxruntime CPU)": fp32_graph,
-                 "model.fp16.onnx (onnxruntime CPU)": gate_backend(fp16_staged, "fp16", low_memory=external)},
-                tiles, thresholds=config.fp16_parity, outputs=outputs,
-            ).check().pair_record()
-            fp16_file = fp16_path.name
-        manifest = Manifest(
-            encoder=spec.id, patch_size=spec.patch_size, tile_size=t, mpp=float(config.mpp),
-            classes=classes, mean=tuple(spec.mean), std=tuple(spec.std),  # type: ignore[arg-type]
-            model_file=onnx_path.name, fp16_model_file=fp16_file, torch_weights="model.safetensors",
-            decoder_width=decoder_width, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-            opset=int(graph["opset"]), overlap=config.overlap if config.overlap is not None else t // 8,
-            color_transform=config.color_transform,
-            random_weights=config.random_weights and (config.encoder_weights is None
-                                                     or config.decoder_weights is None),
-            weights={
-                "encoder": checkpoint_provenance(config.encoder_weights),
-                "decoder": checkpoint_provenance(config.decoder_weights),
-                "random_seed": config.seed if config.random_weights else None,
-            },
-            parity=parity,
-            export={
-                "exporter": "torch.onnx.export(dynamo=True)",
-                "simplified": simplified,
-                "external_data": [p.name for p in files if p != onnx_path],
-                "graph": {k: v for k, v in graph.items() if k != "ops"},
-                "fp16_graph": {k: v for k, v in fp16_graph.items() if k != "ops"} if fp16_graph else None,
-                "config": config_record(config),
-                "weight_bytes": weight_bytes,
-                "seconds": round(time.perf_counter() - t_start, 1),
-            },
-            tools=tool_versions(),
-            created=utc_now(),
-        )
+            fp16_graph, parity["fp16"] = _fp16_gate(stage, config, spec, classes, fp32_graph, tiles, outputs,
+                                                    external)
+            fp16_file = "model.fp16.onnx"
+        export_record = {
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "simplified": simplified,
+            "external_data": [p.name for p in files if p != onnx_path],
+            "graph": {k: v for k, v in graph.items() if k != "ops"},
+            "fp16_graph": {k: v for k, v in fp16_graph.items() if k != "ops"} if fp16_graph else None,
+            "config": config_record(config),
+            "weight_bytes": weight_bytes,
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+        manifest = _manifest(config, spec, classes, decoder_width, int(graph["opset"]), fp16_file, parity,
+                             export_record)
         write_manifest(stage, manifest)
     return load_bundle(config.out)
 
+
+def _model_for(config: ExportConfig, model: SegmentationModel | None, num_classes: int) -> SegmentationModel:
+    """The model to export: built from the registry, or the one given after checking it matches `config`."""
+    if model is None:
+        from slidefuse.export.model import build_model
+
+        return build_model(
+            config.encoder, num_classes, tile_size=config.tile_size, decoder_width=config.decoder_width,
+            encoder_weights=config.encoder_weights, decoder_weights=config.decoder_weights,
+            random_weights=config.random_weights, seed=config.seed,
+        )
+    if (model.spec.id, model.num_classes, model.tile_size) != (config.encoder, num_classes, config.tile_size):
+        raise UsageError(f"model ({model.spec.id}, {model.num_classes} classes, tile {model.tile_size}) does not "
+                         f"match the config ({config.encoder}, {num_classes} classes, tile {config.tile_size})")
+    return model
+
+
+def _manifest(config: ExportConfig, spec: Any, classes: Any, decoder_width: int, opset: int,
+              fp16_file: str | None, parity: dict[str, Any], export_record: dict[str, Any]) -> Manifest:
+    """The manifest of an exported bundle (its file list and seal are added by `write_manifest`)."""
+    t = config.tile_size
+    return Manifest(
+        encoder=spec.id, patch_size=spec.patch_size, tile_size=t, mpp=float(config.mpp),
+        classes=classes, mean=tuple(spec.mean), std=tuple(spec.std),
+        model_file="model.onnx", fp16_model_file=fp16_file, torch_weights="model.safetensors",
+        decoder_width=decoder_width, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        opset=opset, overlap=config.overlap if config.overlap is not None else t // 8,
+        color_transform=config.color_transform,
+        random_weights=config.random_weights and (config.encoder_weights is None or config.decoder_weights is None),
+        weights={
+            "encoder": checkpoint_provenance(config.encoder_weights),
+            "decoder": checkpoint_provenance(config.decoder_weights),
+            "random_seed": config.seed if config.random_weights else None,
+        },
+        parity=parity,
+        export=export_record,
+        tools=tool_versions(),
+        created=utc_now(),
+    )
+
+
+def _fp16_gate(stage: Path, config: ExportConfig, spec: Any, classes: Any, fp32_graph: Any, tiles: Any,
+               outputs: dict[str, np.ndarray], external: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write `model.fp16.onnx` beside the fp32 graph and gate it against that graph's outputs (cached in
+    `outputs`). Returns (the fp16 graph's checks, the parity record); ParityError when it fails."""
+    t, c = config.tile_size, len(classes)
+    fp16_path = stage / "model.fp16.onnx"
+    _, fp16_graph = write_fp16_graph(stage / "model.onnx", fp16_path, tile_size=t, num_classes=c)
+    gc.collect()
+    fp16_staged = staged_bundle(stage, spec, classes, t, config.mpp, fp16_model_file=fp16_path.name)
+    record = compare(
+        {"model.onnx (onnxruntime CPU)": fp32_graph,
+         "model.fp16.onnx (onnxruntime CPU)": gate_backend(fp16_staged, "fp16", low_memory=external)},
+        tiles, thresholds=config.fp16_parity, outputs=outputs,
+    ).check().pair_record()
+    return fp16_graph, record

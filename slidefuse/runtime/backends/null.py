@@ -55,6 +55,7 @@ class NullBackend(Backend):
     description = "no engine: fixed probabilities at once or at a set rate (host benchmarks only)"
     options: NullOptions
     options_type = NullOptions
+    computes_model = False
 
     @classmethod
     def availability(cls) -> str | None:
