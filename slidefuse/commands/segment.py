@@ -92,32 +92,8 @@ class _FormatsOption(click.Option):
 @click.option("--retries", type=int, default=2, show_default=True,
               help="With --ray: times a slide is retried on another worker when its worker dies.")
 @click.pass_context
-def command(
-    ctx: click.Context,
-    inputs: tuple[Path, ...],
-    model: Path | None,
-    out: Path,
-    backend: str,
-    batch: int,
-    overlap: int | None,
-    mpp: float | None,
-    workers: int | None,
-    stitch_threads: int | None,
-    threads: int | None,
-    formats: str | None,
-    mask_mpp: float | None,
-    geojson_frame: str,
-    overwrite: bool,
-    tissue_threshold: float | None,
-    min_tile_tissue: float | None,
-    all_tiles: bool,
-    overlap_slides: bool,
-    max_tiles: int | None,
-    force_mpp: bool,
-    list_file: Path | None,
-    quiet: bool,
-    **scale_out: Any,
-) -> None:
+def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path | None, out: Path, list_file: Path | None,
+            quiet: bool, **flags: Any) -> None:
     """Segment slides (files, folders scanned recursively, or --list FILE) with a model bundle.
 
     \b
@@ -127,43 +103,49 @@ def command(
     """
     import logging
 
-    from slidefuse.api import load_model
-    from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
     from slidefuse.runtime.progress import make_progress
 
     quiet = quiet or bool((ctx.obj or {}).get("quiet"))
     if quiet:
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
-    _check_ray_address(scale_out["ray_address"])
-    _check_inputs(inputs, list_file, out, all_tiles, tissue_threshold, min_tile_tissue)
-    bundle = _load_model(model)
-    model_api = load_model(  # the Python API; SegmentOptions validates every value once (errors name the field)
-        bundle,
-        backend=backend,
-        backend_options=_backend_options(threads, scale_out["device"], scale_out["backend_option"]),
-        shard=_shard(scale_out["shard"]),
-        claim_timeout=scale_out["claim_timeout"],
-        batch_size=batch,
-        overlap=overlap,
-        tissue=_tissue_params(tissue_threshold, min_tile_tissue),
-        all_tiles=all_tiles,
-        mpp=mpp,
-        formats=DEFAULT_FORMATS if formats is None else parse_formats(formats),
-        mask_mpp=mask_mpp,
-        geojson_frame=geojson_frame,
-        overwrite=overwrite,
-        overlap_slides=overlap_slides,
-        force_mpp=force_mpp,
-        **{k: v for k, v in (("workers", workers), ("stitch_threads", stitch_threads), ("max_tiles", max_tiles))
-           if v is not None},
-    )
-    if scale_out["ray_address"] is not None:
-        results = _on_ray(inputs, out, list_file, model_api, scale_out, quiet)
+    _check_ray_address(flags["ray_address"])
+    _check_inputs(inputs, list_file, out, flags["all_tiles"], flags["tissue_threshold"], flags["min_tile_tissue"])
+    model_api = _model_api(_load_model(model), flags)
+    if flags["ray_address"] is not None:
+        results = _on_ray(inputs, out, list_file, model_api, flags, quiet)
     else:
         with model_api:
             results = model_api.segment_batch(inputs, out=out, list_file=list_file, progress=make_progress(quiet))
     if _summary(results, out, quiet):
         ctx.exit(1)
+
+
+def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
+    """The Python API's model for these flags; SegmentOptions validates every value once (errors name the
+    field, which the CLI's error handler turns into the flag)."""
+    from slidefuse.api import load_model
+    from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
+
+    optional = {k: f[k] for k in ("workers", "stitch_threads", "max_tiles") if f[k] is not None}
+    return load_model(
+        bundle,
+        backend=f["backend"],
+        backend_options=_backend_options(f["threads"], f["device"], f["backend_option"]),
+        shard=_shard(f["shard"]),
+        claim_timeout=f["claim_timeout"],
+        batch_size=f["batch"],
+        overlap=f["overlap"],
+        tissue=_tissue_params(f["tissue_threshold"], f["min_tile_tissue"]),
+        all_tiles=f["all_tiles"],
+        mpp=f["mpp"],
+        formats=DEFAULT_FORMATS if f["formats"] is None else parse_formats(f["formats"]),
+        mask_mpp=f["mask_mpp"],
+        geojson_frame=f["geojson_frame"],
+        overwrite=f["overwrite"],
+        overlap_slides=f["overlap_slides"],
+        force_mpp=f["force_mpp"],
+        **optional,
+    )
 
 
 def _backend_options(threads: int | None, device: int | None, items: tuple[str, ...]) -> dict[str, Any]:

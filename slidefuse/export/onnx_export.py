@@ -265,10 +265,9 @@ def config_record(config: ExportConfig) -> dict[str, Any]:
 def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) -> Bundle:
     """Export a model to a verified bundle at `config.out` and return it (loaded and sha256-checked).
 
-    Builds the model from the registry (`build_model`) unless `model` is given (its encoder id, class count and
-    tile size must match `config`). Raises ParityError (leaving no bundle behind) when the graph's outputs differ
-    from the model's beyond `config.parity`, UsageError for bad options, ExportError for a broken graph.
-    """
+    Builds the model from the registry unless `model` is given (encoder, classes and tile must match `config`).
+    Raises ParityError (leaving no bundle behind) when the graph's outputs differ from the model's beyond
+    `config.parity`, UsageError for bad options, ExportError for a broken graph."""
     from slidefuse.export.bundle_writer import check_target
     from slidefuse.export.model import save_model_state
 
