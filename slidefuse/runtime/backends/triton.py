@@ -24,6 +24,7 @@ import numpy as np
 from slidefuse.errors import BackendUnavailable, BundleError, MissingExtra, UsageError, one_line
 from slidefuse.runtime.backends.base import Backend, BackendInfo, DeviceKind
 from slidefuse.runtime.backends.options import BackendOptions
+from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class TritonBackend(Backend):
     options: TritonOptions
     options_type = TritonOptions
 
-    def __init__(self, bundle: Any, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
         self._client: Any = None
         self._shm: _Shm | None = None
