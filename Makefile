@@ -64,7 +64,7 @@ test-slow: setup-dev triton-server
 	$(VENV)/bin/python -m pytest -q -m "slow and not gpu" || [ $$? -eq 5 ]
 
 # A real Triton server for the triton backend's slow tests and benchmarks/bench_triton.py (tools/triton_local.py):
-# the tritonserver binary of the nvidia-pytriton wheel, in its own environment (its Python-backend stub needs
+# the tritonserver binary of the nvidia-pytriton wheel, in its own environment (nvidia-pytriton requires
 # numpy < 2; the dev environment has numpy 2).
 TRITON_ENV := $(CACHE)/triton-server
 $(TRITON_ENV)/.stamp: | $(VPY)

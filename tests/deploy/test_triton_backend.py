@@ -55,3 +55,22 @@ def test_segment_without_server_fails_cleanly(tmp_path: Path, runner: CliRunner,
     res = runner.invoke(cli, ["segment", str(cmu_slide), "--model", str(DEMO), "--backend", "triton",
                               "--out", str(tmp_path / "out")])
     assert res.exit_code != 0 and "no Triton server 127.0.0.1:" in res.output and "Traceback" not in res.output
+
+
+def test_outputs_that_are_not_probabilities_are_refused() -> None:
+    """An empty or zero-filled response (a server that never wrote the shared-memory region) is an error."""
+    import numpy as np
+
+    from slidefuse.runtime.backends.triton import check_probabilities
+
+    def error(what: str) -> BackendUnavailable:
+        return BackendUnavailable(what)
+
+    logits = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    check_probabilities(probs, error)
+    with pytest.raises(BackendUnavailable, match="off 1 by up to 1"):
+        check_probabilities(np.zeros_like(probs), error)
+    probs[1, :, 0, 3] = np.nan
+    with pytest.raises(BackendUnavailable, match="class sums"):
+        check_probabilities(probs, error)

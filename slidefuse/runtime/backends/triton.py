@@ -229,8 +229,21 @@ class TritonBackend(Backend):
         if regions is not None:
             import tritonclient.utils.shared_memory as shm
 
-            return np.array(shm.get_contents_as_numpy(regions.out_handle, np.float32, shape), copy=True)
-        return np.asarray(result.as_numpy(m.output_name), dtype=np.float32)
+            probs = np.array(shm.get_contents_as_numpy(regions.out_handle, np.float32, shape), copy=True)
+        else:
+            try:
+                probs = np.asarray(result.as_numpy(m.output_name), dtype=np.float32)
+            except ValueError as exc:  # the response's bytes do not fill the shape it states
+                raise self._bad_output(one_line(exc, max_chars=200)) from exc
+        check_probabilities(probs, self._bad_output)
+        return probs
+
+    def _bad_output(self, what: str) -> BackendUnavailable:
+        o = self.options
+        return BackendUnavailable(
+            f"Triton model '{o.model}' at {o.url} returned no valid probabilities ({what}); a Python-backend model "
+            "that hands numpy 2 arrays to a stub built for numpy 1 (PyTriton 0.7) sends empty outputs: rewrite the "
+            "repository with 'slidefuse triton' or give the server numpy < 2")
 
     def info(self) -> BackendInfo:
         params = self._config.get("parameters", {})
@@ -244,6 +257,15 @@ class TritonBackend(Backend):
                       "shared_memory": self._shm is not None,
                       "platform": self._config.get("platform") or self._config.get("backend")},
         )
+
+
+def check_probabilities(probs: np.ndarray, error: Any) -> None:
+    """Raise `error(what)` unless float32 `probs` [B, C, T, T] sum to 1 over C on each tile's first row (a cheap
+    sample: B*C*T values), which catches empty or zero-filled responses (shared memory never written)."""
+    sums = probs[:, :, 0, :].sum(axis=1, dtype=np.float64)
+    worst = float(np.abs(sums - 1.0).max()) if sums.size else 0.0
+    if not np.isfinite(worst) or worst > 1e-3:
+        raise error(f"class sums on a sampled row are off 1 by up to {worst:.3g}")
 
 
 def _tritonclient_version() -> str | None:
