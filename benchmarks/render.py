@@ -301,8 +301,11 @@ def render(results: Path, readme: Path | list[Path] | None) -> str:
         plot_gpu(doc, png)
         md += [f"![GPU throughput]({results.name}/{png.name})", ""]
     if not gpus:
-        md += ["### GPU", "", "**Not yet measured**: no GPU was available while these benchmarks were written. "
-               "On a GPU machine, `python benchmarks/run_gpu.py && python benchmarks/render.py` fills this in.", ""]
+        md += ["### GPU", "", "**Not yet measured**: no GPU was lent to the sessions that wrote these benchmarks. "
+               "`make gpu-check` is the prepared check for a borrowed H100/H200 (tools/gpu_check.py: the `gpu` "
+               "tests, `benchmarks/run_gpu.py` on phikon and uni, and `slidefuse bench slide` with torch on CUDA "
+               "and with `null` on a 16k slide, in 8 minutes; `make gpu-check-dry-run` runs it on the CPU). "
+               "Its results go under `benchmarks/results/`, and `python benchmarks/render.py` fills this in.", ""]
     text = "\n".join(md)
     (results / "tables.md").write_text(text + "\n")
     readmes = [] if readme is None else [readme] if isinstance(readme, Path) else readme

@@ -79,6 +79,7 @@ def torch_bundle(model_id: str, tile: int, work: Path) -> Path:
     write_manifest(folder, Manifest(
         encoder=model_id, patch_size=spec.patch_size, tile_size=tile, mpp=0.5,
         classes=make_classes(CLASSES, None), mean=spec.mean, std=spec.std, decoder_width=model.decoder_width,
+        model_file=None,
         random_weights=True, export={"note": "torch-only bundle for benchmarks/run_gpu.py (no ONNX graph)"}))
     log.info("%s: torch-only bundle in %s (%.0f s)", model_id, folder, time.perf_counter() - t0)
     del model

@@ -145,7 +145,7 @@ def _write_onnx_model(bundle: Bundle, repo: Path, opts: TritonRepoOptions, overw
     _check_free(folder, overwrite)
     python = opts.runtime == "python"
     serving = 'backend: "python"' if python else 'platform: "onnxruntime_onnx"'
-    params = model_parameters(bundle, bundle.manifest.model_file, "fp32", opts.threads if python else None)
+    params = model_parameters(bundle, bundle.model_path.name, "fp32", opts.threads if python else None)
     text = config_text(opts.name, serving, bundle, max_batch=opts.max_batch, kind=opts.kind,
                        instances=opts.instances, queue_delay_us=opts.queue_delay_us, params=params)
     files = ["config.pbtxt", "1/model.onnx"] + (["1/model.py"] if python else [])

@@ -95,7 +95,7 @@ def ensure_graph(bundle: Bundle, precision: str) -> tuple[str, dict[str, Any] | 
     tiles = parity_tiles(m.tile_size, m.mpp, n_real=2, n_random=2)
     staged = dataclasses.replace(bundle, manifest=dataclasses.replace(m, fp16_model_file=name))
     try:
-        report = compare({m.model_file: gate_backend(bundle), name: gate_backend(staged, "fp16")}, tiles,
+        report = compare({bundle.model_path.name: gate_backend(bundle), name: gate_backend(staged, "fp16")}, tiles,
                          thresholds=FP16_THRESHOLDS).check().pair_record()
     except BaseException:
         path.unlink(missing_ok=True)

@@ -42,7 +42,8 @@ class Manifest:
     classes: tuple[ClassInfo, ...]  # output classes; index = class id in masks
     mean: tuple[float, float, float]  # normalisation mean (0..1 scale), applied inside the graph
     std: tuple[float, float, float]  # normalisation std (0..1 scale), applied inside the graph
-    model_file: str = "model.onnx"  # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T]
+    model_file: str | None = "model.onnx"  # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T];
+    # None: a torch-only bundle (weights, no graph; e.g. benchmarks/run_gpu.py's), run by the torch backends only
     fp16_model_file: str | None = None  # optional fp16 graph with the same contract
     torch_weights: str | None = "model.safetensors"  # SegmentationModel state dict, for the torch backends
     decoder_width: int = 256  # decoder width D (rebuilds the torch model with `num_classes`, `tile_size`)
@@ -108,6 +109,9 @@ class Bundle:
 
     @property
     def model_path(self) -> Path:
+        if self.manifest.model_file is None:
+            raise BundleError(f"{self.path}: a torch-only bundle (no ONNX graph); run it with --backend torch, "
+                              "or export it with 'slidefuse export' for the other backends")
         return self.path / self.manifest.model_file
 
 

@@ -68,7 +68,7 @@ class ManifestSchema(_Strict):
     mean: tuple[Unit, Unit, Unit]
     std: tuple[Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)], ...] = Field(min_length=3,
                                                                                            max_length=3)
-    model_file: str = "model.onnx"
+    model_file: str | None = "model.onnx"  # None: a torch-only bundle
     fp16_model_file: str | None = None
     torch_weights: str | None = "model.safetensors"
     decoder_width: int = Field(default=256, ge=0, le=65536)

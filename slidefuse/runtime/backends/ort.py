@@ -138,7 +138,7 @@ class _OrtBackend(Backend):
     def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
         try:
             cls.graph_file(bundle, _ort_options(options).precision)
-        except UsageError as exc:
+        except (UsageError, BundleError) as exc:
             return str(exc)
         return None
 
