@@ -73,3 +73,13 @@ def phikon_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         random_weights=True, fp16=True, parity_real_tiles=2, parity_random_tiles=1,
     ))
     return out
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pure-ONNX colour-classifier bundle (64 px tiles at 2 um/px, overlap 16), one per test module."""
+    from runtime.onnx_models import make_bundle
+
+    folder = tmp_path_factory.mktemp("bundles") / "colour"
+    make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
+    return folder

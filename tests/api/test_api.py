@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvips
-from runtime.onnx_models import make_bundle
 
 import slidefuse
 from slidefuse.api import ResultError, SegmentationResult
@@ -38,12 +37,6 @@ def _tiff(path: Path, img: np.ndarray, mpp: float = 0.5, pyramid: bool = True) -
         xres=1000 / mpp, yres=1000 / mpp, resunit="cm")
     return path
 
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bundles") / "colour"
-    make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from runtime.conftest import synthetic_rgb, write_pyramid_tiff
-from runtime.onnx_models import make_bundle
 
 from slidefuse.atomic import write_text_atomic
 from slidefuse.cli import cli
@@ -55,12 +54,6 @@ def class_counts() -> Iterator[ClassCountsWriter]:
     finally:
         unregister_writer(writer.name)
 
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bundles") / "colour"
-    make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,6 @@ from slidefuse.runtime.progress import BarRenderer, LogRenderer, ProgressEvent, 
 FAST = ["--threads", "1", "--workers", "2"]
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bundles") / "colour"
-    make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def small_tiff(tmp_path_factory: pytest.TempPathFactory) -> Path:

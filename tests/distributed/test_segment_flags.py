@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from runtime.onnx_models import make_bundle
 
 from distributed.helpers import make_slides
 from slidefuse.cli import cli
 from slidefuse.runtime.outputs import read_run_log
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bundle") / "colour"
-    make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
-    return folder
 
 
 @pytest.fixture(scope="module")

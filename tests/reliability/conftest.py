@@ -12,19 +12,12 @@ import numpy as np
 import pytest
 import pyvips
 from click.testing import CliRunner, Result
-from runtime.onnx_models import make_bundle
 
 from slidefuse.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--threads", "1", "--workers", "2"]
 
-
-@pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bundles") / "colour"
-    make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
-    return folder
 
 
 def write_slide(path: Path, seed: int = 0, size: tuple[int, int] = (600, 400), mpp: float = 0.5) -> Path:
