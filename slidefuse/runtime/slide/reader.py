@@ -196,8 +196,15 @@ class _VipsFileSlide(SlideReader):
 
     def colour_pipeline(self) -> ColourPipeline:
         """What each level stores and which conversions the reader applies (for ``SlideInfo.colour``)."""
-        steps = [colour.apply(self._load_level(k), lc, self._transform, self.info.path)[1]
-                 for k, lc in enumerate(self._level_colours)]
+        # Levels stored alike convert alike: decode the header of one level per kind of storage, not of every
+        # level (a 9-level pyramid would otherwise be opened a second time at every open_slide).
+        by_kind: dict[tuple[str, bool, bool], tuple[str, ...]] = {}
+        steps = []
+        for k, lc in enumerate(self._level_colours):
+            kind = (lc.stored, lc.ycbcr_as_rgb, lc.icc_profile is not None)
+            if kind not in by_kind:
+                by_kind[kind] = colour.apply(self._load_level(k), lc, self._transform, self.info.path)[1]
+            steps.append(by_kind[kind])
         if all(s == steps[0] for s in steps):
             conversions = steps[0]
         else:
@@ -252,19 +259,7 @@ def _openslide_info(path: Path, image: pyvips.Image) -> tuple[SlideInfo, list[di
     levels = [LevelInfo(int(f(image, f"openslide.level[{k}].width")), int(f(image, f"openslide.level[{k}].height")),
                         float(f(image, f"openslide.level[{k}].downsample"))) for k in range(count)]
     ctx = metadata.MetadataContext(image, "openslideload", path, None)
-    mpp, source = metadata.pixel_size(ctx)
-    info = SlideInfo(
-        path=path,
-        width=image.width,
-        height=image.height,
-        mpp=mpp or 0.0,
-        mpp_source=source,
-        vendor=str(f(image, "openslide.vendor") or "openslide"),
-        loader="openslideload",
-        levels=tuple(levels),
-        objective_power=metadata.objective(ctx),
-        properties=metadata.report_properties(image),
-    )
+    info = _slide_info(ctx, str(f(image, "openslide.vendor") or "openslide"), levels)
     return info, [{"level": k} for k in range(count)]
 
 
@@ -293,20 +288,24 @@ def _tiff_info(path: Path, image: pyvips.Image) -> tuple[SlideInfo, list[dict[st
     levels, args = _tiff_levels(path, image)
     root = metadata.ome_root(metadata.field(image, "image-description"))
     ctx = metadata.MetadataContext(image, "tiffload", path, root)
+    return _slide_info(ctx, "ome-tiff" if root is not None else "tiff", levels), args
+
+
+def _slide_info(ctx: metadata.MetadataContext, vendor: str, levels: list[LevelInfo]) -> SlideInfo:
+    """SlideInfo of a file opened by ``ctx.loader``: size, pixel size from the loader's chain, metadata."""
     mpp, source = metadata.pixel_size(ctx)
-    info = SlideInfo(
-        path=path,
-        width=image.width,
-        height=image.height,
+    return SlideInfo(
+        path=ctx.path,
+        width=ctx.image.width,
+        height=ctx.image.height,
         mpp=mpp or 0.0,
         mpp_source=source,
-        vendor="ome-tiff" if root is not None else "tiff",
-        loader="tiffload",
+        vendor=vendor,
+        loader=ctx.loader,
         levels=tuple(levels),
         objective_power=metadata.objective(ctx),
-        properties=metadata.report_properties(image),
+        properties=metadata.report_properties(ctx.image),
     )
-    return info, args
 
 
 def _level_colours(info: SlideInfo) -> list[LevelColour]:
