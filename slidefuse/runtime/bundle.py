@@ -45,6 +45,9 @@ class Manifest:
     model_file: str | None = "model.onnx"  # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T];
     # None: a torch-only bundle (weights, no graph; e.g. benchmarks/run_gpu.py's), run by the torch backends only
     fp16_model_file: str | None = None  # optional fp16 graph with the same contract
+    # optional INT8 (QDQ) graph with the same contract, made by `slidefuse quantize`; present only after its gate
+    # passed, whose figures and thresholds are `parity["int8"]` and calibration record `export["int8"]`
+    int8_model_file: str | None = None
     torch_weights: str | None = "model.safetensors"  # SegmentationModel state dict, for the torch backends
     decoder_width: int = 256  # decoder width D (rebuilds the torch model with `num_classes`, `tile_size`)
     input_name: str = "tiles"  # graph input name
@@ -204,7 +207,7 @@ def _read_sealed(folder: Path) -> tuple[Manifest, str]:
 
 def bundle_names(manifest: Manifest) -> list[str]:
     """Every file name the manifest refers to: listed files, graphs, torch weights and engines."""
-    named = [manifest.model_file, manifest.fp16_model_file, manifest.torch_weights]
+    named = [manifest.model_file, manifest.fp16_model_file, manifest.int8_model_file, manifest.torch_weights]
     named += [str(e.get("file")) for e in manifest.engines]
     return [*manifest.files, *(n for n in named if n is not None)]
 
@@ -305,7 +308,8 @@ def model_card(bundle: Bundle, verified: bool = True) -> str:
     ]
     for i, c in enumerate(m.classes):
         lines.append(f"  {i}: {c.name:<16} #{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}")
-    lines.append(f"graphs     {m.model_file}" + (f", {m.fp16_model_file}" if m.fp16_model_file else "")
+    extra = "".join(f", {g}" for g in (m.fp16_model_file, m.int8_model_file) if g)
+    lines.append(f"graphs     {m.model_file}{extra}"
                  + f" (opset {m.opset}; input '{m.input_name}' uint8 [B,{m.tile_size},{m.tile_size},3], "
                  f"output '{m.output_name}' float32 [B,{m.num_classes},{m.tile_size},{m.tile_size}])")
     for k, v in m.parity.items():

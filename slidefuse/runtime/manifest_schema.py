@@ -70,6 +70,7 @@ class ManifestSchema(_Strict):
                                                                                            max_length=3)
     model_file: str | None = "model.onnx"  # None: a torch-only bundle
     fp16_model_file: str | None = None
+    int8_model_file: str | None = None
     torch_weights: str | None = "model.safetensors"
     decoder_width: int = Field(default=256, ge=0, le=65536)
     input_name: Name = "tiles"
@@ -90,7 +91,7 @@ class ManifestSchema(_Strict):
     format_version: Literal[2]
     integrity: Annotated[str, Field(pattern=SHA256)]
 
-    _check_names = field_validator("model_file", "fp16_model_file", "torch_weights")(_plain_name)
+    _check_names = field_validator("model_file", "fp16_model_file", "int8_model_file", "torch_weights")(_plain_name)
 
     @field_validator("files")
     @classmethod
@@ -111,7 +112,7 @@ class ManifestSchema(_Strict):
     def _consistent(self) -> ManifestSchema:
         if self.tile_size < self.patch_size:
             raise ValueError(f"tile_size {self.tile_size} is smaller than patch_size {self.patch_size}")
-        for ref in (self.model_file, self.fp16_model_file):
+        for ref in (self.model_file, self.fp16_model_file, self.int8_model_file):
             if ref is not None and ref not in self.files:
                 raise ValueError(f"{ref!r} is named as a graph but not listed in files")
         return self
