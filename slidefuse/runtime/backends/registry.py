@@ -6,6 +6,7 @@ the best available one for the bundle (see `auto.py`) and logs which.
 | ort-cpu       | onnxruntime, CPU EP                       | (base install)   |
 | ort-cuda      | onnxruntime-gpu, CUDA EP + IO binding     | gpu              |
 | ort-trt       | onnxruntime-gpu, TensorRT EP              | gpu (+ trt libs) |
+| ov-cpu        | OpenVINO on the CPU (fp32, bf16, int8)    | openvino         |
 | trt           | TensorRT engine from the bundle           | trt              |
 | torch         | PyTorch eager (the parity reference)      | export           |
 | torch-compile | PyTorch torch.compile                     | export           |
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from slidefuse.errors import BackendUnavailable, UnknownName, UsageError
-from slidefuse.runtime.backends import null, ort, torch_backend, triton, trt
+from slidefuse.runtime.backends import null, openvino, ort, torch_backend, triton, trt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 
@@ -128,6 +129,7 @@ def open_backend(name: str, bundle: Bundle, **options: Any) -> Backend:
 register_backend(ort.OrtCpuBackend)
 register_backend(ort.OrtCudaBackend)
 register_backend(ort.OrtTrtBackend)
+register_backend(openvino.OvCpuBackend)
 register_backend(trt.TrtBackend)
 register_backend(torch_backend.TorchBackend)
 register_backend(torch_backend.TorchCompileBackend)
