@@ -120,9 +120,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 def _register() -> None:
     # Command modules import only click at module level; heavy imports happen inside each command.
-    from slidefuse.commands import bench, build, export, info, models, segment, train, triton
+    from slidefuse.commands import bench, build, export, info, models, quantize, segment, train, triton
 
-    for mod in (models, export, build, segment, bench, info, train, triton):
+    for mod in (models, export, build, quantize, segment, bench, info, train, triton):
         cli.add_command(mod.command)
 
 

@@ -11,6 +11,9 @@ Session options, tuned for one large graph run over and over on same-sized batch
 Precision: `precision="fp32"` runs `model.onnx`; `precision="fp16"` runs the bundle's `model.fp16.onnx` for
 ort-cpu / ort-cuda (an error when the bundle has none: re-export with `--fp16`), and for ort-trt lets TensorRT
 pick fp16 kernels for the fp32 graph (`trt_fp16_enable`), which is how the TensorRT EP is meant to be used.
+`precision="int8"` runs the bundle's `model.int8.onnx` (a calibrated QDQ graph made by `slidefuse quantize`; an
+error when the bundle has none) on ort-cpu only: it is a CPU path (onnxruntime's CPU provider fuses the Q/DQ
+pairs into integer kernels), so ort-cuda and ort-trt refuse it.
 
 GPU providers use IO binding: the uint8 input is bound from host memory (ORT copies it to the device, a quarter
 of the bytes of a float input) and the output is bound to a device buffer that is allocated once per batch size
@@ -44,6 +47,8 @@ TRT_EP = "TensorrtExecutionProvider"
 ORT_TRT_CACHE = "engines/ort-trt-cache"  # bundle-relative folder of the TensorRT EP's engine and timing caches
 _MAX_CACHED_OUTPUTS = 4  # device output buffers kept (one per recent batch size)
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+_INT8_CPU_ONLY = ("precision int8 is a CPU path (the INT8 QDQ graph runs on onnxruntime's CPU kernels): use "
+                  "--backend ort-cpu for int8, or precision fp32 / fp16 on the GPU")
 
 
 def cpu_threads() -> int:
@@ -64,7 +69,8 @@ def _unavailable(name: str, reason: str) -> BackendUnavailable:
 class OrtOptions(BackendOptions):
     """Options of ort-cpu (and, with the fields of the subclasses below, of ort-cuda and ort-trt)."""
 
-    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: the bundle's model.fp16.onnx (ort-trt: TensorRT fp16)
+    # fp16: the bundle's model.fp16.onnx (ort-trt: TensorRT fp16); int8: its model.int8.onnx (ort-cpu only)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     threads: int | None = None  # intra-op threads; None or 0 = every CPU this process may use
     spin: bool = True  # False stops idle intra-op threads from spinning (leaves the CPU to reader threads)
     io_binding: bool | None = None  # output bound to a reused buffer; None = the backend's default (GPU: on)
@@ -81,6 +87,11 @@ class OrtOptions(BackendOptions):
 @dataclass(frozen=True)
 class OrtCudaOptions(OrtOptions):
     tf32: bool = False  # allow TF32 on the CUDA EP (off, so that fp32 stays fp32)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.precision == "int8":
+            raise UsageError(_INT8_CPU_ONLY, field="precision")
 
 
 @dataclass(frozen=True)
@@ -145,9 +156,17 @@ class _OrtBackend(Backend):
     # --- what to run ----------------------------------------------------------------------------------
     @classmethod
     def graph_file(cls, bundle: Bundle, precision: str) -> Path:
-        """The ONNX file this backend runs: model.onnx, or model.fp16.onnx for precision fp16; UsageError when
-        the bundle has no fp16 graph."""
+        """The ONNX file this backend runs: model.onnx, model.fp16.onnx for precision fp16, model.int8.onnx for
+        int8 (CPU backends only); UsageError when the bundle lacks that graph."""
         m = bundle.manifest
+        if precision == "int8":
+            if cls.device != "cpu":
+                raise UsageError(f"backend {cls.name}: {_INT8_CPU_ONLY}")
+            if not m.int8_model_file:
+                raise UsageError(f"backend {cls.name}: precision int8 needs model.int8.onnx, which bundle "
+                                 f"{bundle.path} lacks; make it with 'slidefuse quantize {bundle.path} --slides "
+                                 "SLIDE ...' or use precision fp32")
+            return Path(bundle.path) / m.int8_model_file
         if precision == "fp16":
             if not m.fp16_model_file:
                 raise UsageError(f"backend {cls.name}: precision fp16 needs model.fp16.onnx, which bundle "
@@ -414,5 +433,8 @@ class OrtTrtBackend(OrtCudaBackend):
 
     @classmethod
     def graph_file(cls, bundle: Bundle, precision: str) -> Path:
-        """model.onnx in any precision: the TensorRT EP makes fp16 kernels from the fp32 graph (trt_fp16)."""
+        """model.onnx in fp32 and fp16: the TensorRT EP makes fp16 kernels from the fp32 graph (trt_fp16);
+        UsageError for int8 (a CPU path)."""
+        if precision == "int8":
+            raise UsageError(f"backend {cls.name}: {_INT8_CPU_ONLY}")
         return Path(bundle.model_path)
