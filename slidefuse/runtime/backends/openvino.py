@@ -69,8 +69,9 @@ class OvOptions(BackendOptions):
     precision: Literal["fp32", "bf16", "int8"] = "fp32"  # bf16: the CPU's bf16 kernels; int8: the bundle's QDQ graph
     threads: int | None = None  # INFERENCE_NUM_THREADS; None or 0 = every CPU this process may use
     # PERFORMANCE_HINT. latency: one request over all threads; throughput: the batch split over one request per
-    # stream. latency by default: at batch 8 on 2 threads it was as fast or faster (the pipeline runs one batch at
-    # a time, and one stream on a busy core holds up a whole split batch)
+    # stream. latency by default: on 2 cores at batch 8 it ran `bench slide`'s pipeline about 1.5x faster, since
+    # one stream on a core that a reader thread also uses holds up the whole split batch (alone on idle cores,
+    # throughput mode was up to 1.25x faster)
     mode: Literal["throughput", "latency"] = "latency"
     streams: int | None = None  # NUM_STREAMS; None = OpenVINO's choice for the mode (capped by the threads)
     pin: bool | None = None  # ENABLE_CPU_PINNING: pin compute threads to cores; None = OpenVINO's default
