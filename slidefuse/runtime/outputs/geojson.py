@@ -61,17 +61,25 @@ SIMPLIFY_PX = 0.5  # Douglas-Peucker tolerance in grid px (within one output pix
 DECIMALS = 2  # decimals of level-0 coordinates in the file
 
 # Edge directions, clockwise on screen (y down): east, south, west, north. Turning right is d + 1.
-_DX = np.array([1, 0, -1, 0], dtype=np.int64)
-_DY = np.array([0, 1, 0, -1], dtype=np.int64)
+_DX = np.array([1, 0, -1, 0], dtype=np.int8)
+_DY = np.array([0, 1, 0, -1], dtype=np.int8)
+_COORD = np.int32  # grid coordinates and edge indices (about 100 bytes per boundary edge in all; see _index_type)
+
+
+def _index_type(n: int) -> type[np.signedinteger[Any]]:
+    """int32 for edge indices while they fit (halves the memory of ring ranking), else int64."""
+    return np.int32 if n < 2**31 - 1 else np.int64
 
 
 def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Directed unit boundary edges of a bool [h, w] mask, the class on each edge's right (y down).
 
-    Returns (x0, y0, d, row, col): start vertex in grid_xy (pixel corners, int64), direction (0 E, 1 S,
+    Returns (x0, y0, d, row, col): start vertex in grid_xy (pixel corners, int32), direction (int8: 0 E, 1 S,
     2 W, 3 N) and the (row, col) of the foreground pixel each edge borders.
     """
     h, w = fg.shape
+    if max(h, w) >= 2**31 - 2:
+        raise UsageError(f"polygonisation: a {w} x {h} grid is too large; lower --geojson-max-pixels")
     pad = np.zeros((h + 2, w + 2), dtype=bool)
     pad[1:-1, 1:-1] = fg
     core = pad[1:-1, 1:-1]
@@ -81,7 +89,8 @@ def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     inner &= pad[2:, 1:-1]
     inner &= pad[1:-1, :-2]
     inner &= pad[1:-1, 2:]
-    rim_rows, rim_cols = np.nonzero(core & ~inner)
+    rim_rows, rim_cols = (a.astype(_COORD) for a in np.nonzero(core & ~inner))
+    del inner
     parts = []
     # (neighbour offset that must be background, direction, start vertex offset from the pixel corner)
     for (dr, dc), direction, (ox, oy) in (
@@ -92,23 +101,24 @@ def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     ):
         side = ~pad[rim_rows + 1 + dr, rim_cols + 1 + dc]
         rows, cols = rim_rows[side], rim_cols[side]
-        parts.append((cols + ox, rows + oy, np.full(rows.shape, direction, np.int64), rows, cols))
-    x0 = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    y0 = np.concatenate([p[1] for p in parts]).astype(np.int64)
+        parts.append((cols + _COORD(ox), rows + _COORD(oy), np.full(rows.shape, direction, np.int8), rows, cols))
+    x0 = np.concatenate([p[0] for p in parts])
+    y0 = np.concatenate([p[1] for p in parts])
     d = np.concatenate([p[2] for p in parts])
-    row = np.concatenate([p[3] for p in parts]).astype(np.int64)
-    col = np.concatenate([p[4] for p in parts]).astype(np.int64)
+    row = np.concatenate([p[3] for p in parts])
+    col = np.concatenate([p[4] for p in parts])
     return x0, y0, d, row, col
 
 
 def _successors(x0: np.ndarray, y0: np.ndarray, d: np.ndarray, w: int) -> np.ndarray:
     """Index of the edge that follows each edge in its ring: right turn, else straight, else left turn."""
     stride = w + 1  # vertices per grid row
-    keys = (y0 * stride + x0) * 4 + d
+    keys = (y0.astype(np.int64) * stride + x0) * 4 + d
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    end = (y0 + _DY[d]) * stride + (x0 + _DX[d])
-    succ = np.full(keys.shape, -1, dtype=np.int64)
+    del keys
+    end = (y0 + _DY[d]).astype(np.int64) * stride + (x0 + _DX[d])
+    succ = np.full(end.shape, -1, dtype=_index_type(len(end)))
     for turn in (1, 0, 3):  # right, straight, left
         todo = succ < 0
         if not todo.any():
@@ -127,12 +137,13 @@ def _successors(x0: np.ndarray, y0: np.ndarray, d: np.ndarray, w: int) -> np.nda
 def _rank_rings(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ring id and position of each edge along its ring (list ranking by pointer jumping).
 
-    `succ` is a permutation made of disjoint cycles. Returns (ring int64 [n], rank int64 [n]); ring ids are
-    the smallest edge index in each cycle.
+    `succ` is a permutation made of disjoint cycles. Returns (ring [n], rank [n], both of `_index_type(n)`);
+    ring ids are the smallest edge index in each cycle.
     """
     n = len(succ)
+    it = _index_type(n)
     # Ring id = min index in the cycle: propagate minima by pointer jumping.
-    ring = np.arange(n, dtype=np.int64)
+    ring = np.arange(n, dtype=it)
     nxt = succ.copy()
     steps = 1
     while steps < n:
@@ -140,20 +151,20 @@ def _rank_rings(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nxt = nxt[nxt]
         steps *= 2
     # Break each cycle before its head, then rank by distance to the tail.
-    pred = np.empty(n, dtype=np.int64)
-    pred[succ] = np.arange(n, dtype=np.int64)
+    pred = np.empty(n, dtype=it)
+    pred[succ] = np.arange(n, dtype=it)
     nxt = succ.copy()
     is_tail = np.zeros(n, dtype=bool)
     is_tail[pred[ring == np.arange(n)]] = True
     nxt[is_tail] = np.nonzero(is_tail)[0]
-    dist = (~is_tail).astype(np.int64)
+    dist = (~is_tail).astype(it)
     steps = 1
     while steps < n:
         dist = dist + dist[nxt]
         nxt = nxt[nxt]
         steps *= 2
     length = np.bincount(ring, minlength=n)
-    rank = length[ring] - 1 - dist
+    rank = (length[ring] - 1 - dist).astype(it)
     return ring, rank
 
 
@@ -185,8 +196,9 @@ def _ring_regions(
     """
     n = len(ring)
     # Signed area per ring (shoelace over all edges), > 0 for shells (clockwise on screen, y down).
-    x1, y1 = x0 + _DX[d], y0 + _DY[d]
-    area2 = np.bincount(ring, weights=(x0 * y1 - x1 * y0).astype(np.float64), minlength=n)
+    xf, yf = x0.astype(np.float64), y0.astype(np.float64)  # float64: exact, and no int32 overflow
+    area2 = np.bincount(ring, weights=xf * (yf + _DY[d]) - (xf + _DX[d]) * yf, minlength=n)
+    del xf, yf
     heads = np.nonzero(ring == np.arange(n))[0]  # one edge per ring
     region = labels[row[heads], col[heads]]  # label of the pixel each ring encloses
     is_shell = area2[heads] > 0
@@ -194,9 +206,9 @@ def _ring_regions(
     shell_area[region[is_shell]] = area2[heads][is_shell] / 2
     hole_area = np.bincount(region[~is_shell], weights=-area2[heads][~is_shell] / 2, minlength=n_regions + 1)
     keep_region = (shell_area - hole_area) >= max(min_area_px, 1e-9)
-    ring_region = np.zeros(n, dtype=np.int64)
+    ring_region = np.zeros(n, dtype=labels.dtype)
     ring_region[heads] = region
-    ring_hole = np.zeros(n, dtype=np.int64)
+    ring_hole = np.zeros(n, dtype=np.int8)
     ring_hole[heads] = ~is_shell
     return ring_region, ring_hole, keep_region
 
@@ -226,20 +238,27 @@ def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midp
     corner, vx, vy = _vertices(x0, y0, d, succ, outline)
     regions = _ring_regions(x0, y0, d, ring, labels, n_regions, row, col, min_area_px)
     ring_region, ring_hole, keep_region = regions
+    del labels, x0, y0, d, row, col, succ  # the per-edge arrays: freed before the geometry objects are made
     # Order the corner vertices: by region, shell before holes, ring, position in ring.
     sel = corner & keep_region[ring_region[ring]]
     e_ring, e_rank = ring[sel], rank[sel]
+    del ring, rank, corner
     order = np.lexsort((e_rank, e_ring, ring_hole[e_ring], ring_region[e_ring]))
-    xs, ys = vx[sel][order], vy[sel][order]
+    del e_rank
+    xy = np.column_stack([vx[sel][order], vy[sel][order]]).astype(np.float64)
+    del vx, vy, sel
     e_ring = e_ring[order]
+    del order
     # Ring index (0..R-1) per vertex and polygon index per ring, for shapely's vectorised constructors.
     ring_starts = np.r_[True, e_ring[1:] != e_ring[:-1]]
     ring_idx = np.cumsum(ring_starts) - 1
     ring_ids = e_ring[ring_starts]
-    rings = shapely.linearrings(np.column_stack([xs, ys]).astype(np.float64), indices=ring_idx)
+    rings = shapely.linearrings(xy, indices=ring_idx)
+    del xy, ring_idx
     ring_reg = ring_region[ring_ids]
     poly_starts = np.r_[True, ring_reg[1:] != ring_reg[:-1]]
     polys = shapely.polygons(rings, indices=np.cumsum(poly_starts) - 1)
+    del rings
     # A region whose pixels touch diagonally around a background pocket has a shell that touches itself
     # at a vertex; OGC wants that as a shell plus a hole touching it, which make_valid produces exactly.
     bad = ~shapely.is_valid(polys)
@@ -285,9 +304,10 @@ def _simplify(polys: Any, tolerance_px: float) -> Any:
 
 
 def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX,
-          offset: tuple[float, float] = (0.0, 0.0)) -> list[Any]:
-    """Simplify grid_xy polygons within `tolerance_px`, scale to l0_xy, subtract `offset` (l0 px: the output
-    frame's origin in level 0), round, and make each valid.
+          offset: tuple[float, float] = (0.0, 0.0), grid_origin: tuple[int, int] = (0, 0)) -> list[Any]:
+    """Simplify grid_xy polygons within `tolerance_px`, shift by `grid_origin` (grid px: where a window of the
+    grid starts), scale to l0_xy, subtract `offset` (l0 px: the output frame's origin in level 0), round, and
+    make each valid.
 
     Returns one shapely Polygon or MultiPolygon per input polygon (empty results are dropped).
     """
@@ -298,7 +318,8 @@ def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX
     if tolerance_px > 0:
         polys = _simplify(polys, tolerance_px)
     scale, origin = np.array([sx, sy]), np.array(offset, dtype=np.float64)
-    polys = shapely.transform(polys, lambda c: np.round(c * scale - origin, DECIMALS))
+    shift = np.array(grid_origin, dtype=np.float64)
+    polys = shapely.transform(polys, lambda c: np.round((c + shift) * scale - origin, DECIMALS))
     valid = shapely.is_valid(polys)
     out = []
     for g, ok in zip(polys, valid, strict=True):
@@ -329,18 +350,59 @@ def feature(geom: Any, cls: ClassInfo) -> dict[str, Any]:
     }
 
 
+BATCH_PIXELS = 1 << 22  # regions polygonised together: at most this many bounding-box pixels per batch
+BATCH_REGIONS = 4096  # ... and at most this many regions (each costs about 2 KB of geometry objects)
+
+
+def region_batches(labels: np.ndarray, n_regions: int, budget_px: int = BATCH_PIXELS,
+                   max_regions: int = BATCH_REGIONS) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
+    """Consecutive runs of region labels, (first, last, window), at most `max_regions` long, whose bounding
+    boxes hold at most `budget_px` pixels together (a larger region is a batch of its own); `window` is the
+    union of their boxes.
+
+    Labels are numbered in raster order, so a run's regions lie in a band of rows, and polygonising run by run
+    yields the regions in the same order as polygonising the whole mask at once, with memory bounded by the
+    batch instead of by the number of regions on the slide."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(labels, max_label=n_regions)
+    first, cost = 1, 0
+    r0 = c0 = 1 << 62
+    r1 = c1 = 0
+    for lab, (rs, cs) in enumerate(boxes, start=1):
+        area = (rs.stop - rs.start) * (cs.stop - cs.start)
+        if lab > first and (cost + area > budget_px or lab - first >= max_regions):
+            yield first, lab - 1, (slice(r0, r1), slice(c0, c1))
+            first, cost = lab, 0
+            r0 = c0 = 1 << 62
+            r1 = c1 = 0
+        cost += area
+        r0, r1, c0, c1 = min(r0, rs.start), max(r1, rs.stop), min(c0, cs.start), max(c1, cs.stop)
+    if n_regions >= first:
+        yield first, n_regions, (slice(r0, r1), slice(c0, c1))
+
+
 def iter_features(
     grid: np.ndarray, classes: Sequence[ClassInfo], sx: float, sy: float, *, min_area_px: float = 0.0,
-    offset: tuple[float, float] = (0.0, 0.0),
+    offset: tuple[float, float] = (0.0, 0.0), batch_px: int = BATCH_PIXELS,
 ) -> Iterator[tuple[int, Any]]:
     """(class index, geometry in l0_xy minus `offset`) for every region of every class >= 1 of a uint8 [h, w]
-    class grid."""
+    class grid. Regions are polygonised in batches of `region_batches` (same output as all at once)."""
+    from scipy import ndimage
+
     for c in range(1, len(classes)):
         fg = grid == c
         if not fg.any():
             continue
-        for g in to_l0(polygonize(fg, min_area_px=min_area_px), sx, sy, offset=offset):
-            yield c, g
+        labels, n_regions = ndimage.label(fg)
+        del fg
+        for lo, hi, (rows, cols) in region_batches(labels, n_regions, batch_px):
+            sub = labels[rows, cols]
+            polys = polygonize((sub >= lo) & (sub <= hi), min_area_px=min_area_px)
+            del sub
+            for g in to_l0(polys, sx, sy, offset=offset, grid_origin=(cols.start, rows.start)):
+                yield c, g
+        del labels
 
 
 def write_geojson(
