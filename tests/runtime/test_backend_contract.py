@@ -35,7 +35,7 @@ from slidefuse.runtime.backends.base import DeviceKind
 from slidefuse.runtime.backends.registry import available_backends, unavailable
 from slidefuse.runtime.bundle import Bundle
 
-BUILT_IN = ["ort-cpu", "ort-cuda", "ort-trt", "trt", "torch", "torch-compile", "triton", "null"]
+BUILT_IN = ["ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "trt", "torch", "torch-compile", "triton", "null"]
 
 
 # ------------------------------------------------------------------------------------------- a test-only backend

@@ -28,7 +28,7 @@ from slidefuse.runtime.bundle import Bundle, load_bundle
 
 TILE = 64
 CLASSES = ("background", "tumour", "stroma")
-ALL = ["ort-cpu", "ort-cuda", "ort-trt", "trt", "torch", "torch-compile", "triton", "null"]
+ALL = ["ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "trt", "torch", "torch-compile", "triton", "null"]
 
 
 def tiny_bundle(base: Path) -> Bundle:
