@@ -50,9 +50,11 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def machine_line(m: dict[str, Any]) -> str:
     v = m.get("versions", {})
-    return (f"{m.get('cpu')} ({m.get('cores')} cores visible, {m.get('ram_gib')} GiB), "
+    isa = f" [{m['cpu_isa_summary']}]" if m.get("cpu_isa_summary") else ""
+    ov = f", openvino {v['openvino']}" if v.get("openvino") else ""
+    return (f"{m.get('cpu')}{isa} ({m.get('cores')} cores visible, {m.get('ram_gib')} GiB), "
             f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}; onnxruntime {v.get('onnxruntime')}, "
-            f"torch {v.get('torch')}; {m.get('date')}")
+            f"torch {v.get('torch')}{ov}; {m.get('date')}")
 
 
 def cpu_engine_md(doc: dict[str, Any]) -> list[str]:
@@ -75,27 +77,75 @@ def cpu_engine_md(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+BASELINES = ("torch-eager", "ort-cpu")  # the paths every CPU path's speed-up is taken against
+
+
+def speedups(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{baseline: {path: tiles/s over the baseline's}} in one comparison (None where the baseline did not run)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for base in BASELINES:
+        ref = results.get(base, {}).get("tiles_per_s")
+        out[base] = {k: (r["tiles_per_s"] / ref if ref else None) for k, r in results.items()}
+    return out
+
+
+def speedup_text(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def compare_rows(c: dict[str, Any]) -> list[list[str]]:
+    """One row per path of comparison `c`; the fastest path's tiles/s in bold."""
+    res = c["results"]
+    sp = speedups(res)
+    fastest = max(res, key=lambda k: res[k]["tiles_per_s"])
+    loads = [x for x in c.get("load_average_per_round", []) if x]
+    model = f"{c['model']['encoder']} ({c['flops'].get('gflop_per_tile', 0):.1f} GFLOP/tile)"
+    rows = []
+    for k, r in res.items():
+        precision = (c.get("backends", {}).get(k) or {}).get("precision") or "fp32"
+        tps = num(r["tiles_per_s"], ".3f")
+        rows.append([model, str(c["batch"]), str(c.get("threads", "")), k, precision,
+                     f"{c['rounds']} x {c['iters_per_round']}", num(r["p50_ms"], ".0f"),
+                     f"**{tps}**" if k == fastest else tps, speedup_text(sp["torch-eager"][k]),
+                     speedup_text(sp["ort-cpu"][k]), pct(r.get("fraction_of_peak")),
+                     load_text(loads[-1] if loads else None)])
+    return rows
+
+
+def summary_md(s: dict[str, Any] | None) -> list[str]:
+    """The compare summary: the fastest path on the summary model against its targets."""
+    if not s:
+        return []
+    if not s.get("measured"):
+        return [f"Summary: {s['model']} {s['tile']} px not measured ({s.get('reason')}).", ""]
+    parts = [f"{speedup_text(t['speedup'])} {t['against']} (target >= {t['min_speedup']:g}x: "
+             f"**{'pass' if t['pass'] else 'fail'}**; same run {speedup_text(t['same_run'])}, against its best "
+             f"batch {speedup_text(t['vs_baseline_best_batch'])})" for t in s["targets"]]
+    return [f"Summary: the fastest CPU path on {s['model']} {s['tile']} px is **{s['fastest']}** at batch "
+            f"{s['batch']}, {s['threads']} threads ({num(s['tiles_per_s'], '.3f')} tiles/s): " + "; ".join(parts)
+            + f". Speed-up = {s['rule'].split('= ', 1)[-1]}.", ""]
+
+
 def compare_md(doc: dict[str, Any]) -> list[str]:
     comps = doc["comparisons"]
-    lines = ["### ort-cpu against torch eager, same model, tiles and batch, one interleaved run", "",
-             f"Hardware: {machine_line(doc['machine'])}. Each round times every backend in turn, so load changes "
-             f"hit both; the ratio is ort-cpu tiles/s over torch eager tiles/s (> 1: onnxruntime faster). "
+    lines = ["### CPU paths against torch eager and ort-cpu fp32: same model, tiles, batch and threads, one "
+             "interleaved run per plan", "",
+             f"Hardware: {machine_line(doc['machine'])}. Each round times every path in turn, so load changes hit "
+             "all of them; the speed-ups are a path's tiles/s over torch eager's and over ort-cpu fp32's in the "
+             f"same run (> 1: faster). ov-cpu runs in {doc.get('ov_cpu_mode', 'latency mode')}. "
              f"Command: `{doc.get('command')}`.", ""]
-    rows = []
-    for c in comps:
-        keys = list(c["results"])
-        a, b = c["results"][keys[0]], c["results"][keys[1]]
-        ratio = next(iter(c["ratios"].values()))
-        loads = [x for x in c.get("load_average_per_round", []) if x]
-        rows.append([f"{c['model']['encoder']} ({c['flops'].get('gflop_per_tile', 0):.1f} GFLOP/tile)",
-                     str(c["batch"]), str(c.get("threads", "")), f"{c['rounds']} x {c['iters_per_round']}",
-                     f"{num(a['p50_ms'], '.0f')} / {num(b['p50_ms'], '.0f')}",
-                     f"{num(a['tiles_per_s'], '.3f')} / {num(b['tiles_per_s'], '.3f')}",
-                     f"{pct(a.get('fraction_of_peak'))} / {pct(b.get('fraction_of_peak'))}",
-                     f"**{ratio:.2f}**", load_text(loads[-1] if loads else None)])
-    lines += table(["model", "batch", "threads each", "rounds x calls", f"p50 ms ({keys[0]} / {keys[1]})", "tiles/s",
-                    "of CPU peak (est.)", f"ratio {keys[0]} / {keys[1]}", "load 1/5/15 min"], rows)
-    return lines + [""]
+    int8 = doc.get("int8") or {}
+    if int8:
+        first = next(iter(int8.values()))
+        lines += [f"INT8 rows run model.int8.onnx ({first.get('method')} calibration on "
+                  f"{first.get('calibration_tiles')} tissue tiles of {first.get('slide')}), not gated: "
+                  f"{first.get('note')}.", ""]
+    rows = [row for c in comps for row in compare_rows(c)]
+    lines += table(["model", "batch", "threads each", "path", "precision", "rounds x calls", "p50 ms", "tiles/s",
+                    "x torch eager", "x ort-cpu fp32", "of fp32 CPU peak (est.)", "load 1/5/15 min"], rows)
+    skipped = {k: v for c in comps for k, v in (c.get("skipped") or {}).items()}
+    lines += [""] + [f"Not run: {k}: {v}." for k, v in skipped.items()] + ([""] if skipped else [])
+    return lines + summary_md(doc.get("summary"))
 
 
 def slide_md(doc: dict[str, Any]) -> list[str]:
@@ -199,6 +249,31 @@ def gpu_md(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def plot_compare(ax: Any, comps: list[dict[str, Any]]) -> None:
+    """Grouped bars: tiles/s of every path per plan (log scale), the fastest path's speed-up over torch eager above
+    each group."""
+    keys = list(dict.fromkeys(k for c in comps for k in c["results"]))
+    labels = [f"{c['model']['encoder']}\nbatch {c['batch']}\n{c.get('threads', '?')} thr" for c in comps]
+    width = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        xs = [j + (i - (len(keys) - 1) / 2) * width for j, c in enumerate(comps) if k in c["results"]]
+        ax.bar(xs, [c["results"][k]["tiles_per_s"] for c in comps if k in c["results"]], width, label=k)
+    for j, c in enumerate(comps):
+        res = c["results"]
+        fastest = max(res, key=lambda k: res[k]["tiles_per_s"])
+        ratio = speedups(res)["torch-eager"][fastest]
+        if ratio is not None:
+            ax.annotate(f"{fastest}\nx{ratio:.2f}", (j, res[fastest]["tiles_per_s"]), ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_xticks(range(len(comps)), labels)
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 2)  # room for the labels above the bars
+    ax.set_ylabel("tiles / s (log)")
+    ax.set_title("CPU paths, one interleaved run per plan (x = fastest / torch eager)", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def plot_cpu(engine: dict[str, Any] | None, compare: dict[str, Any] | None, path: Path) -> bool:
     import matplotlib
 
@@ -207,7 +282,7 @@ def plot_cpu(engine: dict[str, Any] | None, compare: dict[str, Any] | None, path
 
     if engine is None and compare is None:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     if engine is not None:
         ax = axes[0]
         for run in engine["runs"]:
@@ -221,24 +296,12 @@ def plot_cpu(engine: dict[str, Any] | None, compare: dict[str, Any] | None, path
         ax.set_ylabel("tiles / s")
         ax.set_xscale("log", base=2)
         ax.legend()
+    else:
+        axes[0].axis("off")
     if compare is not None:
-        ax = axes[1]
-        comps = compare["comparisons"]
-        keys = list(comps[0]["results"])
-        labels = [f"{c['model']['encoder']}\nbatch {c['batch']}\n{c.get('threads', '?')} thr" for c in comps]
-        width = 0.38
-        for i, k in enumerate(keys):
-            vals = [c["results"][k]["tiles_per_s"] for c in comps]
-            ax.bar([j + (i - 0.5) * width for j in range(len(comps))], vals, width, label=k)
-        for j, c in enumerate(comps):
-            ratio = next(iter(c["ratios"].values()))
-            top = max(c["results"][k]["tiles_per_s"] for k in keys)
-            ax.annotate(f"x{ratio:.2f}", (j, top), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(comps)), labels)
-        ax.set_yscale("log")
-        ax.set_ylabel("tiles / s (log)")
-        ax.set_title("ort-cpu vs torch eager, one interleaved run (ratio = ort / torch)", fontsize=9)
-        ax.legend()
+        plot_compare(axes[1], compare["comparisons"])
+    else:
+        axes[1].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

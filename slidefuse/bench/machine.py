@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("slidefuse", "numpy", "torch", "onnxruntime", "onnx", "timm", "pyvips")
+PACKAGES = ("slidefuse", "numpy", "torch", "onnxruntime", "openvino", "onnx", "timm", "pyvips")
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,56 @@ def _read(path: str) -> str:
         return ""
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    m = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """CPU model name from /proc/cpuinfo (Linux; or the `cpuinfo` text given), else platform.processor()."""
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
     return m.group(1).strip() if m else (platform.processor() or platform.machine())
 
 
-def cpu_flags() -> set[str]:
-    m = re.search(r"^flags\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The x86 feature flags of the first CPU in /proc/cpuinfo (or the `cpuinfo` text given); empty when there
+    is no `flags` line (not Linux, or not x86)."""
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
     return set(m.group(1).split()) if m else set()
+
+
+# /proc/cpuinfo flags that decide which CPU inference kernels can run (oneDNN / MLAS / OpenVINO pick by them)
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c",  # AVX2 + FMA: the fp32 baseline of x86-64-v3
+    "avx512f", "avx512bw", "avx512vl", "avx512dq",  # AVX-512 (int8 kernels need bw / vl)
+    "avx512_vnni", "avx_vnni",  # int8 dot products (VNNI on 512 / 256-bit vectors)
+    "avx512_bf16", "avx512_fp16", "avx_ne_convert",  # bf16 / fp16 arithmetic and conversion
+    "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",  # AMX tile matrix units (Sapphire Rapids and later)
+)
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict[str, bool]:
+    """ISA_FLAGS -> whether the CPU advertises it, from /proc/cpuinfo (or the `cpuinfo` text given); an empty
+    dict where there are no x86 flags to read (not Linux, or another architecture)."""
+    flags = cpu_flags(cpuinfo)
+    return {f: f in flags for f in ISA_FLAGS} if flags else {}
+
+
+def isa_summary(isa: dict[str, bool]) -> str | None:
+    """One line for a report, e.g. "AVX2 FMA AVX-512 VNNI BF16, no AMX" (None for an empty `isa`): the widest
+    vectors, int8 dot products (VNNI; AVX-VNNI when only the 256-bit form exists), bf16 / fp16 arithmetic and
+    the AMX units."""
+    if not isa:
+        return None
+    parts = [name for flag, name in (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512")) if isa.get(flag)]
+    if isa.get("avx512_vnni"):
+        parts.append("VNNI")
+    elif isa.get("avx_vnni"):
+        parts.append("AVX-VNNI")
+    parts += [name for flag, name in (("avx512_bf16", "BF16"), ("avx512_fp16", "FP16")) if isa.get(flag)]
+    amx = [name for flag, name in (("amx_int8", "INT8"), ("amx_bf16", "BF16"), ("amx_fp16", "FP16"))
+           if isa.get(flag)]
+    vectors = " ".join(parts) or "no AVX2"
+    if not isa.get("amx_tile"):
+        return f"{vectors}, no AMX"
+    return f"{vectors}, AMX" + (f" {' '.join(amx)}" if amx else "")
 
 
 def cpu_mhz() -> float | None:
@@ -191,9 +232,13 @@ def load_average() -> list[float] | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, RAM, GPU, OS, package versions, load average and UTC time, for a benchmark's JSON."""
+    """CPU model and ISA (`cpu_isa`, `isa_summary`; empty / None off x86 Linux), cores, RAM, GPU, OS, package
+    versions, load average and UTC time, for a benchmark's JSON."""
+    isa = cpu_isa()
     return {
         "cpu": cpu_model(),
+        "cpu_isa": isa,
+        "cpu_isa_summary": isa_summary(isa),
         "cores": cpu_cores(),
         "cpu_mhz": cpu_mhz(),
         "ram_gib": round(ram_gib() or 0.0, 1) or None,
