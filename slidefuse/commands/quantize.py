@@ -21,9 +21,11 @@ _METHODS = ("minmax", "percentile", "entropy")  # = slidefuse.export.quantize.ME
 @click.option("--method", type=click.Choice(_METHODS), default="percentile", show_default=True,
               help="Calibration method of onnxruntime's static quantisation.")
 @click.option("--min-agreement", type=float, default=0.995, show_default=True,
-              help="Gate: smallest fraction of pixels whose class must match the fp32 graph's.")
+              help="Gate (of every accelerated CPU path): smallest fraction of pixels whose class must match "
+                   "the fp32 graph's.")
 @click.option("--max-diff", type=float, default=0.35, show_default=True,
-              help="Gate: largest |p_fp32 - p_int8| allowed at any pixel and class (probabilities, 0..1).")
+              help="Gate (of every accelerated CPU path): largest |p_fp32 - p| allowed at any pixel and class "
+                   "(probabilities, 0..1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration / gate tile split.")
 @click.option("--force", is_flag=True, help="Replace the bundle's existing INT8 graph.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -38,7 +40,13 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
     activations; the uint8 -> float preprocessing, the classification head and the softmax stay in float.
     The INT8 graph must then match model.onnx on held-out tiles of the same slides (--min-agreement,
     --max-diff); if it does not, nothing is written. Run it with --backend ort-cpu --option precision=int8.
-    Needs onnx (pip install 'slidefuse[export]'), not torch.
+
+    \b
+    When OpenVINO is installed, the other accelerated CPU paths are gated the same way, on the same tiles
+    against the same fp32 outputs: ov-cpu int8 (this graph, run by OpenVINO) and ov-cpu bf16 (where the
+    CPU has bf16). Each is recorded in the manifest as passed or failed (a failed one does not stop the
+    command: the backend then refuses it), one line each. --backend auto picks only paths that passed.
+    Needs onnx (pip install 'slidefuse[export]'), not torch; openvino for the OpenVINO gates.
 
     \b
     Example:
@@ -63,3 +71,5 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
                f"{p['max_abs_diff']:.3g} on {p['tiles']} held-out tiles (limits {min_agreement:g} / {max_diff:g}); "
                f"{result.int8_bytes / 1e6:.2f} MB vs {result.fp32_bytes / 1e6:.2f} MB fp32; "
                f"{result.seconds:.1f} s")
+    for gate in result.paths:
+        click.echo(gate.line())

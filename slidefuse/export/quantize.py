@@ -15,12 +15,21 @@
    float32 probabilities out;
 3. the gate: `parity.compare` of model.onnx against model.int8.onnx (both on onnxruntime's CPU provider) on
    the gate tiles, with INT8 thresholds (`INT8_THRESHOLDS`);
-4. only then are the new files renamed into the bundle (`slidefuse.atomic`) and the manifest rewritten
-   (`write_manifest`): `int8_model_file`, `parity["int8"]` (the gate's figures and thresholds) and
-   `export["int8"]` (the calibration record). A failed gate leaves the bundle byte for byte as it was.
+4. the other accelerated CPU paths (`runtime.backends.cpu_paths`), when OpenVINO is installed: ov-cpu int8 (the
+   same graph, run by OpenVINO, whose integer kernels round differently: measured 0.9944 agreement on the demo
+   bundle where onnxruntime's had 0.9977) and ov-cpu bf16 (model.onnx with OpenVINO's bf16 hint, where the CPU
+   has bf16), each against the same fp32 outputs on the same gate tiles with the same thresholds. A failing one
+   does not stop the command: it is recorded as failed (and then refused by the backend, and never picked by
+   `auto`); one that cannot be run here is recorded as not gated, with the reason;
+5. only then are the new files renamed into the bundle (`slidefuse.atomic`) and the manifest rewritten
+   (`write_manifest`): `int8_model_file`, `parity["int8"]` (the gate's figures and thresholds), `parity["ov-cpu
+   int8"]` and `parity["ov-cpu bf16"]` (the same, plus the OpenVINO version and CPU capabilities; or
+   `passed: null` and a `reason`) and `export["int8"]` (the calibration record). A failed int8 gate (step 3)
+   leaves the bundle byte for byte as it was.
 
 The graph runs on `ort-cpu` with `precision=int8` (onnxruntime's CPU kernels fuse each Q/DQ pair into integer
-convolutions and matrix products). Needs `onnx` and `onnxruntime`, not torch.
+convolutions and matrix products), and on `ov-cpu` with `precision=int8` where its own gate passed. Needs `onnx`
+and `onnxruntime`, not torch; `openvino` for the OpenVINO gates.
 """
 
 from __future__ import annotations
@@ -37,13 +46,22 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from slidefuse.atomic import atomic_folder, atomic_path
-from slidefuse.errors import BundleError, ParityError, SlideNotFound, UsageError, require
-from slidefuse.export.parity import ParityReport, ParityThresholds, ParityTiles, compare, gate_backend, slide_tiles
+from slidefuse.errors import BundleError, ParityError, SlidefuseError, SlideNotFound, UsageError, require
+from slidefuse.export.parity import (
+    ParityReport,
+    ParityThresholds,
+    ParityTiles,
+    Runner,
+    compare,
+    gate_backend,
+    slide_tiles,
+)
+from slidefuse.runtime.backends.cpu_paths import GATED, CpuPath, failed_figures
 from slidefuse.runtime.bundle import MANIFEST, Bundle, load_bundle, write_manifest
 
 if TYPE_CHECKING:
@@ -70,6 +88,8 @@ INT8_THRESHOLDS = ParityThresholds(max_abs_diff=0.35, min_argmax_agreement=0.995
 _HEAD_PATH_OPS = {"Add", "Sub", "Mul", "Div", "Resize", "Upsample", "Reshape", "Transpose", "Identity", "Squeeze",
                   "Unsqueeze", "Flatten", "Cast", "Slice", "Pad"}
 _CALIBRATION_STRIDE = 8  # tiles per calibration pass (ranges / histograms are merged between passes)
+REFERENCE = "model.onnx (onnxruntime CPU)"  # the fp32 reference runner's label in every gate
+OV_PATHS: tuple[CpuPath, ...] = tuple(p for p in GATED if p.backend == "ov-cpu")  # gated here when OpenVINO is
 
 
 @dataclass(frozen=True)
@@ -108,9 +128,31 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
+class PathGate:
+    """The gate of one more accelerated CPU path (an OpenVINO one), as recorded in the manifest."""
+
+    path: str  # e.g. "ov-cpu int8" (= its manifest parity key)
+    state: Literal["passed", "failed", "not gated"]
+    record: dict[str, Any]  # manifest parity[path]: pair figures + thresholds + passed, or passed None + reason
+
+    def line(self) -> str:
+        """One line for the user, e.g. "ov-cpu int8 refused: agreement 0.9944 < 0.995 on 8 gate tiles; ..."."""
+        r = self.record
+        if self.state == "passed":
+            th = r["thresholds"]
+            return (f"{self.path} passed: argmax agreement {r['argmax_agreement']:.5f}, max |dp| "
+                    f"{r['max_abs_diff']:.3g} on {r['tiles']} gate tiles (limits {th['min_argmax_agreement']:g} / "
+                    f"{th['max_abs_diff']:g}); auto may pick it")
+        if self.state == "failed":
+            return f"{self.path} refused: {failed_figures(r)}; it will not be used"
+        return f"{self.path} not gated: {r['reason']}; auto will not pick it"
+
+
+@dataclass(frozen=True)
 class QuantizeResult:
     bundle: Bundle  # the bundle with its int8 graph, loaded and verified
     parity: dict[str, Any]  # the gate's record (= manifest parity["int8"])
+    paths: tuple[PathGate, ...]  # the OpenVINO paths' gates (= manifest parity["ov-cpu int8"], ["ov-cpu bf16"])
     record: dict[str, Any]  # the calibration record (= manifest export["int8"])
     fp32_bytes: int  # size of the fp32 graph (with its external data)
     int8_bytes: int  # size of the int8 graph (with its external data)
@@ -343,14 +385,22 @@ def write_int8_graph(fp32_path: Path, out_path: Path, input_name: str, tiles: np
 
 
 # ---------------------------------------------------------------------------------------------- gate
-def _gate(bundle: Bundle, scratch: Path, tiles: ParityTiles, config: QuantizeConfig, *, shown: Path,
-          external: bool) -> ParityReport:
+def _staged(bundle: Bundle, scratch: Path) -> tuple[Bundle, Bundle]:
+    """The bundle as it will be: its manifest names the int8 graph and holds no gate record of an accelerated
+    path (those are being measured again); over `scratch` (the new int8 graph) and over the bundle's own folder
+    (model.onnx, which the bf16 path runs)."""
+    parity = {k: v for k, v in bundle.manifest.parity.items() if k not in {p.gate for p in GATED}}
+    manifest = dataclasses.replace(bundle.manifest, int8_model_file=INT8_FILE, parity=parity)
+    return Bundle(scratch, manifest, "staged"), Bundle(bundle.path, manifest, "staged")
+
+
+def _gate(staged: Bundle, reference: Runner, tiles: ParityTiles, config: QuantizeConfig, outputs: dict[str, np.ndarray],
+          *, shown: Path, external: bool) -> ParityReport:
     """model.onnx vs the staged model.int8.onnx in `scratch` on the gate tiles; ParityError (naming the bundle
-    as `shown`) when it fails."""
-    staged = Bundle(scratch, dataclasses.replace(bundle.manifest, int8_model_file=INT8_FILE), "staged")
-    runners = {"model.onnx (onnxruntime CPU)": gate_backend(bundle, low_memory=external),
+    as `shown`) when it fails. The reference's outputs stay in `outputs` for the other gates."""
+    runners = {REFERENCE: reference,
                f"{INT8_FILE} (onnxruntime CPU)": gate_backend(staged, "int8", low_memory=external)}
-    report = compare(runners, tiles, thresholds=config.thresholds)
+    report = compare(runners, tiles, thresholds=config.thresholds, outputs=outputs)
     p = report.pairs[0]
     if not p.passed:
         th = p.thresholds
@@ -360,6 +410,53 @@ def _gate(bundle: Bundle, scratch: Path, tiles: ParityTiles, config: QuantizeCon
             f"{th.max_abs_diff:g}); nothing was written: try more --calibration-tiles, another --method "
             f"(minmax, percentile, entropy), or run the fp32 graph")
     return report
+
+
+def _ov_runner(staged: Bundle, precision: str) -> Runner:
+    """The ov-cpu backend over the staged bundle at `precision`, run before any record of its gate exists."""
+    from slidefuse.runtime.backends.openvino import OvCpuBackend
+
+    return OvCpuBackend(staged, precision=precision, unverified="allow")
+
+
+def _ov_gate(staged: Bundle, path: CpuPath, reference: Runner, tiles: ParityTiles, config: QuantizeConfig,
+             outputs: dict[str, np.ndarray]) -> PathGate:
+    """One OpenVINO path against the fp32 reference outputs (in `outputs`) on the same gate tiles."""
+    import openvino
+
+    from slidefuse.runtime.backends.openvino import OvCpuBackend, OvOptions, cpu_capabilities
+
+    why = OvCpuBackend.can_run(staged, OvOptions.parse("ov-cpu", {"precision": path.precision,
+                                                                  "unverified": "allow"}))
+    if why is not None:
+        return PathGate(path.name, "not gated", {"passed": None, "reason": f"cannot run here ({why})"})
+    graph = OvCpuBackend.graph_file(staged, path.precision).name
+    label = f"{graph} (OpenVINO CPU, {path.precision})"
+    try:
+        report = compare({REFERENCE: reference, label: _ov_runner(staged, path.precision)}, tiles,
+                         thresholds=config.thresholds, outputs=outputs)
+    except (SlidefuseError, RuntimeError) as exc:  # OpenVINO could not compile or run it: recorded, not hidden
+        return PathGate(path.name, "not gated", {"passed": None, "reason": f"OpenVINO could not run it ({exc})"})
+    record = {**report.pair_record(), "backend": path.backend, "precision": path.precision,
+              "openvino": openvino.__version__, "cpu": " ".join(cpu_capabilities())}
+    return PathGate(path.name, "passed" if record["passed"] else "failed", record)
+
+
+def _ov_gates(staged: tuple[Bundle, Bundle], reference: Runner, tiles: ParityTiles, config: QuantizeConfig,
+              outputs: dict[str, np.ndarray]) -> tuple[PathGate, ...]:
+    """The gates of `OV_PATHS`; each "not gated" (with the reason) when OpenVINO cannot run here. `staged`:
+    the staged bundle over the scratch folder (the int8 path runs its new graph) and over the bundle's folder."""
+    from slidefuse.runtime.backends.openvino import OvCpuBackend
+
+    unavailable = OvCpuBackend.availability()
+    if unavailable is not None:
+        return tuple(PathGate(p.name, "not gated", {"passed": None, "reason": unavailable}) for p in OV_PATHS)
+    scratch, own = staged
+    gates = tuple(_ov_gate(scratch if p.precision == "int8" else own, p, reference, tiles, config, outputs)
+                  for p in OV_PATHS)
+    for g in gates:
+        log.debug("%s", g.line())
+    return gates
 
 
 def _graph_bytes(folder: Path, name: str) -> int:
@@ -391,7 +488,10 @@ def _quantize_in_place(bundle: Bundle, config: QuantizeConfig, shown: Path) -> Q
         summary = write_int8_graph(bundle.model_path, scratch / INT8_FILE, m.input_name, cal.tiles,
                                    method=config.method, op_types=config.op_types, preprocess=config.preprocess,
                                    float_head=config.float_head)
-        report = _gate(bundle, scratch, gate, config, shown=shown, external=summary["external_data"])
+        staged, outputs = _staged(bundle, scratch), dict[str, np.ndarray]()
+        reference = gate_backend(bundle, low_memory=summary["external_data"])
+        report = _gate(staged[0], reference, gate, config, outputs, shown=shown, external=summary["external_data"])
+        paths = _ov_gates(staged, reference, gate, config, outputs)
         names = sorted(p.name for p in scratch.iterdir() if p.name.startswith(INT8_FILE))
         int8_bytes = _graph_bytes(scratch, INT8_FILE)
         _install(bundle, scratch, names)
@@ -413,9 +513,10 @@ def _quantize_in_place(bundle: Bundle, config: QuantizeConfig, shown: Path) -> Q
         "seconds": round(seconds, 1),
     }
     parity = report.pair_record()
-    write_manifest(bundle.path, dataclasses.replace(
-        m, int8_model_file=INT8_FILE, parity={**m.parity, "int8": parity}, export={**m.export, "int8": record}))
+    gates = {"int8": parity, **{g.path: g.record for g in paths}}
+    write_manifest(bundle.path, dataclasses.replace(m, int8_model_file=INT8_FILE, parity={
+        **staged[0].manifest.parity, **gates}, export={**m.export, "int8": record}))
     log.info("%s: %s added (%d calibration, %d gate tiles, %.1f s)", shown, INT8_FILE, len(cal.tiles),
              len(gate.tiles), seconds)
-    return QuantizeResult(load_bundle(bundle.path), parity, record, record["graph_bytes"]["fp32"], int8_bytes,
+    return QuantizeResult(load_bundle(bundle.path), parity, paths, record, record["graph_bytes"]["fp32"], int8_bytes,
                           seconds)

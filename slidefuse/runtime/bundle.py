@@ -270,9 +270,11 @@ def _parity_line(name: str, rep: dict[str, Any]) -> str:
     th = rep.get("thresholds", {})
     limits = (f" (limits {th['max_abs_diff']:g} / {th['min_argmax_agreement']:g})"
               if {"max_abs_diff", "min_argmax_agreement"} <= set(th) else "")
+    passed = rep.get("passed")
+    verdict = ": passed" if passed is True else ": FAILED" if passed is False else ""
     return (f"parity     {name}: {rep.get('candidate', '?')} vs {rep.get('reference', '?')}: "
             f"max |dp| {rep['max_abs_diff']:.3g}, argmax agreement {rep['argmax_agreement']:.5f} "
-            f"on {rep.get('tiles', '?')} tiles{limits}")
+            f"on {rep.get('tiles', '?')} tiles{limits}{verdict}")
 
 
 def _engine_line(e: dict[str, Any]) -> str:

@@ -171,7 +171,7 @@ def test_options_list_valid_keys_and_check_types_and_ranges(colour_bundle: Bundl
     from slidefuse.runtime.backends.ort import OrtOptions, OrtTrtOptions
 
     with pytest.raises(UsageError, match=r"^backend ort-cpu: unknown option 'thread'; valid options: batch, "
-                                         r"device_id, io_binding, precision, spin, threads$"):
+                                         r"device_id, io_binding, precision, spin, threads, unverified$"):
         open_backend("ort-cpu", colour_bundle, thread=2)
     with pytest.raises(UsageError, match=r"^backend ort-cpu: option threads='2': expected an integer$"):
         OrtOptions.parse("ort-cpu", {"threads": "2"})
@@ -307,9 +307,18 @@ def test_auto_picks_by_priority_and_can_run_and_logs_why(colour_bundle: Bundle,
 
 
 def test_auto_without_test_backends_on_the_colour_bundle(colour_bundle: Bundle) -> None:
-    """The colour bundle has no torch weights: auto never picks torch for it, and says why."""
+    """The colour bundle has no torch weights: auto never picks torch for it, and says why. It was never gated
+    (no `slidefuse quantize`): auto picks no accelerated CPU path for it, and says why."""
     choice = choose_backend(colour_bundle)
-    assert choice.name in ("ort-trt", "ort-cuda", "ort-cpu"), choice  # no engine in the bundle: never trt
+    cpu_pick = "ov-cpu" if available_backends()["ov-cpu"] is None else "ort-cpu"  # fp32: ov-cpu 22 > ort-cpu 20
+    assert choice.name in ("ort-trt", "ort-cuda", cpu_pick), choice  # no engine in the bundle: never trt
+    if choice.name == cpu_pick:
+        assert choice.backend.info().precision == "fp32"
+        assert "precision int8 needs model.int8.onnx" in choice.skipped["ort-cpu (int8, gated)"]
+        if cpu_pick == "ov-cpu":
+            assert "precision int8 needs an INT8 graph" in choice.skipped["ov-cpu (int8, gated)"]
+            bf16 = choice.skipped["ov-cpu (bf16, gated)"]
+            assert "not verified for this bundle: run slidefuse quantize" in bf16 or "bf16 support" in bf16
     assert "no TensorRT engine" in choice.skipped["trt"] or "TensorRT" in available_backends()["trt"]
     if choice.name != "ort-trt" and available_backends()["torch"] is None:  # torch (cuda) was tried
         assert "names no torch weights" in choice.skipped["torch (cuda)"]

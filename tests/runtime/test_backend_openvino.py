@@ -58,11 +58,14 @@ def ort_ref(bundle: Bundle, tiles: np.ndarray) -> np.ndarray:
         return be.run(tiles)
 
 
-def test_registered_available_and_never_auto() -> None:
+def test_registered_available_and_placed_for_auto() -> None:
     assert "ov-cpu" in backend_names()
     assert backend_names().index("ov-cpu") == backend_names().index("ort-trt") + 1
     assert available_backends()["ov-cpu"] is None
-    assert OvCpuBackend.placements == ()
+    # fp32 plain; bf16 and int8 only where their gates passed (tests/runtime/test_cpu_paths.py)
+    assert [(p.priority, dict(p.options)) for p in OvCpuBackend.placements] == [
+        (30, {"precision": "bf16", "unverified": "refuse"}), (28, {"precision": "int8", "unverified": "refuse"}),
+        (22, {"unverified": "refuse"})]
 
 
 def test_fp32_matches_onnxruntime(bundle: Bundle, tiles: np.ndarray, ort_ref: np.ndarray) -> None:
@@ -141,7 +144,8 @@ def test_int8_refused_without_int8_graph(bundle: Bundle) -> None:
 
 
 @pytest.mark.parametrize(("options", "pattern"), [
-    ({"thread": 2}, r"backend ov-cpu: unknown option 'thread'; valid options: mode, pin, precision, streams, threads"),
+    ({"thread": 2}, r"backend ov-cpu: unknown option 'thread'; valid options: mode, pin, precision, streams, "
+                   r"threads, unverified"),
     ({"precision": "fp16"}, r"backend ov-cpu: precision 'fp16' is not offered; choose one of fp32, bf16, int8"),
     ({"mode": "fast"}, r"backend ov-cpu: mode 'fast' is not offered; choose one of throughput, latency"),
     ({"streams": 0}, r"backend ov-cpu: option streams=0: expected a value >= 1"),

@@ -1,16 +1,27 @@
 """`auto`: the preferred backend that can run a given bundle here, with the reason, logged.
 
-Each backend class lists its `placements`: the device it runs on when picked and a priority (a fixed
-preference, the usual order of these runtimes on a ViT encoder + convolutional decoder graph, not a per-machine
-measurement: `slidefuse bench engine` measures). `auto` tries every placement of every registered backend, highest
-priority first, and picks the first that
+Each backend class lists its `placements`: the device it runs on when picked, a priority (a fixed preference, the
+usual order of these runtimes on a ViT encoder + convolutional decoder graph, not a per-machine measurement:
+`slidefuse bench engine` measures) and options (e.g. torch's `device`, or a CPU path's `precision`). `auto` tries
+every placement of every registered backend, highest priority first, and picks the first that
 
 1. is available here (`availability()`: runtime installed, device present),
 2. takes the options given (plus the placement's own, e.g. torch's `device`, unless the caller set that key),
-3. can run this bundle (`can_run(bundle, options)`: e.g. an engine built for this GPU, an fp16 graph), and
+   and is not a placement whose `fixed` option the caller set to another value (a caller asking for
+   precision bf16 does not get the fp32 path of a backend with a bf16 one),
+3. can run this bundle (`can_run(bundle, options)`: e.g. an engine built for this GPU, an fp16 graph, a CPU
+   path that passed its gate), and
 4. once constructed, runs on the placement's device.
 
-Nothing is chosen silently: the pick and every skip reason are logged at INFO.
+The CPU order (`cpu_paths.CPU_PATHS`, the one table of it): ov-cpu bf16 (30) > ov-cpu int8 (28) > ort-cpu int8
+(26) > ov-cpu fp32 (22) > ort-cpu fp32 (20) > torch on the CPU (10). The accelerated paths come first because they
+are faster, but their placements set `unverified="refuse"`: each is taken only for a bundle whose manifest records
+a passed gate for it (`slidefuse quantize` measures them against ort-cpu fp32 on held-out tissue tiles), never
+for one that failed or was never gated. ov-cpu fp32 ranks above ort-cpu fp32: the same graph and arithmetic
+(outputs equal to about 1e-7), and OpenVINO is the faster CPU runtime for these graphs. Every GPU placement ranks
+above all CPU paths.
+
+Nothing is chosen silently: the pick (with its priority) and every skip reason are logged at INFO.
 """
 
 from __future__ import annotations
@@ -52,10 +63,19 @@ def candidates() -> list[Candidate]:
     out = []
     for name in backend_names():
         cls = get_backend(name)
+        devices = {p.device for p in cls.placements}
         for p in cls.placements:
-            label = f"{name} ({p.device})" if len(cls.placements) > 1 else name
-            out.append(Candidate(name, cls, p, label))
+            parts = ([p.device] if len(devices) > 1 else []) + ([p.label] if p.label else [])
+            out.append(Candidate(name, cls, p, f"{name} ({', '.join(parts)})" if parts else name))
     return sorted(out, key=lambda c: -c.placement.priority)
+
+
+def _other_way(placement: Placement, options: Mapping[str, Any]) -> str | None:
+    """Why a caller's options ask for another way than `placement` (a `fixed` key set to another value)."""
+    for key in placement.fixed:
+        if key in options and options[key] is not None and options[key] != placement.options[key]:
+            return f"{key} {options[key]} was asked for; this way runs {key} {placement.options[key]}"
+    return None
 
 
 def _try(c: Candidate, bundle: Bundle, options: Mapping[str, Any]) -> Backend | str:
@@ -66,9 +86,10 @@ def _try(c: Candidate, bundle: Bundle, options: Mapping[str, Any]) -> Backend | 
         reason = str(exc)
     if reason is not None:
         return reason
-    opts = {**c.placement.options, **options}
+    opts = {**c.placement.options, **{k: v for k, v in options.items() if v is not None}}  # None = the default
     try:
-        why_not = c.cls.can_run(bundle, c.cls.options_type.parse(c.name, opts))
+        parsed = c.cls.options_type.parse(c.name, opts)
+        why_not = _other_way(c.placement, options) or c.cls.can_run(bundle, parsed)
         if why_not is not None:
             return why_not
         backend = c.cls(bundle, **opts)

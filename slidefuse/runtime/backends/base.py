@@ -73,6 +73,15 @@ class Placement:
     device: DeviceKind  # where the backend computes when picked this way
     priority: int  # `auto` tries higher priorities first (equal ones in registration order)
     options: Mapping[str, str] = field(default_factory=dict)  # options set for this way unless the caller set them
+    # keys of `options` that define this way of running (e.g. precision): a caller who sets one of them to another
+    # value asks for another way, so `auto` skips this placement instead of running it with the caller's value
+    fixed: tuple[str, ...] = ()
+    label: str = ""  # how auto's logs tell it from the backend's other placements, e.g. "int8, gated"; "" = plain
+
+    def __post_init__(self) -> None:
+        missing = [k for k in self.fixed if k not in self.options]
+        if missing:
+            raise ValueError(f"Placement: fixed keys {missing} are not among its options {sorted(self.options)}")
 
 
 class Backend(abc.ABC):

@@ -14,6 +14,11 @@ Precision: fp32 and bf16 run `model.onnx`; bf16 is refused on a CPU whose OPTIMI
 quantize`) with the f32 hint: OpenVINO's low-precision transformations run the quantised parts in int8 and the
 rest in f32.
 
+Gates: bf16 and int8 change the arithmetic, so each is gated per bundle by `slidefuse quantize` (manifest
+`parity["ov-cpu bf16"]`, `parity["ov-cpu int8"]`; the int8 one is separate from onnxruntime's, since OpenVINO's
+integer kernels round differently). A failed gate is refused (`can_run` and the constructor); an ungated one runs
+when asked for, with a WARNING, and `auto` only takes a passed one (see `cpu_paths`).
+
 Running: in throughput mode a batch is split into contiguous chunks over the compiled model's
 OPTIMAL_NUMBER_OF_INFER_REQUESTS infer requests (one per stream, created once at load), started together and
 awaited in order; in latency mode one request runs the whole batch. Results are copied out of OpenVINO's output
@@ -31,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from slidefuse.errors import BundleError, UsageError
+from slidefuse.runtime.backends import cpu_paths
 from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.backends.ort import cpu_threads
@@ -75,6 +81,9 @@ class OvOptions(BackendOptions):
     mode: Literal["throughput", "latency"] = "latency"
     streams: int | None = None  # NUM_STREAMS; None = OpenVINO's choice for the mode (capped by the threads)
     pin: bool | None = None  # ENABLE_CPU_PINNING: pin compute threads to cores; None = OpenVINO's default
+    # bf16 / int8 without a passed gate in the bundle's manifest: warn (and run), refuse (auto's placements for
+    # them), allow (run silently: the gate itself). A failed gate is always refused. See cpu_paths.
+    unverified: Literal["warn", "refuse", "allow"] = "warn"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,8 +108,8 @@ class OvCpuBackend(Backend):
     options: OvOptions
     options_type = OvOptions
     device = "cpu"
-    # `auto` never picks it yet: its priority against ort-cpu is set from measurements (benchmarks) later
-    placements = ()
+    # fp32, and bf16 / int8 where their gates passed for the bundle; priorities in cpu_paths.CPU_PATHS
+    placements = cpu_paths.placements("ov-cpu")
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
@@ -110,6 +119,8 @@ class OvCpuBackend(Backend):
         self._requests: list[Any] = []
         self._output: Any = None
         self._int8_layers = 0
+        cpu_paths.check(bundle, self.name, self.precision, self.options.unverified,
+                        runnable=self.can_run(bundle, self.options) is None)
 
     @classmethod
     def availability(cls) -> str | None:
@@ -128,11 +139,12 @@ class OvCpuBackend(Backend):
 
     @classmethod
     def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
+        opts = _ov_options(options)
         try:
-            cls.graph_file(bundle, _ov_options(options).precision)
+            cls.graph_file(bundle, opts.precision)
         except (UsageError, BundleError) as exc:
             return str(exc)
-        return None
+        return cpu_paths.refusal(bundle, cls.name, opts.precision, opts.unverified)
 
     # --- what to run --------------------------------------------------------------------------------------------
     @classmethod

@@ -13,7 +13,9 @@ ort-cpu / ort-cuda (an error when the bundle has none: re-export with `--fp16`),
 pick fp16 kernels for the fp32 graph (`trt_fp16_enable`), which is how the TensorRT EP is meant to be used.
 `precision="int8"` runs the bundle's `model.int8.onnx` (a calibrated QDQ graph made by `slidefuse quantize`; an
 error when the bundle has none) on ort-cpu only: it is a CPU path (onnxruntime's CPU provider fuses the Q/DQ
-pairs into integer kernels), so ort-cuda and ort-trt refuse it.
+pairs into integer kernels), so ort-cuda and ort-trt refuse it. Its gate is the one `slidefuse quantize` ran
+before adding the graph (`parity["int8"]`); a bundle whose manifest records it as failed is refused, and `auto`
+takes int8 only where it passed (see `cpu_paths`).
 
 GPU providers use IO binding: the uint8 input is bound from host memory (ORT copies it to the device, a quarter
 of the bytes of a float input) and the output is bound to a device buffer that is allocated once per batch size
@@ -35,6 +37,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from slidefuse.errors import BackendUnavailable, BundleError, UsageError
+from slidefuse.runtime.backends import cpu_paths
 from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
@@ -76,6 +79,9 @@ class OrtOptions(BackendOptions):
     io_binding: bool | None = None  # output bound to a reused buffer; None = the backend's default (GPU: on)
     device_id: int = 0  # CUDA device index (ignored on the CPU)
     batch: int | None = None  # ort-trt: the batch its TensorRT profile is tuned for; taken and ignored elsewhere
+    # ort-cpu int8 without a passed gate in the bundle's manifest: warn (and run), refuse (auto's int8 placement),
+    # allow (run silently: the gate itself). A failed gate is always refused. See cpu_paths.
+    unverified: Literal["warn", "refuse", "allow"] = "warn"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,14 +150,17 @@ class _OrtBackend(Backend):
         self.max_batch: int | None = None
         self._session: Any = None
         self._outputs: dict[int, Any] = {}
+        cpu_paths.check(bundle, self.name, self.precision, self.options.unverified,
+                        runnable=self.can_run(bundle, self.options) is None)
 
     @classmethod
     def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
+        opts = _ort_options(options)
         try:
-            cls.graph_file(bundle, _ort_options(options).precision)
+            cls.graph_file(bundle, opts.precision)
         except (UsageError, BundleError) as exc:
             return str(exc)
-        return None
+        return cpu_paths.refusal(bundle, cls.name, opts.precision, opts.unverified)
 
     # --- what to run ----------------------------------------------------------------------------------
     @classmethod
@@ -318,8 +327,9 @@ def _provider_reason(provider: str, extra_hint: str) -> str | None:
 class OrtCpuBackend(_OrtBackend):
     name = "ort-cpu"
     description = "onnxruntime on the CPU"
-    # onnxruntime runs these graphs faster than eager PyTorch on the CPU and needs no torch
-    placements = (Placement("cpu", 20),)
+    # fp32 (onnxruntime runs these graphs faster than eager PyTorch on the CPU and needs no torch) and the gated
+    # int8 graph; priorities in cpu_paths.CPU_PATHS
+    placements = cpu_paths.placements("ort-cpu")
 
     @classmethod
     def availability(cls) -> str | None:

@@ -1,0 +1,168 @@
+"""The CPU paths: which (backend, precision) pairs run a bundle on the CPU, how `auto` orders them, and the gates
+that decide whether an accelerated one may run a given bundle.
+
+A *path* is a backend at a precision. fp32 paths (`ort-cpu` fp32, the reference; `ov-cpu` fp32, which matches
+onnxruntime to about 1e-7) run the fp32 graph in fp32 and need no gate beyond the bundle's own fp32 parity. The
+accelerated ones change the arithmetic and each has its own gate, run by `slidefuse quantize` on held-out tissue
+tiles against `ort-cpu` fp32 and recorded in the bundle's manifest under `parity[<gate key>]` (figures,
+thresholds and a `passed` flag; `passed: null` with a `reason` when it could not be gated):
+
+| path          | graph           | gate key (manifest parity) |
+|---------------|-----------------|----------------------------|
+| ort-cpu int8  | model.int8.onnx | "int8"                     |
+| ov-cpu int8   | model.int8.onnx | "ov-cpu int8"              |
+| ov-cpu bf16   | model.onnx      | "ov-cpu bf16"              |
+
+A path's gate state for a bundle (`gate_of`): "passed", "failed", "unverified" (no record, or not gated), or
+"none" (a path without a gate). The `ort-cpu` int8 graph is only ever added to a bundle after its gate passed, so
+an int8 graph without a record counts as passed for `ort-cpu`; a record with `passed: false` is a failure.
+
+The backends enforce it (`refusal`, from their `can_run` and constructor): a failed path is always refused, with
+the figures; an unverified one runs with a logged WARNING, unless the backend option `unverified` says "refuse"
+(what `auto`'s placements for accelerated paths set, so that `auto` only picks gated paths) or "allow" (the
+gate itself, which runs the path before any record exists).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from slidefuse.runtime.backends.base import Placement
+from slidefuse.runtime.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+GateState = Literal["passed", "failed", "unverified", "none"]
+Unverified = Literal["warn", "refuse", "allow"]  # the `unverified` backend option
+
+
+@dataclass(frozen=True)
+class CpuPath:
+    """One backend at one precision on the CPU, as `auto` may pick it."""
+
+    backend: str  # registry name
+    precision: str  # the backend's `precision` option
+    priority: int  # `auto` tries higher priorities first
+    gate: str | None  # key of its gate record in the manifest's `parity`; None = no gate (fp32)
+
+    @property
+    def name(self) -> str:
+        """How messages and the manifest name the path, e.g. "ov-cpu int8"."""
+        return f"{self.backend} {self.precision}"
+
+
+# The order in which `auto` tries the CPU paths (higher first): the one place to change it. Accelerated paths
+# first, each only where its gate passed for the bundle; OpenVINO above onnxruntime at equal precision (faster on
+# the project's ViT + conv decoder graphs on AVX-512 CPUs); fp32 last. Every GPU placement (torch 80, ort-cuda 70,
+# ort-trt 90, trt 100) stays above all of these; torch on the CPU (10) below. To be revised from the interleaved
+# CPU benchmark (benchmarks/run_cpu.py).
+CPU_PATHS: tuple[CpuPath, ...] = (
+    CpuPath("ov-cpu", "bf16", 30, "ov-cpu bf16"),
+    CpuPath("ov-cpu", "int8", 28, "ov-cpu int8"),
+    CpuPath("ort-cpu", "int8", 26, "int8"),
+    CpuPath("ov-cpu", "fp32", 22, None),
+    CpuPath("ort-cpu", "fp32", 20, None),
+)
+GATED: tuple[CpuPath, ...] = tuple(p for p in CPU_PATHS if p.gate is not None)
+
+
+def placements(backend: str) -> tuple[Placement, ...]:
+    """`auto`'s placements of `backend`, from `CPU_PATHS`. Every one sets `unverified="refuse"`, so that `auto`
+    never runs an accelerated path without a passed gate, even when the caller names a precision. A gated one
+    fixes its precision (a caller asking for another one is skipped there) and is labelled "<precision>, gated" in
+    auto's logs; the fp32 one keeps the backend's plain name and lets a caller's precision through (e.g. fp16)."""
+    out = []
+    for p in CPU_PATHS:
+        if p.backend != backend:
+            continue
+        if p.gate is None:
+            out.append(Placement("cpu", p.priority, {"unverified": "refuse"}))
+        else:
+            out.append(Placement("cpu", p.priority, {"precision": p.precision, "unverified": "refuse"},
+                                 fixed=("precision",), label=f"{p.precision}, gated"))
+    return tuple(out)
+
+
+def find_path(backend: str, precision: str) -> CpuPath | None:
+    """The gated path of `backend` at `precision`, or None when that pair has no gate."""
+    return next((p for p in GATED if (p.backend, p.precision) == (backend, precision)), None)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A path's gate for one bundle, read from its manifest."""
+
+    path: str  # e.g. "ov-cpu int8"
+    key: str | None  # the manifest parity key; None = no gate for this path
+    state: GateState
+    record: Mapping[str, Any] = field(default_factory=dict)  # the manifest's record ({} when there is none)
+
+    def figures(self) -> str:
+        """The failed figures in words, e.g. "agreement 0.9944 < 0.995 on 8 gate tiles"."""
+        return failed_figures(self.record)
+
+
+def failed_figures(rec: Mapping[str, Any]) -> str:
+    """What a parity record missed: "agreement A < MIN[, max |dp| D > LIMIT] on N gate tiles" (the figures that
+    failed; both when neither is recorded as failing, e.g. a record written by hand)."""
+    th = rec.get("thresholds") or {}
+    agree, min_agree = rec.get("argmax_agreement"), th.get("min_argmax_agreement")
+    diff, max_diff = rec.get("max_abs_diff"), th.get("max_abs_diff")
+    parts = []
+    if isinstance(agree, float | int) and isinstance(min_agree, float | int) and agree < min_agree:
+        parts.append(f"agreement {agree:.4f} < {min_agree:g}")
+    if isinstance(diff, float | int) and isinstance(max_diff, float | int) and diff > max_diff:
+        parts.append(f"max |dp| {diff:.3g} > {max_diff:g}")
+    if not parts:
+        parts.append(f"agreement {agree}, max |dp| {diff} (limits {min_agree} / {max_diff})")
+    return f"{', '.join(parts)} on {rec.get('tiles', '?')} gate tiles"
+
+
+def gate_of(bundle: Bundle, backend: str, precision: str) -> Gate:
+    """The gate state of `backend` at `precision` for `bundle` (see the module docstring)."""
+    path = find_path(backend, precision)
+    if path is None or path.gate is None:
+        return Gate(f"{backend} {precision}", None, "none")
+    rec = bundle.manifest.parity.get(path.gate)
+    rec = rec if isinstance(rec, Mapping) else {}
+    passed = rec.get("passed")
+    if passed is True:
+        return Gate(path.name, path.gate, "passed", rec)
+    if passed is False:
+        return Gate(path.name, path.gate, "failed", rec)
+    if path == find_path("ort-cpu", "int8") and bundle.manifest.int8_model_file and not rec:
+        return Gate(path.name, path.gate, "passed", rec)  # the graph is only added after this gate passed
+    return Gate(path.name, path.gate, "unverified", rec)
+
+
+def refusal(bundle: Bundle, backend: str, precision: str, unverified: Unverified) -> str | None:
+    """Why `backend` must not run `bundle` at `precision` (one line), or None. A failed gate is always refused;
+    an unverified path only with `unverified="refuse"`."""
+    gate = gate_of(bundle, backend, precision)
+    if gate.state == "failed":
+        return (f"backend {backend}: precision {precision} failed its gate for bundle {bundle.path} "
+                f"({gate.figures()}, measured by slidefuse quantize); use precision fp32")
+    if gate.state == "unverified" and unverified == "refuse":
+        why = f" ({gate.record['reason']})" if gate.record.get("reason") else ""
+        return (f"backend {backend}: precision {precision} is not verified for this bundle{why}: run slidefuse "
+                f"quantize {bundle.path} --slides ... to gate it, or use precision fp32")
+    return None
+
+
+def check(bundle: Bundle, backend: str, precision: str, unverified: Unverified, *, runnable: bool = True) -> None:
+    """For a backend's constructor: UsageError with `refusal`'s reason, or a WARNING for an unverified path
+    run on request (`unverified="warn"`) when it is `runnable` (a graph the bundle lacks is refused at load,
+    with its own message, and needs no warning)."""
+    from slidefuse.errors import UsageError
+
+    reason = refusal(bundle, backend, precision, unverified)
+    if reason is not None:
+        raise UsageError(reason)
+    gate = gate_of(bundle, backend, precision)
+    if runnable and gate.state == "unverified" and unverified == "warn":
+        log.warning("%s: precision %s is not verified for bundle %s (no passed '%s' gate in its manifest; run "
+                    "slidefuse quantize %s --slides ... to gate it); running it as asked", backend, precision,
+                    bundle.path, gate.key, bundle.path)
