@@ -138,7 +138,7 @@ def compare_md(doc: dict[str, Any]) -> list[str]:
     if int8:
         first = next(iter(int8.values()))
         lines += [f"INT8 rows run model.int8.onnx ({first.get('method')} calibration on "
-                  f"{first.get('calibration_tiles')} tissue tiles of {first.get('slide')}), not gated: "
+                  f"{first.get('calibration_tiles')} tissue tile(s) of {first.get('slide')}), not gated: "
                   f"{first.get('note')}.", ""]
     rows = [row for c in comps for row in compare_rows(c)]
     lines += table(["model", "batch", "threads each", "path", "precision", "rounds x calls", "p50 ms", "tiles/s",

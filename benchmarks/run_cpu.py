@@ -15,8 +15,10 @@
     python benchmarks/run_cpu.py [--quick] [--models tiny,phikon] [--only-compare] [--skip PARTS] [--out DIR]
 
 --only-compare runs part 2 alone (the same as --skip flops,engine,slide); --models limits part 2 to some models
-(`--quick --models tiny --only-compare --out /tmp/x` checks the whole compare path in about a minute). The full
-run's time is estimated and printed first (it must stay under 25 minutes on 2 cores).
+(`--quick --models tiny --only-compare --out /tmp/x` checks the whole compare path in about 30 s). The time of the
+run and of the full run is estimated and printed first (the full run must stay under 25 minutes on 2 cores). Every
+path of a plan stays open for the interleaving: the quick phikon run peaked at 15.7 GB RSS (its 1-tile
+calibration alone: 4.9 GB).
 
 Bundles are random-weight exports at 512 px and 0.5 um/px, made once into --bundles. The INT8 paths run a copy of
 each, `<name>-int8.bundle` beside it (files hard-linked, manifest rewritten, also cached), whose model.int8.onnx is
@@ -45,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.run_engine_matrix import DEFAULT_BUNDLES, ensure_bundle  # noqa: E402
 from slidefuse.bench.engine import Contender, EngineBenchConfig, bench_engine, compare_backends  # noqa: E402
-from slidefuse.bench.machine import cpu_cores, machine_info  # noqa: E402
+from slidefuse.bench.machine import cpu_cores, machine_info, peak_rss_mib  # noqa: E402
 from slidefuse.bench.slide import SlideBenchConfig, bench_slide  # noqa: E402
 from slidefuse.errors import UsageError  # noqa: E402
 from slidefuse.runtime.bundle import MANIFEST, Bundle, load_bundle, write_manifest  # noqa: E402
@@ -59,10 +61,10 @@ PARTS = ("flops", "engine", "compare", "slide")
 TILE = 512
 INT8_NOTE = ("random weights: agreement is meaningless; accuracy is measured on trained models in "
              "benchmarks/cpu_accuracy.json")
-# Calibration tiles of the speed-only INT8 graphs: the graph's structure (which nodes are quantised), hence its
-# speed, does not depend on the ranges; few tiles keep phikon's calibration (all activations of a ViT-B at 512 px
-# per tile, held for the whole calibration pass) to a few GB.
-CALIBRATION_TILES = 4
+# Calibration tiles of the speed-only INT8 graphs. The graph's structure (which nodes are quantised), hence its
+# speed, does not depend on the ranges. phikon gets one: a calibration pass holds every activation of a ViT-B at
+# 512 px for each of its tiles (measured: 1 tile 4.9 GB peak RSS in 21 s, 4 tiles 15.5 GB in 75 s).
+CALIBRATION_TILES = {"tiny": 8, "phikon": 1}
 OV_MODE = "latency"  # ov-cpu's default PERFORMANCE_HINT: one infer request over all threads
 TARGETS = (("torch-eager", 2.5), ("ort-cpu", 1.6))  # (baseline, minimum speed-up of the fastest phikon path)
 SUMMARY_MODEL = "phikon"
@@ -90,18 +92,19 @@ def compare_plans(cores: int, quick: bool, models: tuple[str, ...]) -> list[Plan
 
 
 # ------------------------------------------------------------------------------------------- time estimate
-# Measured on 2 busy cores (AMD EPYC, AVX-512): seconds per tile of the slowest path (torch eager) at 512 px,
-# seconds to open one path (ORT session, OpenVINO compile, torch build incl. its warm-up call), and seconds to
-# make a missing bundle / INT8 copy.
-PER_TILE_S = {"tiny": 0.09, "phikon": 4.0}
-OPEN_S = {"tiny": 3.0, "phikon": 20.0}
+# Seconds per tile at 512 px of the mean path (the six paths' calls summed, / 6 / batch), measured on 2 busy cores
+# (AMD EPYC with AVX-512, load 4-6): phikon 3.2 s at batch 1 and 3.9 s at batch 4 (torch eager 7.2 / 6.4 s),
+# tiny 0.07 s; seconds to open one path (ORT session, OpenVINO compile, torch build): phikon ~5 s; seconds to make a
+# missing bundle / INT8 copy (phikon's copy: 23 s); and rough figures of the other parts of a full run.
+PER_TILE_S = {"tiny": 0.09, "phikon": 4.5}
+OPEN_S = {"tiny": 2.0, "phikon": 8.0}
 EXPORT_S = {"tiny": 30.0, "phikon": 120.0}
-INT8_S = {"tiny": 20.0, "phikon": 300.0}
+INT8_S = {"tiny": 10.0, "phikon": 40.0}
 OTHER_PARTS_S = {"flops": 60.0, "engine": 60.0, "slide": 180.0}  # full-run figures of the other parts
 
 
 def estimate_s(plans: list[Plan], n_contenders: int, skip: set[str], cached: dict[str, bool]) -> float:
-    """An upper estimate of the run's seconds: every contender as slow as torch eager (scaled to its threads),
+    """An estimate of the run's seconds: every contender's calls at the mean path's speed (scaled to its threads),
     plus opening every contender, plus making bundles and INT8 copies that are not cached yet."""
     total = sum(s for part, s in OTHER_PARTS_S.items() if part not in skip)
     for p in plans:
@@ -118,19 +121,22 @@ def int8_copy_path(bundle: Bundle) -> Path:
     return bundle.path.with_name(f"{bundle.path.name.removesuffix('.bundle')}-int8.bundle")
 
 
-def cached_int8(bundle: Bundle) -> Bundle | None:
-    """The INT8 copy of `bundle` when it exists and was made from this very bundle (same digest), else None."""
+def cached_int8(bundle: Bundle, n_tiles: int) -> Bundle | None:
+    """The INT8 copy of `bundle` when it exists and was made from this very bundle (same digest) with `n_tiles`
+    calibration tiles, else None."""
     out = int8_copy_path(bundle)
     if not (out / MANIFEST).exists():
         return None
     copy = load_bundle(out)
-    if copy.manifest.int8_model_file and copy.manifest.export.get("int8", {}).get("source_digest") == bundle.digest:
+    record = copy.manifest.export.get("int8", {})
+    if copy.manifest.int8_model_file and (record.get("source_digest"), record.get("calibration_tiles")) == (
+            bundle.digest, n_tiles):
         return copy
-    log.info("%s: made from another %s, made again", out, bundle.path.name)
+    log.info("%s: made from another %s or tile count, made again", out, bundle.path.name)
     return None
 
 
-def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int = CALIBRATION_TILES) -> Bundle:
+def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int) -> Bundle:
     """`<name>-int8.bundle` beside `bundle`: its files hard-linked (they are never changed in place), plus
     model.int8.onnx from `write_int8_graph` calibrated on `n_tiles` tissue tiles of `slide` at the bundle's tile
     size and mpp, installed as `int8_model_file` by `write_manifest`. Not gated (random weights: speed only);
@@ -139,7 +145,7 @@ def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int = CALIBRATION_T
     from slidefuse.export.parity import slide_tiles
     from slidefuse.export.quantize import DEFAULT_METHOD, DEFAULT_OP_TYPES, INT8_FILE, write_int8_graph
 
-    cached = cached_int8(bundle)
+    cached = cached_int8(bundle, n_tiles)
     if cached is not None:
         return cached
     if not slide.is_file():
@@ -264,7 +270,7 @@ def flops_table(tile: int = TILE, num_classes: int = 3) -> dict[str, Any]:
 def compare_part(plans: list[Plan], bundles: Path, slide: Path, command: str) -> dict[str, Any]:
     """One interleaved `compare_backends` call per plan, on the INT8 copy of the plan's bundle."""
     t0 = time.perf_counter()
-    copies = {m: ensure_int8_bundle(ensure_bundle(m, TILE, bundles), slide)
+    copies = {m: ensure_int8_bundle(ensure_bundle(m, TILE, bundles), slide, CALIBRATION_TILES[m])
               for m in dict.fromkeys(p.model for p in plans)}
     comparisons = []
     for plan in plans:
@@ -273,7 +279,9 @@ def compare_part(plans: list[Plan], bundles: Path, slide: Path, command: str) ->
                  plan.model, plan.batch, plan.threads, plan.rounds)
         doc = compare_backends(copies[plan.model], wanted, plan.batch, rounds=plan.rounds,
                                iters_per_round=plan.per_round, warmup=1, warmup_batch=plan.warm_batch)
-        doc.update(threads=plan.threads, skipped=skipped, speedup=speedups(doc["results"]))
+        doc.update(threads=plan.threads, skipped=skipped, speedup=speedups(doc["results"]),
+                   process_peak_rss_mib=round(peak_rss_mib()))  # every path stays open for the interleaving
+        log.info("process peak RSS so far: %.0f MiB", doc["process_peak_rss_mib"])
         comparisons.append(doc)
     return {"kind": "cpu-compare", "command": command, "machine": machine_info(),
             "ov_cpu_mode": f"{OV_MODE} mode (ov-cpu's default: one infer request over all threads)",
@@ -315,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = compare_plans(cores, args.quick, args.models) if "compare" not in skip else []
     cached = {m: (args.bundles / f"{m}-{TILE}-int8.bundle" / MANIFEST).exists() for m in MODELS}
     est = estimate_s(plans, 6, skip, cached)
-    log.info("estimated time: %.0f s (%.1f min; an upper estimate from 2-core figures)", est, est / 60)
-    print(f"estimated time: {est / 60:.1f} min", flush=True)
+    full = estimate_s(compare_plans(cores, False, MODELS), 6, set(), cached)
+    print(f"estimated time (from figures measured on 2 busy cores): this run {est / 60:.1f} min, the full run "
+          f"(python benchmarks/run_cpu.py) {full / 60:.1f} min", flush=True)
 
     if "flops" not in skip:
         write(flops_table(), "flops.json", args.out)
