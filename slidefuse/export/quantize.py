@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from slidefuse.atomic import atomic_folder, atomic_path
-from slidefuse.errors import BundleError, ParityError, SlidefuseError, SlideNotFound, UsageError, require
+from slidefuse.errors import BundleError, ParityError, SlidefuseError, SlideNotFound, UsageError, one_line, require
 from slidefuse.export.parity import (
     ParityReport,
     ParityThresholds,
@@ -396,8 +396,9 @@ def _staged(bundle: Bundle, scratch: Path) -> tuple[Bundle, Bundle]:
 
 def _gate(staged: Bundle, reference: Runner, tiles: ParityTiles, config: QuantizeConfig, outputs: dict[str, np.ndarray],
           *, shown: Path, external: bool) -> ParityReport:
-    """model.onnx vs the staged model.int8.onnx in `scratch` on the gate tiles; ParityError (naming the bundle
-    as `shown`) when it fails. The reference's outputs stay in `outputs` for the other gates."""
+    """model.onnx vs the staged model.int8.onnx (`staged`, over the scratch folder) on the gate tiles;
+    ParityError (naming the bundle as `shown`) when it fails. The reference's outputs stay in `outputs` for the
+    other gates."""
     runners = {REFERENCE: reference,
                f"{INT8_FILE} (onnxruntime CPU)": gate_backend(staged, "int8", low_memory=external)}
     report = compare(runners, tiles, thresholds=config.thresholds, outputs=outputs)
@@ -436,7 +437,8 @@ def _ov_gate(staged: Bundle, path: CpuPath, reference: Runner, tiles: ParityTile
         report = compare({REFERENCE: reference, label: _ov_runner(staged, path.precision)}, tiles,
                          thresholds=config.thresholds, outputs=outputs)
     except (SlidefuseError, RuntimeError) as exc:  # OpenVINO could not compile or run it: recorded, not hidden
-        return PathGate(path.name, "not gated", {"passed": None, "reason": f"OpenVINO could not run it ({exc})"})
+        return PathGate(path.name, "not gated", {"passed": None,
+                                                 "reason": f"OpenVINO could not run it ({one_line(exc)})"})
     record = {**report.pair_record(), "backend": path.backend, "precision": path.precision,
               "openvino": openvino.__version__, "cpu": " ".join(cpu_capabilities())}
     return PathGate(path.name, "passed" if record["passed"] else "failed", record)

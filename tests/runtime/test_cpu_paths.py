@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from slidefuse.errors import BackendUnavailable, UsageError
+from slidefuse.errors import BackendUnavailable, BundleError, UsageError
 from slidefuse.export import quantize as quantize_mod
 from slidefuse.export.quantize import INT8_FILE, INT8_THRESHOLDS, QuantizeConfig, quantize_bundle
 from slidefuse.runtime.backends import cpu_paths, open_backend
@@ -154,6 +154,23 @@ def test_without_openvino_the_ov_paths_are_recorded_as_not_gated(bundle_dir: Pat
                                                                    "'slidefuse[openvino]'"}
         assert cpu_paths.gate_of(b, *key.split()).state == "unverified"
     assert "parity     ov-cpu int8: not measured (openvino is not installed" in model_card(b)
+
+
+@needs_ov
+def test_an_openvino_path_that_cannot_run_is_recorded_with_the_reason(bundle_dir: Path, tmp_path: Path,
+                                                                     cmu_slide: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(Skewed):
+        def __enter__(self) -> Skewed:
+            raise BundleError("model.int8.onnx: OpenVINO cannot compile the graph for the CPU (test)\nmore")
+
+    real = quantize_mod._ov_runner
+    monkeypatch.setattr(quantize_mod, "_ov_runner", lambda b, p: Broken(None) if p == "int8" else real(b, p))
+    b = load_bundle(_quantized(bundle_dir, tmp_path / "b", cmu_slide))
+    assert b.manifest.parity["ov-cpu int8"] == {
+        "passed": None, "reason": "OpenVINO could not run it (model.int8.onnx: OpenVINO cannot compile the graph "
+                                  "for the CPU (test) more)"}  # one line
+    assert cpu_paths.gate_of(b, "ov-cpu", "int8").state == "unverified"
 
 
 # ------------------------------------------------------------------------------------------- failed paths
