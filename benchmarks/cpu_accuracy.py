@@ -2,7 +2,7 @@
 """Accuracy of the accelerated CPU paths against fp32, on models whose outputs mean something.
 
     .venv/bin/python benchmarks/cpu_accuracy.py --model demo=slidefuse/data/default \
-        --model phikon=/tmp/acc/phikon224.bundle --calibration-slides CMU-1-Small-Region.svs,TCGA-...svs
+        --model phikon=/tmp/acc/phikon224.bundle@24:12 --calibration-slides CMU-1-Small-Region.svs
 
 For each model: a copy of the bundle is quantized with `slidefuse quantize` (calibrated on real tissue tiles of
 `--calibration-slides`, gated on held-out tiles; its gate records for ort-cpu int8, ov-cpu int8 and ov-cpu bf16
@@ -97,7 +97,7 @@ def tissue_mask(result: Any, shape: tuple[int, int]) -> np.ndarray:
 def segment(bundle: Path, slide: Path, out: Path, backend: str, options: dict[str, Any]) -> tuple[np.ndarray, Any]:
     import slidefuse
 
-    with slidefuse.load_model(str(bundle), backend=backend, **options) as model:
+    with slidefuse.load_model(str(bundle), backend=backend, backend_options=options) as model:
         res = model.segment(str(slide), out=str(out), formats="tiff", overwrite=True)
         return np.array(res.mask_array()), res
 
@@ -164,7 +164,8 @@ def measure_model(name: str, bundle: Path, slides: list[Path], work: Path) -> di
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, help="NAME=BUNDLE (repeatable)")
+    ap.add_argument("--model", action="append", required=True,
+                    help="NAME=BUNDLE or NAME=BUNDLE@CALIBRATION:GATE tile counts (repeatable)")
     ap.add_argument("--slides", default=f"{SLIDES / 'CMU-1-Small-Region.svs'},{SLIDES / 'OS-2-vsi.ome.tif'}")
     ap.add_argument("--calibration-slides", default=str(SLIDES / "CMU-1-Small-Region.svs"))
     ap.add_argument("--calibration-tiles", type=int, default=32)
@@ -182,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for spec in args.model:
         name, path = spec.split("=", 1)
-        quantized = quantized_copy(name, Path(path), args.work, calibration, args)
+        counts = argparse.Namespace(calibration_tiles=args.calibration_tiles, gate_tiles=args.gate_tiles)
+        if "@" in path:  # NAME=BUNDLE@CALIBRATION:GATE tile counts for this model
+            path, pair = path.split("@", 1)
+            counts.calibration_tiles, counts.gate_tiles = (int(x) for x in pair.split(":"))
+        quantized = quantized_copy(name, Path(path), args.work, calibration, counts)
         models[name] = measure_model(name, quantized, slides, args.work)
     doc = {"kind": "cpu-accuracy", "command": "benchmarks/cpu_accuracy.py " + " ".join(argv or sys.argv[1:]),
            "target": "argmax agreement with fp32 >= 0.995 on tissue pixels of whole stitched slides, for every "

@@ -49,6 +49,10 @@ class _FormatsOption(click.Option):
 @click.option("--stitch-threads", type=int, default=None,
               help="Threads that label tile interiors while stitching. Default: one per usable CPU core.")
 @click.option("--threads", type=int, default=None, help="Engine CPU threads (ort-cpu). Default: all cores.")
+@click.option("--max-memory", "max_memory", type=click.FloatRange(min=0), default=None, metavar="GIB",
+              help="CPU backends (ort-cpu, ov-cpu): working-memory budget of the engine in GiB; a --batch that "
+                   "would exceed it runs in sub-batches (same masks). Default: 40% of the usable memory; 0: no "
+                   "limit.")
 @click.option("--formats", cls=_FormatsOption, default=None, show_default=True,
               help="Outputs to write, comma-separated (or 'all'). Default: every built-in format.")
 @click.option("--mask-mpp", type=float, default=None, help="Write mask.tif at this coarser pixel size (um/px).")
@@ -130,7 +134,7 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
     return load_model(
         bundle,
         backend=f["backend"],
-        backend_options=_backend_options(f["threads"], f["device"], f["backend_option"]),
+        backend_options=_backend_options(f["threads"], f["device"], f["backend_option"], f["max_memory"]),
         shard=_shard(f["shard"]),
         claim_timeout=f["claim_timeout"],
         batch_size=f["batch"],
@@ -148,13 +152,16 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
     )
 
 
-def _backend_options(threads: int | None, device: int | None, items: tuple[str, ...]) -> dict[str, Any]:
-    """--threads, --device and --option KEY=VALUE as backend options (a key given twice is refused)."""
+def _backend_options(threads: int | None, device: int | None, items: tuple[str, ...],
+                     max_memory: float | None = None) -> dict[str, Any]:
+    """--threads, --device, --max-memory and --option KEY=VALUE as backend options (a key given twice is
+    refused)."""
     from slidefuse.commands.bench_engine import parse_options
     from slidefuse.errors import UsageError
 
     out = parse_options(items)
-    for key, flag, value in (("threads", "--threads", threads), ("device_id", "--device", device)):
+    for key, flag, value in (("threads", "--threads", threads), ("device_id", "--device", device),
+                             ("max_memory_gb", "--max-memory", max_memory)):
         if value is None:
             continue
         if key in out and out[key] != value:

@@ -207,3 +207,19 @@ def test_progress_display_choice_and_bar() -> None:
     bar(ProgressEvent("end", 2, 5, "a.svs", status="ok"))
     text = tty.getvalue()  # tqdm's own rendering
     assert "[2/5] a.svs" in text and "40/40" in text and "tile/s" in text and text.rstrip().endswith("ok]")
+
+
+def test_max_memory_splits_batches_and_keeps_the_mask(runner: CliRunner, bundle_dir: Path, small_tiff: Path,
+                                                      tmp_path: Path) -> None:
+    masks = {}
+    for budget in ("0", "0.00001"):  # no limit; less than one tile's estimate: one tile per engine call
+        out = tmp_path / f"out-{budget}"
+        result = _segment(runner, small_tiff, "--model", bundle_dir, "--out", out, "--backend", "ort-cpu",
+                          "--batch", "4", "--max-memory", budget, "--formats", "tiff")
+        assert result.exit_code == 0, result.output
+        backend = json.loads((out / "small" / "report.json").read_text())["backend"]
+        assert backend["max_batch"] == (None if budget == "0" else 1), backend
+        masks[budget] = pyvips.Image.new_from_file(str(out / "small" / "mask.tif")).numpy()
+    np.testing.assert_array_equal(masks["0"], masks["0.00001"])
+    bad = _segment(runner, small_tiff, "--model", bundle_dir, "--out", tmp_path / "bad", "--max-memory", "-1")
+    assert bad.exit_code != 0 and "--max-memory" in bad.output

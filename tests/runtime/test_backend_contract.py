@@ -170,8 +170,9 @@ def test_built_in_backends_report_typed_info(colour_bundle: Bundle) -> None:
 def test_options_list_valid_keys_and_check_types_and_ranges(colour_bundle: Bundle) -> None:
     from slidefuse.runtime.backends.ort import OrtOptions, OrtTrtOptions
 
-    with pytest.raises(UsageError, match=r"^backend ort-cpu: unknown option 'thread'; valid options: batch, "
-                                         r"device_id, io_binding, precision, spin, threads, unverified$"):
+    with pytest.raises(UsageError, match=r"^backend ort-cpu: unknown option 'thread'; valid options: arena, "
+                                         r"batch, device_id, io_binding, max_memory_gb, mem_pattern, precision, "
+                                         r"spin, threads, unverified$"):
         open_backend("ort-cpu", colour_bundle, thread=2)
     with pytest.raises(UsageError, match=r"^backend ort-cpu: option threads='2': expected an integer$"):
         OrtOptions.parse("ort-cpu", {"threads": "2"})

@@ -38,6 +38,7 @@ import numpy as np
 from slidefuse.errors import BundleError, UsageError
 from slidefuse.runtime.backends import cpu_paths
 from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar
+from slidefuse.runtime.backends.memory import tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.backends.ort import cpu_threads
 from slidefuse.runtime.bundle import Bundle
@@ -84,9 +85,13 @@ class OvOptions(BackendOptions):
     # bf16 / int8 without a passed gate in the bundle's manifest: warn (and run), refuse (auto's placements for
     # them), allow (run silently: the gate itself). A failed gate is always refused. See cpu_paths.
     unverified: Literal["warn", "refuse", "allow"] = "warn"
+    # budget in GiB for the engine's working memory; larger batches run in sub-batches (see memory.py).
+    # None = 40% of the usable memory; 0 = no limit
+    max_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.at_least("max_memory_gb", 0)
         self.at_least("threads", 0)
         self.at_least("streams", 1)
 
@@ -119,6 +124,7 @@ class OvCpuBackend(Backend):
         self._requests: list[Any] = []
         self._output: Any = None
         self._int8_layers = 0
+        self.max_batch, self.memory_reason = tiles_per_call(bundle.manifest, self.options.max_memory_gb)
         cpu_paths.check(bundle, self.name, self.precision, self.options.unverified,
                         runnable=self.can_run(bundle, self.options) is None)
 
@@ -205,9 +211,9 @@ class OvCpuBackend(Backend):
         self._requests = [self._compiled.create_infer_request() for _ in range(n)]
         self._int8_layers = int8_layers(self._compiled)
         s = self.settings()
-        log.info("%s: %s on the CPU (precision %s, compiled %s, %d threads, %s mode, %s streams, %d requests)",
+        log.info("%s: %s on the CPU (precision %s, compiled %s, %d threads, %s mode, %s streams, %d requests; %s)",
                  self.name, path.name, self.precision, s["inference_precision"], self.threads, self.options.mode,
-                 s["streams"], n)
+                 s["streams"], n, self.memory_reason)
 
     def _check_io(self, path: Path, model: Any) -> None:
         """The graph's one input must be the manifest's uint8 [?, T, T, 3] (tile axes T or dynamic) and its
@@ -238,6 +244,12 @@ class OvCpuBackend(Backend):
 
     # --- running ------------------------------------------------------------------------------------------------
     def _run(self, tiles: np.ndarray) -> np.ndarray:
+        step = self.max_batch or len(tiles)
+        if len(tiles) <= step:
+            return self._run_one(tiles)
+        return np.concatenate([self._run_one(tiles[i:i + step]) for i in range(0, len(tiles), step)])
+
+    def _run_one(self, tiles: np.ndarray) -> np.ndarray:
         name = self.bundle.manifest.input_name
         if len(self._requests) == 1 or len(tiles) == 1:
             request = self._requests[0]
@@ -264,7 +276,8 @@ class OvCpuBackend(Backend):
         out: dict[str, JsonScalar | dict[str, int]] = {"mode": self.options.mode, "streams": None,
                                                          "requests": len(self._requests) or None,
                                                          "inference_precision": None, "pinned": None,
-                                                         "cpu_isa": None, "int8_layers": None}
+                                                         "cpu_isa": None, "int8_layers": None,
+                                                         "max_batch": self.max_batch, "memory": self.memory_reason}
         if self._compiled is not None:
             out["streams"] = int(self._compiled.get_property("NUM_STREAMS"))
             out["inference_precision"] = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()

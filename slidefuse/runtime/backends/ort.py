@@ -39,6 +39,7 @@ import numpy as np
 from slidefuse.errors import BackendUnavailable, BundleError, UsageError
 from slidefuse.runtime.backends import cpu_paths
 from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
+from slidefuse.runtime.backends.memory import tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
 
@@ -82,9 +83,15 @@ class OrtOptions(BackendOptions):
     # ort-cpu int8 without a passed gate in the bundle's manifest: warn (and run), refuse (auto's int8 placement),
     # allow (run silently: the gate itself). A failed gate is always refused. See cpu_paths.
     unverified: Literal["warn", "refuse", "allow"] = "warn"
+    # CPU: budget in GiB for the engine's working memory; larger batches run in sub-batches (see memory.py).
+    # None = 40% of the usable memory; 0 = no limit. Ignored on GPUs.
+    max_memory_gb: float | None = None
+    arena: bool = True  # onnxruntime's CPU memory arena (keeps freed buffers for reuse)
+    mem_pattern: bool = True  # onnxruntime's memory pattern (buffers planned once per input shape)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.at_least("max_memory_gb", 0)
         self.at_least("threads", 0)
         self.at_least("device_id", 0)
         self.at_least("batch", 1)
@@ -148,6 +155,9 @@ class _OrtBackend(Backend):
         self.device_id = self.options.device_id
         self.io_binding = self.default_io_binding if self.options.io_binding is None else self.options.io_binding
         self.max_batch: int | None = None
+        self.memory_reason = "GPU: not limited by the host budget"
+        if self.device == "cpu":
+            self.max_batch, self.memory_reason = tiles_per_call(bundle.manifest, self.options.max_memory_gb)
         self._session: Any = None
         self._outputs: dict[int, Any] = {}
         cpu_paths.check(bundle, self.name, self.precision, self.options.unverified,
@@ -200,8 +210,8 @@ class _OrtBackend(Backend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        so.enable_cpu_mem_arena = True
-        so.enable_mem_pattern = True
+        so.enable_cpu_mem_arena = self.options.arena
+        so.enable_mem_pattern = self.options.mem_pattern
         so.log_severity_level = 3  # errors only; provider placement is checked explicitly below
         if not self.options.spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -237,8 +247,9 @@ class _OrtBackend(Backend):
                                f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); "
                                "not falling back to the CPU")
         self._check_io()
-        log.info("%s: %s on %s (precision %s, %d intra-op threads%s)", self.name, path.name,
-                 ", ".join(got), self.precision, self.threads, ", IO binding" if self.io_binding else "")
+        log.info("%s: %s on %s (precision %s, %d intra-op threads%s; %s)", self.name, path.name,
+                 ", ".join(got), self.precision, self.threads, ", IO binding" if self.io_binding else "",
+                 self.memory_reason)
 
     def _check_io(self) -> None:
         m = self.bundle.manifest
@@ -305,7 +316,8 @@ class _OrtBackend(Backend):
 
     def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
         """The backend-specific part of `info()`."""
-        return {"io_binding": self.io_binding}
+        return {"io_binding": self.io_binding, "max_batch": self.max_batch, "memory": self.memory_reason,
+                "arena": self.options.arena, "mem_pattern": self.options.mem_pattern}
 
 
 def _first_line(exc: BaseException) -> str:

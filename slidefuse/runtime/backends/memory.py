@@ -1,0 +1,70 @@
+"""How many tiles a CPU backend runs per engine call so that its working memory stays under a budget.
+
+A fused segmentation graph's working memory is dominated by the decoder's full-resolution activations: about
+`ACTIVATIONS_PER_TILE` float32 maps of `decoder_width x T x T` alive at once per tile. Measured on phikon (ViT-B/16
++ decoder width 256) at 512 px with ort-cpu: whole-process peak RSS 1935, 3412, 6243 and 11918 MiB at batch 1, 2,
+4 and 8, i.e. 1.43 GiB more per tile (`benchmarks/bench_engine_memory.py`), which is 5.5 such maps; the estimate
+uses 6. A batch larger than the budget allows is run in sub-batches inside the backend (same outputs: every tile
+is computed on its own), so `--batch` keeps its meaning for the pipeline while memory stays bounded.
+
+The default budget is `DEFAULT_FRACTION` of the memory this process may use (the cgroup limit when one is set,
+else the machine's RAM); `max_memory_gb=0` turns splitting off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from slidefuse.runtime.bundle import Manifest
+
+ACTIVATIONS_PER_TILE = 6  # float32 decoder_width x T x T maps alive at once per tile (5.5 measured, see above)
+DEFAULT_FRACTION = 0.4  # of the usable memory, when no budget is given
+_GIB = 1 << 30
+
+
+def usable_memory_bytes() -> int | None:
+    """The memory this process may use: the cgroup v2/v1 limit when set, else physical RAM; None if unknown."""
+    limits = []
+    for f in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        try:
+            text = f.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            limits.append(int(text))
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    return min(limits) if limits else None
+
+
+def tile_bytes(manifest: Manifest) -> int:
+    """Estimated working memory of one tile in the fused graph (float32 activations)."""
+    width = max(manifest.decoder_width, manifest.num_classes, 1)
+    return ACTIVATIONS_PER_TILE * width * manifest.tile_size ** 2 * 4
+
+
+def budget_bytes(max_memory_gb: float | None) -> tuple[int | None, str]:
+    """(budget in bytes or None for no limit, where it came from) for option `max_memory_gb`."""
+    if max_memory_gb is not None:
+        if max_memory_gb == 0:
+            return None, "max_memory_gb=0: no limit"
+        return int(max_memory_gb * _GIB), f"max_memory_gb={max_memory_gb:g}"
+    usable = usable_memory_bytes()
+    if usable is None:
+        return None, "the usable memory is unknown: no limit"
+    return int(usable * DEFAULT_FRACTION), f"{DEFAULT_FRACTION:.0%} of {usable / _GIB:.1f} GiB usable memory"
+
+
+def tiles_per_call(manifest: Manifest, max_memory_gb: float | None) -> tuple[int | None, str]:
+    """(the most tiles per engine call under the budget, or None for no limit; a one-line reason for logs)."""
+    budget, source = budget_bytes(max_memory_gb)
+    if budget is None:
+        return None, source
+    per_tile = tile_bytes(manifest)
+    n = max(1, math.floor(budget / per_tile))
+    return n, (f"at most {n} tiles per engine call: ~{per_tile / _GIB:.2f} GiB each (estimated) within "
+               f"{budget / _GIB:.1f} GiB ({source})")
