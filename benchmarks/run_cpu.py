@@ -13,6 +13,7 @@
 3. `bench slide` on the real CMU-1-Small-Region slide with the tiny bundle and ort-cpu -> results/cpu-slide.json.
 
     python benchmarks/run_cpu.py [--quick] [--models tiny,phikon] [--only-compare] [--skip PARTS] [--out DIR]
+        [--int8-op-types Conv,MatMul,Gemm --compare-name cpu-compare-int8conv.json]
 
 --only-compare runs part 2 alone (the same as --skip flops,engine,slide); --models limits part 2 to some models
 (`--quick --models tiny --only-compare --out /tmp/x` checks the whole compare path in about 30 s). The time of the
@@ -121,22 +122,22 @@ def int8_copy_path(bundle: Bundle) -> Path:
     return bundle.path.with_name(f"{bundle.path.name.removesuffix('.bundle')}-int8.bundle")
 
 
-def cached_int8(bundle: Bundle, n_tiles: int) -> Bundle | None:
+def cached_int8(bundle: Bundle, n_tiles: int, op_types: tuple[str, ...]) -> Bundle | None:
     """The INT8 copy of `bundle` when it exists and was made from this very bundle (same digest) with `n_tiles`
-    calibration tiles, else None."""
+    calibration tiles and `op_types`, else None."""
     out = int8_copy_path(bundle)
     if not (out / MANIFEST).exists():
         return None
     copy = load_bundle(out)
     record = copy.manifest.export.get("int8", {})
-    if copy.manifest.int8_model_file and (record.get("source_digest"), record.get("calibration_tiles")) == (
-            bundle.digest, n_tiles):
+    key = (record.get("source_digest"), record.get("calibration_tiles"), tuple(record.get("op_types", ())))
+    if copy.manifest.int8_model_file and key == (bundle.digest, n_tiles, op_types):
         return copy
     log.info("%s: made from another %s or tile count, made again", out, bundle.path.name)
     return None
 
 
-def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int) -> Bundle:
+def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int, op_types: tuple[str, ...] | None = None) -> Bundle:
     """`<name>-int8.bundle` beside `bundle`: its files hard-linked (they are never changed in place), plus
     model.int8.onnx from `write_int8_graph` calibrated on `n_tiles` tissue tiles of `slide` at the bundle's tile
     size and mpp, installed as `int8_model_file` by `write_manifest`. Not gated (random weights: speed only);
@@ -145,7 +146,8 @@ def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int) -> Bundle:
     from slidefuse.export.parity import slide_tiles
     from slidefuse.export.quantize import DEFAULT_METHOD, DEFAULT_OP_TYPES, INT8_FILE, write_int8_graph
 
-    cached = cached_int8(bundle, n_tiles)
+    op_types = tuple(op_types or DEFAULT_OP_TYPES)
+    cached = cached_int8(bundle, n_tiles, op_types)
     if cached is not None:
         return cached
     if not slide.is_file():
@@ -160,9 +162,10 @@ def ensure_int8_bundle(bundle: Bundle, slide: Path, n_tiles: int) -> Bundle:
         for rel in m.files:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             os.link(bundle.path / rel, stage / rel)
-        summary = write_int8_graph(bundle.model_path, stage / INT8_FILE, m.input_name, pool.tiles[:n_tiles])
+        summary = write_int8_graph(bundle.model_path, stage / INT8_FILE, m.input_name, pool.tiles[:n_tiles],
+                                   op_types=op_types)
         record = {"tool": "slidefuse.export.quantize.write_int8_graph", "method": DEFAULT_METHOD,
-                  "op_types": list(DEFAULT_OP_TYPES), "slide": slide.name, "calibration_tiles": n_tiles,
+                  "op_types": list(op_types), "slide": slide.name, "calibration_tiles": n_tiles,
                   "calibration_tile_sources": list(pool.sources[:n_tiles]),
                   "quantize_linear_nodes": summary["quantize_linear"], "excluded_nodes": len(summary["excluded_nodes"]),
                   "source_bundle": str(bundle.path), "source_digest": bundle.digest, "gated": False,
@@ -267,10 +270,11 @@ def flops_table(tile: int = TILE, num_classes: int = 3) -> dict[str, Any]:
     return {"kind": "flops", "tile": tile, "num_classes": num_classes, "peak": peak.to_dict(), "rows": rows}
 
 
-def compare_part(plans: list[Plan], bundles: Path, slide: Path, command: str) -> dict[str, Any]:
+def compare_part(plans: list[Plan], bundles: Path, slide: Path, command: str,
+                 op_types: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One interleaved `compare_backends` call per plan, on the INT8 copy of the plan's bundle."""
     t0 = time.perf_counter()
-    copies = {m: ensure_int8_bundle(ensure_bundle(m, TILE, bundles), slide, CALIBRATION_TILES[m])
+    copies = {m: ensure_int8_bundle(ensure_bundle(m, TILE, bundles), slide, CALIBRATION_TILES[m], op_types)
               for m in dict.fromkeys(p.model for p in plans)}
     comparisons = []
     for plan in plans:
@@ -303,7 +307,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(= --skip flops,engine,slide)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated models of the compare part "
                    "[%(default)s]")
+    p.add_argument("--int8-op-types", default=None, help="op types of the INT8 graphs (slidefuse quantize "
+                   "--op-types) [quantize's default, MatMul,Gemm]; e.g. Conv,MatMul,Gemm")
+    p.add_argument("--compare-name", default="cpu-compare.json", help="file name of the compare part's results "
+                   "[%(default)s]")
     args = p.parse_args(argv)
+    if args.int8_op_types:
+        args.int8_op_types = tuple(t.strip() for t in args.int8_op_types.split(",") if t.strip())
     args.skip = set(filter(None, args.skip.split(","))) | ({"flops", "engine", "slide"} if args.only_compare else set())
     args.models = tuple(filter(None, args.models.split(",")))
     if bad := sorted(args.skip - set(PARTS)):
@@ -337,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                 for c in baseline_contenders(cores)]
         write({"kind": "cpu-engine", "command": command, "runs": docs}, "cpu-engine.json", args.out)
     if "compare" not in skip:
-        doc = compare_part(plans, args.bundles, args.slide, command)
+        doc = compare_part(plans, args.bundles, args.slide, command, args.int8_op_types)
         doc["estimated_s"] = round(est)
-        write(doc, "cpu-compare.json", args.out)
+        write(doc, args.compare_name, args.out)
         log.info("summary: %s", json.dumps(doc["summary"]))
     if "slide" not in skip:
         if not args.slide.exists():
