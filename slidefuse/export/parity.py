@@ -138,31 +138,46 @@ def reader_tiles(reader: SlideReader, name: str, tile_size: int, mpp: float, n: 
     return ParityTiles(np.stack(tiles) if tiles else empty, sources, ("slides",))
 
 
+def _slide_part(path: Path, tile_size: int, mpp: float, n: int) -> ParityTiles:
+    """Up to `n` tissue tiles of one slide (see `reader_tiles`); MissingPixelSize names the slide."""
+    from slidefuse.errors import MissingPixelSize
+    from slidefuse.runtime.slide import open_slide
+
+    try:
+        reader = open_slide(Path(path))
+    except MissingPixelSize as exc:
+        raise MissingPixelSize(f"{path}: the slide has no pixel size, so its tiles cannot be matched to "
+                               "the model's um/px; use a parity slide that records one") from exc
+    with reader:
+        return reader_tiles(reader, Path(path).name, tile_size, mpp, n)
+
+
 def slide_tiles(slides: Sequence[Path], tile_size: int, mpp: float, n: int) -> ParityTiles:
-    """At least `n` tissue tiles from the named slides: ceil(n / len(slides)) from each (see `reader_tiles`).
+    """At least `n` tissue tiles from the named slides when they hold that many: ceil(n / len(slides)) from each
+    (see `reader_tiles`), and what a small slide cannot give taken from the others.
 
     Raises SlideNotFound / SlideReadError for a slide that cannot be opened, MissingPixelSize for one
     without a pixel size, and UsageError for one with no tissue tile.
     """
-    from slidefuse.errors import MissingPixelSize
-    from slidefuse.runtime.slide import open_slide
-
-    per_slide = math.ceil(n / len(slides))
-    parts: list[ParityTiles] = []
-    for path in slides:
-        try:
-            reader = open_slide(Path(path))
-        except MissingPixelSize as exc:
-            raise MissingPixelSize(f"{path}: the slide has no pixel size, so its tiles cannot be matched to "
-                                   "the model's um/px; use a parity slide that records one") from exc
-        with reader:
-            part = reader_tiles(reader, Path(path).name, tile_size, mpp, per_slide)
-        if not len(part.tiles):
-            raise UsageError(f"{path}: no {tile_size} px tile at {mpp:g} um/px touches tissue; use a parity "
-                             "slide with tissue on it")
+    quota = {Path(p): math.ceil(n / len(slides)) for p in slides}
+    parts: dict[Path, ParityTiles] = {}
+    read: dict[Path, int] = {}  # the quota each part was read with
+    for _ in range(len(slides)):
+        for path, q in quota.items():
+            if read.get(path) != q:
+                parts[path], read[path] = _slide_part(path, tile_size, mpp, q), q
+                if not len(parts[path].tiles):
+                    raise UsageError(f"{path}: no {tile_size} px tile at {mpp:g} um/px touches tissue; use a "
+                                     "parity slide with tissue on it")
+        missing = n - sum(len(p.tiles) for p in parts.values())
+        more = [path for path in quota if len(parts[path].tiles) == quota[path]]  # these may hold more
+        if missing <= 0 or not more:
+            break
+        for path in more:
+            quota[path] += math.ceil(missing / len(more))
+    for path, part in parts.items():
         log.info("parity: %d tiles from %s", len(part.tiles), path)
-        parts.append(part)
-    return _join(parts)
+    return _join([parts[Path(p)] for p in slides])
 
 
 def package_tile_index() -> list[dict[str, Any]]:

@@ -229,3 +229,12 @@ def test_slides_split_the_tiles_and_bad_slides_are_refused(tmp_path: Path) -> No
         parity_tiles(64, 1.0, n_real=1, slides=[tmp_path / "nope.svs"])
     with pytest.raises(UsageError, match="no tiles"):
         parity_tiles(64, 1.0, n_real=0, n_random=0)
+
+
+def test_slide_tiles_take_from_the_other_slides_what_a_small_one_lacks(cmu_slide: Path, ome_slide: Path) -> None:
+    # at 2 um/px and 128 px CMU-1-Small-Region holds 21 tissue tiles and OS-2 only 4: asking 15 of the two must
+    # give 15 (4 + 11), not 4 + ceil(15 / 2)
+    tiles = parity.slide_tiles([cmu_slide, ome_slide], 128, 2.0, 15)
+    assert len(tiles.tiles) == 15 and len(set(tiles.sources)) == 15
+    assert sum(s.startswith(ome_slide.name) for s in tiles.sources) == 4
+    assert len(parity.slide_tiles([cmu_slide, ome_slide], 128, 2.0, 100).tiles) == 25  # all there are
