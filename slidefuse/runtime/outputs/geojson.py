@@ -404,9 +404,11 @@ def iter_features(
         del fg
         for lo, hi, (rows, cols) in region_batches(labels, n_regions, batch_px):
             sub = labels[rows, cols]
-            polys = polygonize((sub >= lo) & (sub <= hi), min_area_px=min_area_px)
+            fg_batch = (sub >= lo) & (sub <= hi)
             del sub
-            for g in to_l0(polys, sx, sy, offset=offset, grid_origin=(cols.start, rows.start)):
+            # no name holds polygonize's result: to_l0 drops each stage's geometries as it makes the next
+            for g in to_l0(polygonize(fg_batch, min_area_px=min_area_px), sx, sy, offset=offset,
+                           grid_origin=(cols.start, rows.start)):
                 yield c, g
         del labels
 
