@@ -6,11 +6,14 @@
 
 Each (settings, batch) point runs in a fresh subprocess: open the backend, run `--calls` batches of real-looking
 random tiles, print the process's peak RSS. Settings are backend options (`--option`-style pairs) named here:
-  default               the backend's defaults (onnxruntime: CPU arena on, memory pattern on)
+  default               the backend's defaults (ort-cpu: CPU arena on, memory pattern off, 40% of RAM budget)
   no-arena              enable_cpu_mem_arena off   (ort-cpu option arena=false)
   no-pattern            enable_mem_pattern off     (ort-cpu option mem_pattern=false)
+  pattern               enable_mem_pattern on      (ort-cpu option mem_pattern=true: onnxruntime's default)
   no-arena-no-pattern   both off
   max-memory=G          the backend splits each batch so that its estimated peak stays under G GiB
+                        (0: no limit, the behaviour before the budget existed; the default is 40% of RAM)
+  A+B                   both, e.g. no-arena+max-memory=0
 Results: benchmarks/results/engine-memory.json (with the command, machine and bundle).
 """
 
@@ -28,13 +31,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 NAMED = {"default": {}, "no-arena": {"arena": False}, "no-pattern": {"mem_pattern": False},
-         "no-arena-no-pattern": {"arena": False, "mem_pattern": False}}
+         "pattern": {"mem_pattern": True}, "no-arena-no-pattern": {"arena": False, "mem_pattern": False}}
 
 
 def settings_options(name: str) -> dict[str, Any]:
-    if name.startswith("max-memory="):
-        return {"max_memory_gb": float(name.split("=", 1)[1])}
-    return dict(NAMED[name])
+    """Backend options of a settings name; names join with '+', e.g. no-arena+max-memory=0."""
+    out: dict[str, Any] = {}
+    for part in name.split("+"):
+        if part.startswith("max-memory="):
+            out["max_memory_gb"] = float(part.split("=", 1)[1])
+        else:
+            out.update(NAMED[part])
+    return out
 
 
 def child(model: str, backend: str, batch: int, options: dict[str, Any], calls: int) -> int:

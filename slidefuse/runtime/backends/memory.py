@@ -2,10 +2,11 @@
 
 A fused segmentation graph's working memory is dominated by the decoder's full-resolution activations: about
 `ACTIVATIONS_PER_TILE` float32 maps of `decoder_width x T x T` alive at once per tile. Measured on phikon (ViT-B/16
-+ decoder width 256) at 512 px with ort-cpu: whole-process peak RSS 1935, 3412, 6243 and 11918 MiB at batch 1, 2,
-4 and 8, i.e. 1.43 GiB more per tile (`benchmarks/bench_engine_memory.py`), which is 5.5 such maps; the estimate
-uses 6. A batch larger than the budget allows is run in sub-batches inside the backend (same outputs: every tile
-is computed on its own), so `--batch` keeps its meaning for the pipeline while memory stays bounded.
++ decoder width 256) at 512 px with ort-cpu (memory pattern off, its default; `benchmarks/bench_engine_memory.py`,
+`engine-memory.json`): whole-process peak RSS 1361, 2086, 3520 and 6193 MiB at batch 1, 2, 4 and 8, i.e. 0.67 GiB
+more per tile, which is 2.7 such maps; the estimate uses 3. A batch larger than the budget allows is run in
+sub-batches inside the backend (same outputs: every tile is computed on its own), so `--batch` keeps its meaning
+for the pipeline while memory stays bounded.
 
 The default budget is `DEFAULT_FRACTION` of the memory this process may use (the cgroup limit when one is set,
 else the machine's RAM); `max_memory_gb=0` turns splitting off.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from slidefuse.runtime.bundle import Manifest
 
-ACTIVATIONS_PER_TILE = 6  # float32 decoder_width x T x T maps alive at once per tile (5.5 measured, see above)
+ACTIVATIONS_PER_TILE = 3  # float32 decoder_width x T x T maps alive at once per tile (2.7 measured, see above)
 DEFAULT_FRACTION = 0.4  # of the usable memory, when no budget is given
 _GIB = 1 << 30
 

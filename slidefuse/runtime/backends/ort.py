@@ -6,7 +6,10 @@ Session options, tuned for one large graph run over and over on same-sized batch
 - graph optimisation level ORT_ENABLE_ALL (constant folding, layout and operator fusions);
 - sequential execution, one inter-op thread, `threads` intra-op threads (default: the CPUs this process may
   use); `spin=False` stops idle intra-op threads from spinning (useful when reader threads share the CPU);
-- CPU memory arena and memory pattern on (buffers are planned once per input shape and reused).
+- CPU memory arena on, memory pattern off (with both on, the second run of a shape allocated its planned block
+  beside the first run's arena chunks: twice the peak; see `OrtOptions.mem_pattern`);
+- on the CPU, batches larger than the working-memory budget (`max_memory_gb`, default 40% of the usable memory;
+  see `memory.py`) run in sub-batches.
 
 Precision: `precision="fp32"` runs `model.onnx`; `precision="fp16"` runs the bundle's `model.fp16.onnx` for
 ort-cpu / ort-cuda (an error when the bundle has none: re-export with `--fp16`), and for ort-trt lets TensorRT
@@ -87,7 +90,10 @@ class OrtOptions(BackendOptions):
     # None = 40% of the usable memory; 0 = no limit. Ignored on GPUs.
     max_memory_gb: float | None = None
     arena: bool = True  # onnxruntime's CPU memory arena (keeps freed buffers for reuse)
-    mem_pattern: bool = True  # onnxruntime's memory pattern (buffers planned once per input shape)
+    # onnxruntime's memory pattern (buffers planned once per input shape). Off by default: with the arena on, the
+    # planned block is allocated next to the arena's chunks from the first run, which doubled the peak (phikon
+    # 512 px, batch 8, 3 calls: 11925 MiB with it, 6217 MiB without, no slower; engine-memory-b8.json)
+    mem_pattern: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
