@@ -25,7 +25,7 @@ Bundles are random-weight exports at 512 px and 0.5 um/px, made once into --bund
 each, `<name>-int8.bundle` beside it (files hard-linked, manifest rewritten, also cached), whose model.int8.onnx is
 made by `quantize.write_int8_graph` calibrated on tissue tiles of CMU-1-Small-Region. With random weights those
 graphs are for speed only and were not gated (agreement is meaningless; accuracy is measured on trained models in
-benchmarks/cpu_accuracy.json). All paths of a plan run on that copy, whose model.onnx and model.safetensors are the
+benchmarks/results/cpu-accuracy.json). All paths of a plan run on that copy, whose model.onnx and model.safetensors are the
 original's. On a busy shared machine the figures move with the load: every result carries the load average (1, 5,
 15 min) it ran under.
 """
@@ -61,7 +61,7 @@ MODELS = ("tiny", "phikon")  # the compare part's models (benchmark bundles at 5
 PARTS = ("flops", "engine", "compare", "slide")
 TILE = 512
 INT8_NOTE = ("random weights: agreement is meaningless; accuracy is measured on trained models in "
-             "benchmarks/cpu_accuracy.json")
+             "benchmarks/results/cpu-accuracy.json")
 # Calibration tiles of the speed-only INT8 graphs. The graph's structure (which nodes are quantised), hence its
 # speed, does not depend on the ranges. phikon gets one: a calibration pass holds every activation of a ViT-B at
 # 512 px for each of its tiles (measured: 1 tile 4.9 GB peak RSS in 21 s, 4 tiles 15.5 GB in 75 s).
