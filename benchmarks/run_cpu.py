@@ -25,9 +25,9 @@ Bundles are random-weight exports at 512 px and 0.5 um/px, made once into --bund
 each, `<name>-int8.bundle` beside it (files hard-linked, manifest rewritten, also cached), whose model.int8.onnx is
 made by `quantize.write_int8_graph` calibrated on tissue tiles of CMU-1-Small-Region. With random weights those
 graphs are for speed only and were not gated (agreement is meaningless; accuracy is measured on trained models in
-benchmarks/results/cpu-accuracy.json). All paths of a plan run on that copy, whose model.onnx and model.safetensors are the
-original's. On a busy shared machine the figures move with the load: every result carries the load average (1, 5,
-15 min) it ran under.
+benchmarks/results/cpu-accuracy.json). All paths of a plan run on that copy, whose model.onnx and
+model.safetensors are the original's. On a busy shared machine the figures move with the load: every result
+carries the load average (1, 5, 15 min) it ran under.
 """
 
 from __future__ import annotations
