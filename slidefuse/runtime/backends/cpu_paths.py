@@ -57,8 +57,9 @@ class CpuPath:
 # The order in which `auto` tries the CPU paths (higher first): the one place to change it. Accelerated paths
 # first, each only where its gate passed for the bundle; OpenVINO above onnxruntime at equal precision (faster on
 # the project's ViT + conv decoder graphs on AVX-512 CPUs); fp32 last. Every GPU placement (torch 80, ort-cuda 70,
-# ort-trt 90, trt 100) stays above all of these; torch on the CPU (10) below. To be revised from the interleaved
-# CPU benchmark (benchmarks/run_cpu.py).
+# ort-trt 90, trt 100) stays above all of these; torch on the CPU (10) below. The order is the one measured by the
+# interleaved CPU benchmark (benchmarks/run_cpu.py, cpu-compare.json: phikon 512 px, batch 1, 2 AVX-512/VNNI/BF16
+# cores: ov-cpu bf16 3.77x torch eager > ov-cpu int8 2.22x > ort-cpu int8 2.02x > ov-cpu fp32 1.95x > ort-cpu 1.85x).
 CPU_PATHS: tuple[CpuPath, ...] = (
     CpuPath("ov-cpu", "bf16", 30, "ov-cpu bf16"),
     CpuPath("ov-cpu", "int8", 28, "ov-cpu int8"),
