@@ -31,9 +31,11 @@ def _requirements(target: str) -> dict[str, str]:
     return _names((ROOT / "tools" / "image" / f"requirements-{target}.txt").read_text().splitlines())
 
 
-def test_cpu_requirements_are_setup_cfg_install_requires() -> None:
-    base = _names(_setup_cfg()["options"]["install_requires"].splitlines())
-    assert _requirements("cpu") == base
+def test_cpu_requirements_are_setup_cfg_install_requires_and_openvino() -> None:
+    cfg = _setup_cfg()
+    base = _names(cfg["options"]["install_requires"].splitlines())
+    openvino = _names(cfg["options.extras_require"]["openvino"].splitlines())
+    assert _requirements("cpu") == {**base, **openvino}
 
 
 def test_gpu_requirements_swap_onnxruntime_for_onnxruntime_gpu_and_pin_tensorrt_10() -> None:

@@ -14,7 +14,7 @@
 #
 # test cpu: `slidefuse segment` on the demonstration slide inside the image, as its non-root user, with the slide
 #           mounted read-only; checks mask.tif, report.json and that the mask equals the one made here by the
-#           same model with ort-cpu (read with tifffile).
+#           same model with ort-cpu (read with tifffile); then the same with --backend ov-cpu (OpenVINO fp32).
 # test gpu: onnxruntime-gpu (with its CUDA provider) and TensorRT import, the CPU onnxruntime is absent, the
 #           demonstration bundle verifies (`slidefuse info`), and `--backend ort-cuda` without a GPU fails with
 #           slidefuse's one-line error.
@@ -110,6 +110,8 @@ test_cpu() {
     out=$(mktemp -d "$CACHE/out.XXXX"); chmod 777 "$out"
     out=$(cd "$out" && pwd)
     run_in cpu "$slides:/slides:ro" "$out:/out" -- slidefuse segment /slides/CMU-1-Small-Region.svs --out /out
+    run_in cpu "$slides:/slides:ro" "$out:/out" -- slidefuse -q segment /slides/CMU-1-Small-Region.svs \
+        --backend ov-cpu --formats tiff --out /out/ov-cpu
     local owner
     owner=$(stat -c %u "$out/CMU-1-Small-Region/mask.tif")
     [[ $owner == 1000 ]] || { log "outputs written by uid $owner, expected the image's user 1000"; exit 1; }
@@ -135,6 +137,11 @@ print(f"[image] mask {a.shape} inside the image vs here: {differ} of {a.size} pi
       f"{np.bincount(a.ravel()).tolist()}; backend {report['backend']['backend']} "
       f"onnxruntime {report['backend'].get('onnxruntime')}")
 assert differ == 0, "the image's mask differs from this machine's"
+ov = np.asarray(tifffile.imread(inside.parent / "ov-cpu" / inside.name / "mask.tif", level=0))
+ov_report = json.loads((inside.parent / "ov-cpu" / inside.name / "report.json").read_text())
+print(f"[image] ov-cpu inside the image (openvino {ov_report['backend'].get('openvino')}, "
+      f"{ov_report['backend'].get('inference_precision')}): {int((ov != b).sum())} of {b.size} pixels differ")
+assert ov_report["backend"]["backend"] == "ov-cpu" and (ov == b).all(), "ov-cpu's mask differs from ort-cpu's"
 PY
     rm -rf "$out" "$here"
 }
