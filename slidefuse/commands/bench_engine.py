@@ -92,7 +92,7 @@ def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--model", "model", type=click.Path(path_type=Path), required=True, help="Model bundle folder.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Backend name (see 'slidefuse segment --help').")
 @click.option("--batch", "batch", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
               help="Precision to ask the backend for [its default, fp32].")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per batch size.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per batch size first.")

@@ -24,7 +24,7 @@ import click
 @click.option("--random-tiles", "n_random", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also compare this many seeded random uint8 tiles (full-range inputs, e.g. for fp16).")
 @click.option("--batch", default=4, show_default=True, type=click.IntRange(min=1), help="Tiles per run call.")
-@click.option("--precision", type=click.Choice(["fp16", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(["fp16", "bf16", "int8"]), default=None,
               help="Run the compared backends in this precision (default: each backend's fp32/engine "
                    "default); the reference stays fp32.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --random-tiles.")

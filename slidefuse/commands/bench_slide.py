@@ -48,7 +48,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 @click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per backend call.")
 @click.option("--mpp", type=float, default=None, help="Slide pixel size in um/px, for slides without one.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
               help="Precision to ask the backend for [its default, fp32].")
 @click.option("--option", "options", multiple=True, help="Backend option KEY=VALUE (repeatable), e.g. threads=2.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed backend calls first.")
