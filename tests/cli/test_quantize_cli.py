@@ -5,9 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -95,27 +93,9 @@ def test_without_openvino_the_ov_paths_are_reported_not_gated(runner: CliRunner,
 def test_a_failing_openvino_path_is_one_line_and_not_an_error(runner: CliRunner, bundle_dir: Path, tmp_path: Path,
                                                               cmu_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gate's ov-cpu int8 runner is wrapped so that it moves one pixel row of every tile to another class."""
-    from slidefuse.export import quantize
+    from runtime.cpu_path_helpers import skew
 
-    real = quantize._ov_runner
-
-    class Skewed:
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def __enter__(self) -> Skewed:
-            self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.inner.__exit__(*exc)
-
-        def run(self, tiles: Any) -> Any:
-            out = self.inner.run(tiles).copy()
-            out[:, :, 0, :] = np.roll(out[:, :, 0, :], 1, axis=1)  # every class to the next one
-            return out
-
-    monkeypatch.setattr(quantize, "_ov_runner", lambda b, p: Skewed(real(b, p)) if p == "int8" else real(b, p))
+    skew(monkeypatch, "int8")
     folder = tmp_path / "b"
     shutil.copytree(bundle_dir, folder)
     res = runner.invoke(cli, ["-q", "quantize", str(folder), *CONV, "--slides", str(cmu_slide),
