@@ -26,8 +26,9 @@ gate itself, which runs the path before any record exists).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from slidefuse.runtime.backends.base import Placement
@@ -167,3 +168,26 @@ def check(bundle: Bundle, backend: str, precision: str, unverified: Unverified, 
         log.warning("%s: precision %s is not verified for bundle %s (no passed '%s' gate in its manifest; run "
                     "slidefuse quantize %s --slides ... to gate it); running it as asked", backend, precision,
                     bundle.path, gate.key, bundle.path)
+
+
+def int8_graph(bundle: Bundle, backend: str) -> Path:
+    """The bundle's INT8 graph for a CPU backend at precision int8; UsageError when it has none."""
+    from slidefuse.errors import UsageError
+
+    if not bundle.manifest.int8_model_file:
+        raise UsageError(f"backend {backend}: precision int8 needs model.int8.onnx, which bundle {bundle.path} lacks; "
+                         f"make it with 'slidefuse quantize {bundle.path} --slides SLIDE ...' or use precision fp32")
+    return Path(bundle.path) / bundle.manifest.int8_model_file
+
+
+def can_run(bundle: Bundle, backend: str, precision: str, unverified: Unverified,
+            graph_file: Callable[[Bundle, str], Path]) -> str | None:
+    """A CPU backend's `can_run`: why it cannot run `bundle` at `precision` (its graph is missing, see
+    `graph_file`, or the path's gate refuses it: `refusal`), or None."""
+    from slidefuse.errors import BundleError, UsageError
+
+    try:
+        graph_file(bundle, precision)
+    except (UsageError, BundleError) as exc:
+        return str(exc)
+    return refusal(bundle, backend, precision, unverified)

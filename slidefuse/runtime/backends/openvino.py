@@ -146,11 +146,7 @@ class OvCpuBackend(Backend):
     @classmethod
     def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
         opts = _ov_options(options)
-        try:
-            cls.graph_file(bundle, opts.precision)
-        except (UsageError, BundleError) as exc:
-            return str(exc)
-        return cpu_paths.refusal(bundle, cls.name, opts.precision, opts.unverified)
+        return cpu_paths.can_run(bundle, cls.name, opts.precision, opts.unverified, cls.graph_file)
 
     # --- what to run --------------------------------------------------------------------------------------------
     @classmethod
@@ -158,10 +154,7 @@ class OvCpuBackend(Backend):
         """The ONNX file run at `precision`: model.onnx (fp32, bf16) or the INT8 QDQ graph (int8). UsageError when
         the bundle has no INT8 graph, or for bf16 on a CPU without bf16 support."""
         if precision == "int8":
-            if not bundle.manifest.int8_model_file:
-                raise UsageError(f"backend {cls.name}: precision int8 needs an INT8 graph, which bundle {bundle.path} "
-                                 f"lacks; run 'slidefuse quantize {bundle.path} --slides ...' or use precision fp32")
-            return Path(bundle.path) / bundle.manifest.int8_model_file
+            return cpu_paths.int8_graph(bundle, cls.name)
         if precision == "bf16" and "BF16" not in cpu_capabilities():
             raise UsageError(f"backend {cls.name}: precision bf16 needs a CPU with bf16 support, and OpenVINO reports "
                              f"only {', '.join(cpu_capabilities())} here; use precision fp32")

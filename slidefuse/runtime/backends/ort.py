@@ -172,11 +172,7 @@ class _OrtBackend(Backend):
     @classmethod
     def can_run(cls, bundle: Bundle, options: BackendOptions) -> str | None:
         opts = _ort_options(options)
-        try:
-            cls.graph_file(bundle, opts.precision)
-        except (UsageError, BundleError) as exc:
-            return str(exc)
-        return cpu_paths.refusal(bundle, cls.name, opts.precision, opts.unverified)
+        return cpu_paths.can_run(bundle, cls.name, opts.precision, opts.unverified, cls.graph_file)
 
     # --- what to run ----------------------------------------------------------------------------------
     @classmethod
@@ -187,11 +183,7 @@ class _OrtBackend(Backend):
         if precision == "int8":
             if cls.device != "cpu":
                 raise UsageError(f"backend {cls.name}: {_INT8_CPU_ONLY}")
-            if not m.int8_model_file:
-                raise UsageError(f"backend {cls.name}: precision int8 needs model.int8.onnx, which bundle "
-                                 f"{bundle.path} lacks; make it with 'slidefuse quantize {bundle.path} --slides "
-                                 "SLIDE ...' or use precision fp32")
-            return Path(bundle.path) / m.int8_model_file
+            return cpu_paths.int8_graph(bundle, cls.name)
         if precision == "fp16":
             if not m.fp16_model_file:
                 raise UsageError(f"backend {cls.name}: precision fp16 needs model.fp16.onnx, which bundle "
