@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from slidefuse.runtime.bundle import Manifest
 
@@ -69,3 +72,13 @@ def tiles_per_call(manifest: Manifest, max_memory_gb: float | None) -> tuple[int
     n = max(1, math.floor(budget / per_tile))
     return n, (f"at most {n} tiles per engine call: ~{per_tile / _GIB:.2f} GiB each (estimated) within "
                f"{budget / _GIB:.1f} GiB ({source})")
+
+
+def in_sub_batches(tiles: np.ndarray, max_batch: int | None, run_one: Callable[[np.ndarray], np.ndarray]
+                   ) -> np.ndarray:
+    """`run_one` over `tiles` in consecutive sub-batches of at most `max_batch` (None: all at once), joined in
+    order."""
+    step = max_batch or len(tiles)
+    if len(tiles) <= step:
+        return run_one(tiles)
+    return np.concatenate([run_one(tiles[i:i + step]) for i in range(0, len(tiles), step)])

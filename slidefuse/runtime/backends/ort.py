@@ -42,7 +42,7 @@ import numpy as np
 from slidefuse.errors import BackendUnavailable, BundleError, UsageError
 from slidefuse.runtime.backends import cpu_paths
 from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
-from slidefuse.runtime.backends.memory import tiles_per_call
+from slidefuse.runtime.backends.memory import in_sub_batches, tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
 
@@ -270,10 +270,7 @@ class _OrtBackend(Backend):
 
     # --- running -------------------------------------------------------------------------------------------
     def _run(self, tiles: np.ndarray) -> np.ndarray:
-        step = self.max_batch or len(tiles)
-        if len(tiles) <= step:
-            return self._run_one(tiles)
-        return np.concatenate([self._run_one(tiles[i:i + step]) for i in range(0, len(tiles), step)])
+        return in_sub_batches(tiles, self.max_batch, self._run_one)
 
     def _run_one(self, tiles: np.ndarray) -> np.ndarray:
         m = self.bundle.manifest
