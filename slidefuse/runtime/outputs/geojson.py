@@ -24,9 +24,11 @@ pixel (0, 0) is level-0 pixel (bounds-x, bounds-y), and the offset is subtracted
 without bounds the two frames are the same. report.json records the frame and the offset.
 
 Bounded memory and time: the grid is the mask itself when it holds at most `max_pixels` pixels, else the
-mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file); the
-report records the grid's resolution. Memory is about 6 bytes per grid pixel plus about 100 bytes per boundary
-edge.
+mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file), read into
+one array with plain file reads (`class_grid`); the report records the grid's resolution. Each class is
+labelled once (`Regions`: 6 bytes per grid pixel while it runs, then 40 bytes per region; the label image is
+dropped), and its regions are polygonised in batches of bounded window (`region_batches`), each window
+labelled on its own: about 100 bytes per boundary edge of the batch.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from slidefuse.runtime.outputs.base import (
     OutputOptions,
     OutputRecord,
 )
-from slidefuse.runtime.outputs.raster import grid_size_for, mode_downsample, open_mask
+from slidefuse.runtime.outputs.raster import class_grid, grid_size_for
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
@@ -358,34 +360,98 @@ def feature(geom: Any, cls: ClassInfo) -> dict[str, Any]:
 
 BATCH_PIXELS = 1 << 22  # regions polygonised together: at most this many bounding-box pixels per batch
 BATCH_REGIONS = 4096  # ... and at most this many regions (each costs about 2 KB of geometry objects)
+BAND_PIXELS = 1 << 20  # label-image pixels scanned at a time for first pixels and boxes
 
 
-def region_batches(labels: np.ndarray, n_regions: int, budget_px: int = BATCH_PIXELS,
+@dataclass(frozen=True)
+class Regions:
+    """The 4-connected regions of a bool [h, w] mask, without their label image: for region i + 1 (scipy's
+    labels, from 1), the flat index of its first pixel in raster order and its bounding box."""
+
+    shape: tuple[int, int]
+    first: np.ndarray  # int64 [n]: row * w + col of each region's first pixel
+    boxes: np.ndarray  # int64 [n, 4]: row start, row stop, col start, col stop (stops exclusive)
+
+    @classmethod
+    def of(cls, fg: np.ndarray) -> Regions:
+        """Label `fg` once (int32, 4 bytes per pixel) and keep 40 bytes per region, so that no label image is
+        held while the regions are polygonised."""
+        from scipy import ndimage
+
+        labels, n = ndimage.label(fg)
+        first, boxes = _scan_labels(labels, n)
+        return cls(fg.shape, first, boxes)
+
+    def batch_mask(self, fg_window: np.ndarray, lo: int, hi: int, origin: tuple[int, int]) -> np.ndarray:
+        """Of the mask's window `fg_window` whose top-left pixel is `origin` (row, col), the regions lo..hi
+        (which lie wholly inside it), as a bool mask over the window.
+
+        The window is labelled on its own: a region lies wholly inside the window, so the window's component
+        holding its first pixel is that region, whole."""
+        from scipy import ndimage
+
+        local, n_local = ndimage.label(fg_window)
+        r, c = np.divmod(self.first[lo - 1:hi], self.shape[1])
+        chosen = np.zeros(n_local + 1, dtype=bool)
+        chosen[local[r - origin[0], c - origin[1]]] = True
+        out: np.ndarray = chosen[local]
+        return out
+
+
+def _scan_labels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first, boxes) of labels 1..n of a label image (see `Regions`), scanned band by band (bounded memory).
+
+    scipy numbers labels in raster order of their first pixels, so the first pixels are exactly where a label
+    exceeds every label before it; checked, as the batches rely on that order."""
+    h, w = labels.shape
+    first = np.full(n, -1, dtype=np.int64)
+    boxes = np.empty((n, 4), dtype=np.int64)
+    boxes[:, 1] = boxes[:, 3] = -1
+    boxes[:, 2] = w
+    seen = 0  # the largest label so far
+    band_rows = max(1, BAND_PIXELS // max(w, 1))
+    for r0 in range(0, h, band_rows):
+        band = labels[r0:r0 + band_rows].ravel()
+        at = np.flatnonzero(band)
+        lab = band[at].astype(np.int64) - 1
+        new = np.flatnonzero(lab >= np.maximum.accumulate(np.r_[seen - 1, lab[:-1]]) + 1) if len(lab) else at[:0]
+        if len(new) and (lab[new[0]] != seen or (np.diff(lab[new]) != 1).any()):
+            raise RuntimeError("polygonisation: labels are not in raster order; please report this as a bug")
+        first[lab[new]] = r0 * w + at[new]
+        seen += len(new)
+        row, col = np.divmod(at, w)
+        np.maximum.at(boxes[:, 1], lab, row + r0 + 1)
+        np.minimum.at(boxes[:, 2], lab, col)
+        np.maximum.at(boxes[:, 3], lab, col + 1)
+    if seen != n:
+        raise RuntimeError(f"polygonisation: found {seen} of {n} regions; please report this as a bug")
+    boxes[:, 0] = first // w
+    return first, boxes
+
+
+def region_batches(boxes: np.ndarray, budget_px: int = BATCH_PIXELS,
                    max_regions: int = BATCH_REGIONS) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
     """Consecutive runs of region labels, (first, last, window), at most `max_regions` long, whose bounding
-    boxes hold at most `budget_px` pixels together (a larger region is a batch of its own); `window` is the
-    union of their boxes.
+    boxes (`boxes[label - 1]`: row start, row stop, col start, col stop) hold at most `budget_px` pixels
+    together (a larger region is a batch of its own); `window` is the union of their boxes.
 
     Labels are numbered in raster order, so a run's regions lie in a band of rows, and polygonising run by run
     yields the regions in the same order as polygonising the whole mask at once, with memory bounded by the
     batch instead of by the number of regions on the slide."""
-    from scipy import ndimage
-
-    boxes = ndimage.find_objects(labels, max_label=n_regions)
     first, cost = 1, 0
     r0 = c0 = 1 << 62
     r1 = c1 = 0
-    for lab, (rs, cs) in enumerate(boxes, start=1):
-        area = (rs.stop - rs.start) * (cs.stop - cs.start)
+    for lab, (rs, re, cs, ce) in enumerate(boxes.tolist(), start=1):
+        area = (re - rs) * (ce - cs)
         if lab > first and (cost + area > budget_px or lab - first >= max_regions):
             yield first, lab - 1, (slice(r0, r1), slice(c0, c1))
             first, cost = lab, 0
             r0 = c0 = 1 << 62
             r1 = c1 = 0
         cost += area
-        r0, r1, c0, c1 = min(r0, rs.start), max(r1, rs.stop), min(c0, cs.start), max(c1, cs.stop)
-    if n_regions >= first:
-        yield first, n_regions, (slice(r0, r1), slice(c0, c1))
+        r0, r1, c0, c1 = min(r0, rs), max(r1, re), min(c0, cs), max(c1, ce)
+    if len(boxes) >= first:
+        yield first, len(boxes), (slice(r0, r1), slice(c0, c1))
 
 
 def iter_features(
@@ -393,24 +459,18 @@ def iter_features(
     offset: tuple[float, float] = (0.0, 0.0), batch_px: int = BATCH_PIXELS,
 ) -> Iterator[tuple[int, Any]]:
     """(class index, geometry in l0_xy minus `offset`) for every region of every class >= 1 of a uint8 [h, w]
-    class grid. Regions are polygonised in batches of `region_batches` (same output as all at once)."""
-    from scipy import ndimage
-
+    class grid. Regions are polygonised in batches of `region_batches` (same output as all at once); the
+    grid's label image is dropped before the first batch (`Regions`), so a batch costs its window alone."""
     for c in range(1, len(classes)):
-        fg = grid == c
-        if not fg.any():
-            continue
-        labels, n_regions = ndimage.label(fg)
-        del fg
-        for lo, hi, (rows, cols) in region_batches(labels, n_regions, batch_px):
-            sub = labels[rows, cols]
-            fg_batch = (sub >= lo) & (sub <= hi)
-            del sub
+        regions = Regions.of(grid == c)  # no full-grid mask is kept: each batch compares its window alone
+        for lo, hi, (rows, cols) in region_batches(regions.boxes, batch_px):
+            fg_batch = regions.batch_mask(grid[rows, cols] == c, lo, hi, (rows.start, cols.start))
             # no name holds polygonize's result: to_l0 drops each stage's geometries as it makes the next
             for g in to_l0(polygonize(fg_batch, min_area_px=min_area_px), sx, sy, offset=offset,
                            grid_origin=(cols.start, rows.start)):
                 yield c, g
-        del labels
+            del fg_batch
+        del regions
 
 
 def write_geojson(
@@ -433,13 +493,7 @@ def write_geojson(
     """
     t0 = time.perf_counter()
     gw, gh = grid_size_for(result, geojson_mpp, max_pixels)
-    img = open_mask(result)
-    method = "none"
-    if (gw, gh) != (result.mask_width, result.mask_height):  # the grid is small: block modes in memory
-        img, method = mode_downsample(result, gw, gh, num_classes=len(classes))
-    grid = img.numpy()
-    if grid.ndim == 3:
-        grid = grid[..., 0]
+    grid, method = class_grid(result, gw, gh, num_classes=len(classes))  # the only copy of the grid in memory
     sx, sy = slide.width / gw, slide.height / gh  # l0 px per grid px
     offset, offset_source = frame_offset(slide, frame)
     counts = _stream_features(Path(path), iter_features(grid, classes, sx, sy, min_area_px=min_area_px,

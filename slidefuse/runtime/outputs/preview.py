@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SIDE = 1400  # longest side of the preview's image area in px
 ALPHA = 0.45  # opacity of class colours over the thumbnail
+OVERLAY_PIXELS = 1 << 18  # pixels blended at a time (about 6 MB of float32 temporaries)
 TISSUE_FILE = "tissue.png"  # the tissue mask on the thumbnail, written for every slide
 
 
@@ -46,9 +47,14 @@ def overlay(
     """
     lut = np.zeros((256, 3), dtype=np.float32)
     lut[: len(colors)] = np.asarray(colors, dtype=np.float32)
-    a = np.where(labels > 0, np.float32(alpha), np.float32(0))[..., None]
-    out = rgb.astype(np.float32) * (1 - a) + lut[labels] * a
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = np.empty(rgb.shape, dtype=np.uint8)
+    step = max(1, OVERLAY_PIXELS // max(1, rgb.shape[1]))  # rows at a time: float32 temporaries stay small
+    for r0 in range(0, rgb.shape[0], step):
+        lab = labels[r0:r0 + step]
+        a = np.where(lab > 0, np.float32(alpha), np.float32(0))[..., None]
+        blend = rgb[r0:r0 + step].astype(np.float32) * (1 - a) + lut[lab] * a
+        out[r0:r0 + step] = np.clip(np.rint(blend), 0, 255)
+    return out
 
 
 def _text_mask(text: str, size_px: int) -> np.ndarray:

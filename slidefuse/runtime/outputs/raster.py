@@ -39,6 +39,14 @@ def open_mask(result: MaskResult) -> pyvips.Image:
     """
     import pyvips
 
+    _check_raw(result)
+    return pyvips.Image.rawload(
+        str(result.raw_path), result.mask_width, result.mask_height, 1, format="uchar", interpretation="b-w"
+    )
+
+
+def _check_raw(result: MaskResult) -> None:
+    """Raise OutputError unless the raw mask file exists and holds mask_width * mask_height bytes."""
     raw = result.raw_path
     if not raw.is_file():
         raise OutputError(f"{raw}: the stitched mask file is missing; the segmentation did not finish")
@@ -51,9 +59,6 @@ def open_mask(result: MaskResult) -> pyvips.Image:
         )
     if result.mask_width < 1 or result.mask_height < 1:
         raise OutputError(f"{raw}: empty mask ({result.mask_width}x{result.mask_height})")
-    return pyvips.Image.rawload(
-        str(raw), result.mask_width, result.mask_height, 1, format="uchar", interpretation="b-w"
-    )
 
 
 def _fit(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
@@ -156,6 +161,34 @@ def mode_downsample(
     # The last block column/row may be partial: map the full extent onto the requested size.
     img = downsample_classes(img, width, height, num_classes=num_classes)
     return img, f"mode of {k}x{k} blocks" + ("" if (w, h) == (width, height) else " + nearest")
+
+
+def class_grid(result: MaskResult, width: int, height: int, *, num_classes: int) -> tuple[np.ndarray, str]:
+    """The mask at `width` x `height` as a uint8 [height, width] array, by the same method and with the same
+    pixels as `mode_downsample`, and the method's description.
+
+    The raw file is read with plain reads, never memory-mapped, and nothing else is kept: the array is the only
+    copy. (Every page of a mapped file that was read stays resident until it is unmapped, and libvips keeps
+    its mapping in its operation cache; a copy through libvips doubles the grid.)
+    """
+    _check_raw(result)
+    w, h = result.mask_width, result.mask_height
+    k = max(1, min(w // width, h // height))
+    if (width, height) == (w, h):
+        return np.fromfile(result.raw_path, dtype=np.uint8, count=w * h).reshape(h, w), "none"
+    if k == 1:
+        arr, method = np.fromfile(result.raw_path, dtype=np.uint8, count=w * h).reshape(h, w), "nearest"
+    else:
+        arr, method = block_mode(result, k, num_classes=num_classes), f"mode of {k}x{k} blocks"
+        if arr.shape == (height, width):
+            return arr, method
+        method += " + nearest"
+    import pyvips
+
+    img = downsample_classes(pyvips.Image.new_from_array(arr), width, height, num_classes=num_classes)
+    grid = np.asarray(img.numpy(), dtype=np.uint8)
+    del img, arr
+    return (grid[..., 0] if grid.ndim == 3 else grid), method
 
 
 def grid_size_for(result: MaskResult, target_mpp: float | None, max_pixels: int | None) -> tuple[int, int]:
