@@ -26,13 +26,18 @@ def _speckled(h: int, w: int, seed: int) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("band_pixels", [1 << 20, 97, 1])
+@pytest.mark.parametrize(("label_rows", "scan_pixels"), [(None, 1 << 20), (None, 97), (7, 1), (1, 1 << 20), (13, 300)])
 @pytest.mark.parametrize("seed", range(3))
-def test_regions_first_pixels_and_boxes_match_scipy(monkeypatch, seed: int, band_pixels: int) -> None:
-    monkeypatch.setattr(geojson, "BAND_PIXELS", band_pixels)  # many bands: rows scanned a few at a time
-    fg = _speckled(90, 130, seed) == 1
+def test_regions_first_pixels_and_boxes_match_scipy(monkeypatch, seed: int, label_rows, scan_pixels: int) -> None:
+    """Regions labelled in bands of `label_rows` rows (merged at the seams) and scanned `scan_pixels` at a time
+    number the regions as scipy's label of the whole mask does, with the same first pixels and boxes."""
+    if label_rows is not None:
+        monkeypatch.setattr(geojson, "LABEL_BAND_PIXELS", 130 * label_rows)
+    monkeypatch.setattr(geojson, "BAND_PIXELS", scan_pixels)
+    grid = _speckled(90, 130, seed)
+    fg = grid == 1
     labels, n = ndimage.label(fg)
-    regions = Regions.of(fg)
+    regions = Regions.of(grid, 1)
     assert len(regions.first) == len(regions.boxes) == n > 100
     # First pixel of each label in raster order, from numpy's own unique.
     values, first = np.unique(labels.ravel(), return_index=True)
@@ -48,22 +53,28 @@ def test_regions_of_an_empty_mask_is_empty() -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_each_batch_mask_is_exactly_its_regions(seed: int) -> None:
+def test_each_batch_is_exactly_its_regions_labelled_as_scipy_would(monkeypatch, seed: int) -> None:
+    monkeypatch.setattr(geojson, "LABEL_BAND_PIXELS", 160 * 9)  # regions merged across many seams
     fg = _speckled(120, 160, seed) == 2
     labels, n = ndimage.label(fg)
     regions = Regions.of(fg)
     batches = list(region_batches(regions.boxes, budget_px=400, max_regions=37))
     assert len(batches) > 5 and batches[0][0] == 1 and batches[-1][1] == n
     for lo, hi, (rows, cols) in batches:
-        got = regions.batch_mask(fg[rows, cols], lo, hi, (rows.start, cols.start))
+        got = regions.batch_labels(fg[rows, cols], lo, hi, (rows.start, cols.start))
         sub = labels[rows, cols]
-        assert np.array_equal(got, (sub >= lo) & (sub <= hi))
+        inside = (sub >= lo) & (sub <= hi)
+        assert got.dtype == np.uint16
+        assert np.array_equal(got, np.where(inside, sub - lo + 1, 0))  # = ndimage.label of the batch's mask
+        assert np.array_equal(got, ndimage.label(inside)[0])
+        assert (rows.stop - rows.start) * (cols.stop - cols.start) <= 400 or lo == hi  # bounded windows
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_batched_features_equal_polygonising_the_whole_mask(seed: int) -> None:
-    """iter_features' small batches give the same polygons, in the same order, as one polygonize call per
-    class over the whole grid (the memory-bounded form changes nothing in mask.geojson)."""
+def test_batched_features_equal_polygonising_the_whole_mask(monkeypatch, seed: int) -> None:
+    """iter_features' small bands and batches give the same polygons, in the same order, as one polygonize
+    call per class over the whole grid (the memory-bounded form changes nothing in mask.geojson)."""
+    monkeypatch.setattr(geojson, "LABEL_BAND_PIXELS", 200 * 11)
     grid = _speckled(150, 200, seed)
     got = list(iter_features(grid, CLASSES, 2.0, 3.0, batch_px=500))
     want = [(c, g) for c in (1, 2) for g in to_l0(polygonize(grid == c), 2.0, 3.0)]

@@ -73,11 +73,11 @@ def _index_type(n: int) -> type[np.signedinteger[Any]]:
     return np.int32 if n < 2**31 - 1 else np.int64
 
 
-def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Directed unit boundary edges of a bool [h, w] mask, the class on each edge's right (y down).
 
-    Returns (x0, y0, d, row, col): start vertex in grid_xy (pixel corners, int32), direction (int8: 0 E, 1 S,
-    2 W, 3 N) and the (row, col) of the foreground pixel each edge borders.
+    Returns (x0, y0, d): start vertex in grid_xy (pixel corners, int32) and direction (int8: 0 E, 1 S, 2 W,
+    3 N), 9 bytes per edge; the foreground pixel an edge borders is (`_pixel_of`).
     """
     h, w = fg.shape
     if max(h, w) >= 2**31 - 2:
@@ -93,44 +93,61 @@ def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     inner &= pad[1:-1, 2:]
     rim_rows, rim_cols = (a.astype(_COORD) for a in np.nonzero(core & ~inner))
     del inner
-    parts = []
-    # (neighbour offset that must be background, direction, start vertex offset from the pixel corner)
-    for (dr, dc), direction, (ox, oy) in (
-        ((-1, 0), 0, (0, 0)),  # top side: east, from (c, r)
-        ((0, 1), 1, (1, 0)),  # right side: south, from (c+1, r)
-        ((1, 0), 2, (1, 1)),  # bottom side: west, from (c+1, r+1)
-        ((0, -1), 3, (0, 1)),  # left side: north, from (c, r+1)
-    ):
-        side = ~pad[rim_rows + 1 + dr, rim_cols + 1 + dc]
-        rows, cols = rim_rows[side], rim_cols[side]
-        parts.append((cols + _COORD(ox), rows + _COORD(oy), np.full(rows.shape, direction, np.int8), rows, cols))
-    x0 = np.concatenate([p[0] for p in parts])
-    y0 = np.concatenate([p[1] for p in parts])
-    d = np.concatenate([p[2] for p in parts])
-    row = np.concatenate([p[3] for p in parts])
-    col = np.concatenate([p[4] for p in parts])
-    return x0, y0, d, row, col
+    # (neighbour offset that must be background, direction): the start vertex is the pixel's corner plus
+    # _START_OFF[direction]; written straight into the output arrays (no per-side copies to concatenate)
+    sides = [~pad[rim_rows + 1 + dr, rim_cols + 1 + dc] for dr, dc in ((-1, 0), (0, 1), (1, 0), (0, -1))]
+    del pad
+    n = sum(int(side.sum()) for side in sides)
+    x0, y0, d = np.empty(n, _COORD), np.empty(n, _COORD), np.empty(n, np.int8)
+    at = 0
+    for direction, side in enumerate(sides):
+        k = int(side.sum())
+        ox, oy = _START_OFF[direction]
+        x0[at:at + k] = rim_cols[side] + _COORD(ox)
+        y0[at:at + k] = rim_rows[side] + _COORD(oy)
+        d[at:at + k] = direction
+        at += k
+    return x0, y0, d
 
 
-def _successors(x0: np.ndarray, y0: np.ndarray, d: np.ndarray, w: int) -> np.ndarray:
+# Start vertex of each direction's edge relative to its pixel's top-left corner: top side east from (c, r),
+# right side south from (c+1, r), bottom side west from (c+1, r+1), left side north from (c, r+1).
+_START_OFF = ((0, 0), (1, 0), (1, 1), (0, 1))
+
+
+def _pixel_of(x0: np.ndarray, y0: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the foreground pixel on the right of each edge (the inverse of `_START_OFF`)."""
+    off = np.array(_START_OFF, dtype=_COORD)[d]
+    return y0 - off[:, 1], x0 - off[:, 0]
+
+
+SEARCH_CHUNK = 1 << 18  # edges whose successors are looked up at a time (bounded temporaries)
+
+
+def _successors(x0: np.ndarray, y0: np.ndarray, d: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Index of the edge that follows each edge in its ring: right turn, else straight, else left turn."""
+    h, w = shape
     stride = w + 1  # vertices per grid row
-    keys = (y0.astype(np.int64) * stride + x0) * 4 + d
+    kt = np.int32 if (h + 1) * stride * 4 < 2**31 else np.int64  # (vertex, direction) keys
+    keys = (y0.astype(kt) * stride + x0) * 4 + d
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     del keys
-    end = (y0 + _DY[d]).astype(np.int64) * stride + (x0 + _DX[d])
-    succ = np.full(end.shape, -1, dtype=_index_type(len(end)))
-    for turn in (1, 0, 3):  # right, straight, left
-        todo = succ < 0
-        if not todo.any():
-            break
-        want = end[todo] * 4 + (d[todo] + turn) % 4
-        pos = np.searchsorted(sorted_keys, want)
-        pos = np.minimum(pos, len(sorted_keys) - 1)
-        found = sorted_keys[pos] == want
-        idx = np.nonzero(todo)[0]
-        succ[idx[found]] = order[pos[found]]
+    it = _index_type(len(x0))
+    order = order.astype(it)
+    succ = np.full(len(x0), -1, dtype=it)
+    for s0 in range(0, len(x0), SEARCH_CHUNK):
+        dd = d[s0:s0 + SEARCH_CHUNK]
+        end = (y0[s0:s0 + SEARCH_CHUNK] + _DY[dd]).astype(kt) * stride + (x0[s0:s0 + SEARCH_CHUNK] + _DX[dd])
+        part = succ[s0:s0 + SEARCH_CHUNK]  # a view: written in place
+        for turn in (1, 0, 3):  # right, straight, left
+            todo = np.nonzero(part < 0)[0]
+            if not len(todo):
+                break
+            want = end[todo] * 4 + (dd[todo] + turn) % 4
+            pos = np.minimum(np.searchsorted(sorted_keys, want), len(sorted_keys) - 1)
+            found = sorted_keys[pos] == want
+            part[todo[found]] = order[pos[found]]
     if (succ < 0).any():  # cannot happen for a closed boundary; guards against a logic error
         raise RuntimeError("polygonisation: an open boundary chain; please report this as a bug")
     return succ
@@ -140,7 +157,7 @@ def _rank_rings(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ring id and position of each edge along its ring (list ranking by pointer jumping).
 
     `succ` is a permutation made of disjoint cycles. Returns (ring [n], rank [n], both of `_index_type(n)`);
-    ring ids are the smallest edge index in each cycle.
+    ring ids are the smallest edge index in each cycle (the ring's head, rank 0).
     """
     n = len(succ)
     it = _index_type(n)
@@ -149,47 +166,57 @@ def _rank_rings(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nxt = succ.copy()
     steps = 1
     while steps < n:
-        ring = np.minimum(ring, ring[nxt])
+        np.minimum(ring, ring[nxt], out=ring)
         nxt = nxt[nxt]
         steps *= 2
     # Break each cycle before its head, then rank by distance to the tail.
     pred = np.empty(n, dtype=it)
     pred[succ] = np.arange(n, dtype=it)
-    nxt = succ.copy()
     is_tail = np.zeros(n, dtype=bool)
-    is_tail[pred[ring == np.arange(n)]] = True
+    is_tail[pred[ring == np.arange(n, dtype=it)]] = True
+    del pred
+    nxt[:] = succ
     nxt[is_tail] = np.nonzero(is_tail)[0]
     dist = (~is_tail).astype(it)
+    del is_tail
     steps = 1
     while steps < n:
-        dist = dist + dist[nxt]
+        np.add(dist, dist[nxt], out=dist)
         nxt = nxt[nxt]
         steps *= 2
-    length = np.bincount(ring, minlength=n)
-    rank = (length[ring] - 1 - dist).astype(it)
+    del nxt
+    # The head is the farthest from the tail (length - 1 steps): rank = its distance minus one's own.
+    rank = dist[ring]
+    np.subtract(rank, dist, out=rank)
     return ring, rank
 
 
 OUTLINES = ("midpoints", "edges")
 
 
-def _vertices(
-    x0: np.ndarray, y0: np.ndarray, d: np.ndarray, succ: np.ndarray, outline: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keep, vx, vy): which edges give a ring vertex, and the vertex of each edge, in grid_xy (float64)."""
+def _corners(d: np.ndarray, succ: np.ndarray, outline: str) -> np.ndarray:
+    """Which edges give a ring vertex: "edges", those whose direction differs from their predecessor's;
+    "midpoints", those next to a turn (either side)."""
     if outline not in OUTLINES:
         raise UsageError(f"outline {outline!r} is unknown; use one of {', '.join(OUTLINES)}")
     pred = np.empty_like(succ)
-    pred[succ] = np.arange(len(succ))
-    if outline == "edges":  # vertices = edge starts; keep those where the direction changes
-        return d != d[pred], x0.astype(np.float64), y0.astype(np.float64)
-    # vertices = edge midpoints; keep those of edges next to a turn
-    return (d != d[pred]) | (d != d[succ]), x0 + _DX[d] * 0.5, y0 + _DY[d] * 0.5
+    pred[succ] = np.arange(len(succ), dtype=succ.dtype)
+    keep: np.ndarray = d != d[pred]
+    if outline == "midpoints":
+        keep |= d != d[succ]
+    return keep
+
+
+def _vertex_xy(x0: np.ndarray, y0: np.ndarray, d: np.ndarray, outline: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ring vertex of each (kept) edge, in grid_xy (float64): its start ("edges") or its midpoint."""
+    if outline == "edges":
+        return x0.astype(np.float64), y0.astype(np.float64)
+    return x0 + _DX[d] * 0.5, y0 + _DY[d] * 0.5
 
 
 def _ring_regions(
     x0: np.ndarray, y0: np.ndarray, d: np.ndarray, ring: np.ndarray, labels: np.ndarray, n_regions: int,
-    row: np.ndarray, col: np.ndarray, min_area_px: float,
+    min_area_px: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per edge-indexed ring head: (ring_region, ring_hole, keep_region).
 
@@ -197,12 +224,14 @@ def _ring_regions(
     1 for a hole (0 for a shell); keep_region[label]: whether that region's area is >= min_area_px.
     """
     n = len(ring)
-    # Signed area per ring (shoelace over all edges), > 0 for shells (clockwise on screen, y down).
-    xf, yf = x0.astype(np.float64), y0.astype(np.float64)  # float64: exact, and no int32 overflow
-    area2 = np.bincount(ring, weights=xf * (yf + _DY[d]) - (xf + _DX[d]) * yf, minlength=n)
-    del xf, yf
-    heads = np.nonzero(ring == np.arange(n))[0]  # one edge per ring
-    region = labels[row[heads], col[heads]]  # label of the pixel each ring encloses
+    # Signed area per ring (shoelace over all edges), > 0 for shells (clockwise on screen, y down). For a unit
+    # edge x*(y+dy) - (x+dx)*y = x*dy - dx*y, an integer (exact in float64).
+    term = x0 * _DY[d] - _DX[d] * y0
+    area2 = np.bincount(ring, weights=term, minlength=n)
+    del term
+    heads = np.nonzero(ring == np.arange(n, dtype=ring.dtype))[0]  # one edge per ring
+    rows, cols = _pixel_of(x0[heads], y0[heads], d[heads])
+    region = labels[rows, cols]  # label of the pixel each ring encloses
     is_shell = area2[heads] > 0
     shell_area = np.zeros(n_regions + 1)
     shell_area[region[is_shell]] = area2[heads][is_shell] / 2
@@ -215,7 +244,8 @@ def _ring_regions(
     return ring_region, ring_hole, keep_region
 
 
-def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midpoints") -> Any:
+def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midpoints",
+               labels: tuple[np.ndarray, int] | None = None) -> Any:
     """Polygons of the 4-connected regions of a bool [h, w] mask, in grid_xy (pixel corners, y down).
 
     outline "edges": rings follow the pixel sides exactly (area = pixel count). "midpoints": rings join
@@ -225,30 +255,38 @@ def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midp
 
     Returns a numpy object array with one valid shapely geometry per region whose area is at least
     `min_area_px` grid pixels: a Polygon (holes kept, exact pixel outlines, not simplified), or rarely a
-    MultiPolygon where repairing a self-touching ring split it.
+    MultiPolygon where repairing a self-touching ring split it. Polygons come in the order of their regions'
+    labels; `labels`, (label image, count), gives `fg`'s regions as `ndimage.label(fg)` would number them
+    (saves labelling again where they are known).
     """
     import shapely
     from scipy import ndimage
 
+    if outline not in OUTLINES:
+        raise UsageError(f"outline {outline!r} is unknown; use one of {', '.join(OUTLINES)}")
     fg = np.asarray(fg, dtype=bool)
     if not fg.any():
         return np.empty(0, dtype=object)
-    labels, n_regions = ndimage.label(fg)
-    x0, y0, d, row, col = _boundary_edges(fg)
-    succ = _successors(x0, y0, d, fg.shape[1])
+    x0, y0, d = _boundary_edges(fg)
+    succ = _successors(x0, y0, d, fg.shape)
     ring, rank = _rank_rings(succ)
-    corner, vx, vy = _vertices(x0, y0, d, succ, outline)
-    regions = _ring_regions(x0, y0, d, ring, labels, n_regions, row, col, min_area_px)
-    ring_region, ring_hole, keep_region = regions
-    del labels, x0, y0, d, row, col, succ  # the per-edge arrays: freed before the geometry objects are made
-    # Order the corner vertices: by region, shell before holes, ring, position in ring.
+    corner = _corners(d, succ, outline)
+    del succ
+    label_image, n_regions = ndimage.label(fg) if labels is None else labels
+    ring_region, ring_hole, keep_region = _ring_regions(x0, y0, d, ring, label_image, n_regions, min_area_px)
+    del label_image, labels
+    # The corner vertices of kept regions, ordered by region, shell before holes, ring, position in ring;
+    # the per-edge arrays are freed before the geometry objects are made.
     sel = corner & keep_region[ring_region[ring]]
+    del corner
+    vx, vy = _vertex_xy(x0[sel], y0[sel], d[sel], outline)
+    del x0, y0, d
     e_ring, e_rank = ring[sel], rank[sel]
-    del ring, rank, corner
+    del ring, rank, sel
     order = np.lexsort((e_rank, e_ring, ring_hole[e_ring], ring_region[e_ring]))
     del e_rank
-    xy = np.column_stack([vx[sel][order], vy[sel][order]]).astype(np.float64)
-    del vx, vy, sel
+    xy = np.column_stack([vx[order], vy[order]]).astype(np.float64)
+    del vx, vy
     e_ring = e_ring[order]
     del order
     # Ring index (0..R-1) per vertex and polygon index per ring, for shapely's vectorised constructors.
@@ -361,6 +399,7 @@ def feature(geom: Any, cls: ClassInfo) -> dict[str, Any]:
 BATCH_PIXELS = 1 << 22  # regions polygonised together: at most this many bounding-box pixels per batch
 BATCH_REGIONS = 4096  # ... and at most this many regions (each costs about 2 KB of geometry objects)
 BAND_PIXELS = 1 << 20  # label-image pixels scanned at a time for first pixels and boxes
+LABEL_BAND_PIXELS = 1 << 22  # grid pixels labelled at a time (16 MB of int32 labels)
 
 
 @dataclass(frozen=True)
@@ -373,18 +412,67 @@ class Regions:
     boxes: np.ndarray  # int64 [n, 4]: row start, row stop, col start, col stop (stops exclusive)
 
     @classmethod
-    def of(cls, fg: np.ndarray) -> Regions:
-        """Label `fg` once (int32, 4 bytes per pixel) and keep 40 bytes per region, so that no label image is
-        held while the regions are polygonised."""
+    def of(cls, grid: np.ndarray, value: Any = True) -> Regions:
+        """The regions of `grid == value` (a bool mask with the default), labelled band by band of rows and
+        merged across band seams, so that neither a full-grid mask nor a full label image is ever made: memory
+        is one band's labels (`LABEL_BAND_PIXELS`) plus 40 bytes per region part (a part per band it crosses).
+
+        Numbering is scipy's for the whole mask (`ndimage.label`: raster order of first pixels), which the
+        tests check."""
         from scipy import ndimage
 
-        labels, n = ndimage.label(fg)
-        first, boxes = _scan_labels(labels, n)
-        return cls(fg.shape, first, boxes)
+        h, w = grid.shape
+        band_rows = max(1, LABEL_BAND_PIXELS // max(w, 1))
+        firsts, boxes, seams = [], [], []
+        parts = 0  # parts found so far (part ids: band order, then raster order within the band)
+        above: np.ndarray | None = None  # global part ids of the previous band's last row (-1: none)
+        for r0 in range(0, h, band_rows):
+            labels, n = ndimage.label(grid[r0:r0 + band_rows] == value)
+            first, box = _scan_labels(labels, n)
+            first += r0 * w
+            box[:, :2] += r0
+            ids = labels[0].astype(np.int64) + parts - 1
+            if above is not None:
+                touch = (above >= 0) & (labels[0] > 0)  # 4-connected across the seam: vertical neighbours
+                seams.append(np.unique(np.stack([above[touch], ids[touch]]), axis=1))
+            above = np.where(labels[-1] > 0, labels[-1].astype(np.int64) + parts - 1, -1)
+            del labels
+            firsts.append(first)
+            boxes.append(box)
+            parts += n
+        return cls._merged((h, w), np.concatenate(firsts) if firsts else np.empty(0, np.int64),
+                           np.concatenate(boxes) if boxes else np.empty((0, 4), np.int64), seams)
 
-    def batch_mask(self, fg_window: np.ndarray, lo: int, hi: int, origin: tuple[int, int]) -> np.ndarray:
+    @classmethod
+    def _merged(cls, shape: tuple[int, int], first: np.ndarray, boxes: np.ndarray,
+                seams: list[np.ndarray]) -> Regions:
+        """Regions from band parts (in raster order of first pixels) and the part pairs that touch at seams."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        n_parts = len(first)
+        pairs = np.concatenate(seams, axis=1) if seams else np.empty((2, 0), np.int64)
+        if pairs.shape[1] == 0:
+            return cls(shape, first, boxes)
+        graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(n_parts, n_parts))
+        _, comp = connected_components(graph, directed=False)
+        # A region's first pixel is its earliest part's; regions are numbered in the order of those parts.
+        lead = np.full(comp.max() + 1, n_parts, dtype=np.int64)
+        np.minimum.at(lead, comp, np.arange(n_parts))
+        rank = np.empty(len(lead), dtype=np.int64)
+        rank[np.argsort(lead)] = np.arange(len(lead))
+        region = rank[comp]
+        merged = np.empty((len(lead), 4), dtype=np.int64)
+        merged[:, 0] = merged[:, 2] = np.iinfo(np.int64).max
+        merged[:, 1] = merged[:, 3] = -1
+        for j, ufunc in enumerate((np.minimum, np.maximum, np.minimum, np.maximum)):
+            ufunc.at(merged[:, j], region, boxes[:, j])
+        return cls(shape, first[np.sort(lead)], merged)
+
+    def batch_labels(self, fg_window: np.ndarray, lo: int, hi: int, origin: tuple[int, int]) -> np.ndarray:
         """Of the mask's window `fg_window` whose top-left pixel is `origin` (row, col), the regions lo..hi
-        (which lie wholly inside it), as a bool mask over the window.
+        (which lie wholly inside it) labelled 1..hi-lo+1 in the same order, 0 elsewhere: the labels
+        `ndimage.label` gives the batch's own mask, in uint16 where they fit (2 bytes per window pixel).
 
         The window is labelled on its own: a region lies wholly inside the window, so the window's component
         holding its first pixel is that region, whole."""
@@ -392,9 +480,9 @@ class Regions:
 
         local, n_local = ndimage.label(fg_window)
         r, c = np.divmod(self.first[lo - 1:hi], self.shape[1])
-        chosen = np.zeros(n_local + 1, dtype=bool)
-        chosen[local[r - origin[0], c - origin[1]]] = True
-        out: np.ndarray = chosen[local]
+        lut = np.zeros(n_local + 1, dtype=np.uint16 if hi - lo + 1 < 2**16 else np.int32)
+        lut[local[r - origin[0], c - origin[1]]] = np.arange(1, hi - lo + 2)
+        out: np.ndarray = lut[local]
         return out
 
 
@@ -432,8 +520,9 @@ def _scan_labels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 def region_batches(boxes: np.ndarray, budget_px: int = BATCH_PIXELS,
                    max_regions: int = BATCH_REGIONS) -> Iterator[tuple[int, int, tuple[slice, slice]]]:
     """Consecutive runs of region labels, (first, last, window), at most `max_regions` long, whose bounding
-    boxes (`boxes[label - 1]`: row start, row stop, col start, col stop) hold at most `budget_px` pixels
-    together (a larger region is a batch of its own); `window` is the union of their boxes.
+    boxes (`boxes[label - 1]`: row start, row stop, col start, col stop) and their union, `window`, each hold
+    at most `budget_px` pixels (a larger region is a batch of its own). A batch costs about 10 bytes per window
+    pixel plus about 80 bytes per boundary edge.
 
     Labels are numbered in raster order, so a run's regions lie in a band of rows, and polygonising run by run
     yields the regions in the same order as polygonising the whole mask at once, with memory bounded by the
@@ -443,7 +532,8 @@ def region_batches(boxes: np.ndarray, budget_px: int = BATCH_PIXELS,
     r1 = c1 = 0
     for lab, (rs, re, cs, ce) in enumerate(boxes.tolist(), start=1):
         area = (re - rs) * (ce - cs)
-        if lab > first and (cost + area > budget_px or lab - first >= max_regions):
+        union = (max(r1, re) - min(r0, rs)) * (max(c1, ce) - min(c0, cs))  # the window with this region added
+        if lab > first and (max(cost + area, union) > budget_px or lab - first >= max_regions):
             yield first, lab - 1, (slice(r0, r1), slice(c0, c1))
             first, cost = lab, 0
             r0 = c0 = 1 << 62
@@ -462,14 +552,14 @@ def iter_features(
     class grid. Regions are polygonised in batches of `region_batches` (same output as all at once); the
     grid's label image is dropped before the first batch (`Regions`), so a batch costs its window alone."""
     for c in range(1, len(classes)):
-        regions = Regions.of(grid == c)  # no full-grid mask is kept: each batch compares its window alone
+        regions = Regions.of(grid, c)  # labelled band by band: no full-grid mask or label image
         for lo, hi, (rows, cols) in region_batches(regions.boxes, batch_px):
-            fg_batch = regions.batch_mask(grid[rows, cols] == c, lo, hi, (rows.start, cols.start))
+            labels = regions.batch_labels(grid[rows, cols] == c, lo, hi, (rows.start, cols.start))
             # no name holds polygonize's result: to_l0 drops each stage's geometries as it makes the next
-            for g in to_l0(polygonize(fg_batch, min_area_px=min_area_px), sx, sy, offset=offset,
-                           grid_origin=(cols.start, rows.start)):
+            for g in to_l0(polygonize(labels > 0, min_area_px=min_area_px, labels=(labels, hi - lo + 1)), sx, sy,
+                           offset=offset, grid_origin=(cols.start, rows.start)):
                 yield c, g
-            del fg_batch
+            del labels
         del regions
 
 

@@ -239,10 +239,12 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
     """Stage 3: write the outputs from the raw mask (each atomically), then remove the raw mask. Touches no
     backend, so it can run on a background thread while the next slide is inferred. `run_info`: JSON-able
     fields added to report.json's "run" (the batch's run id, the attempt, the worker)."""
+    from slidefuse.runtime.heap import release_memory
     from slidefuse.runtime.outputs import write_outputs
 
     result, timings = done.result, done.result.timings
     t0 = time.perf_counter()
+    release_memory()  # what inference and stitching freed goes back to the OS before the outputs are made
     try:
         outputs = write_outputs(result, done.info, bundle, done.out_dir, options.formats,
                                 mask_mpp=options.mask_mpp, geojson_frame=options.geojson_frame,
