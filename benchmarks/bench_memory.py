@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_memory.py                       # 12k vs 36k, 30% tissue
     .venv/bin/python benchmarks/bench_memory.py --sizes 12000,36000 --tissue-fraction 0.3 --model-mpp 1.0
+    .venv/bin/python benchmarks/bench_memory.py --as-user --tissue-fraction 0.1 --sizes 12000,16000,24000,36000
 
 For each size, a pyramidal JPEG TIFF made of real H&E windows (``benchmarks/make_slides.py``, same tissue
 fraction and layout) is segmented end to end (``segment_many``: thumbnail + tissue, tiles, pipeline, stitching
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         "target": (f"peak RSS of the largest slide within {round((limit - 1) * 100)}% of the smallest "
                    f"(ratio <= {limit})" + (", whole `slidefuse segment` process" if a.as_user else "")),
         "peak_rss_ratio": round(ratio, 3),
+        # every size, not only the ends: the GeoJSON grid is the mask itself up to its pixel cap, so a mid-sized
+        # slide can have the largest grid
+        "peak_rss_max_over_min": round(max(r["peak_rss_kib"] for r in rows) / min(r["peak_rss_kib"] for r in rows), 3),
         "peak_rss_streaming_ratio": None if streaming_ratio is None else round(streaming_ratio, 3),
         "pass": ratio <= limit,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if streaming_ratio is not None:
         print(f"streaming-part peak RSS ratio: {streaming_ratio:.3f}")
     print(f"peak RSS ratio {big['size']} / {base['size']}: {ratio:.3f} (target <= {limit}: "
-          f"{'PASS' if ratio <= limit else 'FAIL'})")
+          f"{'PASS' if ratio <= limit else 'FAIL'}); largest / smallest peak over all sizes: "
+          f"{doc['peak_rss_max_over_min']:.3f}")
     return 0
 
 

@@ -186,14 +186,24 @@ def flops_md(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def runtime_md(memory: dict[str, Any] | None, *tissues: dict[str, Any] | None) -> list[str]:
+def _memory_row(name: str, memory: dict[str, Any]) -> list[str]:
+    runs = memory.get("runs") or []
+    peaks = ", ".join(f"{r['size'] // 1000}k {r['peak_rss_kib'] / 1024:.0f} MiB" for r in runs)
+    spread = memory.get("peak_rss_max_over_min")
+    result = f"peak RSS ratio {num(memory.get('peak_rss_ratio'), '.3f')} ({peaks}"
+    result += f"; largest / smallest {num(spread, '.3f')})" if spread is not None and len(runs) > 2 else ")"
+    return [name, memory.get("target", ""), result, "pass" if memory.get("pass") else "fail",
+            f"`{memory.get('command')}`", load_text((memory.get("machine") or {}).get("load_average"))]
+
+
+def runtime_md(memory: dict[str, Any] | None, segment_memory: dict[str, Any] | None,
+               *tissues: dict[str, Any] | None) -> list[str]:
     """Headlines of the runtime's own benchmarks (bench_memory.py, bench_tissue_scaling.py), as they report them."""
     rows = []
     if memory:
-        rows.append(["memory against slide size", memory.get("target", ""),
-                     f"peak RSS ratio {num(memory.get('peak_rss_ratio'), '.3f')}",
-                     "pass" if memory.get("pass") else "fail", f"`{memory.get('command')}`",
-                     load_text((memory.get("machine") or {}).get("load_average"))])
+        rows.append(_memory_row("memory against slide size (the streaming part)", memory))
+    if segment_memory:
+        rows.append(_memory_row("memory against slide size (the whole `slidefuse segment` process)", segment_memory))
     for tissue in tissues:
         if not tissue:
             continue
@@ -352,7 +362,8 @@ def render(results: Path, readme: Path | list[Path] | None) -> str:
         doc = json.loads(extra.read_text())
         if doc.get("kind") == "slide":
             md += slide_md(doc)
-    md += runtime_md(load(results / "memory.json"), load(results / "tissue_scaling.json"),
+    md += runtime_md(load(results / "memory.json"), load(results / "memory-segment.json"),
+                     load(results / "tissue_scaling.json"),
                      *(load(p) for p in sorted(results.glob("tissue_scaling_depth*.json"))))
     if plot_cpu(engine, compare, results / "cpu-throughput.png"):
         md += [f"![CPU throughput]({results.name}/cpu-throughput.png)", ""]
