@@ -187,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-tiles", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--as-user", action="store_true",
                     help="measure `slidefuse segment` itself (default formats and options), whole process")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a bundle to run instead of the test model (e.g. a real encoder's); --model-* are ignored")
+    ap.add_argument("--json", default=None, help="results file name in benchmarks/results/ [memory(-segment).json]")
     common_args(ap)
     a = ap.parse_args(argv)
     if a.child:
         return child_main(a)
 
     a.workdir.mkdir(parents=True, exist_ok=True)
-    bundle = make_or_reuse_bundle(a.workdir, a.tile, a.model_mpp, a.overlap, a.model_depth)
+    bundle = a.model or make_or_reuse_bundle(a.workdir, a.tile, a.model_mpp, a.overlap, a.model_depth)
     rows = []
     for size in [int(s) for s in a.sizes.split(",")]:
         slide, meta = make_or_reuse_slide(a.workdir, size, a.tissue_fraction)
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / ("memory-segment.json" if a.as_user else "memory.json")).write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / (a.json or ("memory-segment.json" if a.as_user else "memory.json"))).write_text(
+        json.dumps(doc, indent=2) + "\n")
     if streaming_ratio is not None:
         print(f"streaming-part peak RSS ratio: {streaming_ratio:.3f}")
     print(f"peak RSS ratio {big['size']} / {base['size']}: {ratio:.3f} (target <= {limit}: "
