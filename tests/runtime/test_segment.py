@@ -301,3 +301,37 @@ def test_an_interrupt_during_a_slide_still_finishes_and_records_the_previous_one
     assert (out / "s0" / "mask.tif").is_file() and (out / "s0" / "report.json").is_file()
     assert not (out / "s0" / "mask.raw.tmp").exists()
     assert [(Path(e["slide"]).name, e["status"]) for e in read_run_log(out)] == [("s0.tif", "ok")]
+
+
+def test_a_slides_view_is_freed_before_its_outputs_are_written(
+    tmp_path: Path, bundle: Bundle, synthetic_tiff: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's view (its libvips image and any preloaded pixels) is dropped when the tiles are done, not when
+    the last reference to the plan goes, so a slide's outputs do not stack on its decoded slide."""
+    import gc
+    import weakref
+
+    import slidefuse.runtime.segment as seg
+
+    views: list[weakref.ref[object]] = []
+    plans: list[seg.PlannedSlide] = []  # kept alive on purpose, as a caller holding its plan would
+    alive_at_outputs: list[bool] = []
+    real_plan, real_finish = seg.plan_slide, seg.finish_slide
+
+    def plan(*a: object, **k: object) -> seg.PlannedSlide:
+        p = real_plan(*a, **k)  # type: ignore[arg-type]
+        views.append(weakref.ref(p.view))
+        plans.append(p)
+        return p
+
+    def finish(done: seg.StitchedSlide, *a: object, **k: object) -> seg.SlideResult:
+        gc.collect()
+        alive_at_outputs.append(views[-1]() is not None)
+        return real_finish(done, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seg.stages, "plan_slide", plan)
+    monkeypatch.setattr(seg.stages, "finish_slide", finish)
+    (res,) = segment_many([synthetic_tiff], bundle, tmp_path / "out",
+                          SegmentOptions(formats=frozenset({"tiff", "report"}), overlap_slides=False, **FAST))
+    assert res.status == "ok", res.error
+    assert plans[0].view is None and alive_at_outputs == [False]

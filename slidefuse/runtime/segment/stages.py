@@ -109,7 +109,7 @@ class PlannedSlide:
     slide_path: Path
     out_dir: Path
     slide: Any  # the open SlideReader; closed by `infer_slide`
-    view: Any  # the slide at the model's um/px (ScaledView)
+    view: Any  # the slide at the model's um/px (ScaledView); None once closed
     grid: TileGrid
     tiles: list[TileRC]
     n_tissue: int
@@ -121,7 +121,10 @@ class PlannedSlide:
     key: dict[str, Any] = field(default_factory=dict)  # the skip key (skipkey.result_key), made before opening
 
     def close(self) -> None:
+        """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
+        it, more for wider slides) is freed now, not when the last reference to this plan goes."""
         self.slide.close()
+        self.view = None
 
 
 @dataclass
