@@ -26,9 +26,10 @@ without bounds the two frames are the same. report.json records the frame and th
 Bounded memory and time: the grid is the mask itself when it holds at most `max_pixels` pixels, else the
 mask reduced to that many pixels by an integer block mode (streamed band by band from the raw file), read into
 one array with plain file reads (`class_grid`); the report records the grid's resolution. Each class is
-labelled once (`Regions`: 6 bytes per grid pixel while it runs, then 40 bytes per region; the label image is
-dropped), and its regions are polygonised in batches of bounded window (`region_batches`), each window
-labelled on its own: about 100 bytes per boundary edge of the batch.
+labelled band by band of rows and merged at the seams (`Regions`: one band's labels, 16 MB, plus 40 bytes per
+region; no full-grid mask or label image), and its regions are polygonised in batches whose windows are
+bounded (`region_batches`), each window labelled on its own: about 10 bytes per window pixel plus about 80
+bytes per boundary edge of the batch. Memory is then the grid (1 byte per pixel) plus the largest batch.
 """
 
 from __future__ import annotations
