@@ -197,9 +197,7 @@ OUTLINES = ("midpoints", "edges")
 
 def _corners(d: np.ndarray, succ: np.ndarray, outline: str) -> np.ndarray:
     """Which edges give a ring vertex: "edges", those whose direction differs from their predecessor's;
-    "midpoints", those next to a turn (either side)."""
-    if outline not in OUTLINES:
-        raise UsageError(f"outline {outline!r} is unknown; use one of {', '.join(OUTLINES)}")
+    "midpoints", those next to a turn (either side); `outline` is checked by `polygonize`."""
     pred = np.empty_like(succ)
     pred[succ] = np.arange(len(succ), dtype=succ.dtype)
     keep: np.ndarray = d != d[pred]

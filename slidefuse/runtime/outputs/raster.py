@@ -138,29 +138,35 @@ def downsample_classes(
     return _fit(out, width, height).cast("uchar")
 
 
+def _block_plan(result: MaskResult, width: int, height: int) -> tuple[int, str]:
+    """(k, description) of reducing the mask to `width` x `height`: block mode over k x k px (k = 1: none),
+    then nearest neighbour for any remainder."""
+    w, h = result.mask_width, result.mask_height
+    k = max(1, min(w // width, h // height))
+    if k == 1:
+        return 1, "nearest"
+    exact = (-(-w // k), -(-h // k)) == (width, height)
+    return k, f"mode of {k}x{k} blocks" + ("" if exact else " + nearest")
+
+
 def mode_downsample(
-    result: MaskResult, width: int, height: int, *, num_classes: int, scratch: Path | None = None
+    result: MaskResult, width: int, height: int, *, num_classes: int, scratch: Path
 ) -> tuple[pyvips.Image, str]:
     """The mask at `width` x `height`: block mode over floor(scale) px, then nearest for the remainder.
 
-    With `scratch`, the block mode goes to that raw file (the caller removes it); else to memory.
-    Returns (lazy 1-band uchar image, description of the method).
+    The block mode goes to the raw file `scratch` (the caller removes it). Returns (lazy 1-band uchar image,
+    description of the method). `class_grid` gives the same pixels as an array in memory.
     """
     import pyvips
 
-    k = max(1, min(result.mask_width // width, result.mask_height // height))
+    k, method = _block_plan(result, width, height)
     if k == 1:
-        return downsample_classes(open_mask(result), width, height, num_classes=num_classes), "nearest"
+        return downsample_classes(open_mask(result), width, height, num_classes=num_classes), method
+    block_mode(result, k, scratch, num_classes=num_classes)
     w, h = -(-result.mask_width // k), -(-result.mask_height // k)
-    if scratch is None:
-        arr = block_mode(result, k, num_classes=num_classes)
-        img = pyvips.Image.new_from_array(arr)
-    else:
-        block_mode(result, k, scratch, num_classes=num_classes)
-        img = pyvips.Image.rawload(str(scratch), w, h, 1, format="uchar", interpretation="b-w")
+    img = pyvips.Image.rawload(str(scratch), w, h, 1, format="uchar", interpretation="b-w")
     # The last block column/row may be partial: map the full extent onto the requested size.
-    img = downsample_classes(img, width, height, num_classes=num_classes)
-    return img, f"mode of {k}x{k} blocks" + ("" if (w, h) == (width, height) else " + nearest")
+    return downsample_classes(img, width, height, num_classes=num_classes), method
 
 
 def class_grid(result: MaskResult, width: int, height: int, *, num_classes: int) -> tuple[np.ndarray, str]:
@@ -173,16 +179,15 @@ def class_grid(result: MaskResult, width: int, height: int, *, num_classes: int)
     """
     _check_raw(result)
     w, h = result.mask_width, result.mask_height
-    k = max(1, min(w // width, h // height))
     if (width, height) == (w, h):
         return np.fromfile(result.raw_path, dtype=np.uint8, count=w * h).reshape(h, w), "none"
+    k, method = _block_plan(result, width, height)
     if k == 1:
-        arr, method = np.fromfile(result.raw_path, dtype=np.uint8, count=w * h).reshape(h, w), "nearest"
+        arr = np.fromfile(result.raw_path, dtype=np.uint8, count=w * h).reshape(h, w)
     else:
-        arr, method = block_mode(result, k, num_classes=num_classes), f"mode of {k}x{k} blocks"
+        arr = block_mode(result, k, num_classes=num_classes)
         if arr.shape == (height, width):
             return arr, method
-        method += " + nearest"
     import pyvips
 
     img = downsample_classes(pyvips.Image.new_from_array(arr), width, height, num_classes=num_classes)
