@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slidefuse.export.references import compare, references, run_sizes  # noqa: E402
-from slidefuse.export.registry import PAPER_IDS, get_spec  # noqa: E402
+from slidefuse.model.registry import PAPER_IDS, get_spec  # noqa: E402
 
 GATE = 1e-5
 

@@ -26,8 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from slidefuse.export.checkpoints import save_state  # noqa: E402
-from slidefuse.export.registry import get_spec  # noqa: E402
+from slidefuse.model.checkpoints import save_state  # noqa: E402
+from slidefuse.model.registry import get_spec  # noqa: E402
 from slidefuse.runtime.grid import TileGrid  # noqa: E402
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from slidefuse.runtime.slide import InMemorySlide, open_slide  # noqa: E402
@@ -86,7 +86,7 @@ def segment(encoder: Path, decoder: Path, tile: int, region: np.ndarray, overlap
     """Stitched and whole-region class maps of `region` (uint8 [R, R, 3]); their disagreement."""
     import torch
 
-    from slidefuse.export.model import build_model
+    from slidefuse.model.assembly import build_model
 
     size = region.shape[0]
     model = build_model(ENCODER, 3, tile_size=tile, encoder_weights=encoder, decoder_weights=decoder)

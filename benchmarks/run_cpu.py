@@ -254,7 +254,7 @@ def flops_table(tile: int = TILE, num_classes: int = 3) -> dict[str, Any]:
     FlopCounterMode on the meta device, and the tiles/s an H100's dense bf16 peak would allow."""
     from slidefuse.bench.flops import segmentation_model_flops
     from slidefuse.bench.machine import gpu_peak
-    from slidefuse.export.registry import list_specs
+    from slidefuse.model.registry import list_specs
 
     peak = gpu_peak("H100", "bf16")
     rows = []

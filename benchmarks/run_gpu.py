@@ -64,8 +64,8 @@ def slug(text: str) -> str:
 def torch_bundle(model_id: str, tile: int, work: Path) -> Path:
     """A torch-only bundle (manifest + model.safetensors) of `model_id` with random weights, made once."""
     from slidefuse.export.bundle_writer import make_classes
-    from slidefuse.export.model import build_model, save_model_state
-    from slidefuse.export.registry import get_spec
+    from slidefuse.model.assembly import build_model, save_model_state
+    from slidefuse.model.registry import get_spec
     from slidefuse.runtime.bundle import MANIFEST, Manifest, write_manifest
 
     folder = work / f"{model_id}-{tile}.torch-bundle"

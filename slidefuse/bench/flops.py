@@ -104,9 +104,9 @@ def segmentation_model_flops(encoder: str, num_classes: int, tile_size: int,
     from slidefuse.errors import require
 
     torch = require("torch", "export", "counting FLOPs with torch")
-    from slidefuse.export.model import build_model
+    from slidefuse.model.assembly import build_model
 
-    with torch.device("meta"), _quiet("slidefuse.export.model"):
+    with torch.device("meta"), _quiet("slidefuse.model.assembly"):
         model = build_model(encoder, num_classes, tile_size=tile_size, decoder_width=decoder_width,
                             random_weights=True)
         tiles = torch.zeros((1, tile_size, tile_size, 3), dtype=torch.uint8)

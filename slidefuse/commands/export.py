@@ -81,10 +81,10 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
     except ValueError:
         raise UsageError(f"--parity-tiles {parity_tiles!r}: expected REAL:RANDOM counts, e.g. 4:2") from None
     from slidefuse.export.bundle_writer import parse_color
-    from slidefuse.export.geometry import resolve_tile
     from slidefuse.export.onnx_export import ExportConfig, export_bundle
     from slidefuse.export.parity import ParityThresholds
-    from slidefuse.export.registry import get_spec
+    from slidefuse.model.geometry import resolve_tile
+    from slidefuse.model.registry import get_spec
 
     tile_size, geometry = resolve_tile(get_spec(encoder).patch_size, tile_size, geometry, decoder_weights)
     cfg = ExportConfig(

@@ -43,7 +43,7 @@ def registry_rows(include_test: bool = True) -> list[dict[str, Any]]:
         import torch  # noqa: F401
     except ImportError as exc:
         raise MissingExtra(exc.name or "torch", "export", "slidefuse models (counting parameters)") from exc
-    from slidefuse.export.registry import count_params, list_specs
+    from slidefuse.model.registry import count_params, list_specs
 
     rows = []
     for spec in list_specs(include_test=include_test):

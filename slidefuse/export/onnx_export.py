@@ -57,7 +57,7 @@ from slidefuse.runtime.bundle import Bundle, Manifest, load_bundle, write_manife
 if TYPE_CHECKING:
     import onnx
 
-    from slidefuse.export.model import SegmentationModel
+    from slidefuse.model.assembly import SegmentationModel
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
     Raises ParityError (leaving no bundle behind) when the graph's outputs differ from the model's beyond
     `config.parity`, UsageError for bad options, ExportError for a broken graph."""
     from slidefuse.export.bundle_writer import check_target
-    from slidefuse.export.model import save_model_state
+    from slidefuse.model.assembly import save_model_state
 
     config.check()
     classes = make_classes(config.classes, config.colors)
@@ -327,7 +327,7 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
 def _model_for(config: ExportConfig, model: SegmentationModel | None, num_classes: int) -> SegmentationModel:
     """The model to export: built from the registry, or the one given after checking it matches `config`."""
     if model is None:
-        from slidefuse.export.model import build_model
+        from slidefuse.model.assembly import build_model
 
         return build_model(
             config.encoder, num_classes, tile_size=config.tile_size, decoder_width=config.decoder_width,

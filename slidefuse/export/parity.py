@@ -49,8 +49,8 @@ import numpy as np
 from slidefuse.errors import ParityError, SlideNotFound, UsageError
 
 if TYPE_CHECKING:
-    from slidefuse.export.model import SegmentationModel
-    from slidefuse.export.registry import EncoderSpec
+    from slidefuse.model.assembly import SegmentationModel
+    from slidefuse.model.registry import EncoderSpec
     from slidefuse.runtime.backends.base import Backend
     from slidefuse.runtime.bundle import Bundle, ClassInfo
     from slidefuse.runtime.slide import SlideReader

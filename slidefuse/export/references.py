@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from slidefuse.export.registry import EncoderSpec
+    from slidefuse.model.registry import EncoderSpec
 
 Tokens = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -244,8 +244,8 @@ def compare(encoder_id: str, spec: EncoderSpec, folder: Path, sizes: tuple[int, 
     `folder`, load that file through slidefuse and return max |patch tokens slidefuse - publisher| per input
     size (one random image each). At 512 px with patch 14 the publisher's model sees the 504 px its 36 x 36
     grid covers (the paper's floor), exactly what the strided patch embedding reads of a 512 px tile."""
-    from slidefuse.export.checkpoints import load_encoder_weights
-    from slidefuse.export.encoders import build_vit, patch_tokens
+    from slidefuse.model.checkpoints import load_encoder_weights
+    from slidefuse.model.encoders import build_vit, patch_tokens
 
     ref = references()[encoder_id]
     with torch.random.fork_rng(devices=[]):

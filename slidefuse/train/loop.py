@@ -50,7 +50,7 @@ from slidefuse.train.losses import DiceMeter, ce_dice_loss
 if TYPE_CHECKING:
     import torch
 
-    from slidefuse.export.model import SegmentationModel
+    from slidefuse.model.assembly import SegmentationModel
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def resolve_device(name: str) -> torch.device:
 def build_for_training(cfg: TrainConfig, device: torch.device) -> SegmentationModel:
     """The SegmentationModel to train, on `device`: the encoder from `encoder_weights` (or random on request), a
     freshly initialised decoder (seeded); encoder frozen unless `train_encoder`."""
-    from slidefuse.export.model import build_model
+    from slidefuse.model.assembly import build_model
 
     model = build_model(cfg.encoder, len(cfg.classes), tile_size=cfg.tile_size, decoder_width=cfg.decoder_width,
                         encoder_weights=cfg.encoder_weights, random_weights=True, seed=cfg.seed)

@@ -11,7 +11,7 @@ import pytest
 from slidefuse.bench import flops as flops_mod
 from slidefuse.bench.flops import count_flops_onnx, model_flops
 from slidefuse.errors import MissingExtra
-from slidefuse.export.registry import get_spec
+from slidefuse.model.registry import get_spec
 from slidefuse.runtime.bundle import Bundle
 
 

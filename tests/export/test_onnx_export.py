@@ -23,7 +23,7 @@ from slidefuse.export.parity import (  # noqa: E402
     gate_backend,
     parity_tiles,
 )
-from slidefuse.export.registry import get_spec  # noqa: E402
+from slidefuse.model.registry import get_spec  # noqa: E402
 from slidefuse.runtime.bundle import load_bundle  # noqa: E402
 
 TILE = 64
@@ -96,7 +96,7 @@ def test_graph_contract(bundle) -> None:  # type: ignore[no-untyped-def]
 def test_safetensors_rebuilds_the_same_model(bundle) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from slidefuse.export.model import build_model_from_state
+    from slidefuse.model.assembly import build_model_from_state
 
     m = bundle.manifest
     model = build_model_from_state(m.encoder, m.num_classes, m.tile_size, m.decoder_width,

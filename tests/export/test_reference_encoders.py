@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from slidefuse.errors import CheckpointError
-from slidefuse.export.checkpoints import load_encoder_weights, to_timm
-from slidefuse.export.encoders import build_vit, patch_tokens
 from slidefuse.export.references import compare, conch15_load_pos, references, run_sizes, scramble
-from slidefuse.export.registry import PAPER_IDS, EncoderSpec, get_spec
+from slidefuse.model.checkpoints import load_encoder_weights, to_timm
+from slidefuse.model.encoders import build_vit, patch_tokens
+from slidefuse.model.registry import PAPER_IDS, EncoderSpec, get_spec
 
 pytest.importorskip("transformers")
 

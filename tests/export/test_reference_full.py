@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slidefuse.export.registry import PAPER_IDS, get_spec
+from slidefuse.model.registry import PAPER_IDS, get_spec
 
 pytest.importorskip("transformers")
 

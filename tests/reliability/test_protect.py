@@ -56,7 +56,7 @@ def test_demo_bundle_files_are_world_readable() -> None:
 def test_garbage_torch_checkpoint_is_one_line(tmp_path: Path, content: bytes) -> None:
     pytest.importorskip("torch")
     from slidefuse.errors import CheckpointError
-    from slidefuse.export.checkpoints import read_state_file
+    from slidefuse.model.checkpoints import read_state_file
 
     path = tmp_path / "weights.pt"
     path.write_bytes(content)

@@ -106,7 +106,7 @@ def test_auto_picks_a_gpu_backend(bundle: Bundle, tiles: np.ndarray, cpu_ref: np
 def test_torch_vit_l16_at_512_fp16_bf16(tmp_path: Path) -> None:
     """uni (ViT-L/16, 1024 wide, 24 blocks) at 512 px, random weights, in fp16 and bf16 against fp32 on the GPU.
     The bundle holds only the torch weights (no ONNX export needed for the torch backend)."""
-    from slidefuse.export.model import build_model, save_model_state
+    from slidefuse.model.assembly import build_model, save_model_state
     from slidefuse.runtime.bundle import ClassInfo, Manifest, write_manifest
 
     model = build_model("uni", 3, tile_size=512, random_weights=True)

@@ -69,8 +69,8 @@ def cmu_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 'tiny' encoder saved in timm layout: stands in for a published checkpoint."""
-    from slidefuse.export.checkpoints import save_state
-    from slidefuse.export.model import build_model
+    from slidefuse.model.assembly import build_model
+    from slidefuse.model.checkpoints import save_state
 
     model = build_model("tiny", 3, tile_size=128, random_weights=True, seed=3)
     return save_state(model.encoder, tmp_path_factory.mktemp("enc") / "tiny_encoder.safetensors")
@@ -308,7 +308,7 @@ def test_train_with_cached_features_and_trained_encoder(  # type: ignore[no-unty
     cmu_tiles: Path, tmp_path: Path
 ) -> None:
     """--cache-features (decoder only) and --train-encoder (encoder written beside the decoder) both learn."""
-    from slidefuse.export.model import build_model
+    from slidefuse.model.assembly import build_model
     from slidefuse.train.loop import train
 
     cached = train(TrainConfig(encoder="tiny", classes=PSEUDO_CLASSES, tiles=cmu_tiles,

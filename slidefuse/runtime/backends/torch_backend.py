@@ -178,7 +178,7 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         import torch
 
-        from slidefuse.export.model import build_model_from_state
+        from slidefuse.model.assembly import build_model_from_state
 
         m = self.bundle.manifest
         t0 = time.perf_counter()

@@ -10,16 +10,16 @@ import torch
 from safetensors.torch import save_file
 
 from slidefuse.errors import CheckpointError, UnknownName, UsageError
-from slidefuse.export.decoder import Decoder
-from slidefuse.export.encoders import build_vit
-from slidefuse.export.model import (
+from slidefuse.model.assembly import (
     SegmentationModel,
     build_model,
     build_model_from_state,
     load_model_state,
     save_model_state,
 )
-from slidefuse.export.registry import get_spec
+from slidefuse.model.decoder import Decoder
+from slidefuse.model.encoders import build_vit
+from slidefuse.model.registry import get_spec
 
 
 def _tiles(n: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ Layouts (`EncoderSpec.checkpoint_format`):
 
 Wrappers are unwrapped ("teacher", "model", "state_dict", "module" entries; "module.", "backbone.",
 "_orig_mod." prefixes). Position embeddings made for another grid are resampled once, with the publisher's own
-run-time rule (`slidefuse.export.posembed`), to the model's grid. An MLP of the wrong type (a GELU file for a
+run-time rule (`slidefuse.model.posembed`), to the model's grid. An MLP of the wrong type (a GELU file for a
 SwiGLU encoder, or the reverse) and anything else that does not fit is a CheckpointError naming the encoder and
 the first mismatching keys or shapes.
 """
@@ -35,7 +35,7 @@ from torch import nn
 from slidefuse.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
-    from slidefuse.export.registry import EncoderSpec
+    from slidefuse.model.registry import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def to_timm(sd: StateDict, spec: EncoderSpec) -> StateDict:
 # ---------------------------------------------------------------------------------------------- loading
 def _resample_pos_embed(sd: StateDict, model: nn.Module, spec: EncoderSpec) -> None:
     """Bring a checkpoint's position embeddings to the model's token grid with the publisher's rule
-    (`slidefuse.export.posembed`), once, at load time."""
+    (`slidefuse.model.posembed`), once, at load time."""
     target = model.state_dict().get("pos_embed")
     pos = sd.get("pos_embed")
     if target is None or pos is None or pos.dim() != 3 or pos.shape[-1] != target.shape[-1]:
@@ -264,7 +264,7 @@ def _resample_pos_embed(sd: StateDict, model: nn.Module, spec: EncoderSpec) -> N
     new_g = math.isqrt(target.shape[1] - prefix)
     if pos.shape == target.shape and spec.pos_resample != "bicubic-offset":
         return  # same grid: every rule but CONCH v1.5's (which goes through its trunk's grid) is the identity
-    from slidefuse.export.posembed import publisher_pos_embed
+    from slidefuse.model.posembed import publisher_pos_embed
 
     try:
         resampled = publisher_pos_embed(pos, spec, new_g)

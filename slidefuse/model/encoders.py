@@ -2,7 +2,7 @@
 
 The trunk is built for a fixed input side (`img_size`, normally the tile size), so its position embeddings
 already have the tile's grid. A checkpoint made for another grid is resampled once, when loaded, with the
-publisher's own run-time rule (`slidefuse.export.posembed`): a constant function of the tile size, so the
+publisher's own run-time rule (`slidefuse.model.posembed`): a constant function of the tile size, so the
 exported graph holds exactly what the publisher's code computes at that size. `patch_tokens` turns a
 normalised image batch into the patch tokens the decoder uses (class token and registers dropped).
 """
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from slidefuse.export.registry import EncoderSpec
+    from slidefuse.model.registry import EncoderSpec
 
 log = logging.getLogger(__name__)
 

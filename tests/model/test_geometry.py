@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from slidefuse.cli import cli
 from slidefuse.errors import UsageError
-from slidefuse.export.geometry import aligned_tile, geometry_of, resolve_tile, sidecar_tile
+from slidefuse.model.geometry import aligned_tile, geometry_of, resolve_tile, sidecar_tile
 from slidefuse.runtime.bundle import Manifest
 
 

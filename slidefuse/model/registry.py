@@ -2,13 +2,13 @@
 test encoders.
 
 Each encoder is one frozen `EncoderSpec` (metadata and architecture hyper-parameters); the architecture is
-built by `spec.builder(spec, img_size)` (see `slidefuse.export.encoders`). This module imports neither torch
+built by `spec.builder(spec, img_size)` (see `slidefuse.model.encoders`). This module imports neither torch
 nor timm, so `get_spec` and `list_specs` work with the base install; `count_params` needs the export extra.
 
 Every paper encoder names its source in `EncoderSpec.reference`: the publisher's model card or code that fixes
 its MLP type and activation, LayerScale init, registers, class token, position-embedding layout and the way the
 publisher's code resamples position embeddings for another input size (`pos_resample`).
-`slidefuse.export.references` rebuilds each one with the publisher's own library for the tests.
+The exporter's `references` module rebuilds each one with the publisher's own library for the tests.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ HALF = (0.5, 0.5, 0.5)
 
 CHECKPOINT_FORMATS = ("timm", "hf-vit", "hf-dinov2", "hf-dinov2-reg", "open_clip-conch")
 MLP_KINDS = ("gelu", "swiglu-packed", "swiglu-dinov2")
-# How the publisher's code brings position embeddings to another token grid (see slidefuse.export.posembed):
+# How the publisher's code brings position embeddings to another token grid (see slidefuse.model.posembed):
 # "bicubic-antialias": F.interpolate(size, bicubic, antialias=True): timm resample_abs_pos_embed (timm models,
 #     dynamic_img_size) and transformers Dinov2WithRegistersModel;
 # "bicubic": F.interpolate(size, bicubic, no antialias): transformers ViTModel / Dinov2Model;
@@ -51,7 +51,7 @@ Builder = Callable[["EncoderSpec", int], "nn.Module"]
 
 def _build_vit(spec: EncoderSpec, img_size: int) -> nn.Module:
     """Default builder: a timm VisionTransformer (imported lazily so this module needs no torch)."""
-    from slidefuse.export.encoders import build_vit
+    from slidefuse.model.encoders import build_vit
 
     return build_vit(spec, img_size)
 

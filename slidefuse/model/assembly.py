@@ -20,15 +20,15 @@ import torch
 from torch import nn
 
 from slidefuse.errors import UsageError
-from slidefuse.export.checkpoints import (
+from slidefuse.model.checkpoints import (
     load_decoder_weights,
     load_encoder_weights,
     load_strict,
     read_state_file,
 )
-from slidefuse.export.decoder import Decoder
-from slidefuse.export.encoders import patch_tokens
-from slidefuse.export.registry import EncoderSpec, get_spec
+from slidefuse.model.decoder import Decoder
+from slidefuse.model.encoders import patch_tokens
+from slidefuse.model.registry import EncoderSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,6 @@ def build_model_from_state(
 
 def save_model_state(model: SegmentationModel, path: Path | str) -> Path:
     """Write the whole model's state dict (`encoder.*`, `decoder.*`) to a .safetensors file."""
-    from slidefuse.export.checkpoints import save_state
+    from slidefuse.model.checkpoints import save_state
 
     return save_state(model, path)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from slidefuse.cli import cli
 from slidefuse.errors import UnknownName
-from slidefuse.export.registry import (
+from slidefuse.model.registry import (
     CHECKPOINT_FORMATS,
     PAPER_IDS,
     POS_RESAMPLE,

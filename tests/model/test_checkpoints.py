@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from slidefuse.errors import CheckpointError, UsageError
-from slidefuse.export.checkpoints import load_decoder_weights, load_encoder_weights, read_state_file
-from slidefuse.export.decoder import Decoder
-from slidefuse.export.encoders import build_vit, patch_tokens
-from slidefuse.export.registry import EncoderSpec, get_spec
+from slidefuse.model.checkpoints import load_decoder_weights, load_encoder_weights, read_state_file
+from slidefuse.model.decoder import Decoder
+from slidefuse.model.encoders import build_vit, patch_tokens
+from slidefuse.model.registry import EncoderSpec, get_spec
 
 TOL = 1e-5
 

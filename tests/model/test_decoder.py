@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slidefuse.errors import UsageError
-from slidefuse.export.decoder import Decoder, num_up_blocks
+from slidefuse.model.decoder import Decoder, num_up_blocks
 
 
 def _params(m: torch.nn.Module) -> int:

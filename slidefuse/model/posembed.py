@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from slidefuse.export.registry import EncoderSpec
+    from slidefuse.model.registry import EncoderSpec
 
 
 def _grid(pos: torch.Tensor, side: int) -> torch.Tensor:
