@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from slidefuse.export import quantize as quantize_mod
+from slidefuse.export.quantize import gates as quantize_gates
 from slidefuse.runtime.bundle import Bundle
 
 
@@ -35,9 +35,9 @@ class Skewed:
 
 def skew(monkeypatch: pytest.MonkeyPatch, *precisions: str) -> None:
     """Make the quantize gate's ov-cpu runner at these precisions fail (see `Skewed`)."""
-    real = quantize_mod._ov_runner
+    real = quantize_gates._ov_runner
 
     def runner(staged: Bundle, precision: str) -> Any:
         return Skewed(real(staged, precision)) if precision in precisions else real(staged, precision)
 
-    monkeypatch.setattr(quantize_mod, "_ov_runner", runner)
+    monkeypatch.setattr(quantize_gates, "_ov_runner", runner)

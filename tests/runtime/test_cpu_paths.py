@@ -23,9 +23,9 @@ pytest.importorskip("onnx")
 
 from runtime.cpu_path_helpers import Skewed, skew
 from slidefuse.errors import BackendUnavailable, BundleError, UsageError
-from slidefuse.export import quantize as quantize_mod
 from slidefuse.export.parity import ParityThresholds
 from slidefuse.export.quantize import INT8_FILE, INT8_THRESHOLDS, QuantizeConfig, quantize_bundle
+from slidefuse.export.quantize import gates as quantize_gates
 from slidefuse.runtime.backends import cpu_paths, open_backend
 from slidefuse.runtime.backends.auto import candidates, choose_backend
 from slidefuse.runtime.backends.base import Placement
@@ -139,8 +139,8 @@ def test_an_openvino_path_that_cannot_run_is_recorded_with_the_reason(bundle_dir
         def __enter__(self) -> Skewed:
             raise BundleError("model.int8.onnx: OpenVINO cannot compile the graph for the CPU (test)\nmore")
 
-    real = quantize_mod._ov_runner
-    monkeypatch.setattr(quantize_mod, "_ov_runner", lambda b, p: Broken(None) if p == "int8" else real(b, p))
+    real = quantize_gates._ov_runner
+    monkeypatch.setattr(quantize_gates, "_ov_runner", lambda b, p: Broken(None) if p == "int8" else real(b, p))
     b = load_bundle(_quantized(bundle_dir, tmp_path / "b", cmu_slide))
     assert b.manifest.parity["ov-cpu int8"] == {
         "passed": None, "reason": "OpenVINO could not run it (model.int8.onnx: OpenVINO cannot compile the graph "
