@@ -179,6 +179,9 @@ def test_schema_lists_every_manifest_field() -> None:
     import dataclasses
 
     from slidefuse.runtime.bundle import Manifest
-    from slidefuse.runtime.manifest_schema import ManifestSchema
+    from slidefuse.runtime.manifest_schema import SEALED
 
-    assert set(ManifestSchema.model_fields) == {f.name for f in dataclasses.fields(Manifest)} | {"integrity"}
+    schema = json_schema()
+    assert list(schema["properties"]) == [f.name for f in dataclasses.fields(Manifest)] + ["integrity"]
+    assert set(SEALED) <= set(schema["required"])
+
