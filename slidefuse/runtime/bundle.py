@@ -6,7 +6,8 @@ schema (`manifest_schema`), that names a file outside the bundle, or whose conte
 record (an edited field: `random_weights`, `demo`, the classes, a file name, ...), and then verifies every
 file's sha256. The integrity record is therefore the bundle's identity (`Bundle.digest`): it covers the
 manifest and, through the hashes it lists, every file. This module needs no torch: the export side writes
-manifests with `write_manifest`.
+manifests with `write_manifest`. `Manifest` and `ClassInfo` (defined, with their fields' constraints, in
+`manifest_schema`) are imported from here.
 """
 
 from __future__ import annotations
@@ -15,90 +16,16 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slidefuse.atomic import TMP_SUFFIX, write_text_atomic
 from slidefuse.errors import BundleError, BundleNotFound, IntegrityError, one_line
-from slidefuse.runtime.manifest_schema import FORMAT_VERSION, check_manifest
+from slidefuse.runtime.manifest_schema import FORMAT_VERSION, INTEGRITY, Manifest, check_manifest
+from slidefuse.runtime.manifest_schema import ClassInfo as ClassInfo  # re-exported: imported from here
 
 MANIFEST = "manifest.json"
-INTEGRITY = "integrity"  # the manifest field holding `manifest_digest` of the rest
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    name: str  # class name as shown in QuPath and reports; index 0 is background
-    color: tuple[int, int, int]  # RGB, 0..255
-
-
-@dataclass(frozen=True)
-class Manifest:
-    encoder: str  # encoder registry id, e.g. "uni"
-    patch_size: int  # encoder patch size P in px
-    tile_size: int  # model input tile side in px, at `mpp`
-    mpp: float  # microns per pixel the model expects
-    classes: tuple[ClassInfo, ...]  # output classes; index = class id in masks
-    mean: tuple[float, float, float]  # normalisation mean (0..1 scale), applied inside the graph
-    std: tuple[float, float, float]  # normalisation std (0..1 scale), applied inside the graph
-    model_file: str | None = "model.onnx"  # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T];
-    # None: a torch-only bundle (weights, no graph; e.g. benchmarks/run_gpu.py's), run by the torch backends only
-    fp16_model_file: str | None = None  # optional fp16 graph with the same contract
-    # optional INT8 (QDQ) graph with the same contract, made by `slidefuse quantize`; present only after its gate
-    # passed, whose figures and thresholds are `parity["int8"]` and calibration record `export["int8"]`
-    int8_model_file: str | None = None
-    torch_weights: str | None = "model.safetensors"  # SegmentationModel state dict, for the torch backends
-    decoder_width: int = 256  # decoder width D (rebuilds the torch model with `num_classes`, `tile_size`)
-    input_name: str = "tiles"  # graph input name
-    output_name: str = "probabilities"  # graph output name
-    opset: int = 17  # ONNX opset of the graphs
-    overlap: int = 64  # recommended tile overlap in px (at `mpp`) for sliding-window inference
-    random_weights: bool = False  # True when the weights are random (tests/benchmarks only)
-    demo: bool = False  # True for the bundled demonstration model
-    # Tile geometry: "aligned" (tile_size a multiple of patch_size: tokens cover the tile) or "paper" (the paper's
-    # 512 px tile with P = 14: a 36 x 36 grid over 504 px, output resized); derived from the tile when absent.
-    geometry: str | None = None
-    # What the model sees of a slide's embedded ICC profile: "none" (decoded values as stored, the default:
-    # what most training pipelines saw) or "icc-to-srgb" (converted through the profile to sRGB).
-    color_transform: str = "none"
-    weights: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint names and sha256
-    parity: dict[str, Any] = field(default_factory=dict)  # parity-gate figures (fp32 vs torch, fp16 vs fp32)
-    export: dict[str, Any] = field(default_factory=dict)  # how the graphs were made: exporter, simplified, ...
-    engines: tuple[dict[str, Any], ...] = ()  # TensorRT engines: file, gpu, compute capability, trt version, ...
-    tools: dict[str, str] = field(default_factory=dict)  # versions of the tools that made the bundle
-    created: str = ""  # ISO 8601 UTC time of export
-    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of every bundle file
-    format_version: int = FORMAT_VERSION  # manifest schema version
-
-    def __post_init__(self) -> None:
-        if self.geometry is None:  # bundles made before the field: what the tile size implies
-            object.__setattr__(self, "geometry", "aligned" if self.tile_size % self.patch_size == 0 else "paper")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["classes"] = [{"name": c.name, "color": list(c.color)} for c in self.classes]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["classes"] = tuple(ClassInfo(c["name"], tuple(c["color"])) for c in d["classes"])  # type: ignore[misc]
-        kw["mean"] = tuple(d["mean"])
-        kw["std"] = tuple(d["std"])
-        kw["engines"] = tuple(d.get("engines", ()))
-        if kw.get("color_transform", "none") not in ("none", "icc-to-srgb"):
-            raise ValueError(f"color_transform {kw['color_transform']!r} is not 'none' or 'icc-to-srgb'")
-        return cls(**kw)
 
 
 @dataclass(frozen=True)

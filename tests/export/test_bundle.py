@@ -62,6 +62,15 @@ def test_round_trip_keeps_every_field(bundle_dir: Path) -> None:
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
 
 
+def test_shipped_manifest_round_trips_key_for_key() -> None:
+    """`to_dict` writes the fields in the order and form of manifest.json (what `write_manifest` dumps)."""
+    shipped = json.loads((Path(__file__).parents[2] / "slidefuse" / "data" / "default" / "manifest.json").read_text())
+    body = {k: v for k, v in shipped.items() if k != "integrity"}
+    again = json.loads(json.dumps(Manifest.from_dict(body).to_dict()))
+    assert again.pop("int8_model_file") is None  # a field newer than the demo bundle
+    assert list(again.items()) == list(body.items())
+
+
 @pytest.mark.parametrize("rel", ["model.onnx", "model.onnx.data", "engines/nvidia-h100_sm90_trt10.8.0_fp16.engine"])
 def test_one_changed_byte_is_refused(bundle_dir: Path, rel: str) -> None:
     p = bundle_dir / rel

@@ -71,6 +71,8 @@ CRAFTED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "model_file dotdot": (_set("model_file", "../other/model.onnx"), "model_file"),
     "files dotdot": (lambda d: d["files"].update({"../../etc/passwd": "0" * 64}), "files"),
     "files absolute": (lambda d: d["files"].update({"/etc/passwd": "0" * 64}), "files"),
+    "files newline": (lambda d: d["files"].update({"model.onnx\n": "0" * 64}), "files"),
+    "model_file newline": (_set("model_file", "model.onnx\n"), "model_file"),
     "model_file unlisted": (_set("model_file", "other.onnx"), "not listed in files"),
     "engine dotdot": (_set("engines", [{"file": "../x.engine"}]), "engines.0.file"),
     "tile 0": (_set("tile_size", 0), "tile_size"),
@@ -179,6 +181,26 @@ def test_schema_lists_every_manifest_field() -> None:
     import dataclasses
 
     from slidefuse.runtime.bundle import Manifest
-    from slidefuse.runtime.manifest_schema import ManifestSchema
+    from slidefuse.runtime.manifest_schema import SEALED
 
-    assert set(ManifestSchema.model_fields) == {f.name for f in dataclasses.fields(Manifest)} | {"integrity"}
+    schema = json_schema()
+    assert list(schema["properties"]) == [f.name for f in dataclasses.fields(Manifest)] + ["integrity"]
+    assert set(SEALED) <= set(schema["required"])
+
+
+# Relations between fields that a JSON Schema cannot state: only `check_manifest` refuses them.
+BEYOND_JSON_SCHEMA = {"duplicate class", "model_file unlisted"}
+
+
+def test_shipped_schema_accepts_a_bundle_and_refuses_crafted_manifests() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    shipped = json.loads((REPO / "docs" / "manifest.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(shipped)
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    good = json.loads((REPO / "slidefuse" / "data" / "default" / "manifest.json").read_text())
+    assert not list(validator.iter_errors(good))
+    for name, (change, _) in CRAFTED.items():
+        data = json.loads(json.dumps(good))
+        change(data)
+        refused = bool(list(validator.iter_errors(data)))
+        assert refused != (name in BEYOND_JSON_SCHEMA), name
