@@ -45,6 +45,7 @@ from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Pl
 from slidefuse.runtime.backends.memory import in_sub_batches, tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,6 @@ _MAX_CACHED_OUTPUTS = 4  # device output buffers kept (one per recent batch size
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _INT8_CPU_ONLY = ("precision int8 is a CPU path (the INT8 QDQ graph runs on onnxruntime's CPU kernels): use "
                   "--backend ort-cpu for int8, or precision fp32 / fp16 on the GPU")
-
-
-def cpu_threads() -> int:
-    """Number of CPUs this process may run on (affinity-aware; containers often restrict it)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _unavailable(name: str, reason: str) -> BackendUnavailable:
@@ -157,7 +150,7 @@ class _OrtBackend(Backend):
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
         self.precision = self.options.precision
-        self.threads = self.options.threads or cpu_threads()
+        self.threads = self.options.threads or usable_cores()
         self.device_id = self.options.device_id
         self.io_binding = self.default_io_binding if self.options.io_binding is None else self.options.io_binding
         self.max_batch: int | None = None
