@@ -33,6 +33,7 @@ from typing import Any
 
 from slidefuse.errors import BackendUnavailable, SlidefuseError
 from slidefuse.runtime.backends.base import Backend, Placement
+from slidefuse.runtime.backends.registry import backend_names, get_backend
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ class AutoChoice:
 
 def candidates() -> list[Candidate]:
     """Every placement of every registered backend, highest priority first (ties in registration order)."""
-    from slidefuse.runtime.backends.registry import backend_names, get_backend
-
     out = []
     for name in backend_names():
         cls = get_backend(name)

@@ -39,9 +39,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from slidefuse.errors import BackendUnavailable, BundleError, UsageError
+from slidefuse.errors import BundleError, UsageError
 from slidefuse.runtime.backends import cpu_paths
-from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
+from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement, unavailable
 from slidefuse.runtime.backends.memory import in_sub_batches, tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
@@ -57,12 +57,6 @@ _MAX_CACHED_OUTPUTS = 4  # device output buffers kept (one per recent batch size
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _INT8_CPU_ONLY = ("precision int8 is a CPU path (the INT8 QDQ graph runs on onnxruntime's CPU kernels): use "
                   "--backend ort-cpu for int8, or precision fp32 / fp16 on the GPU")
-
-
-def _unavailable(name: str, reason: str) -> BackendUnavailable:
-    from slidefuse.runtime.backends.registry import unavailable
-
-    return unavailable(name, reason)
 
 
 @dataclass(frozen=True)
@@ -229,14 +223,14 @@ class _OrtBackend(Backend):
             if self.required_provider == CPU_EP:
                 raise BundleError(f"{path}: onnxruntime cannot load the graph ({_first_line(exc)}); "
                                   "re-export the bundle") from exc
-            raise _unavailable(self.name, f"onnxruntime could not start {self.required_provider} "
-                               f"({_first_line(exc)}); not falling back to the CPU") from exc
+            raise unavailable(self.name, f"onnxruntime could not start {self.required_provider} "
+                              f"({_first_line(exc)}); not falling back to the CPU") from exc
         got = list(self._session.get_providers())
         if self.required_provider not in got:
             self._session = None
-            raise _unavailable(self.name, f"onnxruntime did not load {self.required_provider} (session providers: "
-                               f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); "
-                               "not falling back to the CPU")
+            raise unavailable(self.name, f"onnxruntime did not load {self.required_provider} (session providers: "
+                              f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); "
+                              "not falling back to the CPU")
         self._check_io()
         log.info("%s: %s on %s (precision %s, %d intra-op threads%s; %s)", self.name, path.name,
                  ", ".join(got), self.precision, self.threads, ", IO binding" if self.io_binding else "",
