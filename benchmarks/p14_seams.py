@@ -43,7 +43,7 @@ REGION_XY = (600, 900)  # top-left of the region at MPP, in tissue
 
 
 class TorchRunner:
-    """The pipeline's TileRunner over a SegmentationModel: uint8 [B, T, T, 3] -> float32 [B, C, T, T]."""
+    """What the pipeline runs (a Runner's run) over a SegmentationModel: uint8 [B, T, T, 3] -> float32 [B, C, T, T]."""
 
     def __init__(self, model: object) -> None:
         self.model = model

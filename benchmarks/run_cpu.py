@@ -48,10 +48,11 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.run_engine_matrix import DEFAULT_BUNDLES, ensure_bundle  # noqa: E402
 from slidefuse.bench.engine import Contender, EngineBenchConfig, bench_engine, compare_backends  # noqa: E402
-from slidefuse.bench.machine import cpu_cores, machine_info, peak_rss_mib  # noqa: E402
+from slidefuse.bench.machine import machine_info, peak_rss_mib  # noqa: E402
 from slidefuse.bench.slide import SlideBenchConfig, bench_slide  # noqa: E402
 from slidefuse.errors import UsageError  # noqa: E402
 from slidefuse.runtime.bundle import MANIFEST, Bundle, load_bundle, write_manifest  # noqa: E402
+from slidefuse.runtime.cores import usable_cores  # noqa: E402
 
 log = logging.getLogger("run_cpu")
 
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips' own chatter
     skip: set[str] = args.skip
     command = "python " + " ".join(["benchmarks/run_cpu.py", *(sys.argv[1:] if argv is None else argv)])
-    cores = cpu_cores()
+    cores = usable_cores()
     plans = compare_plans(cores, args.quick, args.models) if "compare" not in skip else []
     cached = {m: (args.bundles / f"{m}-{TILE}-int8.bundle" / MANIFEST).exists() for m in MODELS}
     est = estimate_s(plans, 6, skip, cached)

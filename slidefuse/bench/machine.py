@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from slidefuse.runtime.cores import usable_cores
+
 log = logging.getLogger(__name__)
 
 PACKAGES = ("slidefuse", "numpy", "torch", "onnxruntime", "openvino", "onnx", "timm", "pyvips")
@@ -142,14 +144,6 @@ def cpu_mhz() -> float | None:
     return max(found) if found else None
 
 
-def cpu_cores() -> int:
-    """Logical CPUs this process may use (the affinity mask), which is what the backends' thread pools see."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def cpu_peak() -> Peak:
     """Estimated fp32 peak of the CPUs this process may use: cores x FLOP/cycle x clock.
 
@@ -166,7 +160,7 @@ def cpu_peak() -> Peak:
     else:
         isa, per_cycle = "SSE (4 fp32 lanes, mul + add)", 8
     mhz = cpu_mhz()
-    cores = cpu_cores()
+    cores = usable_cores()
     device = f"{cpu_model()} ({cores} cores)"
     if mhz is None:
         return Peak(None, device, "fp32", f"{isa}; clock unknown", True)
@@ -239,7 +233,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_isa": isa,
         "cpu_isa_summary": isa_summary(isa),
-        "cores": cpu_cores(),
+        "cores": usable_cores(),
         "cpu_mhz": cpu_mhz(),
         "ram_gib": round(ram_gib() or 0.0, 1) or None,
         "gpu": gpu_name(),

@@ -23,9 +23,11 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     def ratio(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
+    picked = b.get("info", {}).get("backend", b["name"])
+    name = b["name"] if picked == b["name"] else f"{b['name']} ({picked})"  # auto: the one it picked
     lines = [
         f"slide   {doc['slide']}",
-        f"model   {m['encoder']} tile {m['tile_size']} px at {m['mpp']:g} um/px; backend {b['name']} "
+        f"model   {m['encoder']} tile {m['tile_size']} px at {m['mpp']:g} um/px; backend {name} "
         f"({b['device']}, {b['precision']}), batch {doc['settings']['batch_size']}, "
         f"{doc['settings']['workers']} reader threads",
         f"tiles   {s['tiles_run']} run{_over(doc)}; end to end {s['end_to_end_tiles_per_s']:.2f} tiles/s "
@@ -44,7 +46,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 @click.command("slide")
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model", type=click.Path(path_type=Path), required=True, help="Model bundle folder.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Backend name.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Backend name, or auto (the one 'slidefuse segment' picks by default).")
 @click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per backend call.")
 @click.option("--mpp", type=float, default=None, help="Slide pixel size in um/px, for slides without one.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")

@@ -39,7 +39,9 @@ class _FormatsOption(click.Option):
                    "model, where installed.")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="Output folder: one sub-folder per slide, plus run.json.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="Inference backend (see 'slidefuse bench').")
+@click.option("--backend", default="auto", show_default=True,
+              help="Inference backend by name, or auto: the preferred one that can run the model here (the pick, "
+                   "and why the others were skipped, are logged). An unknown name lists the valid ones.")
 @click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per engine call.")
 @click.option("--overlap", type=int, default=None,
               help="Tile overlap in px at the model's resolution (0..tile/2). Default: the bundle's.")

@@ -42,11 +42,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from slidefuse.errors import ParityError, SlideNotFound, UsageError
+from slidefuse.runtime.backends.base import Runner
 
 if TYPE_CHECKING:
     from slidefuse.model.assembly import SegmentationModel
@@ -251,16 +252,6 @@ def parity_tiles(tile_size: int, mpp: float, *, n_real: int = 4, n_random: int =
 
 
 # ---------------------------------------------------------------------------------------------- runners
-class Runner(Protocol):
-    """The runner contract: `with runner: runner.run(uint8 [B, T, T, 3]) -> float32 [B, C, T, T]`."""
-
-    def __enter__(self) -> Any: ...
-
-    def __exit__(self, *exc: Any) -> Any: ...
-
-    def run(self, tiles: np.ndarray) -> np.ndarray: ...
-
-
 class TorchModelRunner:
     """A runner over an in-memory torch SegmentationModel on its own device, fp32, used once: leaving the
     `with` block drops the model, so a model nothing else holds is freed before the next runner starts."""

@@ -9,8 +9,9 @@ Threads and queues (all bounded, so memory is a fixed number of batches plus the
   free pool and queues the probabilities;
 - the calling thread stitches results in order.
 
-A batch buffer goes back to the free pool as soon as ``backend.run`` returns, so backends must not keep a
-reference to their input, and must return an array they do not reuse (the backend contract).
+The backend is any open ``Runner`` (``backends.base``: uint8 ``[B, T, T, 3]`` -> float32 ``[B, C, T, T]``). A batch
+buffer goes back to the free pool as soon as ``backend.run`` returns, so runners must not keep a reference to their
+input, and must return an array they do not reuse.
 
 Order is preserved (one feeder, one inference thread, FIFO queues). An exception in any thread stops the
 others and is re-raised in the calling thread; nothing hangs and no tile is silently dropped.
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from slidefuse.runtime.backends.base import Runner
 from slidefuse.runtime.grid import TileGrid, TileRC
 from slidefuse.runtime.stitch import Stitcher
 
@@ -41,12 +43,6 @@ class TileSource(Protocol):
     """What the pipeline reads from (``slide.ScaledView``): model-frame boxes -> uint8 ``[h, w, 3]`` RGB."""
 
     def read(self, model_x: int, model_y: int, w: int, h: int) -> np.ndarray: ...
-
-
-class TileRunner(Protocol):
-    """What the pipeline runs (``backends.Backend``): uint8 ``[B, T, T, 3]`` -> float32 ``[B, C, T, T]``."""
-
-    def run(self, tiles: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ class _Pipeline:
     """One run of the pipeline: ``_feed`` (feeder thread), ``_infer`` (inference thread) and ``_drain`` (the
     calling thread, stitching). Queues are bounded; ``stop`` ends every loop; the first failure wins."""
 
-    def __init__(self, source: TileSource, grid: TileGrid, tiles: Sequence[TileRC], backend: TileRunner,
+    def __init__(self, source: TileSource, grid: TileGrid, tiles: Sequence[TileRC], backend: Runner,
                  stitcher: Stitcher, opts: PipelineOptions) -> None:
         self.source, self.grid, self.tiles = source, grid, tiles
         self.backend, self.stitcher, self.opts = backend, stitcher, opts
@@ -257,7 +253,7 @@ def run_pipeline(
     source: TileSource,
     grid: TileGrid,
     tiles: Sequence[TileRC],
-    backend: TileRunner,
+    backend: Runner,
     stitcher: Stitcher,
     options: PipelineOptions | None = None,
     progress: ProgressFn | None = None,

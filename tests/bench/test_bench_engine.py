@@ -111,7 +111,7 @@ def test_peaks_gpu_table_and_cpu_estimate(monkeypatch: pytest.MonkeyPatch) -> No
     assert machine.gpu_peak("Some GPU", "bf16").tflops is None
     monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx", "avx2", "fma"})
     monkeypatch.setattr(machine, "cpu_mhz", lambda: 2500.0)
-    monkeypatch.setattr(machine, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 4)
     peak = machine.cpu_peak()
     assert peak.tflops == pytest.approx(4 * 32 * 2.5e9 / 1e12) and peak.estimate and "estimate" in peak.source
     monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512f", "avx2", "fma"})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +30,12 @@ from slidefuse.runtime.backends import (
     open_backend,
     register_backend,
     registered_backend,
+    registry,
     unregister_backend,
 )
 from slidefuse.runtime.backends.auto import choose_backend
-from slidefuse.runtime.backends.base import DeviceKind
-from slidefuse.runtime.backends.registry import available_backends, unavailable
+from slidefuse.runtime.backends.base import DeviceKind, unavailable
+from slidefuse.runtime.backends.registry import available_backends, get_backend
 from slidefuse.runtime.bundle import Bundle
 
 BUILT_IN = ["ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "trt", "torch", "torch-compile", "triton", "null"]
@@ -231,6 +234,29 @@ def test_registry_rules(onehot: type[OneHotBackend], colour_bundle: Bundle) -> N
         unregister_backend("nope")
     with open_backend("test-onehot", colour_bundle, label=1) as be:
         assert be.run(np.zeros((2, 64, 64, 3), np.uint8))[:, 1].min() == 1.0
+
+
+def test_registry_imports_no_backend_and_backends_import_no_registry() -> None:
+    """The built-in backends are registered as "module:Class" strings: importing the registry imports none of
+    them, and no backend module imports the registry (they word errors with `base.unavailable`)."""
+    code = ("import json, sys, slidefuse.runtime.backends.registry; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('slidefuse.runtime.backends.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [f"slidefuse.runtime.backends.{m}" for m in ("base", "options", "registry")]
+    assert list(registry.BUILTIN_BACKENDS) == BUILT_IN
+    folder = Path(registry.__file__).parent
+    importers = [f.name for f in folder.glob("*.py") if "backends.registry import" in f.read_text()
+                 or "backends import registry" in f.read_text()]
+    assert sorted(importers) == ["__init__.py", "auto.py"]  # the package's exports; auto picks among the registered
+
+
+def test_a_lazy_entry_must_name_a_backend_class_of_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry._BACKENDS, "test-wrong", "slidefuse.runtime.backends.ort:OrtCpuBackend")
+    with pytest.raises(UsageError, match="'test-wrong' is registered as .* not a Backend subclass named"):
+        get_backend("test-wrong")
+    assert "not a Backend subclass" in (available_backends()["test-wrong"] or "")  # listed as unavailable
+    monkeypatch.setitem(registry._BACKENDS, "test-gone", "slidefuse.no_such_module:Thing")
+    assert "No module named" in (available_backends()["test-gone"] or "")
 
 
 def test_one_unavailable_message(monkeypatch: pytest.MonkeyPatch, colour_bundle: Bundle) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import re
 import shutil
 import sys
 import types
@@ -23,7 +24,7 @@ pytest.importorskip("onnxscript")
 from slidefuse.errors import BackendUnavailable, EngineMismatch, UnknownName, UsageError
 from slidefuse.runtime import engines
 from slidefuse.runtime.backends import available_backends, backend_names, open_backend
-from slidefuse.runtime.backends.auto import choose_backend
+from slidefuse.runtime.backends.auto import candidates, choose_backend
 from slidefuse.runtime.bundle import Bundle, load_bundle
 
 TILE = 64
@@ -212,9 +213,16 @@ def test_auto_skips_backends_that_do_not_take_the_options(bundle: Bundle) -> Non
     assert "torch (cuda)" in choice.skipped and "not available" in choice.reason
 
 
-def test_auto_with_nothing_usable_lists_every_reason(bundle: Bundle) -> None:
-    with pytest.raises(BackendUnavailable, match=r"backend auto: no backend can run .*ort-cpu: .*unknown option"):
+def test_auto_with_an_option_no_backend_takes_is_a_usage_error(bundle: Bundle) -> None:
+    """Every backend available here refuses the option: the caller's mistake (exit 2 in the CLI), each reason
+    listed; backends not available here are left out."""
+    with pytest.raises(UsageError, match=r"^backend auto: no backend that can run here takes the options given "
+                                         r"\(.*ort-cpu: .*unknown option 'no_such_option'") as err:
         choose_backend(bundle, no_such_option=1)
+    tried = {c.name for c in candidates()}  # backends with a placement (not null, triton)
+    for name, reason in available_backends().items():
+        listed = re.search(rf"(\(|; ){re.escape(name)}( \(|:)", str(err.value)) is not None
+        assert listed == (reason is None and name in tried), name
 
 
 # ------------------------------------------------------------------------------------------- GPU configuration

@@ -12,7 +12,8 @@ import shapely
 from scipy import ndimage
 
 from slidefuse.runtime.outputs import write_outputs
-from slidefuse.runtime.outputs.geojson import polygonize, write_geojson
+from slidefuse.runtime.outputs.geojson import write_geojson
+from slidefuse.runtime.outputs.polygons import polygonize
 
 from .test_outputs_common import (
     CLASSES,
@@ -151,7 +152,7 @@ def test_geojson_matches_mask_tiff_on_the_real_cmu_slide(tmp_path, cmu_slide) ->
 def test_a_region_with_hundreds_of_holes_is_simplified_validly(tmp_path) -> None:
     """Over BIG_POLYGON_HOLES holes, a region is simplified ring by ring (GEOS' topology-preserving simplifier
     is super-linear in holes); the result is still valid, keeps its holes and its area."""
-    from slidefuse.runtime.outputs.geojson import BIG_POLYGON_HOLES
+    from slidefuse.runtime.outputs.polygons import BIG_POLYGON_HOLES
 
     mask = np.ones((400, 400), np.uint8)
     mask[5:395:12, 5:395:12] = 0  # 33 x 33 = 1089 one-pixel holes of background in one tumour region

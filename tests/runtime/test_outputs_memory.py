@@ -10,9 +10,12 @@ import pytest
 import shapely
 from scipy import ndimage
 
-from slidefuse.runtime.outputs import geojson, preview
-from slidefuse.runtime.outputs.geojson import Regions, iter_features, polygonize, region_batches, to_l0
+from slidefuse.runtime.outputs import preview
+from slidefuse.runtime.outputs import regions as regions_module
+from slidefuse.runtime.outputs.geojson import iter_features
+from slidefuse.runtime.outputs.polygons import polygonize, to_l0
 from slidefuse.runtime.outputs.raster import class_grid, mode_downsample
+from slidefuse.runtime.outputs.regions import Regions, region_batches
 
 from .test_outputs_common import CLASSES, blobby_mask, make_result
 
@@ -32,8 +35,8 @@ def test_regions_first_pixels_and_boxes_match_scipy(monkeypatch, seed: int, labe
     """Regions labelled in bands of `label_rows` rows (merged at the seams) and scanned `scan_pixels` at a time
     number the regions as scipy's label of the whole mask does, with the same first pixels and boxes."""
     if label_rows is not None:
-        monkeypatch.setattr(geojson, "LABEL_BAND_PIXELS", 130 * label_rows)
-    monkeypatch.setattr(geojson, "BAND_PIXELS", scan_pixels)
+        monkeypatch.setattr(regions_module, "LABEL_BAND_PIXELS", 130 * label_rows)
+    monkeypatch.setattr(regions_module, "BAND_PIXELS", scan_pixels)
     grid = _speckled(90, 130, seed)
     fg = grid == 1
     labels, n = ndimage.label(fg)
@@ -54,7 +57,7 @@ def test_regions_of_an_empty_mask_is_empty() -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_each_batch_is_exactly_its_regions_labelled_as_scipy_would(monkeypatch, seed: int) -> None:
-    monkeypatch.setattr(geojson, "LABEL_BAND_PIXELS", 160 * 9)  # regions merged across many seams
+    monkeypatch.setattr(regions_module, "LABEL_BAND_PIXELS", 160 * 9)  # regions merged across many seams
     fg = _speckled(120, 160, seed) == 2
     labels, n = ndimage.label(fg)
     regions = Regions.of(fg)
@@ -74,7 +77,7 @@ def test_each_batch_is_exactly_its_regions_labelled_as_scipy_would(monkeypatch, 
 def test_batched_features_equal_polygonising_the_whole_mask(monkeypatch, seed: int) -> None:
     """iter_features' small bands and batches give the same polygons, in the same order, as one polygonize
     call per class over the whole grid (the memory-bounded form changes nothing in mask.geojson)."""
-    monkeypatch.setattr(geojson, "LABEL_BAND_PIXELS", 200 * 11)
+    monkeypatch.setattr(regions_module, "LABEL_BAND_PIXELS", 200 * 11)
     grid = _speckled(150, 200, seed)
     got = list(iter_features(grid, CLASSES, 2.0, 3.0, batch_px=500))
     want = [(c, g) for c in (1, 2) for g in to_l0(polygonize(grid == c), 2.0, 3.0)]

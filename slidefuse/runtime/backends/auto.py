@@ -29,10 +29,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from slidefuse.errors import BackendUnavailable, SlidefuseError
+from slidefuse.errors import BackendUnavailable, SlidefuseError, UsageError
 from slidefuse.runtime.backends.base import Backend, Placement
+from slidefuse.runtime.backends.registry import backend_names, get_backend
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ class AutoChoice:
 
 def candidates() -> list[Candidate]:
     """Every placement of every registered backend, highest priority first (ties in registration order)."""
-    from slidefuse.runtime.backends.registry import backend_names, get_backend
-
     out = []
     for name in backend_names():
         cls = get_backend(name)
@@ -78,38 +77,62 @@ def _other_way(placement: Placement, options: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _try(c: Candidate, bundle: Bundle, options: Mapping[str, Any]) -> Backend | str:
+@dataclass(frozen=True)
+class _Skip:
+    """Why a candidate was not picked, and at which step."""
+
+    reason: str  # one line
+    step: Literal["availability", "options", "other"]  # not available here / refused the options given / the rest
+
+
+def _try(c: Candidate, bundle: Bundle, options: Mapping[str, Any]) -> Backend | _Skip:
     """The constructed backend of candidate `c`, or why it cannot run `bundle` with `options` here."""
     try:
         reason = c.cls.availability()
     except ImportError as exc:
         reason = str(exc)
     if reason is not None:
-        return reason
+        return _Skip(reason, "availability")
     opts = {**c.placement.options, **{k: v for k, v in options.items() if v is not None}}  # None = the default
     try:
         parsed = c.cls.options_type.parse(c.name, opts)
+    except UsageError as exc:  # an option it does not take, or a bad value
+        return _Skip(str(exc), "options")
+    try:
         why_not = _other_way(c.placement, options) or c.cls.can_run(bundle, parsed)
         if why_not is not None:
-            return why_not
+            return _Skip(why_not, "other")
         backend = c.cls(bundle, **opts)
-    except SlidefuseError as exc:  # bad options, no device, bundle lacks what it needs
-        return str(exc)
+    except SlidefuseError as exc:  # no device, bundle lacks what it needs, options that do not go together
+        return _Skip(str(exc), "other")
     if backend.device_kind() != c.placement.device:
-        return f"the options given put it on the {backend.device_kind()}"
+        return _Skip(f"the options given put it on the {backend.device_kind()}", "other")
     return backend
 
 
+def _nothing_runs(bundle: Bundle, skips: Mapping[str, _Skip]) -> SlidefuseError:
+    """The error when no candidate can run: a UsageError when every backend available here refused the options
+    given (a mistyped option, a bad value: the caller's to fix), else BackendUnavailable; each lists every reason."""
+    tried = {k: s for k, s in skips.items() if s.step != "availability"}
+    if tried and all(s.step == "options" for s in tried.values()):
+        details = "; ".join(f"{k}: {s.reason}" for k, s in tried.items())
+        return UsageError(f"backend auto: no backend that can run here takes the options given ({details})")
+    details = "; ".join(f"{k}: {s.reason}" for k, s in skips.items())
+    return BackendUnavailable(f"backend auto: no backend can run {bundle.path} here ({details})")
+
+
 def choose_backend(bundle: Bundle, **options: Any) -> AutoChoice:
-    """Pick the first of `candidates()` that can run `bundle` with `options` here; raise BackendUnavailable
-    (with every candidate's reason) when none can."""
-    skipped: dict[str, str] = {}
+    """Pick the first of `candidates()` that can run `bundle` with `options` here. When none can, raise
+    BackendUnavailable with every candidate's reason, or UsageError when every backend available here refused
+    the options given."""
+    skips: dict[str, _Skip] = {}
     order = candidates()
     for c in order:
         got = _try(c, bundle, options)
-        if isinstance(got, str):
-            skipped[c.label] = got
+        if isinstance(got, _Skip):
+            skips[c.label] = got
             continue
+        skipped = {k: s.reason for k, s in skips.items()}
         reason = (f"priority {c.placement.priority} on the {c.placement.device}, the first that can run here in "
                   f"the order {' > '.join(o.label for o in order)}")
         if skipped:
@@ -118,5 +141,4 @@ def choose_backend(bundle: Bundle, **options: Any) -> AutoChoice:
         for lab, why in skipped.items():
             log.info("backend auto: %s not used: %s", lab, why)
         return AutoChoice(c.name, got, reason, skipped)
-    details = "; ".join(f"{k}: {v}" for k, v in skipped.items())
-    raise BackendUnavailable(f"backend auto: no backend can run {bundle.path} here ({details})")
+    raise _nothing_runs(bundle, skips)

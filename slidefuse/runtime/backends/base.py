@@ -1,26 +1,29 @@
-"""The backend contract (after Polygraphy's runners): a context manager with one `run` method.
+"""The runner contract (after Polygraphy's runners): a context manager with one `run` method.
 
-`run(tiles)` takes uint8 RGB tiles `[B, T, T, 3]` (HWC, 0..255, C-contiguous) and returns float32 class
-probabilities `[B, C, T, T]` that sum to 1 over C. Input checks happen once, here.
+`Runner` is the contract as a Protocol, what the pipeline and the parity comparison take: `run(tiles)` takes uint8
+RGB tiles `[B, T, T, 3]` (HWC, 0..255, C-contiguous) and returns float32 class probabilities `[B, C, T, T]` that
+sum to 1 over C. `Backend` is the base class of the registered runners; its input checks happen once, here.
 
 What a backend is, as data: its options (`options_type`, a frozen `BackendOptions` dataclass), where it runs
 (`device`, `device_kind()`), whether and how eagerly `auto` picks it (`placements`), whether it can run a given
 bundle here (`availability()`, `can_run(bundle, options)`), whether it is built for one batch size
 (`needs_per_batch_setup`), and, once loaded, what actually runs (`info() -> BackendInfo`). Nothing outside a
 backend's own module needs its name to know any of these.
+
+`unavailable(name, reason)` is the one wording of "backend X cannot run here" (it lists the backends that can).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from slidefuse.errors import UsageError
+from slidefuse.errors import BackendUnavailable, UsageError
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
 
@@ -28,6 +31,38 @@ DeviceKind = Literal["cpu", "cuda"]  # where a backend's arithmetic runs
 ComputePrecision = Literal["fp32", "fp16", "bf16"]
 COMPUTE_PRECISIONS: tuple[ComputePrecision, ...] = ("fp32", "fp16", "bf16")  # what a backend may compute in
 JsonScalar = bool | int | float | str | None
+
+
+class Runner(Protocol):
+    """The runner contract: `with runner: runner.run(uint8 [B, T, T, 3]) -> float32 [B, C, T, T]`.
+
+    Every `Backend` is one; so is any object with these three methods (e.g. `export.parity.TorchModelRunner`)."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 RGB tiles [B, T, T, 3] (0..255) -> float32 class probabilities [B, C, T, T] (sum 1 over C)."""
+        ...
+
+
+# The names of the backends that can run here, in registration order. The registry installs its own when it is
+# imported (`set_available_names`; importing any backend module imports the package, which imports the registry),
+# so that backend modules word `unavailable` without importing the registry that lists them.
+_available_names: Callable[[], list[str]] = list
+
+
+def set_available_names(names: Callable[[], list[str]]) -> None:
+    """Install the function `unavailable` asks for the names of the backends that can run here (the registry's)."""
+    global _available_names
+    _available_names = names
+
+
+def unavailable(name: str, reason: str) -> BackendUnavailable:
+    """The error for backend `name` that cannot run here: the reason, then the backends that can."""
+    return BackendUnavailable(f"backend '{name}' is not available here: {reason}; available backends: "
+                              f"{', '.join(_available_names()) or 'none'}")
 
 
 @dataclass(frozen=True)

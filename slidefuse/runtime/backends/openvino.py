@@ -40,8 +40,8 @@ from slidefuse.runtime.backends import cpu_paths
 from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar
 from slidefuse.runtime.backends.memory import in_sub_batches, tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
-from slidefuse.runtime.backends.ort import cpu_threads
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class OvCpuBackend(Backend):
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
         self.precision = self.options.precision
-        self.threads = self.options.threads or cpu_threads()
+        self.threads = self.options.threads or usable_cores()
         self._compiled: Any = None
         self._requests: list[Any] = []
         self._output: Any = None

@@ -39,12 +39,13 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from slidefuse.errors import BackendUnavailable, BundleError, UsageError
+from slidefuse.errors import BundleError, UsageError
 from slidefuse.runtime.backends import cpu_paths
-from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement
+from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar, Placement, unavailable
 from slidefuse.runtime.backends.memory import in_sub_batches, tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.cores import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,6 @@ _MAX_CACHED_OUTPUTS = 4  # device output buffers kept (one per recent batch size
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _INT8_CPU_ONLY = ("precision int8 is a CPU path (the INT8 QDQ graph runs on onnxruntime's CPU kernels): use "
                   "--backend ort-cpu for int8, or precision fp32 / fp16 on the GPU")
-
-
-def cpu_threads() -> int:
-    """Number of CPUs this process may run on (affinity-aware; containers often restrict it)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _unavailable(name: str, reason: str) -> BackendUnavailable:
-    from slidefuse.runtime.backends.registry import unavailable
-
-    return unavailable(name, reason)
 
 
 @dataclass(frozen=True)
@@ -157,7 +144,7 @@ class _OrtBackend(Backend):
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
         self.precision = self.options.precision
-        self.threads = self.options.threads or cpu_threads()
+        self.threads = self.options.threads or usable_cores()
         self.device_id = self.options.device_id
         self.io_binding = self.default_io_binding if self.options.io_binding is None else self.options.io_binding
         self.max_batch: int | None = None
@@ -236,14 +223,14 @@ class _OrtBackend(Backend):
             if self.required_provider == CPU_EP:
                 raise BundleError(f"{path}: onnxruntime cannot load the graph ({_first_line(exc)}); "
                                   "re-export the bundle") from exc
-            raise _unavailable(self.name, f"onnxruntime could not start {self.required_provider} "
-                               f"({_first_line(exc)}); not falling back to the CPU") from exc
+            raise unavailable(self.name, f"onnxruntime could not start {self.required_provider} "
+                              f"({_first_line(exc)}); not falling back to the CPU") from exc
         got = list(self._session.get_providers())
         if self.required_provider not in got:
             self._session = None
-            raise _unavailable(self.name, f"onnxruntime did not load {self.required_provider} (session providers: "
-                               f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); "
-                               "not falling back to the CPU")
+            raise unavailable(self.name, f"onnxruntime did not load {self.required_provider} (session providers: "
+                              f"{', '.join(got)}; check the CUDA 12 / cuDNN 9 / TensorRT libraries and the GPU); "
+                              "not falling back to the CPU")
         self._check_io()
         log.info("%s: %s on %s (precision %s, %d intra-op threads%s; %s)", self.name, path.name,
                  ", ".join(got), self.precision, self.threads, ", IO binding" if self.io_binding else "",

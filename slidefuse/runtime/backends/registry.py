@@ -12,10 +12,11 @@ the best available one for the bundle (see `auto.py`) and logs which.
 | torch-compile | PyTorch torch.compile                     | export           |
 | triton        | a Triton Inference Server over gRPC       | triton           |
 
-Adding a backend is one module with a `Backend` subclass and one `register_backend` line at the end of this
-file. The backend modules import their runtimes (onnxruntime, TensorRT, torch) only inside their functions, so
-importing them here is cheap. Tests add their own backends with `registered_backend(cls)`. This module is also
-the one place that words the "available backends" part of errors (`unavailable`).
+Adding a backend is one module with a `Backend` subclass and one line in `BUILTIN_BACKENDS` below: its name and
+"module:Class". This module imports no backend: a backend's module is imported the first time its class is asked
+for (`get_backend`), and the backend modules import `base`, never this registry. Tests add their own backends
+with `registered_backend(cls)`. The "available backends" part of errors is worded once, by `base.unavailable`,
+from the list this registry installs there (`base.set_available_names`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from slidefuse.errors import BackendUnavailable, UnknownName, UsageError
-from slidefuse.runtime.backends import null, openvino, ort, torch_backend, triton, trt
-from slidefuse.runtime.backends.base import Backend
+from slidefuse.errors import UnknownName, UsageError
+from slidefuse.runtime.backends import base
+from slidefuse.runtime.backends.base import Backend, unavailable
 from slidefuse.runtime.bundle import Bundle
 
 AUTO = "auto"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
+# The built-in backends, in the order `--help`, errors, `auto` (at equal priority) and `bench parity` list them:
+# name -> "module:Class", imported on first use.
+BUILTIN_BACKENDS: dict[str, str] = {
+    "ort-cpu": "slidefuse.runtime.backends.ort:OrtCpuBackend",
+    "ort-cuda": "slidefuse.runtime.backends.ort:OrtCudaBackend",
+    "ort-trt": "slidefuse.runtime.backends.ort:OrtTrtBackend",
+    "ov-cpu": "slidefuse.runtime.backends.openvino:OvCpuBackend",
+    "trt": "slidefuse.runtime.backends.trt:TrtBackend",
+    "torch": "slidefuse.runtime.backends.torch_backend:TorchBackend",
+    "torch-compile": "slidefuse.runtime.backends.torch_backend:TorchCompileBackend",
+    "triton": "slidefuse.runtime.backends.triton:TritonBackend",
+    "null": "slidefuse.runtime.backends.null:NullBackend",
+}
+
 # name -> Backend subclass, or "module:Class" imported on first use; in registration order
-_BACKENDS: dict[str, type[Backend] | str] = {}
+_BACKENDS: dict[str, type[Backend] | str] = dict(BUILTIN_BACKENDS)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -76,17 +91,24 @@ def get_backend(name: str) -> type[Backend]:
     if name not in _BACKENDS:
         raise UnknownName(f"unknown backend '{name}'; valid backends: {', '.join([*_BACKENDS, AUTO])}")
     target = _BACKENDS[name]
-    if isinstance(target, str):
-        mod, cls = target.split(":")
-        return getattr(importlib.import_module(mod), cls)  # type: ignore[no-any-return]
-    return target
+    return _resolve(name, target) if isinstance(target, str) else target
+
+
+def _resolve(name: str, target: str) -> type[Backend]:
+    """The class that "module:Class" `target`, registered as `name`, names (its module imported now)."""
+    mod, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(mod), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend) and getattr(cls, "name", None) == name):
+        raise UsageError(f"backend {name!r} is registered as {target!r}, which is not a Backend subclass named "
+                         f"{name!r}")
+    return cls
 
 
 def availability(name: str) -> str | None:
     """None when backend `name` can run here, else the one-line reason it cannot."""
     try:
         return get_backend(name).availability()
-    except ImportError as exc:
+    except (ImportError, UsageError) as exc:  # its module does not import, or names no backend of that name
         return str(exc)
 
 
@@ -95,11 +117,9 @@ def available_backends() -> dict[str, str | None]:
     return {name: availability(name) for name in _BACKENDS}
 
 
-def unavailable(name: str, reason: str) -> BackendUnavailable:
-    """The error for backend `name` that cannot run here: the reason, then the backends that can."""
-    avail = [n for n, r in available_backends().items() if r is None]
-    return BackendUnavailable(f"backend '{name}' is not available here: {reason}; available backends: "
-                              f"{', '.join(avail) or 'none'}")
+def available_names() -> list[str]:
+    """Names of the registered backends that can run here, in registration order."""
+    return [n for n, r in available_backends().items() if r is None]
 
 
 def require_available(name: str) -> type[Backend]:
@@ -125,13 +145,4 @@ def open_backend(name: str, bundle: Bundle, **options: Any) -> Backend:
     return require_available(name)(bundle, **options)
 
 
-# --- the backends, in the order `--help`, errors and `bench parity` list them ---------------------------------
-register_backend(ort.OrtCpuBackend)
-register_backend(ort.OrtCudaBackend)
-register_backend(ort.OrtTrtBackend)
-register_backend(openvino.OvCpuBackend)
-register_backend(trt.TrtBackend)
-register_backend(torch_backend.TorchBackend)
-register_backend(torch_backend.TorchCompileBackend)
-register_backend(triton.TritonBackend)
-register_backend(null.NullBackend)
+base.set_available_names(available_names)  # what `unavailable` lists

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from slidefuse.errors import BackendUnavailable, BundleError, UsageError
+from slidefuse.errors import BundleError, UsageError
 from slidefuse.runtime.backends.base import (
     Backend,
     BackendInfo,
@@ -45,6 +45,7 @@ from slidefuse.runtime.backends.base import (
     DeviceKind,
     JsonScalar,
     Placement,
+    unavailable,
 )
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
@@ -85,12 +86,6 @@ class TorchCompileOptions(TorchOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.at_least("warmup", 0)
-
-
-def _unavailable(name: str, reason: str) -> BackendUnavailable:
-    from slidefuse.runtime.backends.registry import unavailable
-
-    return unavailable(name, reason)
 
 
 def torch_reason() -> str | None:
@@ -150,9 +145,9 @@ class TorchBackend(Backend):
         if req == "cpu":
             return "cpu"
         if not has_cuda:
-            raise _unavailable(self.name, f"device '{requested}' requested but torch {torch.__version__} sees no "
-                               f"CUDA device (built for CUDA {torch.version.cuda}); not falling back to the CPU: "
-                               "pass device cpu or run on a GPU machine")
+            raise unavailable(self.name, f"device '{requested}' requested but torch {torch.__version__} sees no "
+                              f"CUDA device (built for CUDA {torch.version.cuda}); not falling back to the CPU: "
+                              "pass device cpu or run on a GPU machine")
         index = int(req.split(":", 1)[1]) if ":" in req else device_id
         if not 0 <= index < torch.cuda.device_count():
             raise UsageError(f"backend {self.name}: CUDA device {index} does not exist; this machine has "

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from slidefuse.errors import BackendUnavailable, BundleError, MissingExtra, UsageError, one_line
-from slidefuse.runtime.backends.base import Backend, BackendInfo, DeviceKind
+from slidefuse.runtime.backends.base import Backend, BackendInfo, DeviceKind, unavailable
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
 
@@ -61,12 +61,6 @@ class TritonOptions(BackendOptions):
     def local(self) -> bool:
         """Whether the server's address is this machine (shared memory can work)."""
         return self.url.rpartition(":")[0] in _LOCAL_HOSTS
-
-
-def _unavailable(reason: str) -> BackendUnavailable:
-    from slidefuse.runtime.backends.registry import unavailable
-
-    return unavailable(TritonBackend.name, reason)
 
 
 @dataclass
@@ -117,13 +111,14 @@ class TritonBackend(Backend):
             self._client = grpcclient.InferenceServerClient(o.url)
             live = self._client.is_server_live(client_timeout=10)
         except Exception as exc:  # tritonclient raises InferenceServerException, grpc its own errors
-            raise _unavailable(f"no {where} answers ({one_line(exc, max_chars=200)}); start it with "
-                               "'tritonserver --model-repository REPO' or pass url=HOST:PORT") from exc
+            raise unavailable(self.name, f"no {where} answers ({one_line(exc, max_chars=200)}); start it with "
+                              "'tritonserver --model-repository REPO' or pass url=HOST:PORT") from exc
         if not live:
-            raise _unavailable(f"{where} is not live")
+            raise unavailable(self.name, f"{where} is not live")
         if not self._client.is_model_ready(o.model, o.version):
-            raise _unavailable(f"{where} has no ready model '{o.model}'{' version ' + o.version if o.version else ''}"
-                               "; write the repository with 'slidefuse triton BUNDLE --out REPO' and serve it")
+            version = f" version {o.version}" if o.version else ""
+            raise unavailable(self.name, f"{where} has no ready model '{o.model}'{version}; write the repository "
+                              "with 'slidefuse triton BUNDLE --out REPO' and serve it")
         self._config = self._client.get_model_config(o.model, o.version, as_json=True)["config"]
         self._server_version = str(self._client.get_server_metadata(as_json=True).get("version", ""))
         self._check_model()
@@ -168,8 +163,8 @@ class TritonBackend(Backend):
             self._shm = regions
             self._release_shm()
             if self.options.shm == "on":
-                raise _unavailable(f"system shared memory with {self.options.url} failed "
-                                   f"({one_line(exc, max_chars=200)}); pass shm=off") from exc
+                raise unavailable(self.name, f"system shared memory with {self.options.url} failed "
+                                  f"({one_line(exc, max_chars=200)}); pass shm=off") from exc
             log.info("triton: no shared memory with %s (%s); tiles go in the gRPC messages", self.options.url,
                      one_line(exc, max_chars=200))
             return None

@@ -10,22 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.errors import InvalidPixelSize, UsageError
+from slidefuse.runtime.cores import usable_cores
 from slidefuse.runtime.manifest_schema import MPP_RANGE as PLAUSIBLE_MPP  # um/px accepted without --force-mpp
 from slidefuse.runtime.outputs.base import GEOJSON_FRAMES
 from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
 from slidefuse.runtime.tissue import TissueParams
 
 MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, so containers and Slurm's limits count)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def default_workers() -> int:
