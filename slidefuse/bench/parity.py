@@ -137,7 +137,7 @@ def run_parity(
     go to every backend but the reference (e.g. precision), `reference_options` to the reference (default:
     fp32 on torch's default device).
     """
-    from slidefuse.runtime.backends.registry import available_backends, backend_names, get_backend, open_backend
+    from slidefuse.runtime.backends import available_backends, backend_names, get_backend, open_backend
 
     if batch < 1:
         raise UsageError(f"batch {batch}: expected a positive batch size")

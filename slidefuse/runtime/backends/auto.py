@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from slidefuse.errors import BackendUnavailable, SlidefuseError, UsageError
 from slidefuse.runtime.backends.base import Backend, Placement
-from slidefuse.runtime.backends.registry import backend_names, get_backend
+from slidefuse.runtime.backends.registry import AUTO, backend_names, get_backend, require_available
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -142,3 +142,15 @@ def choose_backend(bundle: Bundle, **options: Any) -> AutoChoice:
             log.info("backend auto: %s not used: %s", lab, why)
         return AutoChoice(c.name, got, reason, skipped)
     raise _nothing_runs(bundle, skips)
+
+
+def open_backend(name: str, bundle: Bundle, **options: Any) -> Backend:
+    """Instantiate a backend (use it as a context manager). Refuses, never falls back, when unavailable.
+
+    `name` "auto" picks the best backend that can run `bundle` here (logged; see `auto.choose_backend`).
+    Raises UnknownName for a name not registered, BackendUnavailable (listing the available backends) for a
+    backend that cannot run here, UsageError for options the backend does not take.
+    """
+    if name == AUTO:
+        return choose_backend(bundle, **options).backend
+    return require_available(name)(bundle, **options)

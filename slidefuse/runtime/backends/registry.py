@@ -25,12 +25,10 @@ import importlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from slidefuse.errors import UnknownName, UsageError
 from slidefuse.runtime.backends import base
 from slidefuse.runtime.backends.base import Backend, unavailable
-from slidefuse.runtime.bundle import Bundle
 
 AUTO = "auto"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -129,20 +127,6 @@ def require_available(name: str) -> type[Backend]:
     if reason is not None:
         raise unavailable(name, reason)
     return cls
-
-
-def open_backend(name: str, bundle: Bundle, **options: Any) -> Backend:
-    """Instantiate a backend (use it as a context manager). Refuses, never falls back, when unavailable.
-
-    `name` "auto" picks the best backend that can run `bundle` here (logged; see `auto.choose_backend`).
-    Raises UnknownName for a name not registered, BackendUnavailable (listing the available backends) for a
-    backend that cannot run here, UsageError for options the backend does not take.
-    """
-    if name == AUTO:
-        from slidefuse.runtime.backends.auto import choose_backend
-
-        return choose_backend(bundle, **options).backend
-    return require_available(name)(bundle, **options)
 
 
 base.set_available_names(available_names)  # what `unavailable` lists
