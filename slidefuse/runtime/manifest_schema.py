@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from slidefuse.runtime.coords import PLAUSIBLE_MPP
+
 FORMAT_VERSION = 2  # the manifest format this release writes
 READABLE_VERSIONS = (2,)  # the manifest formats this release reads
-MPP_RANGE = (0.05, 20.0)  # plausible microns per pixel of a model (and of a slide), inclusive
 MAX_CLASSES = 256  # masks are uint8 class indices
 SHA256 = r"^[0-9a-f]{64}$"
 
@@ -63,7 +64,7 @@ class ManifestSchema(_Strict):
     encoder: Name
     patch_size: int = Field(ge=1, le=64)
     tile_size: int = Field(ge=8, le=8192)
-    mpp: float = Field(ge=MPP_RANGE[0], le=MPP_RANGE[1], allow_inf_nan=False)
+    mpp: float = Field(ge=PLAUSIBLE_MPP[0], le=PLAUSIBLE_MPP[1], allow_inf_nan=False)
     classes: list[ClassEntry] = Field(min_length=2, max_length=MAX_CLASSES)
     mean: tuple[Unit, Unit, Unit]
     std: tuple[Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)], ...] = Field(min_length=3,

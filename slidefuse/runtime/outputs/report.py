@@ -46,10 +46,10 @@ def _jsonable(v: Any) -> Any:
 
 def software_versions() -> dict[str, str | None]:
     """Versions of slidefuse and the libraries that shape its outputs (None when not installed)."""
-    import slidefuse
+    from slidefuse._version import __version__
 
     out: dict[str, str | None] = {
-        "slidefuse": getattr(slidefuse, "__version__", None),
+        "slidefuse": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

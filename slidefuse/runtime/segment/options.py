@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.errors import InvalidPixelSize, UsageError
-from slidefuse.runtime.manifest_schema import MPP_RANGE as PLAUSIBLE_MPP  # um/px accepted without --force-mpp
+from slidefuse.runtime.coords import PLAUSIBLE_MPP  # um/px accepted without --force-mpp
 from slidefuse.runtime.outputs.base import GEOJSON_FRAMES
 from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
 from slidefuse.runtime.tissue import TissueParams
