@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from slidefuse.bench.machine import machine_info  # noqa: E402
 from slidefuse.runtime.bundle import load_bundle  # noqa: E402
-from slidefuse.runtime.outputs import ALL_FORMATS, write_outputs  # noqa: E402
+from slidefuse.runtime.outputs import ALL_FORMATS, OutputOptions, write_outputs  # noqa: E402
 from slidefuse.runtime.segment import find_tissue  # noqa: E402
 from slidefuse.runtime.slide import open_slide  # noqa: E402
 from slidefuse.runtime.tissue import TissueParams  # noqa: E402
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             result = MaskResult(raw, mask.shape[1], mask.shape[0], bundle.manifest.mpp, counts, tissue, thumb,
                                 {"grid": 0, "tissue": 0, "run": 0}, {}, {"backend": "none (bench_outputs)"})
             t0 = time.perf_counter()
-            write_outputs(result, info, bundle, Path(tmp) / "out", ALL_FORMATS)
+            write_outputs(result, info, bundle, Path(tmp) / "out", OutputOptions(formats=ALL_FORMATS))
             seconds.append(time.perf_counter() - t0)
             print(f"run {i + 1}/{a.repeats}: write_outputs {seconds[-1]:.2f} s", flush=True)
     doc = {"kind": "outputs", "command": "benchmarks/bench_outputs.py " + " ".join(argv or sys.argv[1:]),

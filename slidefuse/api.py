@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from slidefuse.errors import SlidefuseError, UsageError
 from slidefuse.runtime.progress import Progress, ProgressCallback, as_progress
+from slidefuse.runtime.types import Status
 
 if TYPE_CHECKING:
     import pyvips
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 
 SlidePath = Union[str, "os.PathLike[str]"]
-Status = Literal["ok", "skipped", "failed", "claimed"]
 MASK_FORMAT = "tiff"  # mask.tif: the output the result's mask is read from (a default format)
 
 
@@ -61,7 +61,7 @@ class SegmentationResult:
     """
 
     slide: Path  # the slide file, as given (for an array: its name)
-    status: Status  # "ok", "skipped" (outputs already complete for this model) or "failed"
+    status: Status  # OK, SKIPPED (outputs already complete for this model), FAILED, or CLAIMED (another process)
     out_dir: Path | None  # the slide's output folder (OUT/<slide stem>)
     outputs: Mapping[str, Path]  # format -> file written in this run (empty when skipped or failed)
     error: str | None = None  # one-line reason when failed
@@ -70,10 +70,10 @@ class SegmentationResult:
     @property
     def ok(self) -> bool:
         """True unless the slide failed."""
-        return self.status != "failed"
+        return self.status != Status.FAILED
 
     def _need_ok(self, what: str) -> Path:
-        if self.status == "failed" or self.out_dir is None:
+        if self.status == Status.FAILED or self.out_dir is None:
             raise ResultError(f"{self.slide}: no {what}: the slide failed ({self.error})")
         return self.out_dir
 
@@ -140,30 +140,31 @@ class SegmentationResult:
             os.unlink(name)  # the mapping keeps the pages (POSIX)
 
 
-def _is_dicom_folder(path: Path) -> bool:
-    from slidefuse.runtime.slide.dicom import is_dicom
-
-    return is_dicom(path)
-
-
 def _result(res: SlideResult) -> SegmentationResult:
-    status: Status = res.status  # type: ignore[assignment]
-    return SegmentationResult(res.slide, status, res.out_dir, dict(res.outputs), res.error, res.seconds)
+    return SegmentationResult(res.slide, res.status, res.out_dir, dict(res.outputs), res.error, res.seconds)
+
+
+def _parsed(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` with "formats" ("tiff,geojson", a collection or "all") parsed: the one parse of a run's
+    formats (SegmentOptions and the output writers take the parsed set)."""
+    from slidefuse.runtime.outputs import parse_formats
+
+    kw = dict(options)
+    if "formats" in kw:
+        kw["formats"] = parse_formats(kw["formats"])
+    return kw
 
 
 def _options(backend: str, options: Mapping[str, Any]) -> SegmentOptions:
     """SegmentOptions from keyword options (its fields but `backend`; validated there)."""
-    from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
     from slidefuse.runtime.segment import SegmentOptions
 
-    names = {f.name for f in dataclasses.fields(SegmentOptions)} - {"backend"}
+    names = {f.name for f in dataclasses.fields(SegmentOptions) if f.init} - {"backend"}
     unknown = sorted(set(options) - names)
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    kw = dict(options)
-    formats = parse_formats(kw.get("formats") or DEFAULT_FORMATS)
-    kw["formats"] = formats
-    return SegmentOptions(backend=backend, **kw)
+    given = {k: v for k, v in options.items() if k != "formats" or v}  # no formats: the default ones
+    return SegmentOptions(backend=backend, **_parsed(given))
 
 
 class Model:
@@ -206,12 +207,8 @@ class Model:
                 self._backend = None
 
     def _run_options(self, **override: Any) -> SegmentOptions:
-        from slidefuse.runtime.outputs import parse_formats
-
         given = {k: v for k, v in override.items() if v is not None}
-        if "formats" in given:
-            given["formats"] = parse_formats(given["formats"])
-        return dataclasses.replace(self.options, **given)
+        return dataclasses.replace(self.options, **_parsed(given)) if given else self.options
 
     def segment(
         self,
@@ -237,15 +234,17 @@ class Model:
         A slide that fails raises its error (a `SlidefuseError` naming the slide); a slide whose outputs are
         complete for this model is skipped (status "skipped") unless `overwrite`.
         """
+        from slidefuse.runtime.segment.inputs import is_dicom_folder
+
         out_root = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="slidefuse-"))
         options = self._run_options(mpp=mpp, formats=formats, overwrite=overwrite)
         if isinstance(slide, np.ndarray):
             return self._segment_array(slide, out_root, options, name or "array", as_progress(progress))
         path = Path(slide)
-        if path.is_dir() and not _is_dicom_folder(path):
+        if path.is_dir() and not is_dicom_folder(path):
             raise UsageError(f"{path} is a folder; segment() takes one slide: use segment_many() for folders")
         results = self._batch([path], None, out_root, options, as_progress(progress), None)
-        if results[0].status == "failed":
+        if results[0].status == Status.FAILED:
             raise ResultError(str(results[0].error))
         return results[0]
 

@@ -130,7 +130,6 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
     """The Python API's model for these flags; SegmentOptions validates every value once (errors name the
     field, which the CLI's error handler turns into the flag)."""
     from slidefuse.api import load_model
-    from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats
 
     optional = {k: f[k] for k in ("workers", "stitch_threads", "max_tiles") if f[k] is not None}
     return load_model(
@@ -144,7 +143,7 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
         tissue=_tissue_params(f["tissue_threshold"], f["min_tile_tissue"]),
         all_tiles=f["all_tiles"],
         mpp=f["mpp"],
-        formats=DEFAULT_FORMATS if f["formats"] is None else parse_formats(f["formats"]),
+        formats=f["formats"],  # parsed once, by load_model; None: every built-in format
         mask_mpp=f["mask_mpp"],
         geojson_frame=f["geojson_frame"],
         overwrite=f["overwrite"],

@@ -24,6 +24,8 @@ from slidefuse.distributed.worker import SlideOutcome, SlideTask, SlideWorker, W
 from slidefuse.errors import SlidefuseError, UsageError, require
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
+from slidefuse.runtime.segment.runlog import RunLog
+from slidefuse.runtime.types import Status
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +148,13 @@ def segment_on_ray(
 ) -> list[SlideResult]:
     """Segment every slide (as `segment_many`) on a Ray cluster; returns one SlideResult per slide in input
     order. Outputs go to `out_root`, which every node must see (refused otherwise, naming the node)."""
-    from slidefuse.runtime.outputs import RunLog
-    from slidefuse.runtime.segment import stages
     from slidefuse.runtime.segment.claims import new_run_id
+    from slidefuse.runtime.segment.options import effective_overlap
     from slidefuse.runtime.segment.scheduler import batch_slides
 
     config = config or RayConfig()
     out_root = Path(out_root).absolute()
-    stages.effective_overlap(bundle, options)
+    effective_overlap(bundle, options)
     slides, dirs = batch_slides([Path(p).absolute() for p in paths], list_file, out_root, options.shard)
     _refuse_per_slide_mpp(list_file)
     run_id = new_run_id()
@@ -172,7 +173,7 @@ class _Driver:
     """The queue of slides, the workers, and what came back."""
 
     def __init__(self, ray: Any, slides: list[Path], dirs: list[Path], bundle: Bundle, out_root: Path,
-                 options: SegmentOptions, config: RayConfig, run_log: Any,
+                 options: SegmentOptions, config: RayConfig, run_log: RunLog,
                  on_status: Callable[[ClusterStatus], None]) -> None:
         self.ray, self.slides, self.dirs, self.bundle = ray, slides, dirs, bundle
         self.out_root, self.options, self.config, self.run_log = out_root, options, config, run_log
@@ -187,11 +188,12 @@ class _Driver:
 
     def run(self) -> list[SlideResult]:
         from slidefuse.distributed.storage import write_token
-        from slidefuse.runtime.segment.scheduler import slide_complete
+        from slidefuse.runtime.segment.skip import decide
 
         for i, (slide, out_dir) in enumerate(zip(self.slides, self.dirs, strict=True)):
-            if slide_complete(out_dir, self.bundle, self.options, slide=slide):
-                self._record(i, SlideResult(slide, "skipped", out_dir), None)
+            decision = decide(slide, out_dir, self.bundle, self.options)  # the workers decide again, claimed
+            if decision.status is not None:
+                self._record(i, SlideResult(slide, decision.status, out_dir), None)
             else:
                 self.queue.append(SlideTask(i, slide, out_dir))
         token_path, token = write_token(self.out_root, self.run_log.run_id)
@@ -277,17 +279,17 @@ class _Driver:
             self.queue.appendleft(replace(task, attempt=task.attempt + 1, supersede=supersede))
             return
         reason = f"{task.slide}: its Ray worker died on each of {task.attempt} attempts; last: {type(exc).__name__}"
-        self._record(task.index, SlideResult(task.slide, "failed", task.out_dir, reason), None)
+        self._record(task.index, SlideResult(task.slide, Status.FAILED, task.out_dir, reason), None)
 
     def _record(self, i: int, res: SlideResult, outcome: SlideOutcome | None) -> None:
         self.results[i] = res
-        if res.status == "claimed":
+        if res.status == Status.CLAIMED:
             return  # another process records it
         extra = {"attempt": outcome.task.attempt, "worker": outcome.worker} if outcome is not None else {}
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
                             seconds=res.seconds, tiles=res.tile_counts or None, backend=self.options.backend,
                             **extra)
-        if res.status == "failed":
+        if res.status == Status.FAILED:
             log.info("failed: %s", res.error)
 
     def _status(self, force: bool = False) -> None:
@@ -305,8 +307,9 @@ class _Driver:
                     pass
         statuses = [r.status for r in self.results.values()]
         self.on_status(ClusterStatus(
-            total=len(self.slides), done=statuses.count("ok"),
-            skipped=statuses.count("skipped") + statuses.count("claimed"), failed=statuses.count("failed"),
+            total=len(self.slides), done=statuses.count(Status.OK),
+            skipped=statuses.count(Status.SKIPPED) + statuses.count(Status.CLAIMED),
+            failed=statuses.count(Status.FAILED),
             in_flight=len(self.in_flight), workers=len(self.workers), tiles=sum(self.tiles.values()),
             elapsed=now - self.t0))
 

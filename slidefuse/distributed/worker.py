@@ -17,15 +17,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from slidefuse.errors import one_line
 from slidefuse.runtime.progress import Progress
-from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
+from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
+from slidefuse.runtime.types import RAW_NAME, Status
 
 log = logging.getLogger(__name__)
-
-Outcome = Literal["ok", "failed", "skipped", "claimed"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class SlideOutcome:
     """What a worker did with a task."""
 
     task: SlideTask
-    result: SlideResult  # status "ok", "failed", "skipped" (already complete) or "claimed" (another process)
+    result: SlideResult  # status OK, FAILED, SKIPPED (already complete) or CLAIMED (another process)
     worker: str  # host:pid of the worker
     owner: str  # the claim owner it ran under (run id + task + attempt)
 
@@ -144,17 +143,16 @@ class SlideWorker:
         """Claim, plan, infer (one slide at a time on the backend), finish; never raises for a slide's own
         failure (status "failed" with the one-line reason)."""
         from slidefuse.runtime.segment import stages
-        from slidefuse.runtime.segment.scheduler import slide_complete, written_since
+        from slidefuse.runtime.segment.skip import decide
 
         s, t0 = self.setup, time.perf_counter()
         owner = f"{s.run_id}:{task.owner}"
         if not self._claims.try_claim(task.out_dir, owner=owner, supersede=task.supersede):
-            return SlideOutcome(task, SlideResult(task.slide, "claimed", task.out_dir), self.name, owner)
+            return SlideOutcome(task, SlideResult(task.slide, Status.CLAIMED, task.out_dir), self.name, owner)
         try:
-            if (slide_complete(task.out_dir, self.bundle, s.options, slide=task.slide)
-                    or (s.options.overwrite and written_since(task.out_dir, s.started))):
-                status = "claimed" if written_since(task.out_dir, s.started) else "skipped"  # claimed: done by another
-                return SlideOutcome(task, SlideResult(task.slide, status, task.out_dir), self.name, owner)
+            decision = decide(task.slide, task.out_dir, self.bundle, s.options, since=s.started)
+            if decision.status is not None:  # skipped, or done by another process during this batch
+                return SlideOutcome(task, SlideResult(task.slide, decision.status, task.out_dir), self.name, owner)
             (task.out_dir / RAW_NAME).unlink(missing_ok=True)  # left by an attempt that died
             plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir)
             with self._infer:
@@ -164,7 +162,7 @@ class SlideWorker:
         except Exception as exc:
             reason = one_line(exc)
             reason = reason if str(task.slide) in reason else f"{task.slide}: {reason}"
-            res = SlideResult(task.slide, "failed", task.out_dir, reason, seconds=time.perf_counter() - t0)
+            res = SlideResult(task.slide, Status.FAILED, task.out_dir, reason, seconds=time.perf_counter() - t0)
         finally:
             self._claims.release(task.out_dir)
         return SlideOutcome(task, res, self.name, owner)

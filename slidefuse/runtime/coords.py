@@ -21,6 +21,13 @@ from collections.abc import Sequence
 
 Box = tuple[int, int, int, int]  # (x, y, w, h) in pixels of the frame the variable name says
 
+# Plausible microns per pixel, inclusive: of a slide's level 0 (read from its file, or given with --mpp) and of a
+# model (its manifest's mpp). Scanners record 0.1..~10 um/px (0.25 at 40x, 8 at 1.25x); a file recording more
+# than 20 um/px carries a placeholder (1000 dpi reads as 25.4 um/px, 1 px/mm as 1000 um/px), not a whole-slide
+# level-0 pixel size, and a model at more than 20 um/px sees no tissue structure. Slide readers ignore a file
+# value outside it; a user's value outside it needs --force-mpp; a manifest outside it is refused.
+PLAUSIBLE_MPP = (0.05, 20.0)
+
 
 def scale(from_mpp: float, to_mpp: float) -> float:
     """Pixels of the ``to`` frame per pixel of the ``from`` frame (``from_mpp / to_mpp``)."""

@@ -20,9 +20,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, GetPydanticSchema, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
+from slidefuse.runtime.coords import PLAUSIBLE_MPP
+
 FORMAT_VERSION = 2  # the manifest format this release writes
 READABLE_VERSIONS = (2,)  # the manifest formats this release reads
-MPP_RANGE = (0.05, 20.0)  # plausible microns per pixel of a model (and of a slide), inclusive
 MAX_CLASSES = 256  # masks are uint8 class indices
 SHA256 = r"^[0-9a-f]{64}$"
 INTEGRITY = "integrity"  # the manifest.json key holding the seal: `bundle.manifest_digest` of the rest
@@ -107,7 +108,8 @@ class Manifest:
     encoder: Name  # encoder registry id, e.g. "uni"
     patch_size: Annotated[int, Field(ge=1, le=64)]  # encoder patch size P in px
     tile_size: Annotated[int, Field(ge=8, le=8192)]  # model input tile side in px, at `mpp`
-    mpp: Annotated[float, Field(ge=MPP_RANGE[0], le=MPP_RANGE[1], allow_inf_nan=False)]  # um/px the model expects
+    # um/px the model expects
+    mpp: Annotated[float, Field(ge=PLAUSIBLE_MPP[0], le=PLAUSIBLE_MPP[1], allow_inf_nan=False)]
     # output classes; index = class id in masks
     classes: Annotated[tuple[ClassInfo, ...], Field(min_length=2, max_length=MAX_CLASSES),
                        AfterValidator(_unique_names)]

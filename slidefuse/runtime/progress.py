@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
+from slidefuse.runtime.types import Status
+
 log = logging.getLogger(__name__)
 
 EventKind = Literal["start", "tiles", "end"]
@@ -32,7 +34,8 @@ class ProgressEvent:
     name: str  # the slide's file name
     done_tiles: int = 0  # tiles of this slide stitched so far ("tiles" events)
     total_tiles: int = 0  # tiles of this slide to run ("tiles" events; 0 before the tiles are planned)
-    status: str | None = None  # "ok", "skipped", "failed" or "tiles done; outputs being written" ("end")
+    status: Status | str | None = None  # "end": a Status (ok, skipped, failed) or a phrase: "tiles done; outputs
+    # being written" (the outputs follow on another thread), "claimed by another process"
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -48,8 +51,8 @@ class Progress:
         """``done_tiles`` of ``total_tiles`` of the current slide are stitched (first call: 0 of total, once
         the tiles are planned)."""
 
-    def end_slide(self, status: str) -> None:
-        """The current slide ended with ``status`` ("ok", "skipped", "failed")."""
+    def end_slide(self, status: Status | str) -> None:
+        """The current slide ended with ``status`` (a ``Status``, or a phrase saying what goes on elsewhere)."""
 
 
 NullProgress = Progress  # nothing at all (--quiet)
@@ -70,7 +73,7 @@ class CallbackProgress(Progress):
     def update(self, done_tiles: int, total_tiles: int) -> None:
         self.callback(ProgressEvent("tiles", *self._slide, done_tiles=done_tiles, total_tiles=total_tiles))
 
-    def end_slide(self, status: str) -> None:
+    def end_slide(self, status: Status | str) -> None:
         self.callback(ProgressEvent("end", *self._slide, status=status))
 
 

@@ -1,4 +1,5 @@
-"""Plain data passed between the runtime's stages (reader -> pipeline/stitcher -> outputs).
+"""Plain data passed between the runtime's stages (reader -> pipeline/stitcher -> outputs), the file names
+they share and the status vocabulary of a run.
 
 Coordinate frames are in the names: `l0_` = slide level-0 pixels; `model_` / `mask_` = pixels at the
 bundle's microns per pixel (the frame of tiles and of the stitched mask); `thumb_` = thumbnail pixels.
@@ -7,10 +8,23 @@ bundle's microns per pixel (the frame of tiles and of the stitched mask); `thumb
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
+RUN_LOG = "run.json"  # the batch's run log in the output root (see runtime.segment.runlog)
+
+
+class Status(StrEnum):
+    """What happened to a slide in a run; str-valued, so it compares equal to and is stored as its value."""
+
+    OK = "ok"  # segmented: its outputs were written by this run
+    SKIPPED = "skipped"  # its outputs were already complete for the same skip key
+    FAILED = "failed"  # it failed (the result carries the one-line reason)
+    CLAIMED = "claimed"  # done, or being done, by another process sharing the output folder
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class SlideInfo:
 
 @dataclass
 class MaskResult:
-    """What the stitcher hands to the output writers for one slide."""
+    """What the stitcher hands to the output writers for one slide (the raw file is `out_dir / RAW_NAME`)."""
 
     raw_path: Path  # uint8 class indices, row-major, mask_width * mask_height bytes, at `mpp`
     mask_width: int  # mask width in px

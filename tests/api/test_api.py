@@ -135,6 +135,37 @@ def test_bad_input_raises_one_clear_error(bundle_dir: Path, tmp_path: Path) -> N
         res[0].mask_array()
 
 
+def test_formats_are_parsed_once_per_run(bundle_dir: Path, slides: list[Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_model parses the formats and builds the OutputOptions once; the scheduler, the skip check and the
+    writers of every slide take them as built (a rerun that skips both slides parses nothing)."""
+    import slidefuse.runtime.outputs as outputs
+    from slidefuse.runtime.outputs import base, registry
+
+    calls = {"parse_formats": 0, "OutputOptions": 0}
+    parse, post_init = registry.parse_formats, base.OutputOptions.__post_init__
+
+    def counted_parse(formats: object) -> frozenset[str]:
+        calls["parse_formats"] += 1
+        return parse(formats)  # type: ignore[arg-type]
+
+    def counted_post_init(self: base.OutputOptions) -> None:
+        calls["OutputOptions"] += 1
+        post_init(self)
+
+    monkeypatch.setattr(registry, "parse_formats", counted_parse)
+    monkeypatch.setattr(outputs, "parse_formats", counted_parse)
+    monkeypatch.setattr(base.OutputOptions, "__post_init__", counted_post_init)
+    with slidefuse.load_model(bundle_dir, backend="ort-cpu", formats="tiff,geojson", **FAST) as model:
+        first = model.segment_batch(slides[:2], out=tmp_path)
+        assert [r.status for r in first] == ["ok", "ok"]
+        assert calls == {"parse_formats": 1, "OutputOptions": 1}
+        again = model.segment_batch(slides[:2], out=tmp_path)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert calls == {"parse_formats": 1, "OutputOptions": 1}
+    assert json.loads((tmp_path / "s0" / "report.json").read_text())["formats"] == ["geojson", "report", "tiff"]
+
+
 def test_import_slidefuse_stays_light() -> None:
     code = ("import sys, slidefuse; heavy = [m for m in ('numpy', 'pyvips', 'onnxruntime', 'tqdm', 'slidefuse.api')"
             " if m in sys.modules]; print(heavy); slidefuse.load_model; print('slidefuse.api' in sys.modules)")

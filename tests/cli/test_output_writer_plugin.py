@@ -1,6 +1,6 @@
 """A new output format is one writer class plus one registration call: a test-only writer, registered here
 and nowhere else, works through `slidefuse segment --formats`, is reported in report.json and run.json, and
-the rerun check (`outputs_complete`) asks it whether its file is current."""
+the rerun check (`outputs_current`) asks it whether its file is current."""
 
 from __future__ import annotations
 

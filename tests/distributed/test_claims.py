@@ -17,9 +17,9 @@ from runtime.onnx_models import make_bundle
 
 from distributed.helpers import make_slides, ok_records, segment_process, wait_for, write_list
 from slidefuse.errors import UsageError
-from slidefuse.runtime.outputs import read_run_log
 from slidefuse.runtime.segment import SegmentOptions, segment_many
 from slidefuse.runtime.segment.claims import CLAIM_NAME, ClaimInfo, ClaimPolicy, ClaimSet, exclusive_file, parse_shard
+from slidefuse.runtime.segment.runlog import read_run_log
 from slidefuse.runtime.tissue import TissueParams
 
 FAST = {"backend_options": {"threads": 1}, "workers": 1, "tissue": TissueParams(thumb_max_side=512)}

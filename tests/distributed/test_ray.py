@@ -22,9 +22,9 @@ from runtime.onnx_models import make_bundle
 
 from distributed.helpers import make_slides
 from slidefuse.runtime.bundle import Bundle
-from slidefuse.runtime.outputs import read_run_log
 from slidefuse.runtime.segment import SegmentOptions, segment_many
 from slidefuse.runtime.segment.claims import CLAIM_NAME, ClaimInfo
+from slidefuse.runtime.segment.runlog import read_run_log
 from slidefuse.runtime.tissue import TissueParams
 
 ray = pytest.importorskip("ray")

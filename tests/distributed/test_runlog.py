@@ -6,8 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from slidefuse.runtime.outputs import RunLog, read_run_log
-from slidefuse.runtime.outputs.runlog import read_records
+from slidefuse.runtime.segment.runlog import RunLog, read_records, read_run_log
 
 
 def test_many_writers_lose_no_entry_and_the_latest_record_wins(tmp_path: Path) -> None:

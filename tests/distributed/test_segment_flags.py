@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from distributed.helpers import make_slides
 from slidefuse.cli import cli
-from slidefuse.runtime.outputs import read_run_log
+from slidefuse.runtime.segment.runlog import read_run_log
 
 
 @pytest.fixture(scope="module")

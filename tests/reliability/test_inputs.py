@@ -140,9 +140,9 @@ def test_force_mpp_accepts_an_unusual_pixel_size(tmp_path: Path, slide: Path, bu
 
 
 def test_slide_with_implausible_file_mpp_fails_alone(tmp_path: Path, slide: Path, bundle_dir: Path) -> None:
-    odd = write_slide(tmp_path / "odd" / "odd.tif", mpp=50.0)  # in the file; the metadata reader keeps it
+    odd = write_slide(tmp_path / "odd" / "odd.tif", mpp=50.0)  # over PLAUSIBLE_MPP: a placeholder, not a pixel size
     result = segment(odd, slide, "--model", bundle_dir, "--out", tmp_path / "out")
-    assert result.exit_code == 1 and "--force-mpp" in result.stderr
+    assert result.exit_code == 1 and "odd.tif: the file has no pixel size" in result.stderr and "--mpp" in result.stderr
     assert (tmp_path / "out" / "small" / "report.json").is_file()
 
 

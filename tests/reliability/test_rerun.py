@@ -13,7 +13,7 @@ import pytest
 from slidefuse.runtime.bundle import load_bundle
 from slidefuse.runtime.outputs.report import read_report
 from slidefuse.runtime.segment import SegmentOptions
-from slidefuse.runtime.segment.skipkey import result_key, slide_identity, why_rerun
+from slidefuse.runtime.segment.skip import decide, result_key, slide_identity
 
 from .conftest import cli_process, segment, write_slide
 
@@ -92,16 +92,29 @@ def test_relative_and_absolute_paths_are_one_run_log_entry(tmp_path: Path, bundl
     assert len(entries) == 1, entries
 
 
-def test_why_rerun_api(tmp_path: Path, bundle_dir: Path) -> None:
+def test_skip_key_and_decide_api(tmp_path: Path, bundle_dir: Path) -> None:
     slide = write_slide(tmp_path / "slide.tif")
     bundle = load_bundle(bundle_dir)
     ident = slide_identity(slide)
     assert ident.path == str(slide.resolve()) and ident.size == slide.stat().st_size
     key = result_key(bundle, SegmentOptions(), ident)
-    report = {"run": {"skip_key": key}}
-    assert why_rerun(report, key) is None
-    assert why_rerun(None, key) == "no report.json"
-    assert why_rerun({"run": {}}, key) is not None
-    other = result_key(bundle, SegmentOptions(all_tiles=True), ident)
-    assert "all_tiles" in (why_rerun(report, other) or "")
     assert result_key(bundle, SegmentOptions(batch_size=3, workers=1), ident) == key  # speed is not in the key
+    out = tmp_path / "out"
+    first = decide(slide, out / "slide", bundle, SegmentOptions())
+    assert first.run and first.kind == "run" and first.reason == "no readable report.json (never finished)"
+    assert segment(slide, "--model", bundle_dir, "--out", out).exit_code == 0
+    done = decide(slide, out / "slide", bundle, SegmentOptions())
+    assert (done.kind, done.run, done.status) == ("skip", False, "skipped")
+    changed = decide(slide, out / "slide", bundle, SegmentOptions(all_tiles=True))
+    assert changed.run and "options changed: all_tiles False -> True" in changed.reason
+    assert decide(slide, out / "slide", bundle, SegmentOptions(overwrite=True)).kind == "overwrite"
+    # outputs written during this batch (at or after `since`) are another process's: left to it
+    assert decide(slide, out / "slide", bundle, SegmentOptions(), since=0.0).status == "claimed"
+    assert decide(slide, out / "slide", bundle, SegmentOptions(overwrite=True), since=0.0).status == "claimed"
+    report = json.loads((out / "slide" / "report.json").read_text())
+    report["bundle"]["digest"] = "e" * 64
+    (out / "slide" / "report.json").write_text(json.dumps(report))
+    again = decide(slide, out / "slide", bundle, SegmentOptions())
+    assert again.run and again.reason == "the outputs were made by another model bundle"
+    (out / "slide" / "report.json").write_text("{")
+    assert decide(slide, out / "slide", bundle, SegmentOptions()).reason == first.reason

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from slidefuse.atomic import find_temporaries
 from slidefuse.runtime.bundle import load_bundle
-from slidefuse.runtime.outputs import find_temporaries, outputs_complete, rerun_reason
-from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
+from slidefuse.runtime.segment import SegmentOptions, decide
 
 from .conftest import cli_process, write_slide
 from .tiffs import write_huge_tiff
@@ -76,12 +76,12 @@ def test_sigkill_at_stage_boundary_then_rerun(tmp_path: Path, medium: Path, bund
     proc.communicate(timeout=60)
     bundle = load_bundle(bundle_dir)
     if (out / "medium" / "report.json").exists():  # only when every output was complete (the raw mask may be left)
-        assert rerun_reason(out / "medium", bundle.digest, DEFAULT_FORMATS) in (
-            None, "a partial file is left from an interrupted run")
+        decision = decide(medium, out / "medium", bundle, SegmentOptions())  # the CLI's defaults
+        assert decision.kind == "skip" or decision.reason == "a partial file is left from an interrupted run"
     proc = cli_process("segment", "--threads", "1", medium, "--model", bundle_dir, "--out", out)
     code, rest, _ = _finish(proc, timeout=300)
     assert code == 0, rest
-    assert outputs_complete(out / "medium", bundle.digest, DEFAULT_FORMATS)
+    assert decide(medium, out / "medium", bundle, SegmentOptions()).kind == "skip"
     assert find_temporaries(out / "medium") == [] and not (out / "medium" / "mask.raw.tmp").exists()
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from slidefuse.atomic import atomic_path, find_temporaries, write_json_atomic
-from slidefuse.runtime.outputs import ALL_FORMATS, clean_temporaries, outputs_complete, write_outputs
+from slidefuse.runtime.outputs import clean_temporaries, write_outputs
 
-from .test_outputs_common import blobby_mask, make_bundle, make_result, make_slide
+from .test_outputs_common import blobby_mask, current, make_bundle, make_result, make_slide
 
 
 def test_atomic_path_renames_on_success_and_keeps_the_old_file_on_error(tmp_path) -> None:
@@ -46,7 +46,7 @@ def test_a_failing_writer_leaves_no_final_file_and_no_report(tmp_path, monkeypat
     result = make_result(blobby_mask(200, 300), tmp_path / "m.raw", mpp=1.0)
     slide, bundle, out = make_slide(600, 400, 0.5), make_bundle(tmp_path), tmp_path / "o"
     write_outputs(result, slide, bundle, out)
-    assert outputs_complete(out, bundle.digest, ALL_FORMATS)
+    assert current(out)
 
     def boom(*args, **kwargs):
         with atomic_path(out / "mask.geojson") as tmp:
@@ -57,7 +57,7 @@ def test_a_failing_writer_leaves_no_final_file_and_no_report(tmp_path, monkeypat
     with pytest.raises(MemoryError):
         write_outputs(result, slide, bundle, out)
     assert not (out / "report.json").exists()  # the old report was withdrawn before rewriting
-    assert not outputs_complete(out, bundle.digest, ALL_FORMATS)
+    assert not current(out)
     json.loads((out / "mask.geojson").read_text())  # the previous, complete file
     assert find_temporaries(out) == []
 
@@ -123,7 +123,7 @@ def _check_finals(out: Path, mask: np.ndarray) -> None:
                 im.load()
     if (out / "report.json").exists():
         json.loads((out / "report.json").read_text())
-        assert outputs_complete(out, "d" * 64, ALL_FORMATS)
+        assert current(out)
 
 
 def test_sigkill_mid_write_leaves_nothing_truncated_and_a_rerun_completes(tmp_path) -> None:
@@ -155,6 +155,6 @@ def test_sigkill_mid_write_leaves_nothing_truncated_and_a_rerun_completes(tmp_pa
     result = make_result(mask, raw, mpp=1.0)
     result.tissue = np.ones((h // 16, w // 16), bool)
     write_outputs(result, make_slide(2 * w, 2 * h, 0.5), make_bundle(tmp_path), out)
-    assert outputs_complete(out, "d" * 64, ALL_FORMATS)
+    assert current(out)
     assert find_temporaries(out) == []
     _check_finals(out, mask)

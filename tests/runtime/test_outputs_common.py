@@ -1,14 +1,17 @@
 """Helpers shared by the test_outputs_* files: MaskResult objects built from numpy masks, a fake bundle,
-a SlideInfo, a real-slide mask derived from the CMU slide, and GeoJSON rasterisation. No tests here."""
+a SlideInfo, a real-slide mask derived from the CMU slide, GeoJSON rasterisation and the rerun check on a
+folder. No tests here."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from slidefuse.runtime.bundle import Bundle, ClassInfo, Manifest
+from slidefuse.runtime.outputs import DEFAULT_FORMATS, OutputOptions, outputs_current, read_report
 from slidefuse.runtime.types import LevelInfo, MaskResult, SlideInfo
 
 CLASSES = (
@@ -150,3 +153,10 @@ CLASS_INDEX = {c.name: i for i, c in enumerate(CLASSES)}
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def current(out: Path, formats: frozenset[str] = DEFAULT_FORMATS, **options: Any) -> bool:
+    """Whether `out` holds complete outputs of `formats` that are current for `options` (OutputOptions fields):
+    `outputs_current` on its report.json."""
+    report = read_report(out)
+    return report is not None and outputs_current(out, report, OutputOptions(formats=formats, **options)) is None

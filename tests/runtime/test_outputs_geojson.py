@@ -11,7 +11,7 @@ import pytest
 import shapely
 from scipy import ndimage
 
-from slidefuse.runtime.outputs import write_outputs
+from slidefuse.runtime.outputs import OutputOptions, write_outputs
 from slidefuse.runtime.outputs.geojson import write_geojson
 from slidefuse.runtime.outputs.polygons import polygonize
 
@@ -138,7 +138,7 @@ def test_geojson_matches_mask_tiff_on_the_real_cmu_slide(tmp_path, cmu_slide) ->
 
     mask, thumb, slide = cmu_mask(cmu_slide, mpp=2.0)
     result = make_result(mask, tmp_path / "m.raw", mpp=2.0, thumbnail=thumb)
-    formats = frozenset({"tiff", "geojson"})
+    formats = OutputOptions(formats=frozenset({"tiff", "geojson"}))
     paths = write_outputs(result, slide, make_bundle(tmp_path), tmp_path / "out", formats)
     tif = pyvips.Image.new_from_file(str(paths["tiff"])).numpy()
     np.testing.assert_array_equal(tif, mask)

@@ -14,14 +14,14 @@ import pytest
 import pyvips
 import shapely
 
-from slidefuse.runtime.outputs import outputs_complete, write_outputs
+from slidefuse.runtime.outputs import OutputOptions, write_outputs
 from slidefuse.runtime.outputs.geojson import frame_offset
 from slidefuse.runtime.segment import SegmentOptions, finish_slide, infer_slide, plan_slide
 from slidefuse.runtime.slide import InMemorySlide
 from slidefuse.runtime.slide.metadata import report_properties
 
 from .onnx_models import make_bundle as make_onnx_bundle
-from .test_outputs_common import blobby_mask, make_bundle, make_result, make_slide
+from .test_outputs_common import blobby_mask, current, make_bundle, make_result, make_slide
 
 BOUNDS = {"openslide.bounds-x": "1536", "openslide.bounds-y": "768", "openslide.bounds-width": "2000",
           "openslide.bounds-height": "1200"}
@@ -39,8 +39,8 @@ def test_qupath_frame_subtracts_exactly_the_bounds_offset(tmp_path: Path) -> Non
     paths = {}
     for frame in ("qupath", "level0"):
         result = make_result(mask, tmp_path / f"{frame}.raw", mpp=4.0)
-        paths[frame] = write_outputs(result, slide, bundle, tmp_path / frame, frozenset({"geojson"}),
-                                     geojson_frame=frame)["geojson"]
+        options = OutputOptions(formats=frozenset({"geojson"}), geojson_frame=frame)
+        paths[frame] = write_outputs(result, slide, bundle, tmp_path / frame, options)["geojson"]
     qupath, level0 = _coords(paths["qupath"]), _coords(paths["level0"])
     assert len(qupath) == len(level0) > 3
     offset = np.array([float(slide.properties["openslide.bounds-x"]), float(slide.properties["openslide.bounds-y"])])
@@ -62,9 +62,10 @@ def test_without_bounds_qupath_is_level0() -> None:
 def test_a_rerun_in_the_other_frame_is_not_current(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path)
     result = make_result(blobby_mask(60, 80, seed=1), tmp_path / "m.raw", mpp=4.0)
-    write_outputs(result, make_slide(320, 240, 1.0), bundle, tmp_path / "o", frozenset({"geojson"}))
-    assert outputs_complete(tmp_path / "o", bundle.digest, frozenset({"geojson"}))
-    assert not outputs_complete(tmp_path / "o", bundle.digest, frozenset({"geojson"}), geojson_frame="level0")
+    geojson = frozenset({"geojson"})
+    write_outputs(result, make_slide(320, 240, 1.0), bundle, tmp_path / "o", OutputOptions(formats=geojson))
+    assert current(tmp_path / "o", geojson)
+    assert not current(tmp_path / "o", geojson, geojson_frame="level0")
 
 
 def test_openslide_bounds_reach_the_slide_properties() -> None:

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slidefuse.runtime.outputs import write_outputs
+from slidefuse.runtime.outputs import OutputOptions, write_outputs
 from slidefuse.runtime.outputs.preview import ALPHA, MAX_SIDE, overlay, preview_size
 
 from .test_outputs_common import CLASSES, cmu_mask, make_bundle, make_result, make_slide
+
+PREVIEW = OutputOptions(formats=frozenset({"preview"}))
 
 
 def test_overlay_blends_classes_and_leaves_background() -> None:
@@ -40,7 +42,7 @@ def test_preview_shows_mask_and_legend(tmp_path) -> None:
     thumb = np.full((150, 225, 3), 240, np.uint8)
     result = make_result(mask, tmp_path / "m.raw", mpp=1.0, thumbnail=thumb)
     slide = make_slide(3600, 2400, 0.25)
-    paths = write_outputs(result, slide, make_bundle(tmp_path), tmp_path / "o", frozenset({"preview"}))
+    paths = write_outputs(result, slide, make_bundle(tmp_path), tmp_path / "o", PREVIEW)
     im = np.asarray(Image.open(paths["preview"]).convert("RGB"))
     pw, ph = preview_size(slide)
     assert im.shape[1] == pw and im.shape[0] > ph  # legend strip under the image
@@ -62,7 +64,7 @@ def test_preview_shows_mask_and_legend(tmp_path) -> None:
 def test_preview_of_the_real_cmu_slide(tmp_path, cmu_slide) -> None:
     mask, thumb, slide = cmu_mask(cmu_slide, mpp=2.0)
     result = make_result(mask, tmp_path / "m.raw", mpp=2.0, thumbnail=thumb)
-    paths = write_outputs(result, slide, make_bundle(tmp_path), tmp_path / "o", frozenset({"preview"}))
+    paths = write_outputs(result, slide, make_bundle(tmp_path), tmp_path / "o", PREVIEW)
     im = Image.open(paths["preview"])
     pw, ph = preview_size(slide)
     assert ph == MAX_SIDE and pw < ph  # the CMU region is portrait
@@ -82,7 +84,7 @@ def test_legend_wraps_many_classes(tmp_path, n_classes: int) -> None:
     result = make_result(mask, tmp_path / "m.raw", mpp=1.0, num_classes=n_classes)
     paths = write_outputs(
         result, make_slide(300, 200, 1.0), make_bundle(tmp_path, classes=classes), tmp_path / "o",
-        frozenset({"preview"})
+        PREVIEW
     )
     im = Image.open(paths["preview"])
     assert im.width >= 300 and im.height > 200

@@ -1,5 +1,5 @@
 """The output-writer registry: registering and removing a writer, the names it refuses, what `write_outputs`
-hands a writer and does with its record, writers running side by side, and `outputs_complete` asking each
+hands a writer and does with its record, writers running side by side, and `outputs_current` asking each
 writer whether its file is current."""
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from slidefuse.runtime.outputs import (
     OutputRecord,
     format_names,
     get_writer,
-    outputs_complete,
     parse_formats,
     register_writer,
     unregister_writer,
     write_outputs,
 )
 
-from .test_outputs_common import blobby_mask, make_bundle, make_result, make_slide
+from .test_outputs_common import blobby_mask, current, make_bundle, make_result, make_slide
 
 
 class NoteWriter:
@@ -123,11 +122,12 @@ def test_write_outputs_hands_each_writer_the_context_and_reports_its_record(
     note = _add(registered, NoteWriter())
     result, slide, bundle = _inputs(tmp_path)
     out = tmp_path / "out"
-    paths = write_outputs(result, slide, bundle, out, frozenset({"tiff", "note"}), mask_mpp=2.0)
+    options = OutputOptions(formats=frozenset({"tiff", "note"}), mask_mpp=2.0)
+    paths = write_outputs(result, slide, bundle, out, options)
     assert set(paths) == {"tissue", "tiff", "note", "report"} and paths["note"] == out / "note.txt"
     (context,) = note.contexts
     assert context.out_dir == out and context.slide is slide and context.bundle is bundle
-    assert context.result is result and context.options == OutputOptions(mask_mpp=2.0)
+    assert context.result is result and context.options is options
     assert [c.name for c in context.classes] == ["background", "tumour", "stroma"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         context.out_dir = tmp_path  # type: ignore[misc]
@@ -148,34 +148,34 @@ def test_writers_run_side_by_side_and_a_failure_leaves_no_report(
     _add(registered, NoteWriter("right", "right.txt", barrier))
     result, slide, bundle = _inputs(tmp_path)
     out = tmp_path / "out"
-    write_outputs(result, slide, bundle, out, frozenset({"left", "right"}))
+    write_outputs(result, slide, bundle, out, OutputOptions(formats=frozenset({"left", "right"})))
     outputs = json.loads((out / "report.json").read_text())["outputs"]
     assert outputs["left"]["thread"] != outputs["right"]["thread"]
 
     _add(registered, NoteWriter("broken", "broken.txt", fail=True))
     with pytest.raises(RuntimeError, match="broken failed on purpose"):
-        write_outputs(result, slide, bundle, out, frozenset({"tiff", "broken"}))
+        write_outputs(result, slide, bundle, out, OutputOptions(formats=frozenset({"tiff", "broken"})))
     assert not (out / "report.json").exists() and not (out / "broken.txt").exists()
     assert (out / "mask.tif").is_file() and find_temporaries(out) == []  # the others finished, atomically
-    assert not outputs_complete(out, bundle.digest, frozenset({"tiff"}))
+    assert not current(out, frozenset({"tiff"}))
 
 
-def test_outputs_complete_asks_each_requested_writer_whether_its_file_is_current(
+def test_outputs_current_asks_each_requested_writer_whether_its_file_is_current(
     tmp_path: Path, registered: list[NoteWriter]
 ) -> None:
     note = _add(registered, NoteWriter())
     result, slide, bundle = _inputs(tmp_path)
     out = tmp_path / "out"
-    write_outputs(result, slide, bundle, out, frozenset({"tiff", "note"}))
-    assert outputs_complete(out, bundle.digest, frozenset({"tiff", "note"}))
+    write_outputs(result, slide, bundle, out, OutputOptions(formats=frozenset({"tiff", "note"})))
+    assert current(out, frozenset({"tiff", "note"}))
     note.current = False
-    assert not outputs_complete(out, bundle.digest, frozenset({"note"}))
-    assert outputs_complete(out, bundle.digest, frozenset({"tiff"}))  # not asked for: not asked
+    assert not current(out, frozenset({"note"}))
+    assert current(out, frozenset({"tiff"}))  # not asked for: not asked
     note.current = True
     (out / "note.txt").write_text("changed since\n")
-    assert not outputs_complete(out, bundle.digest, frozenset({"note"}))  # size differs from the record
-    assert not outputs_complete(out, bundle.digest, frozenset({"geojson"}))  # never written
-    assert not outputs_complete(out, bundle.digest, frozenset({"tiff"}), mask_mpp=2.0)  # the tiff writer says
+    assert not current(out, frozenset({"note"}))  # size differs from the record
+    assert not current(out, frozenset({"geojson"}))  # never written
+    assert not current(out, frozenset({"tiff"}), mask_mpp=2.0)  # the tiff writer says
 
 
 @pytest.mark.parametrize(
@@ -184,3 +184,11 @@ def test_outputs_complete_asks_each_requested_writer_whether_its_file_is_current
 def test_output_options_refuse_bad_values(kw: dict[str, Any]) -> None:
     with pytest.raises(UsageError, match=next(iter(kw))):
         OutputOptions(**kw)
+
+
+def test_output_options_take_parsed_formats_only() -> None:
+    assert OutputOptions().formats == ALL_FORMATS  # every built-in format
+    with pytest.raises(UsageError, match="parse_formats"):
+        OutputOptions(formats="tiff")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="zip not registered; registered: tiff, geojson"):
+        OutputOptions(formats=frozenset({"tiff", "zip"}))

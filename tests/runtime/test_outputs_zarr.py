@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidefuse.runtime.outputs import DEFAULT_FORMATS, parse_formats, write_outputs
+from slidefuse.runtime.outputs import DEFAULT_FORMATS, OutputOptions, parse_formats, write_outputs
 from slidefuse.runtime.outputs.zarr import write_mask_zarr
 
 from .test_outputs_common import CLASSES, blobby_mask, make_bundle, make_result, make_slide
@@ -34,7 +34,7 @@ def test_zarr_levels_equal_mask_tif_levels_and_carry_the_pixel_size(tmp_path: Pa
     result = make_result(mask, tmp_path / "mask.raw", mpp=0.5)
     out = tmp_path / "out"
     paths = write_outputs(result, make_slide(4120, 2800, 0.125), make_bundle(tmp_path), out,
-                          parse_formats("tiff,zarr"))
+                          OutputOptions(formats=parse_formats("tiff,zarr")))
     levels, meta = _read_ome_zarr(paths["zarr"])
     with tifffile.TiffFile(paths["tiff"]) as tif:
         tiff_levels = [page.asarray() for page in tif.pages]

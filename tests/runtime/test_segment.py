@@ -12,7 +12,6 @@ import pyvips
 from runtime.onnx_models import make_bundle
 from slidefuse.errors import UsageError
 from slidefuse.runtime.bundle import Bundle
-from slidefuse.runtime.outputs import read_run_log
 from slidefuse.runtime.segment import (
     SegmentOptions,
     collect_slides,
@@ -20,6 +19,7 @@ from slidefuse.runtime.segment import (
     segment_many,
     slide_stem,
 )
+from slidefuse.runtime.segment.runlog import read_run_log
 from slidefuse.runtime.tissue import TissueParams
 
 # one engine thread, a small tissue thumbnail: the machine is shared

@@ -135,6 +135,8 @@ def test_synthetic_no_mpp(synthetic_tiff_no_mpp: Path) -> None:
         (72 / 25.4, "inch", None),  # the TIFF default 72 dpi
         (300 / 25.4, "inch", None),  # a print placeholder
         (1.0, "cm", None),  # libvips' 1 px/mm default
+        (1000 / 25.4, "inch", None),  # 1000 dpi = 25.4 um/px: over the plausible 20 um/px of a slide's level 0
+        (50.0, "cm", 20.0),  # 50 px/mm: the coarsest plausible pixel size (PLAUSIBLE_MPP, inclusive)
         (20000 / 25.4, "inch", 1.27),  # a real pixel size written in dpi (20000 dpi)
         (50800 / 25.4, "inch", 0.5),
         (4000.0, "cm", 0.25),
@@ -349,3 +351,19 @@ def test_make_tiff_fixture(make_tiff, synthetic_array: np.ndarray) -> None:  # t
     p = make_tiff(synthetic_array[:200, :300], mpp=0.25, name="h.tif")
     with open_slide(p) as s:
         assert (s.info.width, s.info.height, s.info.mpp) == (300, 200, 0.25)
+
+
+def test_one_plausible_pixel_size_range_for_files_users_and_models() -> None:
+    """Slide readers (file values), --mpp / --force-mpp and the manifest schema share coords.PLAUSIBLE_MPP."""
+    from slidefuse.runtime.manifest_schema import json_schema
+    from slidefuse.runtime.segment.options import SegmentOptions, check_plausible_mpp
+    from slidefuse.runtime.slide import metadata
+
+    lo, hi = coords.PLAUSIBLE_MPP
+    assert (lo, hi) == (0.05, 20.0) and metadata.PLAUSIBLE_MPP is coords.PLAUSIBLE_MPP
+    schema = json_schema()["properties"]["mpp"]
+    assert (schema["minimum"], schema["maximum"]) == (lo, hi)
+    check_plausible_mpp(hi, None, force=False)
+    with pytest.raises(InvalidPixelSize, match="outside the plausible 0.05..20 um/px"):
+        SegmentOptions(mpp=25.0)
+    assert SegmentOptions(mpp=25.0, force_mpp=True).mpp == 25.0

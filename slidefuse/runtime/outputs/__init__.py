@@ -1,4 +1,4 @@
-"""Per-slide outputs of `slidefuse segment`, each written atomically, and the batch run log.
+"""Per-slide outputs of `slidefuse segment`, each written atomically, and the check that they are current.
 
 Files in a slide's output folder (`OUT/<slide stem>/`), one per registered format (see `registry`):
 
@@ -8,7 +8,7 @@ Files in a slide's output folder (`OUT/<slide stem>/`), one per registered forma
 - `preview.png` (format "preview"): thumbnail with the mask overlaid and a legend (see `preview`).
 - `tissue.png`: the tissue mask found on the thumbnail (always written).
 - `report.json` (format "report"): always written, and written last: it records the bundle digest and
-  every file written with its size, which is what `outputs_complete` checks on a rerun.
+  every file written with its size, which is what `outputs_current` checks on a rerun.
 
 Every file is written as `<name>.partial` and renamed when complete; `write_outputs` first removes an
 existing report.json, so a slide whose rewrite is killed half-way is never taken for complete.
@@ -34,7 +34,6 @@ from slidefuse.atomic import (
 )
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.outputs.base import (
-    GEOJSON_MAX_PIXELS,
     OutputContext,
     OutputOptions,
     OutputRecord,
@@ -53,13 +52,11 @@ from slidefuse.runtime.outputs.registry import (
     writers,
 )
 from slidefuse.runtime.outputs.report import REPORT, build_report, read_report
-from slidefuse.runtime.outputs.runlog import RUN_LOG, RunLog, read_run_log
-from slidefuse.runtime.types import MaskResult, SlideInfo
+from slidefuse.runtime.types import RAW_NAME, MaskResult, SlideInfo
 
 __all__ = [
     "ALL_FORMATS",
     "DEFAULT_FORMATS",
-    "RUN_LOG",
     "TISSUE_FILE",
     "TMP_SUFFIX",
     "OutputContext",
@@ -67,17 +64,14 @@ __all__ = [
     "OutputOptions",
     "OutputRecord",
     "OutputWriter",
-    "RunLog",
     "atomic_path",
     "clean_temporaries",
     "format_names",
     "get_writer",
-    "outputs_complete",
+    "outputs_current",
     "parse_formats",
     "read_report",
-    "read_run_log",
     "register_writer",
-    "rerun_reason",
     "unregister_writer",
     "write_outputs",
     "writers",
@@ -146,35 +140,27 @@ def write_outputs(
     slide: SlideInfo,
     bundle: Bundle,
     out_dir: Path,
-    formats: frozenset[str] = ALL_FORMATS,
+    options: OutputOptions | None = None,
     *,
-    mask_mpp: float | None = None,
     extra_report: dict[str, Any] | None = None,
-    geojson_mpp: float | None = None,
-    geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS,
-    geojson_frame: str = "qupath",
 ) -> dict[str, Path]:
     """Write a slide's outputs into `out_dir` atomically; returns {format: final path} (plus "tissue").
 
     result: the stitched mask (raw uint8 class indices at `result.mpp`) and run statistics.
-    formats: registered format names; report.json is written in any case, last, as the completion record.
-    mask_mpp: write mask.tif at this coarser pixel size (um/px, mode downsampling); None = model's mpp.
+    options: the formats to write and how (None: `OutputOptions()`, every built-in format at the model's
+      resolution); report.json is written in any case, last, as the completion record.
     extra_report: JSON-able fields stored under "run" in report.json (e.g. options of the command).
-    geojson_mpp / geojson_max_pixels: resolution of the grid that is polygonised (see `geojson`).
-    geojson_frame: "qupath" (level 0 minus the slide's openslide.bounds-x/y) or "level0" (see `geojson`).
     """
-    formats = parse_formats(formats)
+    options = options if options is not None else OutputOptions()
     _check_classes(result, bundle)
-    options = OutputOptions(mask_mpp=mask_mpp, geojson_mpp=geojson_mpp, geojson_max_pixels=geojson_max_pixels,
-                            geojson_frame=geojson_frame)
     context = OutputContext(result, slide, bundle, Path(out_dir), options)
     _prepare_folder(context.out_dir)
     done = {"tissue": _timed(lambda: _write_tissue(context))}
-    done.update(_run_writers(context, [w for w in writers() if w.name in formats]))
+    done.update(_run_writers(context, [w for w in writers() if w.name in options.formats]))
     described = {fmt: _described(record) for fmt, (record, _) in done.items()}
     seconds = {fmt: s for fmt, (_, s) in done.items()}
     report = build_report(result, slide, bundle, described, output_seconds=seconds, extra=extra_report)
-    report["formats"] = sorted(formats | {REPORT_FORMAT})
+    report["formats"] = sorted(options.formats | {REPORT_FORMAT})
     paths = {fmt: record.path for fmt, (record, _) in done.items()}
     paths[REPORT_FORMAT] = write_json_atomic(context.out_dir / REPORT, report)
     logger.info("outputs of %s complete in %s (%s)", Path(slide.path).name, out_dir, ", ".join(sorted(paths)))
@@ -191,63 +177,28 @@ def _file_as_recorded(out_dir: Path, info: Any) -> bool:
         return False
 
 
-def outputs_complete(
-    out_dir: Path,
-    bundle_digest: str,
-    formats: frozenset[str],
-    *,
-    mask_mpp: float | None = None,
-    key: dict[str, Any] | None = None,
-    geojson_frame: str = "qupath",
-) -> bool:
-    """True when `out_dir` holds complete outputs of `formats` made by the bundle with `bundle_digest` (and,
-    when `key` is given, with exactly that skip key: see `rerun_reason`)."""
-    return rerun_reason(out_dir, bundle_digest, formats, mask_mpp=mask_mpp, key=key,
-                        geojson_frame=geojson_frame) is None
+def outputs_current(out_dir: Path, report: Mapping[str, Any], options: OutputOptions) -> str | None:
+    """None when `out_dir` holds complete outputs of `options.formats` as `report` (its parsed report.json)
+    records them and as `options` ask for them now; else why they are not, in words.
 
-
-def rerun_reason(
-    out_dir: Path,
-    bundle_digest: str,
-    formats: frozenset[str],
-    *,
-    mask_mpp: float | None = None,
-    key: dict[str, Any] | None = None,
-    geojson_frame: str = "qupath",
-) -> str | None:
-    """None when `out_dir` holds complete, current outputs; else why the slide must be segmented again.
-
-    Checks: report.json is readable and records this digest and every requested format; with `key` (from
-    `segment.skipkey.result_key`), the skip key it records matches (same slide file and content, same
-    result-changing options); each file it lists for those formats (and tissue.png) exists with the recorded
-    size; no `*.partial` file is left; and each requested format's writer finds its file current for these
-    options (`OutputWriter.is_current`: e.g. mask.tif written at `mask_mpp`, None = the model's resolution).
+    Checks: the report lists every requested format; no `*.partial` file or raw mask is left; each file it lists
+    for those formats (and tissue.png) exists with the recorded size; and each requested format's writer finds
+    its file current for these options (`OutputWriter.is_current`: e.g. mask.tif written at `mask_mpp`, None =
+    the model's resolution). Which slide, bundle and options made the outputs is the skip key's business
+    (`skip.decide`, which calls this function), not this one's.
     """
-    from slidefuse.runtime.segment.options import RAW_NAME
-    from slidefuse.runtime.segment.skipkey import why_rerun
-
-    formats = parse_formats(formats)
     out_dir = Path(out_dir)
-    report = read_report(out_dir)
-    if report is None:
-        return "no readable report.json (never finished)"
-    recorded = report.get("bundle")
-    if not isinstance(recorded, dict) or recorded.get("digest") != bundle_digest:
-        return "the outputs were made by another model bundle"
-    reason = why_rerun(report, key) if key is not None else None
-    if reason is not None:
-        return reason
+    formats = options.formats
     written = report.get("formats")
     missing = sorted(formats - set(written if isinstance(written, list) else ()))
     if missing:
         return f"formats not written before: {', '.join(missing)}"
     if find_temporaries(out_dir) or (out_dir / RAW_NAME).exists():
         return "a partial file is left from an interrupted run"
-    outputs: dict[str, Any] = report["outputs"] if isinstance(report.get("outputs"), dict) else {}
+    outputs: Mapping[str, Any] = report["outputs"] if isinstance(report.get("outputs"), dict) else {}
     files = (formats - {REPORT_FORMAT}) | {"tissue"}
     lost = sorted(fmt for fmt in files if not _file_as_recorded(out_dir, outputs.get(fmt)))
     if lost:
         return f"output files missing or changed: {', '.join(lost)}"
-    options = OutputOptions(mask_mpp=mask_mpp, geojson_frame=geojson_frame)
     stale = sorted(fmt for fmt in formats - {REPORT_FORMAT} if not get_writer(fmt).is_current(report, options))
     return f"outputs made with other options: {', '.join(stale)}" if stale else None

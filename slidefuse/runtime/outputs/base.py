@@ -22,16 +22,26 @@ GEOJSON_MAX_PIXELS = 1 << 26  # default cap on the grid polygonised for mask.geo
 GEOJSON_FRAMES = ("qupath", "level0")  # mask.geojson's coordinate frames (see outputs.geojson.frame_offset)
 
 
+def _default_formats() -> frozenset[str]:
+    from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
+
+    return DEFAULT_FORMATS
+
+
 @dataclass(frozen=True)
 class OutputOptions:
-    """How the outputs are made; the same options are used to check on a rerun that they are current."""
+    """Which outputs are made and how; the same options are used to check on a rerun that they are current.
+    Built once per run (a `SegmentOptions` holds one): the formats are already parsed (`parse_formats`)."""
 
+    formats: frozenset[str] = field(default_factory=_default_formats)  # registered format names to write;
+    # report.json is written in any case (default: every built-in format, `registry.DEFAULT_FORMATS`)
     mask_mpp: float | None = None  # mask.tif um/px (>= the model's, mode-downsampled); None = the model's
     geojson_mpp: float | None = None  # pixel size of the grid polygonised for mask.geojson; None = the mask's
     geojson_max_pixels: int | None = GEOJSON_MAX_PIXELS  # cap on that grid's pixels; None = no cap
     geojson_frame: str = "qupath"  # mask.geojson's coordinates: "qupath" (level 0 minus the bounds) or "level0"
 
     def __post_init__(self) -> None:
+        _check_formats(self.formats)
         for name in ("mask_mpp", "geojson_mpp"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -43,6 +53,19 @@ class OutputOptions:
             raise UsageError(
                 f"geojson_max_pixels must be >= 1 (or None for no cap), got {self.geojson_max_pixels}"
             )
+
+
+def _check_formats(formats: frozenset[str]) -> None:
+    """Refuse formats that are not a frozenset of registered names (a string is parsed by `parse_formats`)."""
+    from slidefuse.runtime.outputs.registry import format_names
+
+    if not isinstance(formats, frozenset):
+        raise UsageError(f"formats must be a frozenset of format names, got {formats!r}; parse_formats() turns "
+                         "'tiff,geojson' into one", field="formats")
+    unknown = sorted(formats - set(format_names()))
+    if unknown:
+        raise UsageError(f"output format(s) {', '.join(unknown)} not registered; registered: "
+                         f"{', '.join(format_names())}", field="formats")
 
 
 @dataclass(frozen=True)

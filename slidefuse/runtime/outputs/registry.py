@@ -1,4 +1,4 @@
-"""The output formats by name: one registry read by `write_outputs`, `outputs_complete`, `segment` and the
+"""The output formats by name: one registry read by `write_outputs`, `outputs_current`, `segment` and the
 CLI's `--formats`.
 
 Adding a format is one module with a writer class (see `base.OutputWriter`) and one `register_writer` line
@@ -15,8 +15,8 @@ from slidefuse.runtime.outputs.geojson import GeoJsonWriter
 from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter
 from slidefuse.runtime.outputs.preview import TISSUE_FILE, PreviewWriter
 from slidefuse.runtime.outputs.report import REPORT
-from slidefuse.runtime.outputs.runlog import RUN_LOG
 from slidefuse.runtime.outputs.zarr import ZarrWriter
+from slidefuse.runtime.types import RUN_LOG
 
 REPORT_FORMAT = "report"  # always written, last, by write_outputs itself: the record that a slide is complete
 _RESERVED_NAMES = frozenset({REPORT_FORMAT, "all", "tissue"})  # "tissue": tissue.png, written in any case

@@ -1,7 +1,7 @@
 """`report.json`: what was segmented, with what, how fast, and how much of each class there is.
 
 The report is written last of a slide's outputs: its presence, its bundle digest and its list of written
-files (with sizes) are what `outputs_complete` checks to skip a finished slide on a rerun.
+files (with sizes) are what the rerun check (`outputs_current`) reads to skip a finished slide.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ def _jsonable(v: Any) -> Any:
 
 def software_versions() -> dict[str, str | None]:
     """Versions of slidefuse and the libraries that shape its outputs (None when not installed)."""
-    import slidefuse
+    from slidefuse._version import __version__
 
     out: dict[str, str | None] = {
-        "slidefuse": getattr(slidefuse, "__version__", None),
+        "slidefuse": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

@@ -1,6 +1,7 @@
 """Segmenting slides: which slides (`inputs`), with what (`options`), a slide's three stages (`stages`:
-`plan_slide`, `infer_slide`, `finish_slide`, and `segment_slide` running them in turn) and the batch runner
-that overlaps them across slides (`scheduler.segment_many`).
+`plan_slide`, `infer_slide`, `finish_slide`, and `segment_slide` running them in turn), whether a slide runs
+at all (`skip.decide`), the batch runner that overlaps the stages across slides (`scheduler.segment_many`),
+the claims that share a batch among processes (`claims`) and the batch's run log, OUT/run.json (`runlog`).
 
 A slide goes through three stages: plan (open the slide, find tissue on a thumbnail, lay the tile grid and
 select tiles), infer (stream the tiles through the pipeline into the stitcher) and finish (write the
@@ -17,12 +18,13 @@ from slidefuse.runtime.segment.inputs import (
     scan_folder,
     slide_stem,
 )
-from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
+from slidefuse.runtime.segment.options import SegmentOptions, SlideResult, effective_overlap
+from slidefuse.runtime.segment.runlog import RUN_LOG, RunLog, read_run_log
 from slidefuse.runtime.segment.scheduler import segment_many
+from slidefuse.runtime.segment.skip import Decision, decide
 from slidefuse.runtime.segment.stages import (
     PlannedSlide,
     StitchedSlide,
-    effective_overlap,
     find_tissue,
     finish_slide,
     infer_slide,
@@ -32,13 +34,16 @@ from slidefuse.runtime.segment.stages import (
 )
 
 __all__ = [
-    "RAW_NAME",
+    "RUN_LOG",
     "SLIDE_EXTENSIONS",
+    "Decision",
     "PlannedSlide",
+    "RunLog",
     "SegmentOptions",
     "SlideResult",
     "StitchedSlide",
     "collect_slides",
+    "decide",
     "effective_overlap",
     "find_tissue",
     "finish_slide",
@@ -47,6 +52,7 @@ __all__ = [
     "plan_slide",
     "plan_tiles",
     "read_list_file",
+    "read_run_log",
     "scan_folder",
     "segment_many",
     "segment_slide",

@@ -67,7 +67,8 @@ def _scan(folder: Path, exclude: Path | None) -> tuple[list[Path], list[Path]]:
     return slides, others
 
 
-def _is_dicom_folder(p: Path) -> bool:
+def is_dicom_folder(p: Path) -> bool:
+    """Whether the folder `p` is one DICOM WSI slide: it holds `.dcm` files (not in sub-folders)."""
     return any(f.suffix.lower() == DICOM_SUFFIX and f.is_file() for f in p.iterdir())
 
 
@@ -174,7 +175,7 @@ def collect_slides(
     seen: set[Path] = set()
     empty_folders, unrecognised = [], []
     for p in given:
-        found, others = _scan(p, exclude) if p.is_dir() and not _is_dicom_folder(p) else ([p], [])
+        found, others = _scan(p, exclude) if p.is_dir() and not is_dicom_folder(p) else ([p], [])
         unrecognised += others
         if p.is_dir() and not found:
             empty_folders.append(p)
@@ -202,7 +203,7 @@ def check_out_folder(out_root: Path) -> None:
     """Refuse an output folder that is, or is inside, a model bundle (a folder with manifest.json): outputs
     written there would change the bundle (and the shipped demonstration model)."""
     from slidefuse.runtime.bundle import MANIFEST
-    from slidefuse.runtime.segment.skipkey import resolved
+    from slidefuse.runtime.segment.skip import resolved
 
     real = resolved(out_root)
     for folder in (real, *real.parents):
@@ -214,7 +215,7 @@ def check_out_folder(out_root: Path) -> None:
 def _owner(out_dir: Path) -> str | None:
     """The resolved path of the slide whose outputs `out_dir` holds (from its report's skip key), or None."""
     from slidefuse.runtime.outputs.report import read_report
-    from slidefuse.runtime.segment.skipkey import recorded_key
+    from slidefuse.runtime.segment.skip import recorded_key
 
     key = recorded_key(read_report(out_dir))
     slide = key.get("slide") if key is not None else None
@@ -228,7 +229,7 @@ def output_dirs(slides: Sequence[Path], out_root: Path, names: Mapping[Path, str
     no slide overwrites another's outputs and each keeps its own folder on reruns. `names`: folder names
     chosen for some slides (a list's `out_name`), kept as given; one that holds another slide's outputs is
     refused."""
-    from slidefuse.runtime.segment.skipkey import resolved
+    from slidefuse.runtime.segment.skip import resolved
 
     chosen = dict(names or {})
     used: set[str] = set(chosen.values())

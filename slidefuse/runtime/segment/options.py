@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from slidefuse.errors import InvalidPixelSize, UsageError
+from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.coords import PLAUSIBLE_MPP  # um/px accepted without --force-mpp
 from slidefuse.runtime.cores import usable_cores
-from slidefuse.runtime.manifest_schema import MPP_RANGE as PLAUSIBLE_MPP  # um/px accepted without --force-mpp
-from slidefuse.runtime.outputs.base import GEOJSON_FRAMES
+from slidefuse.runtime.outputs.base import OutputOptions
 from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
 from slidefuse.runtime.tissue import TissueParams
+from slidefuse.runtime.types import Status
 
 MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
 
@@ -22,9 +24,6 @@ MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
 def default_workers() -> int:
     """Reader threads: two per usable core (one decoding in libvips while the other copies tiles out)."""
     return 2 * usable_cores()
-
-
-RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
 
 
 def _check_sharing(shard: tuple[int, int] | None, claim_timeout: float) -> None:
@@ -45,7 +44,7 @@ class SegmentOptions:
     tissue: TissueParams = TissueParams()  # tissue detection and tile selection parameters
     all_tiles: bool = False  # run every tile of the grid, not only those touching tissue
     mpp: float | None = None  # slide pixel size override (um per level-0 px), for slides without one
-    formats: frozenset[str] = DEFAULT_FORMATS  # output format names to write (see runtime.outputs.registry)
+    formats: frozenset[str] = DEFAULT_FORMATS  # output format names to write, parsed (registry.parse_formats)
     mask_mpp: float | None = None  # write mask.tif at this coarser um/px (None: the model's mpp)
     overwrite: bool = False  # redo slides whose outputs are already complete for this bundle
     workers: int = field(default_factory=default_workers)  # reader threads (default: two per usable core)
@@ -58,6 +57,8 @@ class SegmentOptions:
     shard: tuple[int, int] | None = None  # (i, n): take only slides i, i+n, i+2n, ... of the list (static split)
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes over a slide's claim
     geojson_frame: str = "qupath"  # mask.geojson coordinates: "qupath" (level 0 minus openslide.bounds) or "level0"
+    outputs: OutputOptions = field(init=False, repr=False, compare=False)  # formats, mask_mpp and geojson_frame
+    # as the output writers take them, built and checked once, here
 
     def __post_init__(self) -> None:
         """Every check of these options, once; messages name the field (the CLI maps fields to its flags)."""
@@ -73,15 +74,27 @@ class SegmentOptions:
                 raise InvalidPixelSize(f"{name} must be a positive, finite number of microns per pixel, "
                                        f"got {value!r}", field=name)
         check_plausible_mpp(self.mpp, "mpp", self.force_mpp)
-        if self.geojson_frame not in GEOJSON_FRAMES:
-            raise UsageError(f"geojson_frame must be one of {', '.join(GEOJSON_FRAMES)}, got {self.geojson_frame!r}",
-                             field="geojson_frame")
+        outputs = OutputOptions(formats=self.formats, mask_mpp=self.mask_mpp, geojson_frame=self.geojson_frame)
+        object.__setattr__(self, "outputs", outputs)
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as recorded in report.json ("run.options"): every field but the derived `outputs`."""
         d = dataclasses.asdict(self)
+        del d["outputs"]
         d["formats"] = sorted(self.formats)
         d["backend_options"] = dict(self.backend_options)
         return d
+
+
+def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:
+    """Overlap in model px: the option, else the bundle's recommendation capped at half a tile."""
+    t = bundle.manifest.tile_size
+    if options.overlap is not None:
+        if options.overlap > t // 2:
+            raise UsageError(f"overlap {options.overlap} px is more than half of this model's {t} px tile; "
+                             f"choose 0..{t // 2}", field="overlap")
+        return options.overlap
+    return min(max(int(bundle.manifest.overlap), 0), t // 2)
 
 
 def check_plausible_mpp(mpp: float | None, field: str | None, force: bool) -> None:
@@ -99,8 +112,8 @@ class SlideResult:
     """What happened to one slide."""
 
     slide: Path  # the slide file as given
-    status: str  # "ok", "skipped" (outputs already complete for this bundle), "failed", or "claimed" (being
-    # done by another process sharing OUT: not recorded in run.json by this one)
+    status: Status  # OK, SKIPPED (outputs already complete for this skip key), FAILED, or CLAIMED (done or
+    # being done by another process sharing OUT: not recorded in run.json by this one)
     out_dir: Path | None = None  # OUT/<slide stem>
     error: str | None = None  # one-line reason when failed
     outputs: dict[str, Path] = field(default_factory=dict)  # format -> written file
@@ -110,6 +123,6 @@ class SlideResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status != Status.FAILED
 
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
 
 from slidefuse.errors import one_line
 from slidefuse.runtime.backends.base import Backend
@@ -25,12 +24,15 @@ from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment import stages
 from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet, new_run_id
 from slidefuse.runtime.segment.inputs import collect_slides, list_overrides, output_dirs
-from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult
+from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
+from slidefuse.runtime.segment.runlog import RunLog
+from slidefuse.runtime.segment.skip import Decision, decide
 from slidefuse.runtime.segment.stages import PlannedSlide, StitchedSlide
+from slidefuse.runtime.types import RAW_NAME, Status
 
 log = logging.getLogger(__name__)
 
-Decision = Literal["run", "skipped", "claimed"]
+_CLAIMED_ELSEWHERE = Decision("claimed", "claimed by another process sharing OUT")
 
 
 def _with_slide(slide: Path, reason: str) -> str:
@@ -48,33 +50,6 @@ def batch_slides(paths: Sequence[Path], list_file: Path | None, out_root: Path,
         slides, dirs = slides[i::n], dirs[i::n]
         log.info("shard %d/%d: %d slide(s) of this list", i, n, len(slides))
     return slides, dirs
-
-
-def slide_complete(out_dir: Path, bundle: Bundle, options: SegmentOptions, *, slide: Path | None = None) -> bool:
-    """Whether `out_dir` holds this slide's complete outputs for this bundle and these options (never with
-    `options.overwrite`). With `slide`, only outputs made from that very file (its identity: path, size,
-    mtime, content fingerprint) with the same result-changing options count (`segment.skipkey`); otherwise
-    the reason it runs again is logged."""
-    from slidefuse.runtime.outputs import outputs_complete
-
-    if slide is None:
-        return not options.overwrite and outputs_complete(out_dir, bundle.digest, options.formats,
-                                                          mask_mpp=options.mask_mpp,
-                                                          geojson_frame=options.geojson_frame)
-    reason = stages.rerun_reason(slide, out_dir, bundle, options)
-    if reason is not None and (out_dir / "report.json").exists():
-        log.info("%s: segmenting it again into %s: %s", slide, out_dir, reason)
-    return reason is None
-
-
-def written_since(out_dir: Path, since: float) -> bool:
-    """Whether this slide's report.json was written at or after `since` (seconds since the epoch): during this
-    batch, so by another process sharing OUT (which records the slide itself), and not to be redone even with
-    --overwrite."""
-    try:
-        return (Path(out_dir) / "report.json").stat().st_mtime >= since
-    except OSError:
-        return False
 
 
 def segment_many(
@@ -102,7 +77,6 @@ def segment_many(
     with each slide's result as soon as it is recorded (slide order; the Python API yields from it).
     """
     from slidefuse.runtime.backends import open_backend
-    from slidefuse.runtime.outputs import RunLog
 
     out_root = Path(out_root)
     stages.check_run(bundle, options, out_root)  # overlap, mask mpp and OUT this run cannot take fail first
@@ -124,9 +98,10 @@ def segment_many(
             with open_backend(options.backend, bundle, **dict(options.backend_options)) as opened:
                 batch.run(opened)
     results = [batch.results[i] for i in range(len(slides))]
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed", "claimed")}
+    counts = {s: sum(r.status == s for r in results) for s in Status}
     log.info("%d slide(s): %d segmented, %d skipped, %d failed, %d done by other processes; run log %s",
-             len(results), counts["ok"], counts["skipped"], counts["failed"], counts["claimed"], run_log.path)
+             len(results), counts[Status.OK], counts[Status.SKIPPED], counts[Status.FAILED], counts[Status.CLAIMED],
+             run_log.path)
     return results
 
 
@@ -137,7 +112,7 @@ class _SlideBatch:
     planned ahead) and released once it is recorded."""
 
     def __init__(self, slides: Sequence[Path], dirs: Sequence[Path], bundle: Bundle, options: SegmentOptions,
-                 run_log: Any, progress: Progress, claims: ClaimSet) -> None:
+                 run_log: RunLog, progress: Progress, claims: ClaimSet) -> None:
         self.slides, self.dirs = list(slides), list(dirs)
         self.bundle, self.options, self.run_log, self.progress = bundle, options, run_log, progress
         self.claims = claims
@@ -164,15 +139,15 @@ class _SlideBatch:
 
     def _decide(self, i: int) -> Decision:
         out_dir, options, slide = self.dirs[i], self.opts(i), self.slides[i]
-        if slide_complete(out_dir, self.bundle, options, slide=slide):
-            return "claimed" if written_since(out_dir, self.batch_started) else "skipped"
+        first = decide(slide, out_dir, self.bundle, options, since=self.batch_started)
+        if not first.run:
+            return first
         if not self._claim(out_dir):
-            return "claimed"
-        if (slide_complete(out_dir, self.bundle, options, slide=slide)
-                or (options.overwrite and written_since(out_dir, self.batch_started))):  # done meanwhile
+            return _CLAIMED_ELSEWHERE
+        again = decide(slide, out_dir, self.bundle, options, since=self.batch_started)  # done meanwhile?
+        if not again.run:
             self.claims.release(out_dir)
-            return "claimed" if written_since(out_dir, self.batch_started) else "skipped"
-        return "run"
+        return again
 
     def _claim(self, out_dir: Path) -> bool:
         try:
@@ -203,27 +178,27 @@ class _SlideBatch:
     def _not_run(self, i: int, decision: Decision) -> None:
         slide, out_dir = self.slides[i], self.dirs[i]
         self._settle()
-        if decision == "skipped":
+        if decision.status == Status.SKIPPED:
             log.info("%s: outputs in %s are complete for this bundle; skipped (--overwrite redoes it)",
                      slide, out_dir)
-            self._record(i, SlideResult(slide, "skipped", out_dir))
-            self.progress.end_slide("skipped")
+            self._record(i, SlideResult(slide, Status.SKIPPED, out_dir))
+            self.progress.end_slide(Status.SKIPPED)
         else:
             log.info("%s: done or being done by another process sharing %s; left to it", slide, out_dir.parent)
-            self.results[i] = SlideResult(slide, "claimed", out_dir)
+            self.results[i] = SlideResult(slide, Status.CLAIMED, out_dir)
             if self.on_result is not None:
                 self.on_result(self.results[i])
             self.progress.end_slide("claimed by another process")
 
     def _next_to_run(self, i: int) -> int | None:
-        return next((j for j in range(i + 1, len(self.slides)) if self.decide(j) == "run"), None)
+        return next((j for j in range(i + 1, len(self.slides)) if self.decide(j).run), None)
 
     def _one(self, i: int, backend: Backend, pool: ThreadPoolExecutor | None) -> None:
         slide, out_dir = self.slides[i], self.dirs[i]
         self.progress.start_slide(i + 1, len(self.slides), slide.name)
         self.started[i] = time.perf_counter()
         decision = self.decide(i)
-        if decision != "run":
+        if not decision.run:
             self._not_run(i, decision)
             return
         try:
@@ -238,7 +213,7 @@ class _SlideBatch:
         except Exception as exc:  # recorded with its slide; the batch goes on
             self._settle()
             self._record(i, self._failed(i, exc))
-            self.progress.end_slide("failed")
+            self.progress.end_slide(Status.FAILED)
             return
         self._settle()
         if pool is None:
@@ -261,7 +236,7 @@ class _SlideBatch:
         reason = _with_slide(slide, one_line(exc))
         log.info("failed: %s", reason)
         log.debug("traceback of the failure of %s", slide, exc_info=exc)
-        return SlideResult(slide, "failed", self.dirs[i], reason, seconds=time.perf_counter() - self.started[i])
+        return SlideResult(slide, Status.FAILED, self.dirs[i], reason, seconds=time.perf_counter() - self.started[i])
 
     def _settle(self) -> None:
         """Wait for the outputs being written in the background, and record that slide."""
@@ -273,7 +248,7 @@ class _SlideBatch:
     def _record(self, i: int, res: SlideResult) -> None:
         self.results[i] = res
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
-                            seconds=res.seconds if res.status == "ok" else time.perf_counter() - self.started[i],
+                            seconds=res.seconds if res.status == Status.OK else time.perf_counter() - self.started[i],
                             tiles=res.tile_counts or None, backend=self.options.backend)
         self.claims.release(self.dirs[i])
         if self.on_result is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from slidefuse.errors import SlidefuseError, UsageError, one_line
+from slidefuse.errors import UsageError
 from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
@@ -19,25 +19,14 @@ from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
-from slidefuse.runtime.segment.options import RAW_NAME, SegmentOptions, SlideResult, check_plausible_mpp
-from slidefuse.runtime.segment.skipkey import result_key, slide_identity
+from slidefuse.runtime.segment.options import SegmentOptions, SlideResult, check_plausible_mpp, effective_overlap
+from slidefuse.runtime.segment.skip import result_key, slide_identity
 from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
 from slidefuse.runtime.tissue import TissueParams, detect_tissue
-from slidefuse.runtime.types import MaskResult, SlideInfo
+from slidefuse.runtime.types import RAW_NAME, MaskResult, SlideInfo, Status
 
 log = logging.getLogger(__name__)
-
-
-def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:
-    """Overlap in model px: the option, else the bundle's recommendation capped at half a tile."""
-    t = bundle.manifest.tile_size
-    if options.overlap is not None:
-        if options.overlap > t // 2:
-            raise UsageError(f"overlap {options.overlap} px is more than half of this model's {t} px tile; "
-                             f"choose 0..{t // 2}", field="overlap")
-        return options.overlap
-    return min(max(int(bundle.manifest.overlap), 0), t // 2)
 
 
 def check_run(bundle: Bundle, options: SegmentOptions, out_root: Path | None = None) -> None:
@@ -50,21 +39,6 @@ def check_run(bundle: Bundle, options: SegmentOptions, out_root: Path | None = N
     if options.mask_mpp is not None and options.mask_mpp < model_mpp * (1 - 1e-6):
         raise UsageError(f"mask_mpp {options.mask_mpp:g} um/px is finer than this model's {model_mpp:g} um/px; "
                          f"pass a value >= {model_mpp:g} or leave it out", field="mask_mpp")
-
-
-def rerun_reason(slide_path: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions) -> str | None:
-    """None when `out_dir` holds this slide's complete outputs for exactly this skip key (skip it); else why
-    it runs. A slide that cannot be examined runs (and fails there, alone, with its own message)."""
-    from slidefuse.runtime.outputs import rerun_reason as outputs_reason
-
-    if options.overwrite:
-        return "--overwrite"
-    try:
-        key = result_key(bundle, options, slide_identity(slide_path))
-    except (SlidefuseError, OSError) as exc:
-        return one_line(exc)
-    return outputs_reason(out_dir, bundle.digest, options.formats, mask_mpp=options.mask_mpp, key=key,
-                          geojson_frame=options.geojson_frame)
 
 
 def check_planning_bounds(slide: Any, view: Any, grid: TileGrid, options: SegmentOptions,
@@ -118,7 +92,7 @@ class PlannedSlide:
     thumb_mpp: float
     timings: dict[str, float]
     seconds: float  # time this slide's own stages took so far
-    key: dict[str, Any] = field(default_factory=dict)  # the skip key (skipkey.result_key), made before opening
+    key: dict[str, Any] = field(default_factory=dict)  # the skip key (skip.result_key), made before opening
 
     def close(self) -> None:
         """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
@@ -249,8 +223,7 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
     t0 = time.perf_counter()
     release_memory()  # what inference and stitching freed goes back to the OS before the outputs are made
     try:
-        outputs = write_outputs(result, done.info, bundle, done.out_dir, options.formats,
-                                mask_mpp=options.mask_mpp, geojson_frame=options.geojson_frame,
+        outputs = write_outputs(result, done.info, bundle, done.out_dir, options.outputs,
                                 extra_report={"options": options.to_dict(), "skip_key": done.key,
                                               **(run_info or {})})
     finally:
@@ -260,7 +233,7 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
     n_run = result.tile_counts["run"]
     log.info("%s: done in %.1f s (%d tiles, %.1f tiles/s inference)", done.slide_path.name, seconds, n_run,
              n_run / timings["inference"] if timings.get("inference") else 0.0)
-    return SlideResult(done.slide_path, "ok", done.out_dir, None, dict(outputs), seconds, dict(result.tile_counts),
+    return SlideResult(done.slide_path, Status.OK, done.out_dir, None, dict(outputs), seconds, dict(result.tile_counts),
                        dict(timings))
 
 

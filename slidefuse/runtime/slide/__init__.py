@@ -7,8 +7,8 @@
 - ``view``: ``ScaledView``, the slide at a pixel size, read from many threads.
 """
 
+from slidefuse.runtime.coords import PLAUSIBLE_MPP
 from slidefuse.runtime.slide.colour import COLOUR_TRANSFORMS, ColourTransform
-from slidefuse.runtime.slide.metadata import PLAUSIBLE_MPP
 from slidefuse.runtime.slide.reader import (
     SMALL_LEVEL_PIXELS,
     VENDOR_SUFFIXES,

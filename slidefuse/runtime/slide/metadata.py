@@ -18,10 +18,11 @@ from typing import Any
 
 import pyvips
 
+from slidefuse.runtime.coords import PLAUSIBLE_MPP
+
 log = logging.getLogger(__name__)
 
-# Pixel sizes outside this range (um/px) are metadata placeholders (72 dpi, 1 px/mm, ...), not real ones.
-PLAUSIBLE_MPP = (0.05, 100.0)
+# Pixel sizes outside PLAUSIBLE_MPP (um/px) are metadata placeholders (72 dpi, 1 px/mm, ...), not real ones.
 # Raw properties copied into SlideInfo.properties (when present) for reports.
 REPORT_PROPERTIES = (
     "openslide.vendor",

@@ -37,13 +37,17 @@ from typing import Any
 
 from slidefuse.atomic import write_text_atomic
 from slidefuse.errors import UsageError
+from slidefuse.runtime.segment.claims import exclusive_file
+from slidefuse.runtime.segment.skip import resolved
+from slidefuse.runtime.types import RUN_LOG, Status
 
 logger = logging.getLogger(__name__)
 
-RUN_LOG = "run.json"
+__all__ = ["RECORDS_DIR", "RUN_FORMAT", "RUN_LOG", "STATUSES", "RunLog", "read_records", "read_run_log"]
+
 RUN_FORMAT = "slidefuse-run/1"
 RECORDS_DIR = ".run"  # OUT/.run/<run id>.jsonl: each process's own append-only records
-STATUSES = ("ok", "failed", "skipped")  # skipped = outputs already complete for the same bundle
+STATUSES = (Status.OK, Status.FAILED, Status.SKIPPED)  # recorded here; "claimed" slides are their holder's to record
 
 
 def _now() -> str:
@@ -103,7 +107,7 @@ def read_run_log(out_root: Path) -> list[dict[str, Any]]:
 
 
 def _counts(entries: list[dict[str, Any]]) -> dict[str, int]:
-    out = dict.fromkeys(STATUSES, 0)
+    out = dict.fromkeys((s.value for s in STATUSES), 0)
     for e in entries:
         out[e["status"]] = out.get(e["status"], 0) + 1
     return out
@@ -150,7 +154,7 @@ class RunLog:
     def record(
         self,
         slide: Path | str,
-        status: str,
+        status: Status | str,
         *,
         error: str | None = None,
         out_dir: Path | None = None,
@@ -160,17 +164,15 @@ class RunLog:
     ) -> dict[str, Any]:
         """Add or replace the entry of `slide` and rewrite run.json atomically; returns the entry.
 
-        `status` is one of "ok", "failed", "skipped"; `error` a one-line reason for "failed"; `outputs`
+        `status` is one of `STATUSES` (ok, failed, skipped); `error` a one-line reason for "failed"; `outputs`
         maps each format to its file; `extra` adds JSON-able fields (e.g. tiles, backend).
         """
         if status not in STATUSES:
             raise UsageError(f"run log status {status!r} is unknown; use one of {', '.join(STATUSES)}")
-        from slidefuse.runtime.segment.skipkey import resolved
-
         entry: dict[str, Any] = {
             "slide": str(slide),
             "slide_key": str(resolved(slide)),
-            "status": status,
+            "status": Status(status).value,
             "error": error,
             "out_dir": str(out_dir) if out_dir is not None else None,
             "outputs": {k: str(v) for k, v in (outputs or {}).items()},
@@ -201,8 +203,6 @@ class RunLog:
 
     def _save(self) -> None:
         """Rebuild run.json from every process's records, under the folder's run-log mutex."""
-        from slidefuse.runtime.segment.claims import exclusive_file
-
         try:
             with exclusive_file(self.out_root / (RUN_LOG + ".lock")):
                 entries = self._view()

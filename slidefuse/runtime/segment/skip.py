@@ -1,23 +1,34 @@
-"""The exact skip key: which slide (by content), which bundle and which result-changing options made a slide's
-outputs. A rerun skips a slide only when every part of the key recorded in its report.json matches.
+"""Whether a slide runs: the exact skip key and the one decision every runner takes (`decide`).
 
-The API is small and stable (other runners, e.g. distributed ones, import it):
+The skip key says which slide (by content), which bundle and which result-changing options made a slide's
+outputs; a rerun skips a slide only when every part of the key recorded in its report.json matches and the
+output writers find their files current. The API is small and stable (every runner calls it: the batch
+scheduler, the Ray driver and its workers):
 
 - `slide_identity(path) -> SlideIdentity`: resolved path, size, mtime_ns and a fast content fingerprint;
   refuses a path that is not a regular file without opening it (a FIFO would block).
 - `result_key(bundle, options, identity) -> dict`: the JSON-able key recorded in report.json (`run.skip_key`).
-- `why_rerun(report, key) -> str | None`: None when the report's key matches `key`, else the reason, in words.
+- `decide(slide, out_dir, bundle, options, since=...) -> Decision`: run it (and why), skip it, or leave it to
+  the process that wrote its outputs during this batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from slidefuse.errors import SlideReadError
+from slidefuse.errors import SlidefuseError, SlideReadError, one_line
+from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.outputs import outputs_current
+from slidefuse.runtime.outputs.report import REPORT, read_report
+from slidefuse.runtime.segment.options import SegmentOptions, effective_overlap
+from slidefuse.runtime.types import Status
+
+log = logging.getLogger(__name__)
 
 KEY_VERSION = 1  # bumped when the key's meaning changes (older keys then never match)
 FINGERPRINT_BYTES = 1 << 20  # bytes hashed at each end of the file
@@ -90,15 +101,10 @@ def slide_identity(path: str | os.PathLike[str]) -> SlideIdentity:
     return SlideIdentity(str(real), int(st.st_size), int(st.st_mtime_ns), fingerprint)
 
 
-def result_key(bundle: Any, options: Any, identity: SlideIdentity) -> dict[str, Any]:
+def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity) -> dict[str, Any]:
     """Everything that decides a slide's outputs, as JSON: the slide's identity, the bundle's digest and the
     options that change the result (pixel-size override, overlap in effect, tissue parameters, all tiles,
-    mask pixel size, formats, backend and its numeric options).
-
-    bundle: a `runtime.bundle.Bundle`; options: a `SegmentOptions`.
-    """
-    from slidefuse.runtime.segment.stages import effective_overlap
-
+    mask pixel size, formats, backend and its numeric options)."""
     backend_options = dict(options.backend_options)
     return {
         "version": KEY_VERSION,
@@ -134,12 +140,10 @@ def _slide_change(old: Any, new: dict[str, Any]) -> str | None:
     return f"the slide file changed since ({', '.join(changed)})" if changed else None
 
 
-def why_rerun(report: dict[str, Any] | None, key: dict[str, Any]) -> str | None:
+def _key_change(report: dict[str, Any], key: dict[str, Any]) -> str | None:
     """None when `report` (a parsed report.json) records outputs made with `key`; else why the slide must be
     segmented again. A rerun asking for fewer formats than were written is not a reason."""
     old = recorded_key(report)
-    if report is None:
-        return "no report.json"
     if old is None or old.get("version") != key["version"]:
         return "its report.json has no skip key of this version (made by an older slidefuse)"
     slide = _slide_change(old.get("slide"), key["slide"])
@@ -155,3 +159,80 @@ def why_rerun(report: dict[str, Any] | None, key: dict[str, Any]) -> str | None:
     if missing:
         return f"formats not written before: {', '.join(missing)}"
     return None
+
+
+def _rerun_reason(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions) -> str | None:
+    """None when `out_dir` holds this slide's complete, current outputs for exactly this skip key; else why it
+    runs. A slide that cannot be examined runs (and fails there, alone, with its own message)."""
+    try:
+        key = result_key(bundle, options, slide_identity(slide))
+    except (SlidefuseError, OSError) as exc:
+        return one_line(exc)
+    report = read_report(out_dir)
+    if report is None:
+        return "no readable report.json (never finished)"
+    recorded = report.get("bundle")
+    if not isinstance(recorded, dict) or recorded.get("digest") != bundle.digest:
+        return "the outputs were made by another model bundle"
+    return _key_change(report, key) or outputs_current(out_dir, report, options.outputs)
+
+
+def _written_since(out_dir: Path, since: float | None) -> bool:
+    """Whether this slide's report.json was written at or after `since` (seconds since the epoch)."""
+    if since is None:
+        return False
+    try:
+        return (out_dir / REPORT).stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+DecisionKind = Literal["run", "overwrite", "skip", "claimed"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether this process runs a slide, and why."""
+
+    kind: DecisionKind  # "run": no complete, current outputs for this skip key; "overwrite": --overwrite;
+    # "skip": complete before this batch; "claimed": written during this batch by another process (which records it)
+    reason: str  # why, in words (e.g. "options changed: all_tiles False -> True")
+
+    @property
+    def run(self) -> bool:
+        return self.kind in ("run", "overwrite")
+
+    @property
+    def status(self) -> Status | None:
+        """The slide's status when it is not run (SKIPPED or CLAIMED); None when it runs."""
+        return {"skip": Status.SKIPPED, "claimed": Status.CLAIMED}.get(self.kind)
+
+
+_BY_ANOTHER = Decision("claimed", "its outputs were written during this batch by another process sharing OUT")
+
+
+def decide(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions, *,
+           since: float | None = None) -> Decision:
+    """Whether `slide` runs into `out_dir` with `bundle` and `options`: the one rerun decision of every runner.
+
+    It runs with `options.overwrite`, or when `out_dir` lacks complete outputs made from this very slide file
+    (path, size, mtime, content fingerprint), by this bundle, with the same result-changing options (the skip
+    key) and as the output writers are asked for now (`outputs.outputs_current`); otherwise it is skipped.
+    since: the batch's start (seconds since the epoch): outputs written at or after it were written by another
+    process sharing OUT during this batch, and are left to it ("claimed"), even with --overwrite. A slide with
+    outputs that runs again has the reason logged.
+    """
+    out_dir = Path(out_dir)
+    if options.overwrite:
+        decision = _BY_ANOTHER if _written_since(out_dir, since) else Decision("overwrite", "--overwrite")
+    else:
+        reason = _rerun_reason(Path(slide), out_dir, bundle, options)
+        if reason is not None:
+            decision = Decision("run", reason)
+        elif _written_since(out_dir, since):
+            decision = _BY_ANOTHER
+        else:
+            decision = Decision("skip", "its outputs are complete for this slide file, bundle and options")
+    if decision.run and (out_dir / REPORT).exists():
+        log.info("%s: segmenting it again into %s: %s", slide, out_dir, decision.reason)
+    return decision
