@@ -83,3 +83,12 @@ def test_no_paths_outside_the_product() -> None:
                 rest = rest.replace(allowed, "")
             found += [f"{f.relative_to(REPO)}:{n}: {s}" for s in FORBIDDEN if s in rest]
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_code_fences_pair_up(page: Path) -> None:
+    """Fences are balanced and none directly follows another (a doubled fence swaps code and prose)."""
+    fences = [n for n, line in enumerate(page.read_text(encoding="utf-8").splitlines()) if FENCE.match(line.strip())]
+    assert len(fences) % 2 == 0, f"{page.name}: unbalanced code fences"
+    doubled = [n + 1 for a, n in zip(fences, fences[1:], strict=False) if n == a + 1]
+    assert not doubled, f"{page.name}: a fence directly after another at line(s) {doubled}"
