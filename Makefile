@@ -56,11 +56,13 @@ typecheck: setup-dev
 docs-check: setup-dev
 	$(VENV)/bin/python tools/gen_cli_docs.py --check
 
-test: setup-dev lint typecheck docs-check
+# The tests that need a real slide use the demo slide (fetched once, like `make demo` does); the other real
+# slides come from $SLIDEFUSE_TEST_SLIDES when set (docs/verification.md, "Testing"), else those tests skip.
+test: setup-dev lint typecheck docs-check $(DEMO_SLIDE)
 	$(VENV)/bin/python -m pytest -q
 
 # pytest exits 5 when no test is selected; that is not a failure here.
-test-slow: setup-dev triton-server
+test-slow: setup-dev triton-server $(DEMO_SLIDE)
 	$(VENV)/bin/python -m pytest -q -m "slow and not gpu" || [ $$? -eq 5 ]
 
 # A real Triton server for the triton backend's slow tests and benchmarks/bench_triton.py (tools/triton_local.py):

@@ -7,7 +7,8 @@ Reads flops.json, cpu-engine.json, cpu-compare.json, cpu-slide*.json (from run_c
 slide --json`), memory.json / tissue_scaling.json (the runtime's benchmarks) and gpu-*.json (from run_gpu.py)
 when present; writes results/tables.md, results/cpu-throughput.png and, with GPU results,
 results/gpu-throughput.png; and replaces the text between `<!-- results:start -->` and `<!-- results:end -->`
-in benchmarks/README.md with the tables.
+in docs/benchmarks.md (the one page that shows the results) with the tables. Absolute paths in the recorded
+commands (scratch folders of the machine that ran them) are shown by their names only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,13 @@ log = logging.getLogger("render")
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/`'\"]+/)*([^\s/`'\"]+)")
+
+
+def command_text(command: str | None, missing: str = "None") -> str:
+    """A recorded command as shown in the tables: absolute paths (scratch folders of the machine that ran it)
+    shortened to their last component, e.g. `/tmp/sfbench/slide_12000_30pct.tif` -> `slide_12000_30pct.tif`."""
+    return missing if command is None else _ABSOLUTE_PATH.sub(r"\1", command)
 
 
 def load(path: Path) -> dict[str, Any] | None:
@@ -64,7 +73,7 @@ def cpu_engine_md(doc: dict[str, Any]) -> list[str]:
     lines = [f"### CPU engine: {first['model']['encoder']} at {first['model']['tile_size']} px "
              f"({first['flops'].get('gflop_per_tile', 0):.2f} GFLOP/tile)", "",
              f"Hardware: {machine_line(first['machine'])}. Peak: {num(peak['tflops'], '.3f')} TFLOP/s fp32, "
-             f"an estimate ({peak['source']}). Command: `{doc.get('command')}`.", ""]
+             f"an estimate ({peak['source']}). Command: `{command_text(doc.get('command'))}`.", ""]
     rows = []
     for run in runs:
         for r in run["results"]:
@@ -133,7 +142,7 @@ def compare_md(doc: dict[str, Any]) -> list[str]:
              f"Hardware: {machine_line(doc['machine'])}. Each round times every path in turn, so load changes hit "
              "all of them; the speed-ups are a path's tiles/s over torch eager's and over ort-cpu fp32's in the "
              f"same run (> 1: faster). ov-cpu runs in {doc.get('ov_cpu_mode', 'latency mode')}. "
-             f"Command: `{doc.get('command')}`.", ""]
+             f"Command: `{command_text(doc.get('command'))}`.", ""]
     int8 = doc.get("int8") or {}
     if int8:
         first = next(iter(int8.values()))
@@ -159,7 +168,8 @@ def slide_md(doc: dict[str, Any]) -> list[str]:
              f"{m['mpp']:g} um/px; backend {doc['backend']['name']}, batch {doc['settings']['batch_size']}, "
              f"{doc['settings']['workers']} reader threads; median of {doc['settings']['repeats']} run(s); load "
              f"{load_text(doc['machine'].get('load_average'))} before, "
-             f"{load_text(doc.get('load_average_after'))} after. Command: `{doc.get('command', 'n/a')}`.", ""]
+             f"{load_text(doc.get('load_average_after'))} after. "
+             f"Command: `{command_text(doc.get('command'), 'n/a')}`.", ""]
     lines += table(["tiles run", "end to end tiles/s", "pipeline tiles/s", "engine only tiles/s",
                     "end-to-end / engine", "pipeline / engine"],
                    [[str(s["tiles_run"]), num(s["end_to_end_tiles_per_s"]), num(s["pipeline_tiles_per_s"]),
@@ -193,7 +203,7 @@ def _memory_row(name: str, memory: dict[str, Any]) -> list[str]:
     result = f"peak RSS ratio {num(memory.get('peak_rss_ratio'), '.3f')} ({peaks}"
     result += f"; largest / smallest {num(spread, '.3f')})" if spread is not None and len(runs) > 2 else ")"
     return [name, memory.get("target", ""), result, "pass" if memory.get("pass") else "fail",
-            f"`{memory.get('command')}`", load_text((memory.get("machine") or {}).get("load_average"))]
+            f"`{command_text(memory.get('command'))}`", load_text((memory.get("machine") or {}).get("load_average"))]
 
 
 def runtime_md(memory: dict[str, Any] | None, segment_memory: dict[str, Any] | None,
@@ -213,7 +223,7 @@ def runtime_md(memory: dict[str, Any] | None, segment_memory: dict[str, Any] | N
         rows.append([f"cost against tissue fraction, {model}", tissue.get("target", ""),
                      f"speed-up {num(tissue.get('speedup_end_to_end'), '.2f')} end to end, "
                      f"{num(tissue.get('speedup_pipeline'), '.2f')} pipeline",
-                     "pass" if tissue.get("pass") else "fail", f"`{tissue.get('command')}`",
+                     "pass" if tissue.get("pass") else "fail", f"`{command_text(tissue.get('command'))}`",
                      load_text((tissue.get("machine") or {}).get("load_average"))])
     if not rows:
         return []
@@ -375,8 +385,8 @@ def render(results: Path, readme: Path | list[Path] | None) -> str:
         plot_gpu(doc, png)
         md += [f"![GPU throughput]({results.name}/{png.name})", ""]
     if not gpus:
-        md += ["### GPU", "", "**Not yet measured**: no GPU was lent to the sessions that wrote these benchmarks. "
-               "`make gpu-check` is the prepared check for a borrowed H100/H200 (tools/gpu_check.py: the `gpu` "
+        md += ["### GPU", "", "**Not measured on a GPU yet.** "
+               "`make gpu-check` is the prepared check for an H100/H200 machine (tools/gpu_check.py: the `gpu` "
                "tests, `benchmarks/run_gpu.py` on phikon and uni, and `slidefuse bench slide` with torch on CUDA "
                "and with `null` on a 16k slide, in 8 minutes; `make gpu-check-dry-run` runs it on the CPU). "
                "Its results go under `benchmarks/results/`, and `python benchmarks/render.py` fills this in.", ""]
@@ -399,10 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=HERE / "results", help="results folder [%(default)s]")
     p.add_argument("--readme", type=Path, action="append", default=None,
-                   help="README to update (repeatable) [benchmarks/README.md and the top-level README.md]")
+                   help="markdown file whose results block to update (repeatable) [docs/benchmarks.md]")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    print(render(args.results, args.readme or [HERE / "README.md", HERE.parent / "README.md"]))
+    print(render(args.results, args.readme or [HERE.parent / "docs" / "benchmarks.md"]))
     return 0
 
 

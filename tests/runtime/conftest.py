@@ -1,9 +1,8 @@
 """Fixtures for runtime tests (and others that need slides): synthetic pyramidal TIFFs with and without a pixel
-size, deliberately broken slide files, and an in-memory slide. The synthetic slide needs no ../shared data."""
+size, deliberately broken slide files, and an in-memory slide. The synthetic slide needs no real slide."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +12,6 @@ import pytest
 
 SYNTH_W, SYNTH_H = 2048, 1536  # level-0 size of the synthetic slide, px
 SYNTH_MPP = 0.5  # its pixel size, um/px (written in the TIFF resolution tags)
-_REPO = Path(__file__).resolve().parents[2]
-_CMU = Path(os.environ.get("SLIDEFUSE_SHARED", _REPO.parent / "shared")) / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
 def synthetic_rgb(width: int = SYNTH_W, height: int = SYNTH_H, seed: int = 0) -> np.ndarray:
@@ -84,10 +81,12 @@ def _truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
 @pytest.fixture(params=["truncated-svs", "text-svs", "text-tif", "empty-tif"])
 def corrupt_slide(request: pytest.FixtureRequest, tmp_path: Path, synthetic_tiff: Path) -> Path:
     """A file that is not a readable slide: a truncated copy of the real CMU slide (of the synthetic TIFF when
-    ../shared is absent), a text file named .svs or .tif, an empty .tif."""
+    the real slide is absent), a text file named .svs or .tif, an empty .tif."""
+    from tests.conftest import CMU
+
     kind = request.param
     if kind == "truncated-svs":
-        src = _CMU if _CMU.exists() else synthetic_tiff
+        src = CMU if CMU.is_file() else synthetic_tiff
         return _truncated_copy(src, tmp_path / "truncated.svs", 0.5)
     if kind == "text-svs":
         p = tmp_path / "notes.svs"

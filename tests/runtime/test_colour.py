@@ -16,16 +16,16 @@ import tifffile
 from slidefuse.runtime.slide import colour as colour_mod
 from slidefuse.runtime.slide import open_slide
 from slidefuse.runtime.slide.crosscheck import check_colours
+from tests.conftest import find_slide, need_slide
 from tests.runtime import colour_fixtures as fx
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "slides"
 REAL = ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs", "OS-2-vsi.ome.tif"]
 
 
 def _source() -> np.ndarray:
     """Real H&E pixels when the CMU slide is at hand (uint8 [768, 1024, 3]), else a stain-like gradient."""
-    cmu = SHARED / "CMU-1-Small-Region.svs"
-    if cmu.exists():
+    cmu = find_slide("CMU-1-Small-Region.svs")
+    if cmu.is_file():
         import pyvips
 
         return pyvips.Image.openslideload(str(cmu)).numpy()[1000:1768, 600:1624, :3].copy()
@@ -63,10 +63,7 @@ def _assert_agrees(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", REAL)
 def test_real_slides_match_independent_decoders(name: str) -> None:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    _assert_agrees(path)
+    _assert_agrees(need_slide(name))
 
 
 @pytest.mark.parametrize("name,conversion", [
@@ -91,8 +88,8 @@ def test_removing_the_ycbcr_conversion_is_caught(fixtures: dict[str, Path], monk
     for path in (fixtures["ycbcr-tagged-rgb.tif"], fixtures["ycbcr-tagged-rgb.svs"]):
         with pytest.raises(AssertionError, match=path.name):
             _assert_agrees(path)
-    ome = SHARED / "OS-2-vsi.ome.tif"
-    if ome.exists():
+    ome = find_slide("OS-2-vsi.ome.tif")
+    if ome.is_file():
         with pytest.raises(AssertionError, match="OS-2-vsi"):
             _assert_agrees(ome)
 
@@ -100,9 +97,7 @@ def test_removing_the_ycbcr_conversion_is_caught(fixtures: dict[str, Path], monk
 def test_ome_thumbnail_matches_tifffile() -> None:
     """Done-when: OS-2-vsi's thumbnail (what tissue detection sees) matches tifffile's decode, block-averaged
     to the same size: white glass and brown DAB, not pink glass and blue DAB."""
-    path = SHARED / "OS-2-vsi.ome.tif"
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
+    path = need_slide("OS-2-vsi.ome.tif")
     ref = tifffile.imread(path).astype(np.float64)
     with open_slide(path) as slide:
         f = 5

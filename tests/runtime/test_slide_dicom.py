@@ -5,7 +5,6 @@ wsidicom's own decoder, and segmented by the demonstration model to the same mas
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import slidefuse
 from slidefuse.runtime.segment import collect_slides
 from slidefuse.runtime.slide import open_slide
+from tests.conftest import need_slide
 
 wsidicomizer = pytest.importorskip("wsidicomizer")
 pytest.importorskip("tiffslide")
@@ -21,7 +21,6 @@ codec = pytest.importorskip("wsidicom.codec")
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "slidefuse" / "data" / "default"
-CMU = Path(os.environ.get("SLIDEFUSE_SHARED", REPO.parent / "shared")) / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
 def _dicomize(svs: Path, out: Path, encoding: object) -> Path:
@@ -36,9 +35,8 @@ def _dicomize(svs: Path, out: Path, encoding: object) -> Path:
 
 @pytest.fixture(scope="module")
 def lossless_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not CMU.exists():
-        pytest.skip(f"{CMU} is absent (tests that need ../shared/data/slides skip without it)")
-    return _dicomize(CMU, tmp_path_factory.mktemp("dicom") / "cmu-jpegls", codec.JpegLsSettings(level=0))
+    cmu = need_slide("CMU-1-Small-Region.svs")
+    return _dicomize(cmu, tmp_path_factory.mktemp("dicom") / "cmu-jpegls", codec.JpegLsSettings(level=0))
 
 
 def test_dicom_reads_pixel_size_and_pixels(lossless_dicom: Path, cmu_slide: Path) -> None:
