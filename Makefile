@@ -96,7 +96,7 @@ image-test-cpu: setup-dev $(DEMO_SLIDE)
 	bash tools/image/image.sh build cpu
 	bash tools/image/image.sh test cpu
 
-# On a borrowed GPU machine (see tools/gpu_check.py): tests, engine benchmarks and slides end to end into
+# On a GPU machine (see tools/gpu_check.py): tests, engine benchmarks and slides end to end into
 # RESULTS. Fetch the wheels that machine lacks first, here: tools/fetch_gpu_wheels.sh (carry .whl).
 RESULTS ?= gpu-check-results
 gpu-check:

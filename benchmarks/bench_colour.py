@@ -26,7 +26,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
-CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+from benchmarks.slides import find_slide  # noqa: E402
+
+CMU = find_slide("CMU-1-Small-Region.svs")
 
 
 def _make(size: int, path: Path) -> Path:

@@ -29,12 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 import triton_local  # noqa: E402
 
+from benchmarks.slides import find_slide  # noqa: E402
 from slidefuse.deploy.triton_repo import TritonRepoOptions, write_repository  # noqa: E402
 from slidefuse.runtime.backends import open_backend  # noqa: E402
 from slidefuse.runtime.bundle import Bundle, load_bundle  # noqa: E402
 
 DEMO = ROOT / "slidefuse" / "data" / "default"
-CMU = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CMU = find_slide("CMU-1-Small-Region.svs")
 
 
 def slide_tiles(slide: Path, bundle: Bundle, count: int) -> np.ndarray:

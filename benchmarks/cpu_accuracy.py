@@ -37,7 +37,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SLIDES = REPO.parent / "shared" / "data" / "slides"
+
+from benchmarks.slides import find_slide  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 log = logging.getLogger("cpu_accuracy")
 
@@ -182,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True,
                     help="NAME=BUNDLE or NAME=BUNDLE@CALIBRATION:GATE tile counts (repeatable)")
-    ap.add_argument("--slides", default=f"{SLIDES / 'CMU-1-Small-Region.svs'},{SLIDES / 'OS-2-vsi.ome.tif'}")
-    ap.add_argument("--calibration-slides", default=str(SLIDES / "CMU-1-Small-Region.svs"))
+    cmu, os2 = find_slide("CMU-1-Small-Region.svs"), find_slide("OS-2-vsi.ome.tif")
+    ap.add_argument("--slides", default=f"{cmu},{os2}")
+    ap.add_argument("--calibration-slides", default=str(cmu))
     ap.add_argument("--calibration-tiles", type=int, default=32)
     ap.add_argument("--gate-tiles", type=int, default=16)
     ap.add_argument("--op-types", default=None, help="slidefuse quantize --op-types [its default]")

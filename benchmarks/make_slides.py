@@ -1,4 +1,4 @@
-"""Make large pyramidal JPEG TIFF slides from the real slides in ../shared/data/slides, for scale benchmarks.
+"""Make large pyramidal JPEG TIFF slides from the real slides (benchmarks/slides.py finds them), for scale benchmarks.
 
     python benchmarks/make_slides.py --size 36000 --tissue-fraction 0.1 --out /tmp/slide36k.tif
 
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDES = Path(os.environ.get("SLIDEFUSE_SHARED", REPO.parent / "shared")) / "data" / "slides"
 GLASS = 245  # grey level of the glass cells
 
 
@@ -35,15 +34,14 @@ def tissue_windows(cell: int, min_tissue: float = 0.95) -> list:  # list[pyvips.
     least ``min_tissue`` tissue, with their flips and rotations."""
     import pyvips
 
+    from benchmarks.slides import require_slide
     from slidefuse.runtime.slide import open_slide
     from slidefuse.runtime.tissue import TissueParams, detect_tissue
 
     sources = [("CMU-1-Small-Region.svs", None), ("TCGA-CR-7395-01A-01-TS1.svs", 0.5)]
     windows: list[pyvips.Image] = []
     for name, mpp in sources:
-        path = SLIDES / name
-        if not path.exists():
-            continue
+        path = require_slide(name)  # every source, or the benchmark slides would silently differ
         with open_slide(path, mpp=mpp) as slide:
             view = slide.scaled(slide.info.mpp)  # level 0, RGB, alpha flattened
             thumb_mpp = slide.thumbnail_mpp(1024)
@@ -56,7 +54,7 @@ def tissue_windows(cell: int, min_tissue: float = 0.95) -> list:  # list[pyvips.
                     if t.size and t.mean() >= min_tissue:
                         windows.append(view.image.crop(x, y, cell, cell))
     if not windows:
-        raise SystemExit(f"no real tissue windows of {cell} px found under {SLIDES}; need the shared slides")
+        raise SystemExit(f"no real tissue windows of {cell} px found in {[n for n, _ in sources]}")
     variants = []
     for w in windows:
         variants += [w, w.fliphor(), w.flipver(), w.rot90(), w.rot270()]

@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.slides import require_slide  # noqa: E402
 from slidefuse.model.checkpoints import save_state  # noqa: E402
 from slidefuse.model.registry import get_spec  # noqa: E402
 from slidefuse.runtime.grid import TileGrid  # noqa: E402
@@ -34,7 +35,6 @@ from slidefuse.runtime.slide import InMemorySlide, open_slide  # noqa: E402
 from slidefuse.runtime.stitch import Stitcher  # noqa: E402
 from slidefuse.train.tileset import SlideSource, TileSetParams, make_pseudolabel_dataset  # noqa: E402
 
-SLIDES = REPO.parent / "shared" / "data" / "slides"
 ENCODER = "tiny-p14-reg"
 CLASSES = "background,haematoxylin,eosin"
 GEOMETRIES = {"paper": 512, "aligned": 518}
@@ -69,8 +69,8 @@ def train_decoder(work: Path, tile: int, encoder: Path, epochs: int, per_slide: 
     """Pseudo-labelled tiles of `tile` px, then `slidefuse train` on them; returns the decoder checkpoint."""
     tiles = work / f"tiles-{tile}"
     if not (tiles / "dataset.json").exists():
-        sources = [SlideSource(SLIDES / "CMU-1-Small-Region.svs"),
-                   SlideSource(SLIDES / "TCGA-CR-7395-01A-01-TS1.svs", mpp=0.5)]
+        sources = [SlideSource(require_slide("CMU-1-Small-Region.svs")),
+                   SlideSource(require_slide("TCGA-CR-7395-01A-01-TS1.svs"), mpp=0.5)]
         make_pseudolabel_dataset(sources, tiles, TileSetParams(mpp=MPP, tile=tile, train_per_slide=per_slide,
                                                                val_per_slide=4, seed=0))
     out = work / f"decoder-{tile}.safetensors"
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     encoder = make_encoder(args.work / "encoder.safetensors")
-    with open_slide(SLIDES / "CMU-1-Small-Region.svs") as slide:
+    with open_slide(require_slide("CMU-1-Small-Region.svs")) as slide:
         region = slide.scaled(MPP).read(*REGION_XY, args.region, args.region)
     rows = {}
     for name, tile in GEOMETRIES.items():

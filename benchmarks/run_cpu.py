@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.run_engine_matrix import DEFAULT_BUNDLES, ensure_bundle  # noqa: E402
+from benchmarks.slides import find_slide  # noqa: E402
 from slidefuse.bench.engine import Contender, EngineBenchConfig, bench_engine, compare_backends  # noqa: E402
 from slidefuse.bench.machine import machine_info, peak_rss_mib  # noqa: E402
 from slidefuse.bench.slide import SlideBenchConfig, bench_slide  # noqa: E402
@@ -57,7 +58,7 @@ from slidefuse.runtime.cores import usable_cores  # noqa: E402
 log = logging.getLogger("run_cpu")
 
 RESULTS = REPO / "benchmarks" / "results"
-CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CMU = find_slide("CMU-1-Small-Region.svs")
 MODELS = ("tiny", "phikon")  # the compare part's models (benchmark bundles at 512 px)
 PARTS = ("flops", "engine", "compare", "slide")
 TILE = 512

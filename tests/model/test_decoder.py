@@ -1,4 +1,4 @@
-"""The shared decoder of SPEC §1: parameter count, number of x2 blocks, final resize."""
+"""The shared decoder of the reference design: parameter count, number of x2 blocks, final resize."""
 
 from __future__ import annotations
 

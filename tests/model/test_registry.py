@@ -23,7 +23,7 @@ FIFTEEN = (
     "h-optimus-0", "h-optimus-1", "kaiko", "lunit", "hibou-b", "hibou-l",
 )  # fmt: skip
 
-# SPEC §1 table: id -> (patch size, width d)
+# The reference design's encoder table: id -> (patch size, width d)
 TABLE = {
     "uni": (16, 1024), "uni2-h": (14, 1536), "conch": (16, 768), "conch-v1.5": (16, 1024),
     "virchow": (14, 1280), "virchow2": (14, 1280), "phikon": (16, 768), "phikon-v2": (16, 1024),

@@ -37,7 +37,7 @@ def _check_sharing(shard: tuple[int, int] | None, claim_timeout: float) -> None:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    backend: str = "ort-cpu"  # backend registry name (see `slidefuse.runtime.backends`)
+    backend: str = "auto"  # backend registry name, or "auto": the best gated path here (`runtime.backends.auto`)
     backend_options: Mapping[str, Any] = field(default_factory=dict)  # passed to open_backend (e.g. threads)
     batch_size: int = 8  # tiles per backend call
     overlap: int | None = None  # tile overlap in model px; None = the bundle's recommendation (capped at T/2)
