@@ -199,6 +199,13 @@ def test_auto_picks_ort_cpu_and_says_so(bundle: Bundle, tiles: np.ndarray, torch
     expected = "ov-cpu" if available_backends()["ov-cpu"] is None else "ort-cpu"
     assert backend.name == expected and backend.info().precision == "fp32"
     assert f"backend auto: picked {expected}" in caplog.text
+    # the near misses on the picked device at INFO (an ungated CPU path says how to gate it), other devices' at DEBUG
+    assert "trt not used" not in caplog.text
+    if expected == "ov-cpu":
+        assert "ort-cpu (int8, gated) not used: backend ort-cpu: precision int8 needs model.int8.onnx" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="slidefuse.runtime.backends.auto"):
+        open_backend("auto", bundle)
     assert "trt not used: TensorRT is not installed" in caplog.text
     with backend:
         assert agreement(torch_ref, backend.run(tiles))[0] <= 1e-3

@@ -138,8 +138,10 @@ def choose_backend(bundle: Bundle, **options: Any) -> AutoChoice:
         if skipped:
             reason += f" (not available: {', '.join(skipped)})"
         log.info("backend auto: picked %s: %s", c.label, reason)
-        for lab, why in skipped.items():
-            log.info("backend auto: %s not used: %s", lab, why)
+        devices = {o.label: o.placement.device for o in order}
+        for lab, why in skipped.items():  # the near misses (same device, e.g. an ungated CPU path) at INFO
+            log.log(logging.INFO if devices[lab] == c.placement.device else logging.DEBUG,
+                    "backend auto: %s not used: %s", lab, why)
         return AutoChoice(c.name, got, reason, skipped)
     raise _nothing_runs(bundle, skips)
 
