@@ -98,6 +98,18 @@ def test_sigint_still_exits_130(tmp_path: Path, slides: Path, bundle_dir: Path) 
     assert _leftovers(out) == []
 
 
+@pytest.mark.slow  # a local Ray cluster takes ~10 s to start on 2 cores
+def test_sigterm_stops_a_ray_run(tmp_path: Path, slides: Path, bundle_dir: Path) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    proc = _run_until(["--ray", "--ray-workers", "1", slides, "--model", bundle_dir, "--out", out], "worker(s) ready")
+    proc.send_signal(signal.SIGTERM)  # Ray's start replaced the handler with one that aborts; it is put back
+    _, rest = proc.communicate(timeout=120)
+    if proc.returncode != 0:
+        assert proc.returncode == 143 and "slidefuse: terminated (SIGTERM)" in rest, rest
+    assert [p.name for p in out.glob("*.lock")] == [] and not list(out.glob("*/" + CLAIM_NAME))
+
+
 @pytest.fixture
 def handler() -> Iterator[None]:
     """The command line's handler installed in this (main) thread; the previous handlers restored after."""
