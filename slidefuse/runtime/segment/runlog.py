@@ -2,15 +2,14 @@
 processes (on one host or many sharing the folder) recording into the same OUT at once.
 
 Each process appends its records to its own JSON-lines file, `OUT/.run/<run id>.jsonl` (one line per slide
-it finished, flushed and fsynced; a process killed mid-line leaves a last line that is skipped). A damaged line
-(binary, garbage, wrong types, an unknown status) is skipped with one warning per file naming its line numbers,
-so no damage in `.run/` stops a run or hides the good records. run.json is
+it finished, flushed and fsynced; a process killed mid-line leaves a last line that is skipped). run.json is
 the merged view: after every record the process rebuilds it from run.json and every `.run/*.jsonl` file,
 under a short cross-process mutex (`run.json.lock`), and writes it atomically. `read_run_log` merges the same
 way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
 record of a slide (by its time `t`) wins, in the position where the slide was first recorded, except that a
 "skipped" record keeps the "ok" entry of the run that made the outputs; entries of earlier batches in the
-same OUT are kept.
+same OUT are kept. A damaged line or entry (binary, garbage, wrong types, a missing field, an unknown status) is
+skipped with one warning per file naming its line numbers: no damage stops a run or hides the good records.
 
 Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry sits on its own line::
 
@@ -130,9 +129,9 @@ def _read_view(path: Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: nested too deeply to be a slidefuse run log") from None
     if not isinstance(d, dict) or not isinstance(d.get("slides"), list):
         raise ValueError(f"{path}: not a slidefuse run log (no 'slides' list)")
-    bad = [(n, why) for n, e in enumerate(d["slides"], 1) if (why := _problem(e)) is not None]
-    _report_damage(path, bad, unit="entry")
-    return [e for e in d["slides"] if _problem(e) is None]
+    problems = [_problem(e) for e in d["slides"]]
+    _report_damage(path, [(n, why) for n, why in enumerate(problems, 1) if why is not None], unit="entry")
+    return [e for e, why in zip(d["slides"], problems, strict=True) if why is None]
 
 
 def _read_record_file(f: Path) -> list[dict[str, Any]]:
