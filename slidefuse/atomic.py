@@ -1,8 +1,8 @@
 """Atomic writes of files and folders: write under a temporary name beside the target, fsync, then rename.
 
 A temporary file is `<final name>.partial` next to its final name, so a rename never crosses file systems
-and a killed run leaves only `*.partial` files behind, which `clean_temporaries` removes. A file under its
-final name is therefore always complete: either the previous version or the new one, never a truncated mix.
+and a killed run leaves only temporaries (`is_temporary`) behind, which `clean_temporaries` removes. A file under
+its final name is therefore always complete: either the previous version or the new one, never a truncated mix.
 A folder is staged as `.<name>.partial-<pid>` beside its target and swapped in whole (`atomic_folder`).
 
 Every file written in slidefuse (slide outputs, run logs, bundle manifests, TensorRT engines, training
@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,24 +127,42 @@ def atomic_folder(final: Path, *, before_swap: Callable[[], None] | None = None)
         raise
 
 
-def find_temporaries(folder: Path) -> list[Path]:
-    """The `*.partial` files directly inside `folder` (none when the folder does not exist)."""
+def is_temporary(name: str) -> bool:
+    """Whether `name`, in an output folder, is a temporary that a complete write never leaves: a file being written
+    (`<name>.partial`, also with an owner after `.partial`), a folder being staged (`.<name>.partial-<id>`), one set
+    aside by `atomic_folder` (`.<name>.old-<id>`) or a scratch file (`*.tmp`, e.g. the stitcher's raw mask)."""
+    return TMP_SUFFIX in name or name.endswith(".tmp") or (name.startswith(".") and ".old-" in name)
+
+
+def stale_temporaries(folder: Path, *, keep: Iterable[Path] = ()) -> list[Path]:
+    """The temporaries (`is_temporary`) directly inside `folder`, files and folders, except those in `keep` (a
+    live writer's own); none when `folder` does not exist. Only the process that holds the folder (its slide's
+    claim) may treat them as stale: any other writer there was killed, or has lost the folder."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.name.endswith(TMP_SUFFIX))
+    kept = {Path(p).resolve() for p in keep}
+    return sorted(p for p in folder.iterdir() if is_temporary(p.name) and p.resolve() not in kept)
 
 
-def clean_temporaries(folder: Path) -> list[Path]:
-    """Remove the `*.partial` files a killed run left directly inside `folder`; returns what was removed."""
+find_temporaries = stale_temporaries  # its former name
+
+
+def clean_temporaries(folder: Path, *, keep: Iterable[Path] = ()) -> list[Path]:
+    """Remove what interrupted writes left directly inside `folder` (`stale_temporaries`, folders included),
+    except `keep`; returns what was removed. Call it only while holding the folder (its slide's claim)."""
     removed = []
-    for p in find_temporaries(folder):
+    for p in stale_temporaries(folder, keep=keep):
         try:
-            p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             removed.append(p)
         except FileNotFoundError:
             continue
     if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), folder)
+        logger.info("removed %d temporary file(s) left by an interrupted run in %s: %s", len(removed), folder,
+                    ", ".join(p.name for p in removed))
         fsync_dir(Path(folder))
     return removed

@@ -52,9 +52,12 @@ class _Group(click.Group):
         except SlidefuseError as exc:
             click.echo(f"slidefuse: error: {_with_flag(exc)}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("slidefuse: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C (exit 130) or SIGTERM (exit 143), once everything is cleaned up
+            from slidefuse.runtime import interrupt
+
+            code = interrupt.exit_code(exc)
+            click.echo("slidefuse: interrupted" if code == 130 else "slidefuse: terminated (SIGTERM)", err=True)
+            ctx.exit(code)
         except OSError as exc:  # the environment (permissions, a full or read-only disk, a file for a folder)
             click.echo(f"slidefuse: error: {os_error_line(exc)}", err=True)
             ctx.exit(1)
@@ -111,7 +114,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """
     from slidefuse.runtime import interrupt
 
-    interrupt.install_handler()  # Ctrl-C also reaches work on other threads (checked between their steps)
+    interrupt.install_handler()  # Ctrl-C and SIGTERM also reach work on other threads (checked between steps)
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
     ctx.obj["verbose"] = verbose

@@ -13,6 +13,8 @@ taken over at once and its partial files are only ever `*.partial` / `mask.raw.t
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -87,11 +89,13 @@ class ClusterStatus:
 
 
 def _connect(address: str | None) -> tuple[Any, bool]:
-    """(the ray module, whether this call started Ray and must shut it down)."""
+    """(the ray module, whether this call started Ray and must shut it down). The caller's SIGTERM handler (the
+    command line's: clean up, exit 143) is put back after Ray's start, which replaces it with one that aborts."""
     ray = require("ray", "ray", "slidefuse segment --ray")
     if ray.is_initialized():
         return ray, False
     kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address in (None, "", "auto"):
         try:
             ray.init(address="auto", **kw)
@@ -100,6 +104,8 @@ def _connect(address: str | None) -> tuple[Any, bool]:
             ray.init(**kw)
     else:
         ray.init(address=address, **kw)
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
     return ray, True
 
 

@@ -8,7 +8,8 @@ Files in a slide's output folder (`OUT/<slide stem>/`), one per registered forma
 - `preview.png` (format "preview"): thumbnail with the mask overlaid and a legend (see `preview`).
 - `tissue.png`: the tissue mask found on the thumbnail (always written).
 - `report.json` (format "report"): always written, and written last: it records the bundle digest and
-  every file written with its size, which is what `outputs_current` checks on a rerun.
+  every file written with its size (a folder's: total bytes and file count), which `outputs_current` checks on
+  a rerun.
 
 Every file is written as `<name>.partial` and renamed when complete; `write_outputs` first removes an
 existing report.json, so a slide whose rewrite is killed half-way is never taken for complete.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +30,8 @@ from slidefuse.atomic import (
     TMP_SUFFIX,
     atomic_path,
     clean_temporaries,
-    find_temporaries,
     fsync_dir,
+    stale_temporaries,
     write_json_atomic,
 )
 from slidefuse.runtime.bundle import Bundle
@@ -52,7 +54,7 @@ from slidefuse.runtime.outputs.registry import (
     writers,
 )
 from slidefuse.runtime.outputs.report import REPORT, build_report, read_report
-from slidefuse.runtime.types import RAW_NAME, MaskResult, SlideInfo
+from slidefuse.runtime.types import MaskResult, SlideInfo
 
 __all__ = [
     "ALL_FORMATS",
@@ -71,6 +73,7 @@ __all__ = [
     "outputs_current",
     "parse_formats",
     "read_report",
+    "recorded_size",
     "register_writer",
     "unregister_writer",
     "write_outputs",
@@ -91,11 +94,11 @@ def _check_classes(result: MaskResult, bundle: Bundle) -> None:
         )
 
 
-def _prepare_folder(out_dir: Path) -> None:
-    """Create `out_dir`, remove what a killed run left, and remove report.json before anything is rewritten:
-    a rewrite killed half-way must not look complete."""
+def _prepare_folder(out_dir: Path, raw_path: Path) -> None:
+    """Create `out_dir`, remove what a killed run left (but the raw mask `raw_path`, this write's input), and
+    remove report.json before anything is rewritten: a rewrite killed half-way must not look complete."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(out_dir)
+    clean_temporaries(out_dir, keep=(raw_path,))
     report_path = out_dir / REPORT
     if report_path.exists():
         report_path.unlink()
@@ -127,11 +130,25 @@ def _run_writers(
     return {name: fut.result() for name, fut in futures}
 
 
+def recorded_size(path: Path) -> dict[str, int]:
+    """An output's size as report.json records it: {"bytes": size} for a file; for a folder (e.g. mask.zarr)
+    {"bytes": total size of the files in it, "files": their number}, every level down, symlinks not followed."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return {"bytes": path.stat().st_size}
+    total = count = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            total += os.lstat(os.path.join(folder, name)).st_size
+            count += 1
+    return {"bytes": total, "files": count}
+
+
 def _described(record: OutputRecord) -> dict[str, Any]:
     """A record as stored in report.json's "outputs": the writer's description plus file name and size."""
     info = dict(record.info)
     info["file"] = record.path.name
-    info["bytes"] = record.path.stat().st_size
+    info.update(recorded_size(record.path))
     return info
 
 
@@ -154,7 +171,7 @@ def write_outputs(
     options = options if options is not None else OutputOptions()
     _check_classes(result, bundle)
     context = OutputContext(result, slide, bundle, Path(out_dir), options)
-    _prepare_folder(context.out_dir)
+    _prepare_folder(context.out_dir, result.raw_path)
     done = {"tissue": _timed(lambda: _write_tissue(context))}
     done.update(_run_writers(context, [w for w in writers() if w.name in options.formats]))
     described = {fmt: _described(record) for fmt, (record, _) in done.items()}
@@ -168,11 +185,15 @@ def write_outputs(
 
 
 def _file_as_recorded(out_dir: Path, info: Any) -> bool:
-    """Whether an entry of report.json's "outputs" names a file that exists with the recorded size."""
-    if not isinstance(info, Mapping) or "file" not in info:
+    """Whether an entry of report.json's "outputs" names a file (or folder) that exists with the recorded size
+    (`recorded_size`: a folder recorded as a file, or the reverse, differs)."""
+    if not isinstance(info, Mapping) or not isinstance(info.get("file"), str):
+        return False
+    recorded = {k: info[k] for k in ("bytes", "files") if k in info}
+    if not all(type(v) is int for v in recorded.values()):
         return False
     try:
-        return (out_dir / str(info["file"])).stat().st_size == info.get("bytes")
+        return recorded_size(out_dir / info["file"]) == recorded
     except OSError:
         return False
 
@@ -181,22 +202,24 @@ def outputs_current(out_dir: Path, report: Mapping[str, Any], options: OutputOpt
     """None when `out_dir` holds complete outputs of `options.formats` as `report` (its parsed report.json)
     records them and as `options` ask for them now; else why they are not, in words.
 
-    Checks: the report lists every requested format; no `*.partial` file or raw mask is left; each file it lists
-    for those formats (and tissue.png) exists with the recorded size; and each requested format's writer finds
-    its file current for these options (`OutputWriter.is_current`: e.g. mask.tif written at `mask_mpp`, None =
-    the model's resolution). Which slide, bundle and options made the outputs is the skip key's business
-    (`skip.decide`, which calls this function), not this one's.
+    Checks: the report lists every requested format; no temporary of an interrupted write is left
+    (`atomic.stale_temporaries`: a `*.partial` file, a staged folder, the raw mask); every output the report
+    lists, and every requested one, exists with the recorded size (`recorded_size`: a folder such as mask.zarr by
+    its total size and file count); and each requested format's writer finds its file current for these options
+    (`OutputWriter.is_current`: e.g. mask.tif written at `mask_mpp`, None = the model's resolution). Which slide,
+    bundle and options made the outputs is the skip key's business (`skip.decide`, which calls this function),
+    not this one's.
     """
     out_dir = Path(out_dir)
     formats = options.formats
     written = report.get("formats")
-    missing = sorted(formats - set(written if isinstance(written, list) else ()))
+    missing = sorted(formats - {f for f in (written if isinstance(written, list) else ()) if isinstance(f, str)})
     if missing:
         return f"formats not written before: {', '.join(missing)}"
-    if find_temporaries(out_dir) or (out_dir / RAW_NAME).exists():
+    if stale_temporaries(out_dir):
         return "a partial file is left from an interrupted run"
     outputs: Mapping[str, Any] = report["outputs"] if isinstance(report.get("outputs"), dict) else {}
-    files = (formats - {REPORT_FORMAT}) | {"tissue"}
+    files = (formats - {REPORT_FORMAT}) | {"tissue"} | set(outputs)
     lost = sorted(fmt for fmt in files if not _file_as_recorded(out_dir, outputs.get(fmt)))
     if lost:
         return f"output files missing or changed: {', '.join(lost)}"

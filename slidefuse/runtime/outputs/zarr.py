@@ -11,7 +11,8 @@ Layout (zarr format 2, which `ome-zarr`, napari's `napari-ome-zarr` and QuPath's
 Bounded memory: libvips writes the pyramid from the raw mask on disk into an uncompressed scratch TIFF beside
 the output (streamed), and each level is copied from it into zarr one band of chunk rows at a time, so memory
 holds one band (256 rows x width) whatever the slide size. The folder is written under a temporary name and
-renamed when complete (`slidefuse.atomic.atomic_folder`). Needs the `zarr` extra.
+renamed when complete (`slidefuse.atomic.atomic_folder`); report.json records its total bytes and file count,
+so a folder that lost or changed a chunk is not taken for complete on a rerun. Needs the `zarr` extra.
 """
 
 from __future__ import annotations

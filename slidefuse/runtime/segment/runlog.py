@@ -8,7 +8,8 @@ under a short cross-process mutex (`run.json.lock`), and writes it atomically. `
 way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
 record of a slide (by its time `t`) wins, in the position where the slide was first recorded, except that a
 "skipped" record keeps the "ok" entry of the run that made the outputs; entries of earlier batches in the
-same OUT are kept.
+same OUT are kept. A damaged line or entry (binary, garbage, wrong types, a missing field, an unknown status) is
+skipped with one warning per file naming its line numbers: no damage stops a run or hides the good records.
 
 Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry sits on its own line::
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -48,40 +50,121 @@ __all__ = ["RECORDS_DIR", "RUN_FORMAT", "RUN_LOG", "STATUSES", "RunLog", "read_r
 RUN_FORMAT = "slidefuse-run/1"
 RECORDS_DIR = ".run"  # OUT/.run/<run id>.jsonl: each process's own append-only records
 STATUSES = (Status.OK, Status.FAILED, Status.SKIPPED)  # recorded here; "claimed" slides are their holder's to record
+_STATUS_VALUES = tuple(s.value for s in STATUSES)
+_LISTED = 5  # damaged lines named in one warning (the rest are counted)
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _problem(e: Any) -> str | None:
+    """Why a parsed record or run.json entry cannot be used; None when it can. What the merge reads must be of
+    the right type: `slide` (a path), `status` (ok, failed, skipped), `slide_key` (a path or null) and `t` (a
+    number, or absent/null: oldest)."""
+    if not isinstance(e, dict):
+        return "not a JSON object"
+    if not isinstance(e.get("slide"), str) or not e["slide"]:
+        return "no slide path"
+    if not isinstance(e.get("status"), str) or e["status"] not in _STATUS_VALUES:
+        return f"status {str(e.get('status'))[:40]!r} is not one of {', '.join(_STATUS_VALUES)}"
+    if e.get("slide_key") is not None and not isinstance(e["slide_key"], str):
+        return "slide_key is not a path"
+    if e.get("t") is not None and not _finite_number(e["t"]):
+        return "time t is not a number"
+    return None
+
+
+def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a usable line; (None, why) for a damaged one; (None, None) for a blank one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    if not text.strip():
+        return None, None
+    try:
+        e = json.loads(text)
+    except (ValueError, RecursionError):
+        return None, "not JSON"
+    problem = _problem(e)
+    return (None, problem) if problem is not None else (e, None)
+
+
+_warned: dict[str, set[int]] = {}  # file -> the damaged lines (entries) already reported by this process
+_warned_lock = threading.Lock()
+
+
+def _report_damage(path: Path, bad: list[tuple[int, str]], unit: str = "line") -> None:
+    """One warning per file, naming it and each damaged line (or run.json entry) not reported before."""
+    with _warned_lock:
+        seen = _warned.setdefault(str(path), set())
+        new = [(n, why) for n, why in bad if n not in seen]
+        seen.update(n for n, _ in new)
+    if not new:
+        return
+    listed = "; ".join(f"{unit} {n}: {why}" for n, why in new[:_LISTED])
+    more = f"; and {len(new) - _LISTED} more" if len(new) > _LISTED else ""
+    logger.warning("%s: %d damaged %s(s) skipped (%s%s); the other records are used", path, len(new), unit, listed,
+                   more)
+
+
 def _read_view(path: Path) -> list[dict[str, Any]]:
-    """The slide entries of a run.json file; [] when absent. Raises ValueError when unreadable."""
+    """The slide entries of a run.json file; [] when absent. Raises ValueError when unreadable (not UTF-8, not
+    JSON, no "slides" list); a damaged entry is skipped with a warning."""
     if not path.exists():
         return []
-    d = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a slidefuse run log") from None
     if not isinstance(d, dict) or not isinstance(d.get("slides"), list):
         raise ValueError(f"{path}: not a slidefuse run log (no 'slides' list)")
-    return [e for e in d["slides"] if isinstance(e, dict) and "slide" in e]
+    problems = [_problem(e) for e in d["slides"]]
+    _report_damage(path, [(n, why) for n, why in enumerate(problems, 1) if why is not None], unit="entry")
+    return [e for e, why in zip(d["slides"], problems, strict=True) if why is None]
+
+
+def _read_record_file(f: Path) -> list[dict[str, Any]]:
+    """The usable records of one process's `.jsonl` file. A damaged line (not UTF-8, not JSON, fields of the wrong
+    type, an unknown status) is skipped with one warning per file; an unfinished last line (being written, or
+    cut by a kill) is skipped silently."""
+    try:
+        data = f.read_bytes()
+    except OSError as exc:
+        logger.warning("%s is unreadable (%s); its records are left out", f, exc)
+        return []
+    *lines, last = data.split(b"\n")
+    out, bad = [], []
+    for n, raw in enumerate(lines, 1):
+        e, why = _parse_line(raw)
+        if e is not None:
+            out.append(e)
+        elif why is not None:
+            bad.append((n, why))
+    e, _ = _parse_line(last)
+    if e is not None:
+        out.append(e)
+    _report_damage(f, bad)
+    return out
 
 
 def read_records(out_root: Path) -> list[dict[str, Any]]:
-    """Every record of every process in `out_root/.run/*.jsonl`, oldest first (by `t`). A line that is not
-    complete JSON (the last line of a killed process) is skipped."""
+    """Every usable record of every process in `out_root/.run/*.jsonl`, oldest first (by `t`). Damaged lines are
+    skipped (see `_read_record_file`), so a damaged file never stops a run nor hides the other records."""
     folder = Path(out_root) / RECORDS_DIR
     out: list[dict[str, Any]] = []
     for f in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        try:
-            lines = f.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            logger.warning("%s is unreadable (%s); its records are left out", f, exc)
-            continue
-        for line in lines:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(e, dict) and "slide" in e and "status" in e:
-                out.append(e)
+        out.extend(_read_record_file(f))
     return sorted(out, key=lambda e: float(e.get("t") or 0.0))
 
 

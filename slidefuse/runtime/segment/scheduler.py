@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from slidefuse.atomic import clean_temporaries
 from slidefuse.errors import one_line
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
@@ -174,6 +175,8 @@ class _SlideBatch:
             for ahead in self.planned.values():  # planned ahead but never run (interrupted): close the slides
                 if ahead.done() and not ahead.cancelled() and ahead.exception() is None:
                     ahead.result().close()
+            for out_dir in self.claims.held():  # interrupted: what this process left in the folders it still holds
+                clean_temporaries(out_dir)
 
     def _not_run(self, i: int, decision: Decision) -> None:
         slide, out_dir = self.slides[i], self.dirs[i]
@@ -242,8 +245,9 @@ class _SlideBatch:
         """Wait for the outputs being written in the background, and record that slide."""
         if self.pending is not None:
             i, fut = self.pending
+            res = fut.result()  # an interruption here keeps it pending: it is recorded on the way out
             self.pending = None
-            self._record(i, fut.result())
+            self._record(i, res)
 
     def _record(self, i: int, res: SlideResult) -> None:
         self.results[i] = res
