@@ -254,7 +254,7 @@ class Model:
         from slidefuse.runtime.slide import InMemorySlide
 
         if options.mpp is None:
-            raise UsageError("an array has no pixel size: pass mpp= (microns per pixel)", field="mpp")
+            raise UsageError("an array has no pixel size: pass mpp=<microns per pixel>", field="mpp")
         if os.sep in name or name in ("", ".", ".."):
             raise UsageError(f"name {name!r} is not a folder name; pass a plain name for the output folder")
         reader = InMemorySlide(array, options.mpp, name=name)

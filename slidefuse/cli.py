@@ -11,46 +11,21 @@ from typing import Any
 import click
 
 from slidefuse import __version__
+from slidefuse.commands.flags import field_flags, with_flags
 from slidefuse.errors import SlidefuseError, one_line
-
-# Option fields (of the library's frozen option records) -> the flag a user typed. Only this handler maps them.
-FIELD_FLAGS = {
-    "batch_size": "--batch",
-    "workers": "--workers",
-    "prefetch": "--prefetch",
-    "overlap": "--overlap",
-    "mpp": "--mpp",
-    "mask_mpp": "--mask-mpp",
-    "max_batch": "--max-batch",
-    "queue_delay_us": "--queue-delay-us",
-    "instances": "--instances",
-    "max_tiles": "--max-tiles",
-    "shard": "--shard",
-    "claim_timeout": "--claim-timeout",
-    "ray_workers": "--ray-workers",
-    "ray_cpus_per_worker": "--ray-cpus-per-worker",
-    "retries": "--retries",
-}
-
-
-def _with_flag(exc: SlidefuseError) -> str:
-    """The error's one line, with the option's field name replaced by its command-line flag."""
-    text = str(exc)
-    field: str = getattr(exc, "field", None) or ""
-    flag = FIELD_FLAGS.get(field)
-    if flag and text.startswith(f"{field} "):
-        return f"{flag} {text[len(field) + 1:]}"
-    return text
 
 
 class _Group(click.Group):
-    """A click group that prints SlidefuseError as one line (no traceback) and exits with its code."""
+    """A click group that prints SlidefuseError as one line (no traceback) and exits with its code. The
+    library's errors name its fields (`max_tiles=5`); the line names the invoked command's flags instead
+    (`--max-tiles 5`, see `slidefuse.commands.flags`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SlidefuseError as exc:
-            click.echo(f"slidefuse: error: {_with_flag(exc)}", err=True)
+            line = with_flags(str(exc), self._invoked_flags(ctx), getattr(exc, "field", None))
+            click.echo(f"slidefuse: error: {line}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C (exit 130) or SIGTERM (exit 143), once everything is cleaned up
             from slidefuse.runtime import interrupt
@@ -61,6 +36,13 @@ class _Group(click.Group):
         except OSError as exc:  # the environment (permissions, a full or read-only disk, a file for a folder)
             click.echo(f"slidefuse: error: {os_error_line(exc)}", err=True)
             ctx.exit(1)
+
+    def _invoked_flags(self, ctx: click.Context) -> dict[str, str]:
+        """The flags of the command that was invoked (of all a group's subcommands for a group such as
+        `bench`): the same field may be another command's other flag (`slides`: quantize's --slides, bench
+        parity's --parity-slides), and a field the invoked command has no option for stays a field."""
+        sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+        return field_flags(sub) if sub is not None else {}
 
 
 # errno -> what to do about it, for errors the operating system raises on paths the user named

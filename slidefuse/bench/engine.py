@@ -47,14 +47,15 @@ class EngineBenchConfig:
     def check(self) -> None:
         """Raise UsageError for out-of-range values."""
         if not self.batches or any(b < 1 for b in self.batches):
-            raise UsageError(f"--batch {','.join(map(str, self.batches))}: expected positive batch sizes, "
-                             "e.g. 1,8,32")
+            raise UsageError(f"batches={','.join(map(str, self.batches))}: expected positive batch sizes, "
+                             "e.g. 1,8,32", field="batches")
         if self.iters < 1:
-            raise UsageError(f"--iters {self.iters}: expected at least 1 timed call")
+            raise UsageError(f"iters={self.iters}: expected at least 1 timed call", field="iters")
         if self.warmup < 0:
-            raise UsageError(f"--warmup {self.warmup}: expected 0 or more warm-up calls")
+            raise UsageError(f"warmup={self.warmup}: expected 0 or more warm-up calls", field="warmup")
         if self.precision is not None and self.precision not in COMPUTE_PRECISIONS:
-            raise UsageError(f"--precision {self.precision}: expected one of {', '.join(COMPUTE_PRECISIONS)}")
+            raise UsageError(f"precision={self.precision}: expected one of {', '.join(COMPUTE_PRECISIONS)}",
+                             field="precision")
 
     def open_options(self) -> dict[str, Any]:
         return open_options(self.backend_options, self.precision)
@@ -70,9 +71,11 @@ def parse_batches(text: str) -> tuple[int, ...]:
     try:
         out = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise UsageError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8,32") from None
+        raise UsageError(f"batches={text!r}: expected comma-separated positive integers, e.g. 1,8,32",
+                         field="batches") from None
     if not out or any(b < 1 for b in out):
-        raise UsageError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8,32")
+        raise UsageError(f"batches={text!r}: expected comma-separated positive integers, e.g. 1,8,32",
+                         field="batches")
     return out
 
 
@@ -105,7 +108,7 @@ def latency_summary(seconds: Sequence[float], batch: int, tile: int) -> dict[str
     `tiles_per_s` is tiles over total timed seconds (= batch / mean latency); `megapixels_per_s` is that
     times tile x tile pixels. With fewer than 100 samples p99 is interpolated near the maximum."""
     if not seconds:
-        raise UsageError("no timed calls to summarise; pass --iters 1 or more")
+        raise UsageError("no timed calls to summarise; pass iters=1 or more", field="iters")
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     tiles_per_s = batch * len(ms) / (ms.sum() / 1e3)
     return {
@@ -146,12 +149,14 @@ def resolve_precision(info: BackendInfo, requested: str | None) -> str:
     reported = info.precision
     if reported is None:
         if requested not in (None, "fp32"):
-            raise UsageError(f"--precision {requested}: backend {info.backend} does not report running "
-                             f"{requested} (it runs fp32); drop --precision or pick a backend with {requested}")
+            raise UsageError(f"precision={requested}: backend {info.backend} does not report running "
+                             f"{requested} (it runs fp32); drop precision={requested} or pick a backend with "
+                             f"{requested}", field="precision")
         return "fp32"
     if requested is not None and reported != requested:
-        raise UsageError(f"--precision {requested}: backend {info.backend} runs {reported}; "
-                         f"choose a backend that supports {requested} or drop --precision")
+        raise UsageError(f"precision={requested}: backend {info.backend} runs {reported}; "
+                         f"choose a backend that supports {requested} or drop precision={requested}",
+                         field="precision")
     return reported
 
 

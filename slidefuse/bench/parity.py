@@ -76,7 +76,7 @@ def parity_inputs(tile_size: int, n_tiles: int, seed: int = 0, mpp: float | None
     them (rounded up, at most the number shipped when no slides are named) real tissue tiles, the rest seeded
     random ones. For tests and benchmarks that want both kinds in one call."""
     if n_tiles < 1:
-        raise UsageError(f"n_tiles {n_tiles}: expected at least 1 tile")
+        raise UsageError(f"n_tiles {n_tiles}: expected at least 1 tile", field="n_tiles")
     n_real = (n_tiles + 1) // 2
     if not slides:
         n_real = min(n_real, len(package_tile_index()))

@@ -77,13 +77,13 @@ class SlideBenchConfig:
 
     def check(self) -> None:
         """Raise UsageError for out-of-range values."""
-        for name, value, low in (("--batch", self.batch_size, 1), ("--workers", self.workers, 1),
-                                 ("--warmup", self.warmup, 0), ("--repeats", self.repeats, 1),
-                                 ("--engine-max-tiles", self.max_engine_tiles, 1)):
+        for name, value, low in (("batch_size", self.batch_size, 1), ("workers", self.workers, 1),
+                                 ("warmup", self.warmup, 0), ("repeats", self.repeats, 1),
+                                 ("max_engine_tiles", self.max_engine_tiles, 1)):
             if value < low:
-                raise UsageError(f"{name} {value}: expected at least {low}")
+                raise UsageError(f"{name}={value}: expected at least {low}", field=name)
         if self.mpp is not None and not self.mpp > 0:
-            raise UsageError(f"--mpp {self.mpp}: expected a positive pixel size in um/px, e.g. 0.5")
+            raise UsageError(f"mpp={self.mpp}: expected a positive pixel size in um/px, e.g. 0.5", field="mpp")
 
     def open_options(self) -> dict[str, Any]:
         return open_options(self.backend_options, self.precision)

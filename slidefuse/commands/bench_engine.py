@@ -73,7 +73,7 @@ def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--option {item!r}: expected KEY=VALUE, e.g. threads=2 or device=cuda")
+            raise UsageError(f"--option {item!r}: expected KEY=VALUE, e.g. --option threads=2")
         parsed: Any = value
         if value.lower() in ("true", "false"):
             out[key] = value.lower() == "true"
@@ -91,16 +91,17 @@ def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
 @click.command("engine")
 @click.option("--model", "model", type=click.Path(path_type=Path), required=True, help="Model bundle folder.")
 @click.option("--backend", default="ort-cpu", show_default=True, help="Backend name (see 'slidefuse segment --help').")
-@click.option("--batch", "batch", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
               help="Precision to ask the backend for [its default, fp32].")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per batch size.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per batch size first.")
-@click.option("--option", "options", multiple=True, help="Backend option KEY=VALUE (repeatable), e.g. threads=2.")
+@click.option("--option", "backend_options", multiple=True,
+              help="Backend option KEY=VALUE (repeatable), e.g. threads=2.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full results (machine, model, backend, FLOPs, peak, rows) to this JSON file.")
-def command(model: Path, backend: str, batch: str, precision: str | None, iters: int, warmup: int,
-            options: tuple[str, ...], json_path: Path | None) -> None:
+def command(model: Path, backend: str, batches: str, precision: str | None, iters: int, warmup: int,
+            backend_options: tuple[str, ...], json_path: Path | None) -> None:
     """Latency (p50/p95/p99 ms) and throughput (tiles/s, megapixels/s) of BACKEND on a bundle, per batch size,
     with FLOPs per tile counted from the model and the fraction of the device's peak achieved.
 
@@ -112,8 +113,8 @@ def command(model: Path, backend: str, batch: str, precision: str | None, iters:
     from slidefuse.bench.engine import EngineBenchConfig, bench_engine, parse_batches
     from slidefuse.runtime.bundle import load_bundle
 
-    config = EngineBenchConfig(batches=parse_batches(batch), iters=iters, warmup=warmup, precision=precision,
-                               backend_options=parse_options(options))
+    config = EngineBenchConfig(batches=parse_batches(batches), iters=iters, warmup=warmup, precision=precision,
+                               backend_options=parse_options(backend_options))
     config.check()
     doc = bench_engine(load_bundle(model), backend, config)
     emit(doc, summary_lines(doc), json_path)

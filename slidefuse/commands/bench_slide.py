@@ -48,16 +48,17 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 @click.option("--model", "model", type=click.Path(path_type=Path), required=True, help="Model bundle folder.")
 @click.option("--backend", default="auto", show_default=True,
               help="Backend name, or auto (the one 'slidefuse segment' picks by default).")
-@click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per backend call.")
+@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Tiles per backend call.")
 @click.option("--mpp", type=float, default=None, help="Slide pixel size in um/px, for slides without one.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Reader threads.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
               help="Precision to ask the backend for [its default, fp32].")
-@click.option("--option", "options", multiple=True, help="Backend option KEY=VALUE (repeatable), e.g. threads=2.")
+@click.option("--option", "backend_options", multiple=True,
+              help="Backend option KEY=VALUE (repeatable), e.g. threads=2.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed backend calls first.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="End-to-end + engine-only pairs, alternated; the summary gives medians.")
-@click.option("--engine-max-tiles", type=int, default=2048, show_default=True,
+@click.option("--engine-max-tiles", "max_engine_tiles", type=int, default=2048, show_default=True,
               help="Tiles kept in memory for the engine-only replay (the first ones of the slide).")
 @click.option("--all-tiles", is_flag=True, help="Run every grid tile, not only those touching tissue.")
 @click.option("--overlap-slides/--one-slide-at-a-time", "overlap_slides", default=True, show_default=True,
@@ -67,8 +68,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
               help="Write the segmentation outputs here instead of a temporary folder.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full results to this JSON file.")
-def command(slides: tuple[Path, ...], model: Path, backend: str, batch: int, mpp: float | None, workers: int,
-            precision: str | None, options: tuple[str, ...], warmup: int, repeats: int, engine_max_tiles: int,
+def command(slides: tuple[Path, ...], model: Path, backend: str, batch_size: int, mpp: float | None, workers: int,
+            precision: str | None, backend_options: tuple[str, ...], warmup: int, repeats: int, max_engine_tiles: int,
             all_tiles: bool, overlap_slides: bool, keep_outputs: Path | None, json_path: Path | None) -> None:
     """Segment SLIDES end to end (into a temporary folder) with time per stage, then run the engine alone on
     the same tiles from memory, and report both rates and their ratio.
@@ -83,9 +84,9 @@ def command(slides: tuple[Path, ...], model: Path, backend: str, batch: int, mpp
     from slidefuse.bench.slide import SlideBenchConfig, bench_slide
     from slidefuse.runtime.bundle import load_bundle
 
-    config = SlideBenchConfig(batch_size=batch, mpp=mpp, workers=workers, precision=precision,
-                              backend_options=parse_options(options), warmup=warmup, repeats=repeats,
-                              max_engine_tiles=engine_max_tiles, all_tiles=all_tiles, out_dir=keep_outputs,
+    config = SlideBenchConfig(batch_size=batch_size, mpp=mpp, workers=workers, precision=precision,
+                              backend_options=parse_options(backend_options), warmup=warmup, repeats=repeats,
+                              max_engine_tiles=max_engine_tiles, all_tiles=all_tiles, out_dir=keep_outputs,
                               overlap_slides=overlap_slides)
     config.check()
     doc = bench_slide(list(slides), load_bundle(model), backend, config)

@@ -12,9 +12,10 @@ import click
 @click.option("--precision", type=click.Choice(["fp16", "bf16", "fp8", "int8"]), default="fp16", show_default=True,
               help="Engine precision. fp8/int8 need calibrated Q/DQ graphs and are refused for now.")
 @click.option("--batch", default="1:8:32", show_default=True, help="Optimisation profile MIN:OPT:MAX batch sizes.")
-@click.option("--workspace", type=float, default=None, help="Builder workspace limit in GiB [TensorRT's default].")
+@click.option("--workspace", "workspace_gb", type=float, default=None,
+              help="Builder workspace limit in GiB [TensorRT's default].")
 @click.option("--device", type=int, default=0, show_default=True, help="CUDA device index.")
-def command(bundle: Path, precision: str, batch: str, workspace: float | None, device: int) -> None:
+def command(bundle: Path, precision: str, batch: str, workspace_gb: float | None, device: int) -> None:
     """Build a TensorRT engine for this GPU from BUNDLE's graph; store it under engines/ and in the manifest.
 
     \b
@@ -25,6 +26,6 @@ def command(bundle: Path, precision: str, batch: str, workspace: float | None, d
 
     check_precision(precision)
     profile = BatchProfile.parse(batch)
-    entry = build_engine(bundle, precision, profile, workspace, device)
+    entry = build_engine(bundle, precision, profile, workspace_gb, device)
     click.echo(f"engine {bundle / entry['file']} ({entry['gpu']}, sm {entry['compute_capability']}, "
                f"TensorRT {entry['trt_version']}, {precision}, batch {batch}, {entry['build_seconds']:.0f} s)")

@@ -42,7 +42,7 @@ class _FormatsOption(click.Option):
 @click.option("--backend", default="auto", show_default=True,
               help="Inference backend by name, or auto: the preferred one that can run the model here (the pick, "
                    "and why the others were skipped, are logged). An unknown name lists the valid ones.")
-@click.option("--batch", "batch", type=int, default=8, show_default=True, help="Tiles per engine call.")
+@click.option("--batch", "batch_size", type=int, default=8, show_default=True, help="Tiles per engine call.")
 @click.option("--overlap", type=int, default=None,
               help="Tile overlap in px at the model's resolution (0..tile/2). Default: the bundle's.")
 @click.option("--mpp", type=float, default=None,
@@ -51,7 +51,7 @@ class _FormatsOption(click.Option):
 @click.option("--stitch-threads", type=int, default=None,
               help="Threads that label tile interiors while stitching. Default: one per usable CPU core.")
 @click.option("--threads", type=int, default=None, help="Engine CPU threads (ort-cpu). Default: all cores.")
-@click.option("--max-memory", "max_memory", type=click.FloatRange(min=0), default=None, metavar="GIB",
+@click.option("--max-memory", "max_memory_gb", type=click.FloatRange(min=0), default=None, metavar="GIB",
               help="CPU backends (ort-cpu, ov-cpu): working-memory budget of the engine in GiB; a --batch that "
                    "would exceed it runs in sub-batches (same masks). Default: 40% of the usable memory; 0: no "
                    "limit.")
@@ -79,9 +79,9 @@ class _FormatsOption(click.Option):
                    "naming 'path' and optionally 'mpp' (that slide's um/px) and 'out_name' (its folder under "
                    "--out). Relative paths are relative to the list.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines; only errors (as 'slidefuse -q').")
-@click.option("--device", type=click.IntRange(min=0), default=None,
+@click.option("--device", "device_id", type=click.IntRange(min=0), default=None,
               help="GPU index for the backend (its device_id option).")
-@click.option("--option", "backend_option", multiple=True, metavar="KEY=VALUE",
+@click.option("--option", "backend_options", multiple=True, metavar="KEY=VALUE",
               help="Backend option (repeatable), e.g. --option precision=fp16; an unknown key lists the valid ones.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Take only slides I, I+N, I+2N, ... of the list (e.g. one Slurm array task each).")
@@ -135,10 +135,10 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
     return load_model(
         bundle,
         backend=f["backend"],
-        backend_options=_backend_options(f["threads"], f["device"], f["backend_option"], f["max_memory"]),
+        backend_options=_backend_options(f["threads"], f["device_id"], f["backend_options"], f["max_memory_gb"]),
         shard=_shard(f["shard"]),
         claim_timeout=f["claim_timeout"],
-        batch_size=f["batch"],
+        batch_size=f["batch_size"],
         overlap=f["overlap"],
         tissue=_tissue_params(f["tissue_threshold"], f["min_tile_tissue"]),
         all_tiles=f["all_tiles"],
@@ -255,9 +255,12 @@ def _load_model(model: Path | None) -> Any:
 
 def _summary(results: list[Any], out: Path, quiet: bool) -> bool:
     """Print each failure as one line and the totals; True when any slide failed."""
+    from slidefuse.commands.flags import field_flags, with_flags
+
     failed = [r for r in results if r.status == "failed"]
+    flags = field_flags(command)  # a slide's error names library fields: show this command's flags
     for r in failed:
-        click.echo(f"slidefuse: error: {r.error}", err=True)
+        click.echo(f"slidefuse: error: {with_flags(r.error or '', flags)}", err=True)
     if not quiet and (len(results) > 1 or not failed):
         ok = sum(r.status == "ok" for r in results)
         skipped = sum(r.status == "skipped" for r in results)

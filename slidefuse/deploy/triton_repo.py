@@ -136,7 +136,7 @@ def engine_here(bundle: Bundle) -> tuple[dict[str, Any] | None, str]:
 
 def _check_free(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not overwrite:
-        raise UsageError(f"{folder} already exists; pass --overwrite to replace that model (other models in the "
+        raise UsageError(f"{folder} already exists; pass overwrite=True to replace that model (other models in the "
                          "repository are left alone)")
 
 

@@ -51,8 +51,10 @@ class RayConfig:
     ready_timeout: float = 300.0  # seconds to wait for the workers to start
 
     def __post_init__(self) -> None:
-        for name, minimum in (("cpus_per_worker", 1), ("retries", 0), ("workers", 1)):
-            value, field = getattr(self, name), "retries" if name == "retries" else f"ray_{name}"
+        # each field with its name in `slidefuse segment`'s options (the CLI maps that name to the flag)
+        for field, name, minimum in (("ray_cpus_per_worker", "cpus_per_worker", 1), ("retries", "retries", 0),
+                                     ("ray_workers", "workers", 1)):
+            value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise UsageError(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
 
@@ -122,11 +124,12 @@ def _worker_resources(ray: Any, options: SegmentOptions, config: RayConfig) -> t
     n = config.workers or fit
     if n < 1 or n > fit:
         raise UsageError(f"the Ray cluster has {cpus} CPU(s) and {gpus} GPU(s): room for {fit} worker(s) of "
-                         f"{config.cpus_per_worker} CPU(s) and {per_gpu:g} GPU(s), not {n}; lower --ray-workers "
-                         "or --ray-cpus-per-worker, or add nodes", field="ray_workers")
+                         f"{config.cpus_per_worker} CPU(s) and {per_gpu:g} GPU(s), not {n}; lower "
+                         "ray_workers=<workers> or ray_cpus_per_worker=<cpus>, or add nodes", field="ray_workers")
     backend_options = dict(options.backend_options)
     if "device_id" in backend_options and per_gpu > 0:
-        raise UsageError("--device cannot be used with --ray: Ray gives each worker its own GPU", field="device")
+        raise UsageError(f"device_id={backend_options['device_id']} cannot be used on Ray: Ray gives each worker "
+                         "its own GPU; leave it out", field="device_id")
     if per_gpu == 0 and cls is not None and "threads" in cls.options_type.keys():
         backend_options.setdefault("threads", config.cpus_per_worker)
     return n, per_gpu, backend_options
@@ -138,8 +141,8 @@ def _refuse_per_slide_mpp(list_file: Path | None) -> None:
     from slidefuse.runtime.segment.inputs import list_overrides
 
     if any(e.mpp is not None for e in list_overrides(list_file).values()):
-        raise UsageError(f"{list_file}: a per-slide mpp column is not supported with --ray yet; run without --ray, "
-                         "or drop the column and pass --mpp")
+        raise UsageError(f"{list_file}: a per-slide mpp column is not supported on Ray yet; run without Ray, "
+                         "or drop the column and pass mpp=<um/px>")
 
 
 def segment_on_ray(

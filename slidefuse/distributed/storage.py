@@ -38,7 +38,7 @@ def check_token(token_path: Path, token: str) -> None:
         seen = None
     if seen != token:
         raise SharedStorageError(
-            f"--out {Path(token_path).parent} is not shared with host {socket.gethostname()} (pid {os.getpid()}): "
+            f"out={Path(token_path).parent} is not shared with host {socket.gethostname()} (pid {os.getpid()}): "
             f"the file {Path(token_path).name} the driver wrote there is {'absent' if seen is None else 'different'}"
-            " on this node; a multi-node run needs an --out folder on storage every node mounts at the same "
+            " on this node; a multi-node run needs an out folder on storage every node mounts at the same "
             "path (NFS, Lustre, ...)")

@@ -59,7 +59,7 @@ def make_classes(names: Sequence[str], colors: Sequence[tuple[int, int, int]] | 
     names = [n.strip() for n in names]
     if len(names) < 2:
         raise UsageError(f"classes {','.join(names)!r}: expected at least two (background first), "
-                         "e.g. --classes background,tumour")
+                         "e.g. classes=background,tumour", field="classes")
     if any(not n for n in names) or len(set(names)) != len(names):
         raise UsageError(f"classes {','.join(names)!r}: expected unique, non-empty names")
     cols = tuple(colors) if colors is not None else default_colors(len(names))
@@ -103,20 +103,20 @@ def check_target(out: Path, force: bool) -> None:
     is not a bundle even with `force`."""
     target = out.resolve()
     if target == PACKAGE_DATA or PACKAGE_DATA in target.parents:
-        raise UsageError(f"--out {out}: is inside slidefuse's own data folder ({PACKAGE_DATA}), which holds the "
-                         "shipped demonstration model; choose another path")
+        raise UsageError(f"out={out}: is inside slidefuse's own data folder ({PACKAGE_DATA}), which holds the "
+                         "shipped demonstration model; choose another path", field="out")
     if not out.exists():
         return
     if not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder; choose another path")
+        raise UsageError(f"out={out}: exists and is not a folder; choose another path", field="out")
     is_bundle = (out / MANIFEST).exists()
     empty = not any(out.iterdir())
     if not force and not empty:
-        raise UsageError(f"--out {out}: a {'bundle' if is_bundle else 'folder'} already exists there; "
-                         "pass --force to replace it or choose another path")
+        raise UsageError(f"out={out}: a {'bundle' if is_bundle else 'folder'} already exists there; "
+                         "pass force=True to replace it or choose another path", field="out")
     if force and not is_bundle and not empty:
-        raise UsageError(f"--out {out}: is a non-empty folder without {MANIFEST}, not a bundle; "
-                         "refusing to replace it even with --force: choose another path")
+        raise UsageError(f"out={out}: is a non-empty folder without {MANIFEST}, not a bundle; "
+                         "refusing to replace it even with force=True: choose another path", field="out")
 
 
 def publish_modes(folder: Path) -> None:

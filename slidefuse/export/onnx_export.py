@@ -107,15 +107,19 @@ class ExportConfig:
     def check(self) -> None:
         """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
         if not self.mpp > 0:
-            raise UsageError(f"--mpp {self.mpp}: expected a positive pixel size in um/px, e.g. 0.5")
+            raise UsageError(f"mpp={self.mpp}: expected a positive pixel size in um/px, e.g. 0.5", field="mpp")
         if self.tile_size < 8:
-            raise UsageError(f"--tile {self.tile_size}: expected a tile side of at least 8 px, e.g. 512")
+            raise UsageError(f"tile_size={self.tile_size}: expected a tile side of at least 8 px, e.g. 512",
+                             field="tile_size")
         if self.overlap is not None and not 0 <= self.overlap < self.tile_size:
-            raise UsageError(f"--overlap {self.overlap}: expected 0 <= overlap < tile size {self.tile_size}")
+            raise UsageError(f"overlap={self.overlap}: expected 0 <= overlap < tile size {self.tile_size}",
+                             field="overlap")
         if self.color_transform not in ("none", "icc-to-srgb"):
-            raise UsageError(f"--color-transform {self.color_transform!r}: expected 'none' or 'icc-to-srgb'")
+            raise UsageError(f"color_transform={self.color_transform!r}: expected 'none' or 'icc-to-srgb'",
+                             field="color_transform")
         if self.opset < MIN_OPSET:
-            raise UsageError(f"--opset {self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)")
+            raise UsageError(f"opset={self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)",
+                             field="opset")
         check_tile_counts(self.parity_real_tiles, self.parity_random_tiles, self.parity_slides)
 
 

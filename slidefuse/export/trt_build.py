@@ -55,19 +55,20 @@ class BatchProfile:
         if len(parts) == 1:
             parts = parts * 3
         if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
-            raise UsageError(f"--batch {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:8:32")
+            raise UsageError(f"batch={text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:8:32",
+                             field="batch")
         return cls(*parts)
 
 
 def check_precision(precision: str) -> None:
     """UsageError for unknown precisions, and for int8/fp8, which need calibration slidefuse does not do."""
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}", field="precision")
     if precision in QUANTISED:
         raise UsageError(
-            f"--precision {precision}: needs explicit quantisation (Q/DQ nodes calibrated on real tiles, e.g. with "
+            f"precision={precision}: needs explicit quantisation (Q/DQ nodes calibrated on real tiles, e.g. with "
             f"NVIDIA ModelOpt); TensorRT 11 dropped implicit {precision} calibration and slidefuse does not calibrate "
-            "yet, so it will not build an engine of unknown accuracy: use --precision fp16 or bf16"
+            "yet, so it will not build an engine of unknown accuracy: use precision=fp16 or bf16", field="precision"
         )
 
 
@@ -132,7 +133,8 @@ def build_engine(
     """
     check_precision(precision)
     if workspace_gb is not None and not workspace_gb > 0:
-        raise UsageError(f"--workspace {workspace_gb}: expected a positive number of GiB, e.g. 8")
+        raise UsageError(f"workspace_gb={workspace_gb}: expected a positive number of GiB, e.g. 8",
+                         field="workspace_gb")
     trt = require("tensorrt", "trt", "slidefuse build (TensorRT engines)")
     bundle = load_bundle(bundle_path)
     identity = current_trt_identity(device)
@@ -146,7 +148,7 @@ def build_engine(
     if not parser.parse_from_file(str(bundle.path / graph_name)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BundleError(f"{bundle.path / graph_name}: TensorRT's ONNX parser refused the graph ({errors}); "
-                          "re-export the bundle with a supported --opset")
+                          "re-export the bundle with a supported opset (17 or newer)")
     config = builder.create_builder_config()
     if workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -163,7 +165,8 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BundleError(f"{bundle.path}: TensorRT could not build a {precision} engine from {graph_name} "
-                          "(see the TensorRT log above); try a larger --workspace or a smaller --batch MAX")
+                          "(see the TensorRT log above); try a larger workspace_gb=<GiB> or a smaller MAX in "
+                          "batch=MIN:OPT:MAX")
     rel = engine_filename(identity, precision)
     _write_atomic(bundle.path / rel, bytes(serialized))
     _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))

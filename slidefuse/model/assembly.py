@@ -122,13 +122,13 @@ def build_model(
     _check_args(spec, num_classes, tile_size, decoder_width)
     if encoder_weights is None and not random_weights:
         raise UsageError(
-            f"encoder '{encoder_id}' has no weights: pass --encoder-weights FILE (its {spec.checkpoint_format} "
-            f"checkpoint) or --random-weights for tests and benchmarks"
+            f"encoder '{encoder_id}' has no weights: pass encoder_weights=FILE (its {spec.checkpoint_format} "
+            f"checkpoint) or random_weights=True for tests and benchmarks", field="encoder_weights"
         )
     if decoder_weights is None and not random_weights:
         raise UsageError(
-            f"the decoder for encoder '{encoder_id}' has no weights: pass --decoder-weights FILE "
-            f"(a trained decoder state dict) or --random-weights for tests and benchmarks"
+            f"the decoder for encoder '{encoder_id}' has no weights: pass decoder_weights=FILE "
+            f"(a trained decoder state dict) or random_weights=True for tests and benchmarks", field="decoder_weights"
         )
     model = _assemble(spec, num_classes, tile_size, decoder_width or spec.default_decoder_width, seed)
     encoder, decoder = model.encoder, model.decoder

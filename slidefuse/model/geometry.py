@@ -57,15 +57,15 @@ def resolve_tile(patch_size: int, tile_size: int | None, geometry: str | None,
     decoder sidecar's tile; the aligned tile.
     """
     if geometry is not None and geometry not in GEOMETRIES:
-        raise UsageError(f"--geometry {geometry!r}: expected one of {', '.join(GEOMETRIES)}")
+        raise UsageError(f"geometry={geometry!r}: expected one of {', '.join(GEOMETRIES)}", field="geometry")
     trained = sidecar_tile(decoder_weights)
     if tile_size is not None:
         got = geometry_of(tile_size, patch_size)
         if geometry is not None and got != geometry:
             raise UsageError(
-                f"--tile {tile_size} with --geometry {geometry}: a {tile_size} px tile is {got} for patch size "
+                f"tile_size={tile_size} with geometry={geometry}: a {tile_size} px tile is {got} for patch size "
                 f"{patch_size}; drop one of them (aligned tiles are multiples of {patch_size}, e.g. "
-                f"{aligned_tile(patch_size)})"
+                f"{aligned_tile(patch_size)})", field="tile_size"
             )
         chosen = tile_size
     elif geometry is not None:

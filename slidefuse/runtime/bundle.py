@@ -40,7 +40,7 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         if self.manifest.model_file is None:
-            raise BundleError(f"{self.path}: a torch-only bundle (no ONNX graph); run it with --backend torch, "
+            raise BundleError(f"{self.path}: a torch-only bundle (no ONNX graph); run it with backend=torch, "
                               "or export it with 'slidefuse export' for the other backends")
         return self.path / self.manifest.model_file
 

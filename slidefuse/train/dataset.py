@@ -40,7 +40,7 @@ IGNORE_INDEX = 255  # mask value that no loss or metric counts (also what the af
 SPLITS = ("train", "val")
 LAYOUT_HELP = (
     "DIR/train/images/*.png + DIR/train/masks/*.png (same stem; mask = uint8 class index per pixel, "
-    "255 = ignore) and DIR/val/images + DIR/val/masks; every tile T x T px with T = --tile"
+    "255 = ignore) and DIR/val/images + DIR/val/masks; every tile T x T px with T = tile_size"
 )
 
 
@@ -135,7 +135,7 @@ def load_split(root: Path | str, split: str, num_classes: int, tile_size: int) -
         if img.shape[:2] != (tile_size, tile_size):
             raise DatasetError(
                 f"{img_path}: image of {img.shape[1]} x {img.shape[0]} px; expected {tile_size} x {tile_size} "
-                f"(--tile {tile_size}): cut tiles of the model's tile size or pass --tile {img.shape[1]}"
+                f"(tile_size={tile_size}): cut tiles of the model's tile size or pass tile_size={img.shape[1]}"
             )
         if mask.shape != img.shape[:2]:
             raise DatasetError(
@@ -146,7 +146,7 @@ def load_split(root: Path | str, split: str, num_classes: int, tile_size: int) -
         if bad.any():
             raise DatasetError(
                 f"{mask_path}: class index {int(mask[bad].max())} with {num_classes} classes (valid: "
-                f"0..{num_classes - 1}, {IGNORE_INDEX} = ignore): fix the mask or the --classes list"
+                f"0..{num_classes - 1}, {IGNORE_INDEX} = ignore): fix the mask or the classes"
             )
         images[i], masks[i] = img, mask
     return TileSplit(split, tuple(p[0].stem for p in pairs), images, masks)
@@ -156,7 +156,7 @@ def load_dataset(root: Path | str, num_classes: int, tile_size: int) -> tuple[Ti
     """(train, val) splits of the dataset at `root`, checked; see the module docstring for the layout."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"--tiles {root}: no such folder; expected the layout {LAYOUT_HELP}")
+        raise DatasetError(f"tiles={root}: no such folder; expected the layout {LAYOUT_HELP}")
     train = load_split(root, "train", num_classes, tile_size)
     val = load_split(root, "val", num_classes, tile_size)
     return train, val

@@ -86,25 +86,27 @@ class TrainConfig:
         """Raise UsageError for inconsistent or out-of-range options."""
         if self.encoder_weights is None and not self.random_encoder:
             raise UsageError(
-                f"encoder '{self.encoder}' has no weights: pass --encoder-weights FILE, or --random-encoder "
-                f"to train on a randomly initialised encoder on purpose"
+                f"encoder '{self.encoder}' has no weights: pass encoder_weights=FILE, or random_encoder=True "
+                f"to train on a randomly initialised encoder on purpose", field="encoder_weights"
             )
         if self.encoder_weights is not None and self.random_encoder:
-            raise UsageError("--encoder-weights and --random-encoder both given: choose one")
+            raise UsageError(f"encoder_weights={self.encoder_weights} and random_encoder=True both given: choose one",
+                             field="encoder_weights")
         if self.cache_features and self.train_encoder:
-            raise UsageError("--cache-features with --train-encoder: a trained encoder's features change every "
-                             "step; drop one of them")
+            raise UsageError("cache_features=True with train_encoder=True: a trained encoder's features change "
+                             "every step; drop one of them", field="cache_features")
         if Path(self.out).suffix != ".safetensors":
-            raise UsageError(f"--out {self.out}: expected a .safetensors file name, e.g. decoder.safetensors")
-        for name, value in (("--epochs", self.epochs), ("--batch", self.batch_size),
-                            ("--restart-every", self.restart_every), ("--val-every", self.val_every)):
+            raise UsageError(f"out={self.out}: expected a .safetensors file name, e.g. decoder.safetensors",
+                             field="out")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                            ("restart_every", self.restart_every), ("val_every", self.val_every)):
             if value < 1:
-                raise UsageError(f"{name} {value}: expected a positive integer")
+                raise UsageError(f"{name}={value}: expected a positive integer", field=name)
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr {self.lr}: expected a positive learning rate, e.g. 1e-4")
+            raise UsageError(f"lr={self.lr}: expected a positive learning rate, e.g. 1e-4", field="lr")
         if len(self.classes) < 2 or any(not c for c in self.classes) or len(set(self.classes)) != len(self.classes):
-            raise UsageError(f"--classes {','.join(self.classes)}: expected two or more distinct non-empty "
-                             f"names, background first, e.g. background,tumour,stroma")
+            raise UsageError(f"classes={','.join(self.classes)}: expected two or more distinct non-empty "
+                             f"names, background first, e.g. background,tumour,stroma", field="classes")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -144,9 +146,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"device={name!r}: not a torch device; use auto, cpu, cuda or cuda:N",
+                         field="device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device here (torch {torch.__version__}); use --device cpu")
+        raise UsageError(f"device={name}: no CUDA device here (torch {torch.__version__}); use device=cpu",
+                         field="device")
     return device
 
 
@@ -402,7 +406,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             entry["lr"] = opt.param_groups[0]["lr"]
             entry["train_loss"] = run_epoch(model, cfg, train_split, train_feats, opt, sched, gen)
             if not math.isfinite(entry["train_loss"]):
-                raise UsageError(f"training diverged at epoch {epoch} (loss {entry['train_loss']}); lower --lr")
+                raise UsageError(f"training diverged at epoch {epoch} (loss {entry['train_loss']}) with lr={cfg.lr}; "
+                                 "lower it", field="lr")
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
             entry.update(evaluate(model, val_split, cfg.batch_size, val_feats))
             ckpt.consider(entry)

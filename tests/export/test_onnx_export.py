@@ -206,8 +206,9 @@ def test_existing_target_needs_force(bundle, tmp_path: Path) -> None:  # type: i
 
     copy = tmp_path / "copy.bundle"
     shutil.copytree(bundle.path, copy)
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(UsageError, match="force=True") as err:
         export_bundle(_config(copy))  # refused before any model is built
+    assert err.value.field == "out" and "--" not in str(err.value)
     check_target(copy, force=True)
     other = tmp_path / "notabundle"
     other.mkdir()
@@ -226,9 +227,9 @@ def test_existing_target_needs_force(bundle, tmp_path: Path) -> None:  # type: i
         (dict(classes=("background",)), "at least two"),
         (dict(classes=("a", "a")), "unique"),
         (dict(colors=((0, 0, 0),)), "1 colours for 3 classes"),
-        (dict(mpp=0.0), "--mpp 0.0"),
-        (dict(opset=16), "--opset 16"),
-        (dict(overlap=64), "--overlap 64"),
+        (dict(mpp=0.0), "mpp=0.0"),
+        (dict(opset=16), "opset=16"),
+        (dict(overlap=64), "overlap=64"),
         (dict(parity_real_tiles=5), "the package ships 4"),
         (dict(parity_real_tiles=0, parity_random_tiles=0), "no tiles"),
     ],

@@ -69,11 +69,11 @@ def test_normalisation_uses_the_encoder_mean_and_std() -> None:
 
 
 def test_no_silent_random_weights(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"'tiny'.*--encoder-weights.*--random-weights"):
+    with pytest.raises(UsageError, match=r"'tiny'.*encoder_weights=FILE.*random_weights=True"):
         build_model("tiny", 3)
     enc = build_vit(get_spec("tiny"), 224)
     save_file(enc.state_dict(), str(tmp_path / "enc.safetensors"))
-    with pytest.raises(UsageError, match=r"decoder.*--decoder-weights.*--random-weights"):
+    with pytest.raises(UsageError, match=r"decoder.*decoder_weights=FILE.*random_weights=True"):
         build_model("tiny", 3, encoder_weights=tmp_path / "enc.safetensors")
 
 

@@ -29,7 +29,7 @@ def test_resolve_tile_defaults_and_explicit_choices() -> None:
     assert resolve_tile(14, None, "aligned") == (518, "aligned")
     assert resolve_tile(14, 512, None) == (512, "paper")
     assert resolve_tile(14, 448, "aligned") == (448, "aligned")
-    with pytest.raises(UsageError, match=r"--tile 512 with --geometry aligned.*paper for patch size 14.*518"):
+    with pytest.raises(UsageError, match=r"tile_size=512 with geometry=aligned.*paper for patch size 14.*518"):
         resolve_tile(14, 512, "aligned")
 
 

@@ -346,7 +346,7 @@ def test_auto_without_test_backends_on_the_colour_bundle(colour_bundle: Bundle) 
         if cpu_pick == "ov-cpu":
             assert "precision int8 needs model.int8.onnx" in choice.skipped["ov-cpu (int8, gated)"]
             bf16 = choice.skipped["ov-cpu (bf16, gated)"]
-            assert "not verified for this bundle: run slidefuse quantize" in bf16 or "bf16 support" in bf16
+            assert "not verified for this bundle: gate it with `slidefuse quantize`" in bf16 or "bf16 support" in bf16
     assert "no TensorRT engine" in choice.skipped["trt"] or "TensorRT" in available_backends()["trt"]
     if choice.name != "ort-trt" and available_backends()["torch"] is None:  # torch (cuda) was tried
         assert "names no torch weights" in choice.skipped["torch (cuda)"]

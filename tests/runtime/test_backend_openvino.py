@@ -140,7 +140,7 @@ def test_int8_refused_without_int8_graph(bundle: Bundle) -> None:
         with open_backend("ov-cpu", bundle, precision="int8"):
             pass
     msg = str(err.value)
-    assert f"make it with 'slidefuse quantize {bundle.path} --slides" in msg and "\n" not in msg
+    assert "make it with `slidefuse quantize`" in msg and "\n" not in msg and "--" not in msg
 
 
 @pytest.mark.parametrize(("options", "pattern"), [

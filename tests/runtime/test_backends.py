@@ -135,7 +135,7 @@ def test_torch_rejects_bad_inputs(bundle: Bundle) -> None:
 
 def test_ort_fp16_needs_the_fp16_graph(bundle: Bundle) -> None:
     no16 = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, fp16_model_file=None))
-    with pytest.raises(UsageError, match=r"needs model.fp16.onnx.*--fp16"):
+    with pytest.raises(UsageError, match=r"needs model.fp16.onnx.*fp16=True"):
         with open_backend("ort-cpu", no16, precision="fp16"):
             pass
 
@@ -446,7 +446,7 @@ def test_trt_chunk_option_and_limits(fake_trt: Callable[..., tuple[Bundle, list[
     with open_backend("trt", b, batch=4) as be:
         out = be.run(tiles)
     assert calls == [4, 2] and agreement(torch_ref, out)[0] <= 1e-3
-    with pytest.raises(UsageError, match=r"batch 8: this engine takes 1..4 tiles"):
+    with pytest.raises(UsageError, match=r"batch=8: this engine takes 1..4 tiles"):
         with open_backend("trt", b, batch=8):
             pass
     with pytest.raises(UsageError, match="TensorRT engines are built as fp16"):

@@ -241,8 +241,8 @@ def test_unverified_paths_run_on_request_with_a_warning_and_auto_skips_them(bund
         assert len(warning) == 1 and "ov-cpu: precision bf16 is not verified for bundle" in warning[0]
         assert f"slidefuse quantize {plain.path} --slides" in warning[0]
         reason = choose_backend(plain).skipped["ov-cpu (bf16, gated)"]
-        assert reason == (f"backend ov-cpu: precision bf16 is not verified for this bundle: run slidefuse quantize "
-                          f"{plain.path} --slides ... to gate it, or use precision fp32")
+        assert reason == ("backend ov-cpu: precision bf16 is not verified for this bundle: gate it with "
+                          "`slidefuse quantize` (or slidefuse.export.quantize.quantize_bundle), or use precision fp32")
     if OV:  # a caller who names an accelerated precision still gets only a gated path from auto, or none
         with pytest.raises(BackendUnavailable) as err:
             choose_backend(plain, precision="bf16")

@@ -99,8 +99,9 @@ def test_mask_mpp_writes_a_coarser_mode_downsampled_tiff(tmp_path) -> None:
 
 def test_mask_mpp_finer_than_the_model_is_refused(tmp_path) -> None:
     result = make_result(np.zeros((10, 10), np.uint8), tmp_path / "m.raw", mpp=1.0)
-    with pytest.raises(UsageError, match="mask-mpp"):
+    with pytest.raises(UsageError, match="mask_mpp=0.5 is finer") as err:
         write_mask_tiff(result, make_slide(20, 20, 0.5), tmp_path / "mask.tif", num_classes=3, mask_mpp=0.5)
+    assert err.value.field == "mask_mpp"
     assert not (tmp_path / "mask.tif").exists()
 
 

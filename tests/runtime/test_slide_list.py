@@ -72,7 +72,7 @@ def test_per_slide_mpp_and_out_name_through_a_batch(tmp_path: Path) -> None:
     assert report["slide"]["mpp"] == 0.5 and report["slide"]["mpp_source"] == "user"
     assert results[0].mask_array().shape == (60, 80)
     assert json.loads((out / "renamed" / "report.json").read_text())["slide"]["path"].endswith(other.name)
-    assert control[0].status == "failed" and "--mpp" in str(control[0].error)
+    assert control[0].status == "failed" and "pass mpp=" in str(control[0].error)
 
 
 def test_unrecognised_files_in_a_folder_are_listed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

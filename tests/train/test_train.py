@@ -96,7 +96,7 @@ def test_dataset_size_mismatch_names_the_file(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((30, 32), np.uint8)).save(root / "val" / "masks" / "t0.png")
     with pytest.raises(DatasetError, match=r"val/masks/t0\.png: mask of 32 x 30 px"):
         load_dataset(root, 3, 32)
-    with pytest.raises(DatasetError, match=r"expected 48 x 48 \(--tile 48\)"):
+    with pytest.raises(DatasetError, match=r"expected 48 x 48 \(tile_size=48\)"):
         load_dataset(root, 3, 48)
 
 
@@ -233,11 +233,11 @@ def test_conflicting_options() -> None:
     base = dict(encoder="tiny", classes=("a", "b"), tiles=Path("x"), out=Path("c.safetensors"))
     with pytest.raises(UsageError, match="both given"):
         TrainConfig(**base, encoder_weights=Path("w"), random_encoder=True).check()  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="--cache-features with --train-encoder"):
+    with pytest.raises(UsageError, match="cache_features=True with train_encoder=True"):
         TrainConfig(**base, random_encoder=True, cache_features=True, train_encoder=True).check()  # type: ignore[arg-type]
     with pytest.raises(UsageError, match=r"\.safetensors"):
         TrainConfig(**{**base, "out": Path("c.pt")}, random_encoder=True).check()  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="--epochs 0"):
+    with pytest.raises(UsageError, match="epochs=0"):
         TrainConfig(**base, random_encoder=True, epochs=0).check()  # type: ignore[arg-type]
 
 

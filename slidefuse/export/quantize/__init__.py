@@ -102,7 +102,7 @@ def quantize_bundle(config: QuantizeConfig) -> QuantizeResult:
         return _quantize_in_place(src, config, src.path)
     out = Path(config.out)
     if out.exists():
-        raise UsageError(f"--out {out}: already exists; name a new folder for the copy")
+        raise UsageError(f"out={out}: already exists; name a new folder for the copy", field="out")
     with atomic_folder(out) as stage:
         copy_bundle(src, stage)
         result = _quantize_in_place(load_bundle(stage), config, out)

@@ -54,16 +54,18 @@ class QuantizeConfig:
     def check(self) -> None:
         """UsageError for bad counts, methods or op types; SlideNotFound for a slide that is not a file."""
         if not self.slides:
-            raise UsageError("--slides: name at least one slide to cut calibration tiles from")
+            raise UsageError("slides: name at least one slide to cut calibration tiles from", field="slides")
         if self.calibration_tiles < 1:
-            raise UsageError(f"--calibration-tiles {self.calibration_tiles}: expected at least 1, e.g. 32")
+            raise UsageError(f"calibration_tiles={self.calibration_tiles}: expected at least 1, e.g. 32",
+                             field="calibration_tiles")
         if self.gate_tiles < 1:
-            raise UsageError(f"--gate-tiles {self.gate_tiles}: expected at least 1, e.g. 16")
+            raise UsageError(f"gate_tiles={self.gate_tiles}: expected at least 1, e.g. 16", field="gate_tiles")
         if self.method not in METHODS:
-            raise UsageError(f"--method {self.method!r}: expected one of {', '.join(METHODS)}")
+            raise UsageError(f"method={self.method!r}: expected one of {', '.join(METHODS)}", field="method")
         bad = [t for t in self.op_types if t not in QUANTIZABLE_OPS]
         if not self.op_types or bad:
-            raise UsageError(f"op types {list(self.op_types)}: expected some of {', '.join(QUANTIZABLE_OPS)}")
+            raise UsageError(f"op_types={list(self.op_types)}: expected some of {', '.join(QUANTIZABLE_OPS)}",
+                             field="op_types")
         for path in self.slides:
             if not Path(path).is_file():
-                raise SlideNotFound(f"{path}: no such slide; check the --slides path")
+                raise SlideNotFound(f"{path}: no such slide; check the path in slides")

@@ -77,8 +77,8 @@ def int8_gate(staged: Bundle, reference: Runner, tiles: ParityTiles, config: Qua
         raise ParityError(
             f"{shown / INT8_FILE}: INT8 gate failed on {report.tiles} held-out tiles: argmax agreement "
             f"{p.argmax_agreement:.5f} (min {th.min_argmax_agreement:g}), max |dp| {p.max_abs_diff:.3g} (limit "
-            f"{th.max_abs_diff:g}); nothing was written: try more --calibration-tiles, another --method "
-            f"(minmax, percentile, entropy), or run the fp32 graph")
+            f"{th.max_abs_diff:g}); nothing was written: try more calibration_tiles=<tiles>, another method=<minmax, "
+            "percentile or entropy>, or run the fp32 graph")
     return report
 
 

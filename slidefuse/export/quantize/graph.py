@@ -155,7 +155,7 @@ def _check_quantisable(named: Path, exclude: set[str], op_types: Sequence[str], 
         present = sorted({n.op_type for n in graph.node if n.op_type in QUANTIZABLE_OPS and n.name not in exclude})
         raise UsageError(f"{shown}: the graph has no {'/'.join(op_types)} node to quantise outside the "
                          f"preprocessing, head and softmax (it has {', '.join(present) or 'none'}); pass "
-                         f"--op-types {','.join(present) or 'Conv,MatMul,Gemm'}")
+                         f"op_types={','.join(present) or 'Conv,MatMul,Gemm'}", field="op_types")
 
 
 def write_int8_graph(fp32_path: Path, out_path: Path, input_name: str, tiles: np.ndarray, *,

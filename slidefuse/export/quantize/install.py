@@ -31,9 +31,9 @@ def check_writable(folder: Path) -> None:
     root = folder.resolve()
     if root == _package_data() or _package_data() in root.parents:
         raise UsageError(f"{folder}: the demonstration bundle shipped inside the slidefuse package is not "
-                         "changed in place; quantise a copy: add --out NEW_FOLDER")
+                         "changed in place; quantise a copy: add out=NEW_FOLDER")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"{folder}: the bundle folder is not writable; quantise a copy with --out NEW_FOLDER")
+        raise UsageError(f"{folder}: the bundle folder is not writable; quantise a copy with out=NEW_FOLDER")
 
 
 def check_source(bundle: Bundle, config: QuantizeConfig) -> None:
@@ -43,7 +43,7 @@ def check_source(bundle: Bundle, config: QuantizeConfig) -> None:
         raise BundleError(f"{bundle.path}: a torch-only bundle (no ONNX graph) cannot be quantised; export it "
                           "with 'slidefuse export' first")
     if m.int8_model_file and not config.force:
-        raise UsageError(f"{bundle.path}: already has {m.int8_model_file} (parity in its manifest); add --force "
+        raise UsageError(f"{bundle.path}: already has {m.int8_model_file} (parity in its manifest); add force=True "
                          "to replace it")
 
 

@@ -30,10 +30,10 @@ def split_tiles(pool: ParityTiles, n_calibration: int, n_gate: int, seed: int, *
     n = len(pool.tiles)
     if n < n_calibration + n_gate:
         raise UsageError(
-            f"the slides give {n} {what}, but --calibration-tiles "
-            f"{n_calibration} + --gate-tiles {n_gate} = {n_calibration + n_gate} were asked for; ask for at most "
-            f"{n} in all (e.g. --calibration-tiles {max(1, n - max(1, n // 3))} --gate-tiles {max(1, n // 3)}) "
-            "or name more --slides")
+            f"the slides give {n} {what}, but calibration_tiles="
+            f"{n_calibration} + gate_tiles={n_gate} = {n_calibration + n_gate} were asked for; ask for at most "
+            f"{n} in all (e.g. calibration_tiles={max(1, n - max(1, n // 3))} gate_tiles={max(1, n // 3)}) "
+            "or name more slides")
     order = np.random.default_rng(seed).permutation(n)
     gate_idx = np.sort(order[:n_gate])
     cal_idx = np.sort(order[n_gate:n_gate + n_calibration])

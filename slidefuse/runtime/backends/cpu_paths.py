@@ -149,8 +149,8 @@ def refusal(bundle: Bundle, backend: str, precision: str, unverified: Unverified
                 f"({gate.figures()}, measured by slidefuse quantize); use precision fp32")
     if gate.state == "unverified" and unverified == "refuse":
         why = f" ({gate.record['reason']})" if gate.record.get("reason") else ""
-        return (f"backend {backend}: precision {precision} is not verified for this bundle{why}: run slidefuse "
-                f"quantize {bundle.path} --slides ... to gate it, or use precision fp32")
+        return (f"backend {backend}: precision {precision} is not verified for this bundle{why}: gate it with "
+                "`slidefuse quantize` (or slidefuse.export.quantize.quantize_bundle), or use precision fp32")
     return None
 
 
@@ -176,7 +176,8 @@ def int8_graph(bundle: Bundle, backend: str) -> Path:
 
     if not bundle.manifest.int8_model_file:
         raise UsageError(f"backend {backend}: precision int8 needs model.int8.onnx, which bundle {bundle.path} lacks; "
-                         f"make it with 'slidefuse quantize {bundle.path} --slides SLIDE ...' or use precision fp32")
+                         "make it with `slidefuse quantize` (or slidefuse.export.quantize.quantize_bundle), or use "
+                         "precision fp32")
     return Path(bundle.path) / bundle.manifest.int8_model_file
 
 

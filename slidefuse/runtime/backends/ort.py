@@ -56,7 +56,7 @@ ORT_TRT_CACHE = "engines/ort-trt-cache"  # bundle-relative folder of the TensorR
 _MAX_CACHED_OUTPUTS = 4  # device output buffers kept (one per recent batch size)
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _INT8_CPU_ONLY = ("precision int8 is a CPU path (the INT8 QDQ graph runs on onnxruntime's CPU kernels): use "
-                  "--backend ort-cpu for int8, or precision fp32 / fp16 on the GPU")
+                  "backend=ort-cpu for int8, or precision fp32 / fp16 on the GPU")
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class _OrtBackend(Backend):
         if precision == "fp16":
             if not m.fp16_model_file:
                 raise UsageError(f"backend {cls.name}: precision fp16 needs model.fp16.onnx, which bundle "
-                                 f"{bundle.path} lacks; re-export it with 'slidefuse export ... --fp16' "
+                                 f"{bundle.path} lacks; re-export it with fp16=True (`slidefuse export`) "
                                  "or use precision fp32")
             return Path(bundle.path) / m.fp16_model_file
         return Path(bundle.model_path)

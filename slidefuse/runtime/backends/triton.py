@@ -118,7 +118,7 @@ class TritonBackend(Backend):
         if not self._client.is_model_ready(o.model, o.version):
             version = f" version {o.version}" if o.version else ""
             raise unavailable(self.name, f"{where} has no ready model '{o.model}'{version}; write the repository "
-                              "with 'slidefuse triton BUNDLE --out REPO' and serve it")
+                              "with `slidefuse triton` (or slidefuse.deploy.triton_repo.write_repository) and serve it")
         self._config = self._client.get_model_config(o.model, o.version, as_json=True)["config"]
         self._server_version = str(self._client.get_server_metadata(as_json=True).get("version", ""))
         self._check_model()
@@ -134,7 +134,7 @@ class TritonBackend(Backend):
         ins = [(i.get("name"), i.get("data_type"), [int(d) for d in i.get("dims", [])]) for i in c.get("input", [])]
         outs = {i.get("name"): (i.get("data_type"), [int(d) for d in i.get("dims", [])]) for i in c.get("output", [])}
         self.max_batch = int(c.get("max_batch_size", 0))
-        fix = f"serve this bundle's repository ('slidefuse triton {self.bundle.path} --out REPO')"
+        fix = f"serve this bundle's repository (written from {self.bundle.path} by `slidefuse triton`)"
         if ins != [(m.input_name, "TYPE_UINT8", [t, t, 3])] or \
                 outs.get(m.output_name) != ("TYPE_FP32", [m.num_classes, t, t]) or self.max_batch < 1:
             raise BundleError(f"Triton model '{o.model}' at {o.url} takes {ins} and gives {sorted(outs.items())} "

@@ -193,8 +193,8 @@ class TrtBackend(Backend):
         self.min_batch, self.max_batch = int(pmin[0]), int(pmax[0])
         self.chunk = int(self.options.batch or popt[0])
         if not 1 <= self.chunk <= self.max_batch:
-            raise UsageError(f"backend {self.name}: batch {self.chunk}: this engine takes 1..{self.max_batch} "
-                             f"tiles per run; rebuild it with a larger --batch range or pass a smaller batch")
+            raise UsageError(f"backend {self.name}: batch={self.chunk}: this engine takes 1..{self.max_batch} "
+                             "tiles per run; pass a smaller batch or rebuild the engine for larger batches")
         self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._out)))
         self._slots = [self._make_slot(cudart) for _ in range(2)]
         log.info("%s: %s on %s (%s, batch %d..%d, chunk %d, 2 slots) loaded in %.1f s", self.name, path.name,

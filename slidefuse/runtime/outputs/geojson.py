@@ -173,7 +173,8 @@ def frame_offset(slide: SlideInfo, frame: str) -> tuple[tuple[float, float], str
         bx, by = float(props.get("openslide.bounds-x", 0)), float(props.get("openslide.bounds-y", 0))
     except ValueError:
         raise UsageError(f"{slide.path}: unreadable openslide.bounds-x/y ({props.get('openslide.bounds-x')!r}, "
-                         f"{props.get('openslide.bounds-y')!r}); pass --geojson-frame level0") from None
+                         f"{props.get('openslide.bounds-y')!r}); pass geojson_frame=level0",
+                         field="geojson_frame") from None
     return (bx, by), "openslide.bounds-x/y"
 
 

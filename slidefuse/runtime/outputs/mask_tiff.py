@@ -41,8 +41,8 @@ def tiff_size(result: MaskResult, mask_mpp: float | None) -> tuple[int, int]:
         return result.mask_width, result.mask_height
     if mask_mpp < result.mpp * (1 - 1e-6):
         raise UsageError(
-            f"--mask-mpp {mask_mpp:g} is finer than the model's {result.mpp:g} um/px; "
-            f"pass a value >= {result.mpp:g} or leave it out"
+            f"mask_mpp={mask_mpp:g} is finer than the model's {result.mpp:g} um/px; "
+            f"pass a value >= {result.mpp:g} or leave it out", field="mask_mpp"
         )
     scale = result.mpp / mask_mpp
     return max(1, round(result.mask_width * scale)), max(1, round(result.mask_height * scale))

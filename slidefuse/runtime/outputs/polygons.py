@@ -49,7 +49,7 @@ def _boundary_edges(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """
     h, w = fg.shape
     if max(h, w) >= 2**31 - 2:
-        raise UsageError(f"polygonisation: a {w} x {h} grid is too large; lower --geojson-max-pixels")
+        raise UsageError(f"polygonisation: a {w} x {h} grid is too large; lower geojson_max_pixels")
     pad = np.zeros((h + 2, w + 2), dtype=bool)
     pad[1:-1, 1:-1] = fg
     core = pad[1:-1, 1:-1]

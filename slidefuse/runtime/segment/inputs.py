@@ -170,7 +170,7 @@ def collect_slides(
     if list_file is not None:
         given += read_list_file(Path(list_file))
     if not given:
-        raise UsageError("no slides given; pass slide files or folders, or --list FILE")
+        raise UsageError("no slides given; pass slide files or folders, or list_file=FILE")
     out: list[Path] = []
     seen: set[Path] = set()
     empty_folders, unrecognised = [], []
@@ -208,8 +208,8 @@ def check_out_folder(out_root: Path) -> None:
     real = resolved(out_root)
     for folder in (real, *real.parents):
         if (folder / MANIFEST).is_file():
-            raise UsageError(f"--out {out_root}: is inside the model bundle {folder}; outputs must not change a "
-                             "bundle: choose a folder outside it")
+            raise UsageError(f"out={out_root}: is inside the model bundle {folder}; outputs must not change a "
+                             "bundle: choose a folder outside it", field="out")
 
 
 def _owner(out_dir: Path) -> str | None:
@@ -257,7 +257,7 @@ def _chosen_dir(slide: Path, out_dir: Path, real: str) -> Path:
     owner = _owner(out_dir)
     if owner not in (None, real):
         raise UsageError(f"{slide}: out_name {out_dir.name} already holds the outputs of {owner}; choose another "
-                         "out_name or another --out")
+                         "out_name or another out=FOLDER")
     return out_dir
 
 

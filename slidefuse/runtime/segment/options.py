@@ -103,8 +103,8 @@ def check_plausible_mpp(mpp: float | None, field: str | None, force: bool) -> No
     if mpp is not None and not force and not lo <= mpp <= hi:
         name = field or "the slide's pixel size"
         raise InvalidPixelSize(f"{name} {mpp:g} um/px is outside the plausible {lo:g}..{hi:g} um/px of a slide; "
-                               "check the value (pass --mpp to override the file's) or pass --force-mpp to use it "
-                               "anyway", field=field)
+                               "check the value (mpp=<um/px> overrides the file's) or pass force_mpp=True to use "
+                               "it anyway", field=field)
 
 
 @dataclass

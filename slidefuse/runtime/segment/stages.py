@@ -48,9 +48,9 @@ def check_planning_bounds(slide: Any, view: Any, grid: TileGrid, options: Segmen
     name = Path(slide.info.path).name
     if grid.n_tiles > options.max_tiles:
         raise UsageError(f"{name}: {grid.n_tiles:,} tiles ({grid.n_cols:,} x {grid.n_rows:,}) at {view.mpp:g} um/px "
-                         f"exceed the limit of {options.max_tiles:,} (--max-tiles); check the slide's pixel size "
-                         f"({slide.info.mpp:g} um/px from {slide.info.mpp_source}; --mpp overrides it) or raise "
-                         "--max-tiles", field="max_tiles")
+                         f"exceed max_tiles={options.max_tiles}; check the slide's pixel size ({slide.info.mpp:g} "
+                         f"um/px from {slide.info.mpp_source}; mpp=<um/px> overrides it) or pass a larger "
+                         "max_tiles=<tiles>", field="max_tiles")
     decode = slide.scaled(slide.thumbnail_mpp(params.thumb_max_side)).source_pixels()
     if decode > MAX_DECODE_PIXELS:
         raise UsageError(f"{name}: its thumbnail would decode {decode / 1e9:,.0f} gigapixels of one level, over the "

@@ -118,7 +118,7 @@ def _info(path: Path, wsi: Any, mpp: float | None) -> SlideInfo:
     except Exception:  # wsidicom raises its own error for a level without Pixel Spacing
         file_mpp = None
     if mpp is None and not file_mpp:
-        raise MissingPixelSize(f"{path}: the DICOM series has no Pixel Spacing; pass --mpp MICRONS_PER_PIXEL")
+        raise MissingPixelSize(f"{path}: the DICOM series has no Pixel Spacing; pass mpp=MICRONS_PER_PIXEL")
     stored = tuple(f"{LIBVIPS_SYNTAXES.get(_syntax(lv), _syntax(lv))} {_photometric(lv)}".strip() for lv in levels)
     return SlideInfo(
         path=path,

@@ -393,8 +393,8 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
         info = dataclasses.replace(info, mpp=float(mpp), mpp_source="user")
     elif not info.mpp:
         raise MissingPixelSize(
-            f"{p}: the file has no pixel size (microns per pixel); pass --mpp MICRONS_PER_PIXEL "
-            "(e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+            f"{p}: the file has no pixel size (microns per pixel); pass mpp=MICRONS_PER_PIXEL "
+            "(e.g. mpp=0.25 for 40x, 0.5 for 20x)"
         )
     reader = _VipsFileSlide(info, level_args, fail_on=info.loader == "tiffload",
                             level_colours=_level_colours(info), transform=transform)
