@@ -66,6 +66,7 @@ class SegmentationResult:
     outputs: Mapping[str, Path]  # format -> file written in this run (empty when skipped or failed)
     error: str | None = None  # one-line reason when failed
     seconds: float = 0.0  # wall time spent on the slide
+    decode_errors: int | None = None  # tiles the decoders reported as corrupt (None: the slide was not read)
 
     @property
     def ok(self) -> bool:
@@ -141,7 +142,8 @@ class SegmentationResult:
 
 
 def _result(res: SlideResult) -> SegmentationResult:
-    return SegmentationResult(res.slide, res.status, res.out_dir, dict(res.outputs), res.error, res.seconds)
+    return SegmentationResult(res.slide, res.status, res.out_dir, dict(res.outputs), res.error, res.seconds,
+                              res.decode_errors)
 
 
 def _parsed(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,11 @@ class _FormatsOption(click.Option):
               help="mask.geojson coordinates: 'qupath' subtracts the slide's openslide.bounds-x/y (QuPath crops "
                    "MIRAX and other slides with bounds to them), 'level0' keeps slide level-0 pixels.")
 @click.option("--overwrite", is_flag=True, help="Redo slides whose outputs are already complete.")
+@click.option("--on-decode-error", "on_decode_error", type=click.Choice(["fail", "warn"]), default="fail",
+              show_default=True,
+              help="A tile the image decoder reports as corrupt: 'fail' the slide (one line naming the tile; the "
+                   "batch goes on), or 'warn': segment it anyway and count the bad tiles in report.json, the "
+                   "preview and run.json.")
 @click.option("--tissue-threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Lowest HSV saturation (0..1) counted as tissue on the thumbnail (default 0.07).")
 @click.option("--min-tile-tissue", type=click.FloatRange(0.0, 1.0), default=None,
@@ -149,6 +154,7 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
         overwrite=f["overwrite"],
         overlap_slides=f["overlap_slides"],
         force_mpp=f["force_mpp"],
+        on_decode_error=f["on_decode_error"],
         **optional,
     )
 
@@ -266,6 +272,10 @@ def _summary(results: list[Any], out: Path, quiet: bool) -> bool:
         skipped = sum(r.status == "skipped" for r in results)
         claimed = sum(r.status == "claimed" for r in results)
         others = f", {claimed} left to other processes sharing OUT" if claimed else ""
+        damaged = [r for r in results if r.decode_errors]
+        if damaged:
+            others += (f", {sum(r.decode_errors for r in damaged)} corrupt tile(s) in {len(damaged)} segmented "
+                       "slide(s) (see their report.json)")
         click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed{others} of {len(results)} slide(s); "
                    f"outputs in {out} (run log {out / 'run.json'})", err=True)
     return bool(failed)

@@ -297,7 +297,7 @@ class _Driver:
         extra = {"attempt": outcome.task.attempt, "worker": outcome.worker} if outcome is not None else {}
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
                             seconds=res.seconds, tiles=res.tile_counts or None, backend=self.options.backend,
-                            **extra)
+                            decode_errors=res.decode_errors, **extra)
         if res.status == Status.FAILED:
             log.info("failed: %s", res.error)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 RAW_NAME = "mask.raw.tmp"  # the stitcher's raw class-index file inside a slide's output folder (removed after)
 RUN_LOG = "run.json"  # the batch's run log in the output root (see runtime.segment.runlog)
+OnDecodeError = Literal["fail", "warn"]  # what a tile the decoder reports as corrupt does to its slide
+ON_DECODE_ERROR: tuple[OnDecodeError, ...] = ("fail", "warn")
 
 
 class Status(StrEnum):
@@ -46,6 +48,26 @@ class ColourPipeline:
 
 
 @dataclass(frozen=True)
+class BadTile:
+    """A stored tile whose data the decoder reported as corrupt (`slide.decode`), in level-0 px."""
+
+    l0_x: int  # left edge, level-0 px
+    l0_y: int  # top edge, level-0 px
+    width: int  # level-0 px
+    height: int  # level-0 px
+    level: int  # pyramid level the tile belongs to
+    message: str  # what the decoder said
+
+
+@dataclass(frozen=True)
+class DecodeErrors:
+    """A slide's bad tiles: how many, and the first ones found (at most `decode.MAX_LISTED`)."""
+
+    count: int  # bad tiles found
+    tiles: tuple[BadTile, ...] = ()  # the first ones, in the order found
+
+
+@dataclass(frozen=True)
 class SlideInfo:
     path: Path  # the slide file
     width: int  # level-0 width in px
@@ -58,6 +80,8 @@ class SlideInfo:
     objective_power: float | None = None  # nominal magnification, where the file says
     properties: dict[str, str] = field(default_factory=dict)  # a few raw metadata entries for reports
     colour: ColourPipeline | None = None  # how pixels are decoded and converted (None: not recorded)
+    decode_errors: DecodeErrors | None = None  # what the decoders reported while the slide was read (None: not
+    # recorded: the slide has not been read yet)
 
 
 @dataclass

@@ -13,12 +13,19 @@ import numpy as np
 from slidefuse.errors import UsageError
 from slidefuse.export.parity import ParityTiles, slide_tiles
 from slidefuse.export.quantize.config import QuantizeConfig
+from slidefuse.runtime.slide.decode import SlideDecodeError, describe
 
 
 def calibration_and_gate_tiles(config: QuantizeConfig, tile_size: int, mpp: float) -> tuple[ParityTiles, ParityTiles]:
     """(calibration tiles, gate tiles) of `tile_size` px at `mpp` um/px (the bundle's) from `config.slides`:
-    uint8 [N, T, T, 3] RGB 0..255 each, `config.calibration_tiles` and `config.gate_tiles` of them."""
-    pool = slide_tiles(list(config.slides), tile_size, mpp, config.calibration_tiles + config.gate_tiles)
+    uint8 [N, T, T, 3] RGB 0..255 each, `config.calibration_tiles` and `config.gate_tiles` of them.
+    A slide with a tile that the decoder reports as corrupt (among those read) is refused: SlideDecodeError."""
+    try:
+        pool = slide_tiles(list(config.slides), tile_size, mpp, config.calibration_tiles + config.gate_tiles)
+    except SlideDecodeError as exc:
+        raise SlideDecodeError(f"calibration slide {describe(exc.path, exc.tile)}; quantize does not calibrate on "
+                               "a damaged slide: re-copy it or name another --slides", path=exc.path,
+                               tile=exc.tile) from None
     return split_tiles(pool, config.calibration_tiles, config.gate_tiles, config.seed,
                        what=f"tissue tiles of {tile_size} px at {mpp:g} um/px (the bundle's)")
 

@@ -29,6 +29,7 @@ MAX_SIDE = 1400  # longest side of the preview's image area in px
 ALPHA = 0.45  # opacity of class colours over the thumbnail
 OVERLAY_PIXELS = 1 << 18  # pixels blended at a time (about 6 MB of float32 temporaries)
 TISSUE_FILE = "tissue.png"  # the tissue mask on the thumbnail, written for every slide
+BAD_TILE_COLOUR = (230, 0, 0)  # outline of tiles the decoders reported as corrupt
 
 
 def preview_size(slide: SlideInfo, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -90,8 +91,10 @@ def _draw_text(img: Any, xy: tuple[int, int], text: str, size_px: int, color: tu
     return int(mask.shape[1])
 
 
-def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float], title: str) -> Any:
-    """A white strip, `width` px wide, with a title line and one swatch + name + area per class >= 1."""
+def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float], title: str,
+            note: str = "") -> Any:
+    """A white strip, `width` px wide, with a title line, one swatch + name + area per class >= 1, and a last
+    line `note` in red when given."""
     from PIL import Image, ImageDraw
 
     pad, sw, row_h, text_px, title_px = 12, 18, 28, 17, 14
@@ -109,7 +112,7 @@ def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float]
             x = pad
         rows[-1].append(cell)
         x += cell[2]
-    height = pad + row_h + len(rows) * row_h + pad // 2
+    height = pad + row_h + (len(rows) + bool(note)) * row_h + pad // 2
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     _draw_text(img, (pad, pad), title, title_px, (40, 40, 40))
@@ -123,7 +126,28 @@ def _legend(width: int, classes: Sequence[ClassInfo], areas_mm2: Sequence[float]
             img.paste((0, 0, 0), box, Image.fromarray(mask))
             x += cw
         y += row_h
+    if note:
+        _draw_text(img, (pad, y + 2), note, title_px, BAD_TILE_COLOUR)
     return img
+
+
+def _outline_bad_tiles(img: Any, slide: SlideInfo) -> str:
+    """Outline on `img` (the preview's image area) each bad tile of `slide.decode_errors` (level-0 boxes) in
+    red; returns the legend's line about them ("" when there are none)."""
+    from PIL import ImageDraw
+
+    errors = slide.decode_errors
+    if errors is None or not errors.count:
+        return ""
+    sx, sy = img.width / slide.width, img.height / slide.height
+    draw = ImageDraw.Draw(img)
+    for t in errors.tiles:
+        x0, y0 = int(t.l0_x * sx), int(t.l0_y * sy)
+        x1, y1 = max(x0 + 2, int((t.l0_x + t.width) * sx)), max(y0 + 2, int((t.l0_y + t.height) * sy))
+        draw.rectangle([x0, y0, min(x1, img.width - 1), min(y1, img.height - 1)], outline=BAD_TILE_COLOUR, width=2)
+    listed = "" if len(errors.tiles) == errors.count else f" ({len(errors.tiles)} outlined)"
+    return f"{errors.count} tile(s) reported corrupt by the decoder{listed}, outlined in red: pixels there are " \
+           "unreliable"
 
 
 def write_preview(
@@ -155,7 +179,8 @@ def write_preview(
     base = Image.fromarray(np.ascontiguousarray(thumb[..., :3], dtype=np.uint8))
     base = base.resize((w, h), Image.Resampling.LANCZOS)
     blended = Image.fromarray(overlay(np.asarray(base), labels, [c.color for c in classes]))
-    legend = _legend(w if w >= 480 else 480, classes, areas_mm2, title or Path(slide.path).name)
+    note = _outline_bad_tiles(blended, slide)
+    legend = _legend(w if w >= 480 else 480, classes, areas_mm2, title or Path(slide.path).name, note)
     canvas = Image.new("RGB", (max(w, legend.width), h + legend.height), (255, 255, 255))
     canvas.paste(blended, (0, 0))
     canvas.paste(legend, (0, h))

@@ -87,7 +87,17 @@ def slide_metadata(slide: SlideInfo) -> dict[str, Any]:
         "height_mm": slide.height * slide.mpp / 1000.0,
         "properties": dict(slide.properties),
         "colour": dataclasses.asdict(slide.colour) if slide.colour is not None else None,
+        "decode_errors": decode_errors(slide),
     }
+
+
+def decode_errors(slide: SlideInfo) -> dict[str, Any] | None:
+    """The tiles the decoders reported as corrupt: {"count", "tiles": [{l0_x, l0_y, width, height, level,
+    message}, ...] (the first ones found)}; None when the slide was not read."""
+    errors = slide.decode_errors
+    if errors is None:
+        return None
+    return {"count": errors.count, "tiles": [dataclasses.asdict(t) for t in errors.tiles]}
 
 
 def model_card(bundle: Bundle) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from slidefuse.runtime.cores import usable_cores
 from slidefuse.runtime.outputs.base import OutputOptions
 from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
 from slidefuse.runtime.tissue import TissueParams
-from slidefuse.runtime.types import Status
+from slidefuse.runtime.types import ON_DECODE_ERROR, OnDecodeError, Status
 
 MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
 
@@ -57,6 +57,9 @@ class SegmentOptions:
     shard: tuple[int, int] | None = None  # (i, n): take only slides i, i+n, i+2n, ... of the list (static split)
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes over a slide's claim
     geojson_frame: str = "qupath"  # mask.geojson coordinates: "qupath" (level 0 minus openslide.bounds) or "level0"
+    on_decode_error: OnDecodeError = "fail"  # a tile the decoder reports as corrupt: "fail" the slide, or "warn"
+    # (count it in report.json and go on). Not in the skip key: it decides whether outputs are written, never what
+    # they hold
     outputs: OutputOptions = field(init=False, repr=False, compare=False)  # formats, mask_mpp and geojson_frame
     # as the output writers take them, built and checked once, here
 
@@ -68,6 +71,9 @@ class SegmentOptions:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
                 raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
         _check_sharing(self.shard, self.claim_timeout)
+        if self.on_decode_error not in ON_DECODE_ERROR:
+            raise UsageError(f"on_decode_error must be one of {', '.join(ON_DECODE_ERROR)}, "
+                             f"got {self.on_decode_error!r}", field="on_decode_error")
         for name in ("mpp", "mask_mpp"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -120,6 +126,7 @@ class SlideResult:
     seconds: float = 0.0  # wall time spent on the slide
     tile_counts: dict[str, int] = field(default_factory=dict)  # grid / tissue / run
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    decode_errors: int | None = None  # tiles the decoders reported as corrupt (None: the slide was not read)
 
     @property
     def ok(self) -> bool:

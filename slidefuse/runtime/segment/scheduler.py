@@ -253,7 +253,8 @@ class _SlideBatch:
         self.results[i] = res
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
                             seconds=res.seconds if res.status == Status.OK else time.perf_counter() - self.started[i],
-                            tiles=res.tile_counts or None, backend=self.options.backend)
+                            tiles=res.tile_counts or None, backend=self.options.backend,
+                            decode_errors=res.decode_errors)
         self.claims.release(self.dirs[i])
         if self.on_result is not None:
             self.on_result(res)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
     if reader is None:
         key = result_key(bundle, options, slide_identity(slide_path))  # refuses a FIFO or folder unopened
     slide = reader if reader is not None else open_slide(Path(slide_path), mpp=options.mpp,
-                                                         colour_transform=bundle.manifest.color_transform)
+                                                         colour_transform=bundle.manifest.color_transform,
+                                                         on_decode_error=options.on_decode_error)
     try:
         check_plausible_mpp(slide.info.mpp, None, options.force_mpp)
         view = slide.scaled(m.mpp)
@@ -181,6 +183,7 @@ def infer_slide(
             t0 = time.perf_counter()
             stitcher.finish()
             stats.stitch += time.perf_counter() - t0
+        plan.slide.decode_log.check()  # policy "fail": a report traced after the slide's last read fails it too
         timings.update(stats.as_dict())
         result = MaskResult(
             raw_path=raw_path,
@@ -208,7 +211,8 @@ def infer_slide(
         plan.close()
     seconds = plan.seconds + time.perf_counter() - t_start
     timings["total"] = seconds  # this slide's own stages up to the stitched mask (outputs not included)
-    return StitchedSlide(plan.slide_path, plan.out_dir, plan.slide.info, result, seconds, plan.key)
+    info = dataclasses.replace(plan.slide.info, decode_errors=plan.slide.decode_errors())
+    return StitchedSlide(plan.slide_path, plan.out_dir, info, result, seconds, plan.key)
 
 
 def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *,
@@ -233,8 +237,9 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
     n_run = result.tile_counts["run"]
     log.info("%s: done in %.1f s (%d tiles, %.1f tiles/s inference)", done.slide_path.name, seconds, n_run,
              n_run / timings["inference"] if timings.get("inference") else 0.0)
+    errors = done.info.decode_errors
     return SlideResult(done.slide_path, Status.OK, done.out_dir, None, dict(outputs), seconds, dict(result.tile_counts),
-                       dict(timings))
+                       dict(timings), errors.count if errors is not None else None)
 
 
 def segment_slide(

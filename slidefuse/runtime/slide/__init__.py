@@ -4,7 +4,8 @@
 - ``tiffdir``: the few TIFF directory tags the colour pipeline needs, read straight from the file;
 - ``colour``: stored pixels -> sRGB uint8 (mislabelled JPEG YCbCr, alpha, grey, 16 bits, CMYK, ICC);
 - ``reader``: ``SlideReader`` (libvips' openslideload / tiffload) and ``InMemorySlide``;
-- ``view``: ``ScaledView``, the slide at a pixel size, read from many threads.
+- ``view``: ``ScaledView``, the slide at a pixel size, read from many threads;
+- ``decode``: what the decoders report about corrupt tile data, traced to the stored tile and counted per slide.
 """
 
 from slidefuse.runtime.coords import PLAUSIBLE_MPP

@@ -22,6 +22,7 @@ import numpy as np
 import pyvips
 
 from slidefuse.errors import MissingPixelSize, SlideReadError, one_line, require
+from slidefuse.runtime.slide.decode import LevelBox, SourceTile
 from slidefuse.runtime.slide.reader import SlideReader
 from slidefuse.runtime.types import ColourPipeline, LevelInfo, SlideInfo
 
@@ -90,6 +91,24 @@ class DicomSlide(SlideReader):
             raise SlideReadError(f"{self.info.path}: cannot read DICOM level {level} ({one_line(exc)}); the series "
                                  "is incomplete or corrupt: re-export it") from exc
         return mosaic.crop(0, 0, width, height)
+
+    def _source_tiles(self, level: int, level_box: LevelBox) -> list[SourceTile] | None:
+        """The encoded frames of a lazily decoded level under ``level_box`` (None for levels wsidicom decodes:
+        its decoder raises on what it cannot decode)."""
+        lv = self._levels[level]
+        if _lazy_decoder(lv) is None:
+            return None
+        tw, th = lv.tile_size.width, lv.tile_size.height
+        x, y, w, h = level_box
+        out = []
+        for row in range(max(0, y // th), min(math.ceil(lv.size.height / th), math.ceil((y + h) / th))):
+            for col in range(max(0, x // tw), min(math.ceil(lv.size.width / tw), math.ceil((x + w) / tw))):
+                def encoded(col: int = col, row: int = row) -> bytes | None:
+                    return bytes(self._wsi.read_encoded_tile(lv.level, (col, row), crop_to_image_boundary=False))
+
+                box = self._l0_box(level, (col * tw, row * th, tw, th))
+                out.append(SourceTile((level, col, row), box, encoded))
+        return out
 
     def _decoded(self, lv: Any, nx: int, ny: int, tw: int, th: int) -> pyvips.Image:
         """The level decoded by wsidicom, tile by tile, into one uint8 RGB array in memory."""

@@ -28,10 +28,11 @@ import pyvips
 
 from slidefuse.errors import InvalidPixelSize, MissingPixelSize, SlideNotFound, SlideReadError, one_line
 from slidefuse.runtime import coords
-from slidefuse.runtime.slide import colour, metadata, tiffdir
+from slidefuse.runtime.slide import colour, decode, metadata, tiffdir
 from slidefuse.runtime.slide.colour import ColourTransform, LevelColour
+from slidefuse.runtime.slide.decode import DecodeLog, L0Box, LevelBox, OnDecodeError, SourceTile
 from slidefuse.runtime.slide.view import ScaledView
-from slidefuse.runtime.types import ColourPipeline, LevelInfo, SlideInfo
+from slidefuse.runtime.types import ColourPipeline, DecodeErrors, LevelInfo, SlideInfo
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ SMALL_LEVEL_PIXELS = 16_000_000
 # decodes whole (into a temporary file the size of the image) before any random read.
 MAX_DECODE_PIXELS = 30_000_000_000
 MAX_STRIP_PIXELS = 500_000_000
+# TIFF compressions whose tiles a decoder's report is traced to (`decode`): JPEG, and JPEG 2000 (Aperio 33003 /
+# 33005, 34712); other codecs report nothing short of an error that fails the read.
+TRACEABLE_COMPRESSIONS = (7, 33003, 33005, 34712)
 
 
 def _corrupt(path: Path | str, what: str, exc: BaseException) -> SlideReadError:
@@ -60,7 +64,9 @@ class SlideReader:
 
     ``info`` describes the slide (level-0 size, pixel size and its source, levels finest first, vendor,
     loader, colour pipeline); ``scaled(mpp)`` reads it at any pixel size; ``thumbnail(max_side)`` gives a
-    small RGB overview. Every pixel returned is uint8 sRGB as ``info.colour`` describes.
+    small RGB overview. Every pixel returned is uint8 sRGB as ``info.colour`` describes. ``decode_log``
+    holds the tiles the decoders reported as corrupt while reading (``decode``); with its policy "fail" (the
+    default) a read that meets one raises ``SlideDecodeError``.
     """
 
     def __init__(self, info: SlideInfo, level_images: list[pyvips.Image] | None = None) -> None:
@@ -69,6 +75,7 @@ class SlideReader:
         self._cache: dict[float, ScaledView] = {}
         self._small_levels: dict[int, pyvips.Image] = {}  # decoded small levels (RGB uint8), see SMALL_LEVEL_PIXELS
         self._lock = threading.Lock()
+        self.decode_log = DecodeLog(info.path)
 
     # subclasses override
     def _load_level(self, level: int) -> pyvips.Image:
@@ -80,6 +87,24 @@ class SlideReader:
     def _to_rgb(self, level: int, image: pyvips.Image) -> pyvips.Image:
         """A decoded level -> lazy 3-band uchar sRGB (subclasses add their colour pipeline)."""
         return colour.apply(image, LevelColour("", False, None), "none", self.info.path)[0]
+
+    def _source_tiles(self, level: int, level_box: LevelBox) -> list[SourceTile] | None:
+        """The stored tiles of ``level`` under ``level_box``, to trace a decoder's report to them; None when
+        this reader cannot list them."""
+        return None
+
+    def _l0_box(self, level: int, level_box: LevelBox) -> L0Box:
+        """A box of level ``level`` (level px) in level-0 px, clipped to the slide."""
+        ds = self.info.levels[level].downsample
+        x, y, w, h = level_box
+        x0, y0 = max(0, int(x * ds)), max(0, int(y * ds))
+        x1 = min(self.info.width, int(math.ceil((x + w) * ds)))
+        y1 = min(self.info.height, int(math.ceil((y + h) * ds)))
+        return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+    def decode_errors(self) -> DecodeErrors:
+        """What the decoders reported so far: count and the first bad tiles (level-0 boxes, messages)."""
+        return self.decode_log.summary()
 
     def __enter__(self) -> SlideReader:
         return self
@@ -130,7 +155,7 @@ class SlideReader:
             "%s: view at %g um/px = level %d (%g um/px, %dx%d) resized by %.4f -> %dx%d",
             i.path, mpp, k, i.mpp * level.downsample, level.width, level.height, hscale, out_w, out_h,
         )
-        return ScaledView(image, mpp, i.path, k, i.mpp * level.downsample)
+        return ScaledView(image, mpp, i.path, k, i.mpp * level.downsample, source=self)
 
     def _rgb_level(self, k: int) -> pyvips.Image:
         """Level ``k`` as lazy RGB uint8; a small level is decoded into memory once and shared (call with
@@ -142,7 +167,8 @@ class SlideReader:
         level = self.info.levels[k]
         if level.width * level.height <= SMALL_LEVEL_PIXELS:
             try:
-                image = image.copy_memory()
+                with decode.watch(self, k, (0, 0, level.width, level.height)):
+                    image = image.copy_memory()
             except pyvips.Error as exc:
                 raise _corrupt(self.info.path, f"cannot decode pyramid level {k}", exc) from exc
             self._small_levels[k] = image
@@ -178,6 +204,8 @@ class _VipsFileSlide(SlideReader):
         self._fail_on = fail_on
         self._level_colours = level_colours
         self._transform = transform
+        self._layouts: dict[int, tiffdir.TileLayout | None] = {}  # per level, read when first traced
+        self._tables: dict[int, bytes | None] = {}  # per level, its JPEGTables
 
     def _load_level(self, level: int) -> pyvips.Image:
         path = str(self.info.path)
@@ -193,6 +221,23 @@ class _VipsFileSlide(SlideReader):
 
     def _to_rgb(self, level: int, image: pyvips.Image) -> pyvips.Image:
         return colour.apply(image, self._level_colours[level], self._transform, self.info.path)[0]
+
+    def _source_tiles(self, level: int, level_box: LevelBox) -> list[SourceTile] | None:
+        """The JPEG / JPEG 2000 tiles of a TIFF level under ``level_box`` (OpenSlide's vendors: None, since
+        OpenSlide fails the read itself)."""
+        if self.info.loader != "tiffload":
+            return None
+        if level not in self._layouts:
+            lv = self.info.levels[level]
+            d = colour.match_directory(tiffdir.read_directories(self.info.path), lv.width, lv.height)
+            traceable = d is not None and d.compression in TRACEABLE_COMPRESSIONS
+            layout = tiffdir.tile_layout(self.info.path, d) if d is not None and traceable else None
+            tables = d.jpeg_tables if d is not None and d.compression == 7 else None
+            self._layouts[level], self._tables[level] = layout, tables
+        layout = self._layouts[level]
+        if layout is None:
+            return None
+        return _tiles_under(self, level, level_box, layout, self._tables.get(level))
 
     def colour_pipeline(self) -> ColourPipeline:
         """What each level stores and which conversions the reader applies (for ``SlideInfo.colour``)."""
@@ -211,6 +256,29 @@ class _VipsFileSlide(SlideReader):
             conversions = tuple(f"level {k}: {step}" for k, s in enumerate(steps) for step in s)
         decoder = "openslide" if self.info.loader == "openslideload" else "libtiff"
         return colour.describe(decoder, self._level_colours, conversions, self._transform)
+
+
+def _tiles_under(reader: SlideReader, level: int, level_box: LevelBox, layout: tiffdir.TileLayout,
+                 tables: bytes | None) -> list[SourceTile]:
+    lv = reader.info.levels[level]
+    x, y, w, h = level_box
+    tw, th = layout.tile_width, layout.tile_height
+    out = []
+    for row in range(max(0, y // th), min(-(-lv.height // th), -(-(y + h) // th))):
+        for col in range(max(0, x // tw), min(layout.columns, -(-(x + w) // tw))):
+            i = row * layout.columns + col
+            if i >= len(layout.offsets) or i >= len(layout.counts):
+                continue
+            off, cnt = layout.offsets[i], layout.counts[i]
+
+            def encoded(off: int = off, cnt: int = cnt) -> bytes | None:
+                data = tiffdir.read_segment(reader.info.path, off, cnt)
+                return decode.jpeg_with_tables(data, tables) if data is not None else None
+
+            level_tile = (col * tw, row * th, min(tw, lv.width - col * tw), min(th, lv.height - row * th))
+            box = reader._l0_box(level, level_tile)
+            out.append(SourceTile((level, col, row), box, encoded))
+    return out
 
 
 class InMemorySlide(SlideReader):
@@ -368,11 +436,14 @@ def _read_info(p: Path) -> tuple[SlideInfo, list[dict[str, Any]]]:
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
-               colour_transform: ColourTransform | str = "none") -> SlideReader:
+               colour_transform: ColourTransform | str = "none", on_decode_error: OnDecodeError = "fail"
+               ) -> SlideReader:
     """Open a whole-slide image. ``mpp`` (microns per level-0 pixel) overrides the file's pixel size.
 
     ``colour_transform`` is the bundle's choice for embedded ICC profiles: "none" (raw decoded values, the
-    default) or "icc-to-srgb". Raises ``SlideNotFound`` (no such file), ``SlideReadError`` (not a slide, or
+    default) or "icc-to-srgb". ``on_decode_error``: "fail" (a read meeting a tile the decoder reports as
+    corrupt raises ``SlideDecodeError``, a ``SlideReadError``) or "warn" (such tiles are counted in
+    ``decode_errors()``). Raises ``SlideNotFound`` (no such file), ``SlideReadError`` (not a slide, or
     corrupt), ``InvalidPixelSize`` (a bad ``mpp``) and ``MissingPixelSize`` (no usable pixel size, no ``mpp``).
     """
     p = Path(path)
@@ -381,7 +452,9 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
     if dicom.is_dicom(p):
         if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
             raise InvalidPixelSize(f"{p}: the pixel size must be a positive number of microns per pixel, got {mpp}")
-        return dicom.open_dicom(p, mpp)
+        dcm = dicom.open_dicom(p, mpp)
+        dcm.decode_log = DecodeLog(p, on_decode_error)
+        return dcm
     _check_path(p, mpp)
     if colour_transform not in colour.COLOUR_TRANSFORMS:
         raise ValueError(f"colour_transform must be one of {colour.COLOUR_TRANSFORMS}, got {colour_transform!r}")
@@ -398,6 +471,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
         )
     reader = _VipsFileSlide(info, level_args, fail_on=info.loader == "tiffload",
                             level_colours=_level_colours(info), transform=transform)
+    reader.decode_log = DecodeLog(p, on_decode_error)
     reader.info = dataclasses.replace(info, colour=reader.colour_pipeline())
     for step in reader.info.colour.conversions if reader.info.colour else ():
         # OpenSlide hands out premultiplied RGBA: flattening its alpha is routine, everything else is news.
@@ -441,6 +515,7 @@ def _probe(reader: SlideReader) -> None:
     image = reader._to_rgb(k, reader._load_level(k))
     w, h = min(lv.width, 64), min(lv.height, 64)
     try:
-        pyvips.Region.new(image).fetch(0, 0, w, h)
+        with decode.watch(reader, k, (0, 0, w, h)):
+            pyvips.Region.new(image).fetch(0, 0, w, h)
     except pyvips.Error as exc:
         raise _corrupt(i.path, "cannot decode its pixels", exc) from exc

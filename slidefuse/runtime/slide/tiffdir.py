@@ -180,3 +180,49 @@ def first_segment_bytes(path: Path, d: Directory, limit: int = 1 << 16) -> bytes
             return fh.read(min(cnt, limit))
     except OSError:
         return None
+
+
+TILE_WIDTH, TILE_LENGTH = 322, 323
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Where a tiled directory's tiles are: tile size and, per tile in row-major order, offset and byte count."""
+
+    tile_width: int  # px
+    tile_height: int  # px
+    columns: int  # tiles across
+    offsets: tuple[int, ...]  # file offset of each tile
+    counts: tuple[int, ...]  # byte count of each tile
+
+
+def tile_layout(path: Path, d: Directory) -> TileLayout | None:
+    """The tile layout of a tiled directory (None for strips, or when the tags cannot be read)."""
+    if not d.tiled:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            r = _Reader(fh, fh.tell())
+            e, _ = r.entries(d.offset)
+            tw = r.values(e[TILE_WIDTH], 1)[0]
+            th = r.values(e[TILE_LENGTH], 1)[0]
+            offsets, counts = r.values(e[TILE_OFFSETS], 1 << 24), r.values(e[TILE_COUNTS], 1 << 24)
+    except (OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        log.debug("%s: cannot read the tile layout of the IFD at %d (%s)", path, d.offset, exc)
+        return None
+    if not tw or not th:
+        return None
+    return TileLayout(int(tw), int(th), -(-d.width // tw), tuple(offsets), tuple(counts))
+
+
+def read_segment(path: Path, offset: int, count: int) -> bytes | None:
+    """``count`` bytes at ``offset`` of the file (None when unreadable or implausible)."""
+    if offset <= 0 or count <= 0 or count > MAX_BLOB:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(count)
+    except OSError:
+        return None

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyvips
 
 from slidefuse.errors import SlideReadError, one_line
 from slidefuse.runtime import coords, interrupt
+from slidefuse.runtime.slide import decode
 
 WHITE = 255
 BAND_SOURCE_PIXELS = 16_000_000  # source pixels decoded between two checks for Ctrl-C in `read_all`
@@ -22,7 +26,8 @@ class ScaledView:
     0..255, and pads any part of the box outside the slide with white (255). Safe to call from many threads.
     """
 
-    def __init__(self, image: pyvips.Image, mpp: float, path: Path, level: int, level_mpp: float) -> None:
+    def __init__(self, image: pyvips.Image, mpp: float, path: Path, level: int, level_mpp: float, *,
+                 source: Any = None) -> None:
         self.image = image  # uchar, 3 bands, exactly width x height
         self.mpp = mpp  # microns per pixel of this view
         self.width: int = image.width
@@ -30,6 +35,7 @@ class ScaledView:
         self.level = level  # pyramid level the view resamples from
         self.level_mpp = level_mpp  # pixel size of that level
         self._path = path
+        self._source = source  # the SlideReader whose decode log this view's reads report to (None: none)
         self._local = threading.local()
         self._pixels: np.ndarray | None = None  # whole view in memory, once preload() decided so
 
@@ -74,13 +80,25 @@ class ScaledView:
         if self._pixels is not None:
             return self._pixels[y : y + h, x : x + w]
         try:
-            data = self._region().fetch(x, y, w, h)
+            with self._watch(x, y, w, h):
+                data = self._region().fetch(x, y, w, h)
         except pyvips.Error as exc:
             raise SlideReadError(
                 f"{self._path}: cannot read pixels at ({x}, {y}, {w} x {h}) at {self.mpp:g} um/px "
                 f"({one_line(exc)}); the file is truncated or corrupt: re-copy or re-export it"
             ) from exc
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
+
+    def _watch(self, x: int, y: int, w: int, h: int) -> contextlib.AbstractContextManager[None]:
+        """`decode.watch` over the level box that the model-frame box (x, y, w, h) resamples (a margin of the
+        resampling kernel's reach around it)."""
+        if self._source is None:
+            return contextlib.nullcontext()
+        s = self.mpp / self.level_mpp if self.level_mpp > 0 else 1.0
+        m = 3 * max(s, 1.0) + 1
+        x0, y0 = max(0, int(x * s - m)), max(0, int(y * s - m))
+        x1, y1 = int(math.ceil((x + w) * s + m)), int(math.ceil((y + h) * s + m))
+        return decode.watch(self._source, self.level, (x0, y0, x1 - x0, y1 - y0))
 
     def read_all(self) -> np.ndarray:
         """The whole view as uint8 ``[height, width, 3]`` (only for small views: thumbnails, tests).
