@@ -24,7 +24,7 @@ def calibration_and_gate_tiles(config: QuantizeConfig, tile_size: int, mpp: floa
         pool = slide_tiles(list(config.slides), tile_size, mpp, config.calibration_tiles + config.gate_tiles)
     except SlideDecodeError as exc:
         raise SlideDecodeError(f"calibration slide {describe(exc.path, exc.tile)}; quantize does not calibrate on "
-                               "a damaged slide: re-copy it or name another --slides", path=exc.path,
+                               "a damaged slide: re-copy it or calibrate on another slide", path=exc.path,
                                tile=exc.tile) from None
     return split_tiles(pool, config.calibration_tiles, config.gate_tiles, config.seed,
                        what=f"tissue tiles of {tile_size} px at {mpp:g} um/px (the bundle's)")

@@ -118,7 +118,7 @@ class DecodeLog:
             first = next(iter(self._tiles.values()), None)
         if first is not None:
             raise SlideDecodeError(describe(self.path, first) + "; the file is damaged: re-copy or re-export it "
-                                   "(--on-decode-error warn segments it anyway, counting the bad tiles)",
+                                   "(on_decode_error=warn segments it anyway, counting the bad tiles)",
                                    path=self.path, tile=first)
 
 
