@@ -61,11 +61,13 @@ class SegmentationResult:
     """
 
     slide: Path  # the slide file, as given (for an array: its name)
-    status: Status  # OK, SKIPPED (outputs already complete for this model), FAILED, or CLAIMED (another process)
+    status: Status  # OK, SKIPPED (outputs already complete for this model), FAILED, CLAIMED (another process),
+    # or CLAIM_LOST (started here, then taken over by another process, which does it)
     out_dir: Path | None  # the slide's output folder (OUT/<slide stem>)
     outputs: Mapping[str, Path]  # format -> file written in this run (empty when skipped or failed)
-    error: str | None = None  # one-line reason when failed
+    error: str | None = None  # one-line reason when failed (or its claim lost)
     seconds: float = 0.0  # wall time spent on the slide
+    holder: str | None = None  # CLAIMED, CLAIM_LOST: host:pid of the process that held the slide, when known
 
     @property
     def ok(self) -> bool:
@@ -141,7 +143,8 @@ class SegmentationResult:
 
 
 def _result(res: SlideResult) -> SegmentationResult:
-    return SegmentationResult(res.slide, res.status, res.out_dir, dict(res.outputs), res.error, res.seconds)
+    return SegmentationResult(res.slide, res.status, res.out_dir, dict(res.outputs), res.error, res.seconds,
+                              res.holder)
 
 
 def _parsed(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,7 +275,7 @@ class Model:
 
     def _batch(self, slides: list[Path], list_file: Path | None, out_root: Path, options: SegmentOptions,
                progress: Progress, on_result: Callable[[SegmentationResult], None] | None,
-               backend: Backend | None = None) -> list[SegmentationResult]:
+               backend: Backend | None = None, stop: threading.Event | None = None) -> list[SegmentationResult]:
         from slidefuse.runtime.segment import segment_many as run_slides
 
         def told(res: SlideResult) -> None:
@@ -280,7 +283,7 @@ class Model:
                 on_result(_result(res))
 
         done = run_slides(slides, self.bundle, out_root, options, list_file=list_file, progress=progress,
-                          backend=backend or self.backend, on_result=told)
+                          backend=backend or self.backend, on_result=told, stop=stop)
         return [_result(r) for r in done]
 
     def segment_batch(
@@ -312,12 +315,14 @@ class Model:
     ) -> Iterator[SegmentationResult]:
         """Like `segment_batch`, but yields each slide's result as soon as its outputs are written (in slide
         order). The batch runs on one worker thread, the only one that touches the backend meanwhile.
-        Stopping the iteration early stops the batch after the slide being recorded."""
+        Stopping the iteration early (`close()`, `break`, leaving a `with` block around it) stops the batch
+        within a batch of tiles: the slide being inferred is dropped, outputs being written are finished, and
+        no temporary file or empty folder of this batch is left."""
         paths, listed = [Path(s) for s in slides], Path(list_file) if list_file is not None else None
         options, hooks = self._run_options(**override), as_progress(progress)
 
-        def run(on_result: Callable[[SegmentationResult], None]) -> object:
-            return self._batch(paths, listed, Path(out), options, hooks, on_result)
+        def run(on_result: Callable[[SegmentationResult], None], stop: threading.Event) -> object:
+            return self._batch(paths, listed, Path(out), options, hooks, on_result, stop=stop)
 
         yield from _yield_from_thread(run)
 
@@ -326,9 +331,12 @@ class _Stop(Exception):
     """Raised inside the batch's result hook when the consumer stopped iterating."""
 
 
-def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None]], object]
+def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], threading.Event], object]
                        ) -> Iterator[SegmentationResult]:
-    """Call `run(on_result)` on a thread and yield the results it reports as they are recorded."""
+    """Call `run(on_result, stop)` on a thread and yield the results it reports as they are recorded; `stop`
+    is set when the consumer stops iterating (the batch then stops: BatchStopped)."""
+    from slidefuse.runtime.segment.scheduler import BatchStopped
+
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
 
@@ -339,8 +347,8 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None]], obj
 
     def work() -> None:
         try:
-            run(told)
-        except _Stop:
+            run(told, stop)
+        except (_Stop, BatchStopped):
             pass
         except BaseException as exc:  # handed to the consumer, raised there
             q.put(("error", exc))

@@ -56,6 +56,8 @@ class SegmentOptions:
     force_mpp: bool = False  # accept slide pixel sizes outside PLAUSIBLE_MPP (from the file or `mpp`)
     shard: tuple[int, int] | None = None  # (i, n): take only slides i, i+n, i+2n, ... of the list (static split)
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes over a slide's claim
+    wait: bool = True  # at the end of the list, wait for the slides other live processes hold (taking over any
+    # whose holder stops); False leaves them to their holders at once
     geojson_frame: str = "qupath"  # mask.geojson coordinates: "qupath" (level 0 minus openslide.bounds) or "level0"
     outputs: OutputOptions = field(init=False, repr=False, compare=False)  # formats, mask_mpp and geojson_frame
     # as the output writers take them, built and checked once, here
@@ -112,14 +114,16 @@ class SlideResult:
     """What happened to one slide."""
 
     slide: Path  # the slide file as given
-    status: Status  # OK, SKIPPED (outputs already complete for this skip key), FAILED, or CLAIMED (done or
-    # being done by another process sharing OUT: not recorded in run.json by this one)
+    status: Status  # OK, SKIPPED (outputs already complete for this skip key), FAILED, CLAIMED (done or being
+    # done by another process sharing OUT: not recorded in run.json by this one), or CLAIM_LOST (started here,
+    # then taken over by another process, which does it)
     out_dir: Path | None = None  # OUT/<slide stem>
     error: str | None = None  # one-line reason when failed
     outputs: dict[str, Path] = field(default_factory=dict)  # format -> written file
     seconds: float = 0.0  # wall time spent on the slide
     tile_counts: dict[str, int] = field(default_factory=dict)  # grid / tissue / run
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    holder: str | None = None  # CLAIMED, CLAIM_LOST: host:pid of the process that held the slide, when known
 
     @property
     def ok(self) -> bool:

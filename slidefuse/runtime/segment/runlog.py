@@ -7,8 +7,9 @@ the merged view: after every record the process rebuilds it from run.json and ev
 under a short cross-process mutex (`run.json.lock`), and writes it atomically. `read_run_log` merges the same
 way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
 record of a slide (by its time `t`) wins, in the position where the slide was first recorded, except that a
-"skipped" record keeps the "ok" entry of the run that made the outputs; entries of earlier batches in the
-same OUT are kept.
+"skipped" record keeps the "ok" entry of the run that made the outputs, and a "claim_lost" record (a process
+that started the slide and was taken over) never replaces another entry and is replaced by any; entries of
+earlier batches in the same OUT are kept.
 
 Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry sits on its own line::
 
@@ -43,11 +44,12 @@ from slidefuse.runtime.types import RUN_LOG, Status
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECORDS_DIR", "RUN_FORMAT", "RUN_LOG", "STATUSES", "RunLog", "read_records", "read_run_log"]
+__all__ = ["RECORDED", "RECORDS_DIR", "RUN_FORMAT", "RUN_LOG", "STATUSES", "RunLog", "read_records", "read_run_log"]
 
 RUN_FORMAT = "slidefuse-run/1"
 RECORDS_DIR = ".run"  # OUT/.run/<run id>.jsonl: each process's own append-only records
 STATUSES = (Status.OK, Status.FAILED, Status.SKIPPED)  # recorded here; "claimed" slides are their holder's to record
+RECORDED = (*STATUSES, Status.CLAIM_LOST)  # what `record` takes: a lost claim too, which never hides another entry
 
 
 def _now() -> str:
@@ -95,7 +97,9 @@ def _merge(view: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[di
         old = merged.get(key)
         if old is not None and e["status"] == "skipped" and old["status"] == "ok":
             continue
-        if old is None or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
+        if old is not None and e["status"] == Status.CLAIM_LOST:
+            continue  # the process that took the claim over records the slide (whenever its record lands)
+        if old is None or old["status"] == Status.CLAIM_LOST or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
             merged[key] = e
     return list(merged.values())
 
@@ -164,11 +168,12 @@ class RunLog:
     ) -> dict[str, Any]:
         """Add or replace the entry of `slide` and rewrite run.json atomically; returns the entry.
 
-        `status` is one of `STATUSES` (ok, failed, skipped); `error` a one-line reason for "failed"; `outputs`
-        maps each format to its file; `extra` adds JSON-able fields (e.g. tiles, backend).
+        `status` is one of `RECORDED` (ok, failed, skipped, claim_lost); `error` a one-line reason for "failed"
+        and "claim_lost"; `outputs` maps each format to its file; `extra` adds JSON-able fields (e.g. tiles,
+        backend, holder).
         """
-        if status not in STATUSES:
-            raise UsageError(f"run log status {status!r} is unknown; use one of {', '.join(STATUSES)}")
+        if status not in RECORDED:
+            raise UsageError(f"run log status {status!r} is unknown; use one of {', '.join(RECORDED)}")
         entry: dict[str, Any] = {
             "slide": str(slide),
             "slide_key": str(resolved(slide)),
