@@ -384,13 +384,18 @@ class _SlideBatch:
         self._settle()
         if pool is None:
             res = self._finish(i, done)
-            self._record(i, res)
+            self._publish(i, res)
             self.progress.end_slide(res.status)
         else:
             self.pending = (i, pool.submit(self._finish, i, done), done)
             self.progress.end_slide("tiles done; outputs being written")
 
     def _finish(self, i: int, done: StitchedSlide) -> SlideResult:
+        """Write slide i's outputs and record it at once (the run log and the claim cannot wait for the next
+        slide's tiles: a process killed meanwhile must not leave finished outputs unrecorded)."""
+        return self._commit(i, self._write(i, done))
+
+    def _write(self, i: int, done: StitchedSlide) -> SlideResult:
         run_info: dict[str, object] = {"run_id": self.claims.run_id}
         mine = self.claims.claim_of(self.dirs[i])
         if mine is not None:
@@ -432,19 +437,27 @@ class _SlideBatch:
         return res
 
     def _settle(self) -> None:
-        """Wait for the outputs being written in the background, and record that slide."""
+        """Wait for the outputs being written in the background (which records the slide), and publish it."""
         if self.pending is not None:
             i, fut, _ = self.pending
             self.pending = None
-            self._record(i, fut.result())
+            self._publish(i, fut.result())
 
     def _record(self, i: int, res: SlideResult) -> None:
+        self._publish(i, self._commit(i, res))
+
+    def _commit(self, i: int, res: SlideResult) -> SlideResult:
+        """Record slide i in the run log (fenced) and release its claim; returns the result as recorded."""
         res = self._fenced(i, res)
-        self.results[i] = res
         extra = {"holder": res.holder} if res.status == Status.CLAIM_LOST else {}
         self.run_log.record(res.slide, res.status, error=res.error, out_dir=res.out_dir, outputs=res.outputs,
                             seconds=res.seconds if res.status == Status.OK else time.perf_counter() - self.started[i],
                             tiles=res.tile_counts or None, backend=self.options.backend, **extra)
         self.claims.release(self.dirs[i])
+        return res
+
+    def _publish(self, i: int, res: SlideResult) -> None:
+        """Slide i's result, as recorded, for the caller."""
+        self.results[i] = res
         if self.on_result is not None:
             self.on_result(res)
