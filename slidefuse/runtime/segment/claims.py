@@ -347,10 +347,13 @@ def holder_of(slide_dir: Path) -> str | None:
 
 def _refuse_folder(path: Path) -> None:
     """Raise ClaimBlocked when a non-empty folder stands where the claim file goes."""
-    with contextlib.suppress(OSError):
-        if path.is_dir() and any(path.iterdir()):
-            raise ClaimBlocked(f"{path}: a folder, not a slidefuse claim file, stands where the slide's claim goes; "
-                               f"remove it (rm -r '{path}') and run again")
+    try:
+        full = path.is_dir() and any(path.iterdir())
+    except OSError:  # gone meanwhile, or unreadable: the claim itself then says what is wrong
+        full = False
+    if full:
+        raise ClaimBlocked(f"{path}: a folder, not a slidefuse claim file, stands where the slide's claim goes; "
+                           f"remove it (rm -r '{path}') and run again")
 
 
 def _remove_claim_file(path: Path) -> None:
