@@ -179,6 +179,7 @@ class Model:
         self.options = options  # defaults of every run (per call: mpp, formats, overwrite)
         self._backend: Backend | None = None
         self._lock = threading.Lock()
+        self._running: set[_Running] = set()  # `segment_many` batches on their threads (stopped by `close`)
 
     def __enter__(self) -> Model:
         return self
@@ -203,7 +204,10 @@ class Model:
             return self._backend
 
     def close(self) -> None:
-        """Close the backend (the model can be used again: it reopens)."""
+        """Stop the `segment_many` batches still running (as closing their iterators would), then close the
+        backend (the model can be used again: it reopens)."""
+        for running in list(self._running):
+            running.stop_and_wait()
         with self._lock:
             if self._backend is not None:
                 self._backend.__exit__(None, None, None)
@@ -324,17 +328,31 @@ class Model:
         def run(on_result: Callable[[SegmentationResult], None], stop: threading.Event) -> object:
             return self._batch(paths, listed, Path(out), options, hooks, on_result, stop=stop)
 
-        yield from _yield_from_thread(run)
+        yield from _yield_from_thread(run, self._running)
 
 
 class _Stop(Exception):
     """Raised inside the batch's result hook when the consumer stopped iterating."""
 
 
-def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], threading.Event], object]
-                       ) -> Iterator[SegmentationResult]:
+@dataclass(frozen=True, eq=False)
+class _Running:
+    """A batch running on its thread for a `segment_many` iterator."""
+
+    stop: threading.Event  # set to stop the batch (within one batch of tiles: BatchStopped)
+    thread: threading.Thread
+
+    def stop_and_wait(self) -> None:
+        self.stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+
+def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], threading.Event], object],
+                       running: set[_Running]) -> Iterator[SegmentationResult]:
     """Call `run(on_result, stop)` on a thread and yield the results it reports as they are recorded; `stop`
-    is set when the consumer stops iterating (the batch then stops: BatchStopped)."""
+    is set when the consumer stops iterating, or when the model is closed (the batch then stops:
+    BatchStopped). The batch is in `running` while its thread runs."""
     from slidefuse.runtime.segment.scheduler import BatchStopped
 
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -355,6 +373,8 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], thre
         q.put(("end", None))
 
     thread = threading.Thread(target=work, name="slidefuse-api-batch", daemon=True)
+    batch = _Running(stop, thread)
+    running.add(batch)
     thread.start()
     try:
         while True:
@@ -365,8 +385,8 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], thre
                 raise item
             yield item
     finally:
-        stop.set()
-        thread.join()
+        batch.stop_and_wait()
+        running.discard(batch)
 
 
 def load_model(bundle: SlidePath | Bundle, backend: str = "auto", **options: Any) -> Model:
