@@ -61,12 +61,14 @@ class SegmentationResult:
     """
 
     slide: Path  # the slide file, as given (for an array: its name)
-    status: Status  # OK, SKIPPED (outputs already complete for this model), FAILED, or CLAIMED (another process)
+    status: Status  # OK, SKIPPED (outputs already complete for this model), FAILED, CLAIMED (another process),
+    # or CLAIM_LOST (started here, then taken over by another process, which does it)
     out_dir: Path | None  # the slide's output folder (OUT/<slide stem>)
     outputs: Mapping[str, Path]  # format -> file written in this run (empty when skipped or failed)
-    error: str | None = None  # one-line reason when failed
+    error: str | None = None  # one-line reason when failed (or its claim lost)
     seconds: float = 0.0  # wall time spent on the slide
     decode_errors: int | None = None  # tiles the decoders reported as corrupt (None: the slide was not read)
+    holder: str | None = None  # CLAIMED, CLAIM_LOST: host:pid of the process that held the slide, when known
 
     @property
     def ok(self) -> bool:
@@ -143,7 +145,7 @@ class SegmentationResult:
 
 def _result(res: SlideResult) -> SegmentationResult:
     return SegmentationResult(res.slide, res.status, res.out_dir, dict(res.outputs), res.error, res.seconds,
-                              res.decode_errors)
+                              res.decode_errors, res.holder)
 
 
 def _parsed(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,6 +180,7 @@ class Model:
         self.options = options  # defaults of every run (per call: mpp, formats, overwrite)
         self._backend: Backend | None = None
         self._lock = threading.Lock()
+        self._running: set[_Running] = set()  # `segment_many` batches on their threads (stopped by `close`)
 
     def __enter__(self) -> Model:
         return self
@@ -202,7 +205,10 @@ class Model:
             return self._backend
 
     def close(self) -> None:
-        """Close the backend (the model can be used again: it reopens)."""
+        """Stop the `segment_many` batches still running (as closing their iterators would), then close the
+        backend (the model can be used again: it reopens)."""
+        for running in list(self._running):
+            running.stop_and_wait()
         with self._lock:
             if self._backend is not None:
                 self._backend.__exit__(None, None, None)
@@ -274,7 +280,7 @@ class Model:
 
     def _batch(self, slides: list[Path], list_file: Path | None, out_root: Path, options: SegmentOptions,
                progress: Progress, on_result: Callable[[SegmentationResult], None] | None,
-               backend: Backend | None = None) -> list[SegmentationResult]:
+               backend: Backend | None = None, stop: threading.Event | None = None) -> list[SegmentationResult]:
         from slidefuse.runtime.segment import segment_many as run_slides
 
         def told(res: SlideResult) -> None:
@@ -282,7 +288,7 @@ class Model:
                 on_result(_result(res))
 
         done = run_slides(slides, self.bundle, out_root, options, list_file=list_file, progress=progress,
-                          backend=backend or self.backend, on_result=told)
+                          backend=backend or self.backend, on_result=told, stop=stop)
         return [_result(r) for r in done]
 
     def segment_batch(
@@ -314,23 +320,42 @@ class Model:
     ) -> Iterator[SegmentationResult]:
         """Like `segment_batch`, but yields each slide's result as soon as its outputs are written (in slide
         order). The batch runs on one worker thread, the only one that touches the backend meanwhile.
-        Stopping the iteration early stops the batch after the slide being recorded."""
+        Stopping the iteration early (`close()`, `break`, leaving a `with` block around it) stops the batch
+        within a batch of tiles: the slide being inferred is dropped, outputs being written are finished, and
+        no temporary file or empty folder of this batch is left."""
         paths, listed = [Path(s) for s in slides], Path(list_file) if list_file is not None else None
         options, hooks = self._run_options(**override), as_progress(progress)
 
-        def run(on_result: Callable[[SegmentationResult], None]) -> object:
-            return self._batch(paths, listed, Path(out), options, hooks, on_result)
+        def run(on_result: Callable[[SegmentationResult], None], stop: threading.Event) -> object:
+            return self._batch(paths, listed, Path(out), options, hooks, on_result, stop=stop)
 
-        yield from _yield_from_thread(run)
+        yield from _yield_from_thread(run, self._running)
 
 
 class _Stop(Exception):
     """Raised inside the batch's result hook when the consumer stopped iterating."""
 
 
-def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None]], object]
-                       ) -> Iterator[SegmentationResult]:
-    """Call `run(on_result)` on a thread and yield the results it reports as they are recorded."""
+@dataclass(frozen=True, eq=False)
+class _Running:
+    """A batch running on its thread for a `segment_many` iterator."""
+
+    stop: threading.Event  # set to stop the batch (within one batch of tiles: BatchStopped)
+    thread: threading.Thread
+
+    def stop_and_wait(self) -> None:
+        self.stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+
+def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], threading.Event], object],
+                       running: set[_Running]) -> Iterator[SegmentationResult]:
+    """Call `run(on_result, stop)` on a thread and yield the results it reports as they are recorded; `stop`
+    is set when the consumer stops iterating, or when the model is closed (the batch then stops:
+    BatchStopped). The batch is in `running` while its thread runs."""
+    from slidefuse.runtime.segment.scheduler import BatchStopped
+
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
 
@@ -341,14 +366,16 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None]], obj
 
     def work() -> None:
         try:
-            run(told)
-        except _Stop:
+            run(told, stop)
+        except (_Stop, BatchStopped):
             pass
         except BaseException as exc:  # handed to the consumer, raised there
             q.put(("error", exc))
         q.put(("end", None))
 
     thread = threading.Thread(target=work, name="slidefuse-api-batch", daemon=True)
+    batch = _Running(stop, thread)
+    running.add(batch)
     thread.start()
     try:
         while True:
@@ -359,8 +386,8 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None]], obj
                 raise item
             yield item
     finally:
-        stop.set()
-        thread.join()
+        batch.stop_and_wait()
+        running.discard(batch)
 
 
 def load_model(bundle: SlidePath | Bundle, backend: str = "auto", **options: Any) -> Model:

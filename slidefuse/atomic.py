@@ -5,30 +5,90 @@ and a killed run leaves only temporaries (`is_temporary`) behind, which `clean_t
 its final name is therefore always complete: either the previous version or the new one, never a truncated mix.
 A folder is staged as `.<name>.partial-<pid>` beside its target and swapped in whole (`atomic_folder`).
 
+Fenced writes. Where several processes may write into one folder (a slide's output folder shared through a
+claim file), the writer runs inside `fenced(Fence(tag, check))`: every temporary name then carries the
+writer's tag (`mask.tif.<tag>.partial`, `scratch_path`'s `mask.raw.<tag>.tmp`), so two writers never share
+a file, and `check()` runs right before each step that changes what others see (a rename into place, a folder
+swap, the removal of temporaries), raising (e.g. `ClaimLost`) when the writer may no longer write there. The
+fence is a context variable: it follows the code that sets it, and the threads started through
+`contextvars.copy_context()`.
+
 Every file written in slidefuse (slide outputs, run logs, bundle manifests, TensorRT engines, training
-checkpoints) goes through this module.
+checkpoints) goes through this module, which is also the one place that names temporaries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".partial"  # suffix of files being written; never a final name
+SCRATCH_SUFFIX = ".tmp"  # suffix of scratch files read back before the outputs (the raw mask); never final
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who writes, and whether it still may: set around a writer's work with `fenced`."""
+
+    tag: str  # the writer's id in temporary names: letters, digits, '-' (unique per writer, e.g. per claim)
+    check: Callable[[], None]  # raises when the writer may no longer write (e.g. ClaimLost); else returns
+
+    def __post_init__(self) -> None:
+        if not self.tag or not all(c.isalnum() or c == "-" for c in self.tag):
+            raise ValueError(f"fence tag {self.tag!r}: use letters, digits and '-' only")
+
+
+_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("slidefuse_fence", default=None)
+
+
+@contextlib.contextmanager
+def fenced(fence: Fence | None) -> Iterator[None]:
+    """Write under `fence` for the block (None: unfenced, as outside any block)."""
+    token = _FENCE.set(fence)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
+
+
+def current_fence() -> Fence | None:
+    """The fence in force here (None outside `fenced`)."""
+    return _FENCE.get()
+
+
+def check_fence() -> None:
+    """Raise when the fence in force says this writer may no longer write (nothing when unfenced)."""
+    fence = _FENCE.get()
+    if fence is not None:
+        fence.check()
+
+
+def _tagged(name: str) -> str:
+    fence = _FENCE.get()
+    return f"{name}.{fence.tag}" if fence is not None else name
 
 
 def temporary_path(final: Path) -> Path:
-    """The temporary name under which `final` is written: same folder, `.partial` appended."""
+    """The temporary name under which `final` is written: same folder, `.partial` appended (after the
+    fence's tag when fenced: `<name>.<tag>.partial`)."""
     final = Path(final)
-    return final.with_name(final.name + TMP_SUFFIX)
+    return final.with_name(_tagged(final.name) + TMP_SUFFIX)
+
+
+def scratch_path(folder: Path, stem: str) -> Path:
+    """A scratch file `folder/<stem>.tmp` (`<stem>.<tag>.tmp` when fenced), e.g. the stitcher's raw mask:
+    written and read back by one writer, removed by it, and by `clean_temporaries` when a run left it."""
+    return Path(folder) / (_tagged(stem) + SCRATCH_SUFFIX)
 
 
 def fsync_file(path: Path) -> None:
@@ -66,6 +126,7 @@ def atomic_path(final: Path, *, durable: bool = True) -> Iterator[Path]:
     tmp.unlink(missing_ok=True)
     try:
         yield tmp
+        check_fence()  # first: a writer that lost its place must not blame a file someone else removed
         if not tmp.is_file():
             raise FileNotFoundError(f"{tmp}: the writer did not create the file")
         if durable:
@@ -99,14 +160,16 @@ def write_json_atomic(final: Path, obj: Any, *, indent: int | None = 2) -> Path:
 def atomic_folder(final: Path, *, before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `final`; on success it replaces `final` whole, on error it goes.
 
-    The staging folder is `.<name>.partial-<pid>` in `final`'s parent. `before_swap`, when given, runs after
-    the caller's block and before the swap (e.g. to check again that `final` may be replaced); an error it
-    raises removes the staging folder and leaves `final` as it was. An existing `final` is renamed aside,
+    The staging folder is `.<name>.partial-<pid>` (`-<tag>` when fenced) in `final`'s parent. `before_swap`,
+    when given, runs after the caller's block and before the swap (e.g. to check again that `final` may be
+    replaced), and so does the fence's check; an error either raises removes the staging folder and leaves
+    `final` as it was. An existing `final` is renamed aside,
     the staging folder renamed to `final`, and the old one deleted; the parent folder is fsynced after.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.parent / f".{final.name}{TMP_SUFFIX}-{os.getpid()}"
+    fence = _FENCE.get()
+    stage = final.parent / f".{final.name}{TMP_SUFFIX}-{fence.tag if fence is not None else os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir()
@@ -114,6 +177,7 @@ def atomic_folder(final: Path, *, before_swap: Callable[[], None] | None = None)
         yield stage
         if before_swap is not None:
             before_swap()
+        check_fence()
         if final.exists():
             old = final.parent / f".{final.name}.old-{os.getpid()}"
             os.rename(final, old)
@@ -127,11 +191,13 @@ def atomic_folder(final: Path, *, before_swap: Callable[[], None] | None = None)
         raise
 
 
-def is_temporary(name: str) -> bool:
-    """Whether `name`, in an output folder, is a temporary that a complete write never leaves: a file being written
-    (`<name>.partial`, also with an owner after `.partial`), a folder being staged (`.<name>.partial-<id>`), one set
-    aside by `atomic_folder` (`.<name>.old-<id>`) or a scratch file (`*.tmp`, e.g. the stitcher's raw mask)."""
-    return TMP_SUFFIX in name or name.endswith(".tmp") or (name.startswith(".") and ".old-" in name)
+def is_temporary(name: str | os.PathLike[str]) -> bool:
+    """Whether `name` (a file or folder name, or a path: its last part), in an output folder, is a temporary that
+    a complete write never leaves: a file being written (`<name>.partial`, `<name>.<tag>.partial`), a folder being
+    staged (`.<name>.partial-<id>`), one set aside by `atomic_folder` (`.<name>.old-<id>`) or a scratch file
+    (`*.tmp`, e.g. the stitcher's raw mask `mask.raw[.<tag>].tmp`)."""
+    base = Path(name).name
+    return TMP_SUFFIX in base or base.endswith(SCRATCH_SUFFIX) or (base.startswith(".") and ".old-" in base)
 
 
 def stale_temporaries(folder: Path, *, keep: Iterable[Path] = ()) -> list[Path]:
@@ -149,10 +215,16 @@ find_temporaries = stale_temporaries  # its former name
 
 
 def clean_temporaries(folder: Path, *, keep: Iterable[Path] = ()) -> list[Path]:
-    """Remove what interrupted writes left directly inside `folder` (`stale_temporaries`, folders included),
-    except `keep`; returns what was removed. Call it only while holding the folder (its slide's claim)."""
+    """Remove what interrupted writes left directly inside `folder` (`stale_temporaries`, folders included: a
+    killed run, or a writer that lost its place); returns what was removed. Kept: the paths in `keep` and, when
+    fenced, this writer's own (its tag in the name). Fenced, the fence is checked first: only the folder's
+    current writer cleans. Call it only while holding the folder (its slide's claim)."""
+    check_fence()
+    fence = _FENCE.get()
     removed = []
     for p in stale_temporaries(folder, keep=keep):
+        if fence is not None and (f".{fence.tag}." in p.name or p.name.endswith(f"-{fence.tag}")):
+            continue  # this writer's own file or staged folder
         try:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)

@@ -75,6 +75,19 @@ class EngineMismatch(SlidefuseError, RuntimeError):
     """A TensorRT engine built for another GPU or TensorRT version."""
 
 
+class ClaimLost(SlidefuseError, RuntimeError):
+    """This process no longer holds a slide's claim (another process took it over): its work on the slide
+    stops, without touching what the new holder writes."""
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder  # host:pid of the process that holds the claim now, when known
+
+
+class ClaimBlocked(SlidefuseError, FileExistsError):
+    """A slide's claim file cannot be made or taken over (e.g. a non-empty folder in its place)."""
+
+
 class MissingExtra(SlidefuseError, ImportError):
     """An optional dependency group that is not installed."""
 

@@ -93,6 +93,9 @@ class _FormatsOption(click.Option):
 @click.option("--claim-timeout", type=float, default=120.0, show_default=True,
               help="Seconds without a heartbeat after which another process takes over a slide's claim "
                    "(OUT/<slide>/.lock). Any number of processes can share one list and OUT.")
+@click.option("--no-wait", "no_wait", is_flag=True,
+              help="At the end of the list, leave the slides other live processes hold to them at once. Default: "
+                   "wait for them, taking over any whose holder stops.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="Spread the slides over a Ray cluster (the 'ray' extra): ADDRESS, or 'auto' (the default) "
                    "to join the running cluster or start a local one. OUT must be on storage every node sees.")
@@ -143,6 +146,7 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
         backend_options=_backend_options(f["threads"], f["device_id"], f["backend_options"], f["max_memory_gb"]),
         shard=_shard(f["shard"]),
         claim_timeout=f["claim_timeout"],
+        wait=not f["no_wait"],
         batch_size=f["batch_size"],
         overlap=f["overlap"],
         tissue=_tissue_params(f["tissue_threshold"], f["min_tile_tissue"]),
@@ -260,7 +264,8 @@ def _load_model(model: Path | None) -> Any:
 
 
 def _summary(results: list[Any], out: Path, quiet: bool) -> bool:
-    """Print each failure as one line and the totals; True when any slide failed."""
+    """Print each failure as one line and the totals; True when any slide this process owned at the end failed
+    (a slide whose claim another process took over, or left to another, is that process's)."""
     from slidefuse.commands.flags import field_flags, with_flags
 
     failed = [r for r in results if r.status == "failed"]
@@ -270,12 +275,23 @@ def _summary(results: list[Any], out: Path, quiet: bool) -> bool:
     if not quiet and (len(results) > 1 or not failed):
         ok = sum(r.status == "ok" for r in results)
         skipped = sum(r.status == "skipped" for r in results)
-        claimed = sum(r.status == "claimed" for r in results)
-        others = f", {claimed} left to other processes sharing OUT" if claimed else ""
         damaged = [r for r in results if r.decode_errors]
+        others = _shared(results)
         if damaged:
             others += (f", {sum(r.decode_errors for r in damaged)} corrupt tile(s) in {len(damaged)} segmented "
                        "slide(s) (see their report.json)")
         click.echo(f"{ok} segmented, {skipped} skipped, {len(failed)} failed{others} of {len(results)} slide(s); "
                    f"outputs in {out} (run log {out / 'run.json'})", err=True)
     return bool(failed)
+
+
+def _shared(results: list[Any]) -> str:
+    """The summary's part about the slides other processes sharing OUT did: how many, and who held them."""
+    lost = sum(r.status == "claim_lost" for r in results)
+    claimed = [r for r in results if r.status == "claimed"]
+    holders = sorted({r.holder for r in claimed if getattr(r, "holder", None)})
+    text = f", {lost} taken over by other processes (claim lost)" if lost else ""
+    if claimed:
+        text += f", {len(claimed)} left to other processes sharing OUT"
+        text += f" (held by {', '.join(holders)})" if holders else ""
+    return text

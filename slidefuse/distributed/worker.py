@@ -5,7 +5,9 @@ resources of one worker and a concurrency of two, so that while one slide's tile
 (`infer_slide`, one slide at a time under a lock), the next slide is planned and the previous one's outputs
 are written on the actor's other thread: the same three stages (`runtime/segment/stages.py`) as a single
 process, overlapped the same way. Each slide is claimed (`OUT/<slide>/.lock`) while it runs, so Ray workers
-and plain `slidefuse segment` processes on the same OUT never do a slide twice.
+and plain `slidefuse segment` processes on the same OUT never do a slide twice, and its files are written
+under the claim's fence: a worker whose claim was taken over (a retry superseding an attempt thought dead, or
+a plain process after the timeout) stops the slide with status "claim_lost" and leaves the new holder's files.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slidefuse.errors import one_line
+from slidefuse.errors import ClaimBlocked, ClaimLost, one_line
 from slidefuse.runtime.progress import Progress
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
-from slidefuse.runtime.types import RAW_NAME, Status
+from slidefuse.runtime.types import Status
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ class WorkerReady:
     error: str | None  # None when it can work; else the one-line reason it cannot
     sees_out: bool  # False: OUT is not shared with this node (the driver's token is not visible here)
     backend: dict[str, Any] | None  # BackendInfo.to_dict() of its open backend
+
+
+def _with_slide(slide: Path, reason: str) -> str:
+    return reason if str(slide) in reason else f"{slide}: {reason}"
 
 
 class _TileCounter(Progress):
@@ -141,31 +147,46 @@ class SlideWorker:
 
     def run(self, task: SlideTask) -> SlideOutcome:
         """Claim, plan, infer (one slide at a time on the backend), finish; never raises for a slide's own
-        failure (status "failed" with the one-line reason)."""
-        from slidefuse.runtime.segment import stages
-        from slidefuse.runtime.segment.skip import decide
-
+        failure (status "failed" with the one-line reason, or "claim_lost" when its claim was taken over)."""
         s, t0 = self.setup, time.perf_counter()
         owner = f"{s.run_id}:{task.owner}"
-        if not self._claims.try_claim(task.out_dir, owner=owner, supersede=task.supersede):
+        try:
+            claimed = self._claims.try_claim(task.out_dir, owner=owner, supersede=task.supersede)
+        except ClaimBlocked as exc:  # a folder where the claim file goes: the slide fails, naming it
+            return SlideOutcome(task, SlideResult(task.slide, Status.FAILED, task.out_dir, one_line(exc)), self.name,
+                                owner)
+        if not claimed:
             return SlideOutcome(task, SlideResult(task.slide, Status.CLAIMED, task.out_dir), self.name, owner)
         try:
-            decision = decide(task.slide, task.out_dir, self.bundle, s.options, since=s.started)
-            if decision.status is not None:  # skipped, or done by another process during this batch
-                return SlideOutcome(task, SlideResult(task.slide, decision.status, task.out_dir), self.name, owner)
-            (task.out_dir / RAW_NAME).unlink(missing_ok=True)  # left by an attempt that died
-            plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir)
-            with self._infer:
-                done = stages.infer_slide(plan, self.bundle, s.options, self._backend, self.tiles)
-            run_info = {"run_id": s.run_id, "attempt": task.attempt, "worker": self.name}
-            res = stages.finish_slide(done, self.bundle, s.options, run_info=run_info)
+            res = self._run_claimed(task)
+            if res.status in (Status.OK, Status.FAILED):
+                self._claims.check(task.out_dir)  # the driver records it: only while the claim is still ours
+        except ClaimLost as exc:
+            res = SlideResult(task.slide, Status.CLAIM_LOST, task.out_dir, _with_slide(task.slide, one_line(exc)),
+                              seconds=time.perf_counter() - t0, holder=exc.holder)
         except Exception as exc:
-            reason = one_line(exc)
-            reason = reason if str(task.slide) in reason else f"{task.slide}: {reason}"
-            res = SlideResult(task.slide, Status.FAILED, task.out_dir, reason, seconds=time.perf_counter() - t0)
+            res = SlideResult(task.slide, Status.FAILED, task.out_dir, _with_slide(task.slide, one_line(exc)),
+                              seconds=time.perf_counter() - t0)
         finally:
             self._claims.release(task.out_dir)
         return SlideOutcome(task, res, self.name, owner)
+
+    def _run_claimed(self, task: SlideTask) -> SlideResult:
+        from slidefuse.runtime.segment import stages
+        from slidefuse.runtime.segment.skip import decide
+
+        s = self.setup
+        decision = decide(task.slide, task.out_dir, self.bundle, s.options, since=s.started)
+        if decision.status is not None:  # skipped, or done by another process during this batch
+            return SlideResult(task.slide, decision.status, task.out_dir)
+        mine = self._claims.claim_of(task.out_dir)
+        plan = stages.plan_slide(task.slide, self.bundle, s.options, task.out_dir,
+                                 fence=self._claims.fence(task.out_dir))  # an attempt's leftovers go first
+        with self._infer:
+            done = stages.infer_slide(plan, self.bundle, s.options, self._backend, self.tiles)
+        run_info = {"run_id": s.run_id, "attempt": task.attempt, "worker": self.name,
+                    "claim": {"owner": mine.owner, "epoch": mine.epoch} if mine is not None else None}
+        return stages.finish_slide(done, self.bundle, s.options, run_info=run_info)
 
     def close(self) -> None:
         """Release the claims and close the backend."""

@@ -27,6 +27,7 @@ class Status(StrEnum):
     SKIPPED = "skipped"  # its outputs were already complete for the same skip key
     FAILED = "failed"  # it failed (the result carries the one-line reason)
     CLAIMED = "claimed"  # done, or being done, by another process sharing the output folder
+    CLAIM_LOST = "claim_lost"  # this process started it, then another took its claim over (and does it)
 
 
 @dataclass(frozen=True)

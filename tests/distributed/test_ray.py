@@ -92,13 +92,13 @@ def test_a_worker_killed_mid_slide_has_its_slide_retried_once(cluster: Cluster, 
     big_bundle = make_bundle(tmp_path / "b", tile_size=64, mpp=0.5, overlap=16, depth=2)  # a slide takes seconds
     slides = [*make_slides(tmp_path / "big", 1, size=(3072, 2048), prefix="big"), *make_slides(tmp_path / "s", 5)]
     out = tmp_path / "out"
-    lock, raw = out / "big0" / CLAIM_NAME, out / "big0" / "mask.raw.tmp"
+    lock = out / "big0" / CLAIM_NAME  # the raw mask is named with its writer's tag: mask.raw.<tag>.tmp
     killed: list[int] = []
 
     def kill_when_inside() -> None:  # SIGKILL the worker process that is inside big0's tiles
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            info = ClaimInfo.read(lock) if raw.exists() else None
+            info = ClaimInfo.read(lock) if list((out / "big0").glob("mask.raw*.tmp")) else None
             if info is not None:
                 os.kill(info.pid, signal.SIGKILL)
                 killed.append(info.pid)

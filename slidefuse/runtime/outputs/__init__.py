@@ -12,11 +12,15 @@ Files in a slide's output folder (`OUT/<slide stem>/`), one per registered forma
   a rerun.
 
 Every file is written as `<name>.partial` and renamed when complete; `write_outputs` first removes an
-existing report.json, so a slide whose rewrite is killed half-way is never taken for complete.
+existing report.json, so a slide whose rewrite is killed half-way is never taken for complete. Under a
+`fence` (`slidefuse.atomic.Fence`: the slide's claim, when processes share OUT) the temporaries carry the
+writer's tag and each rename, the removal of report.json and of others' temporaries is checked first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -28,8 +32,10 @@ from typing import Any
 
 from slidefuse.atomic import (
     TMP_SUFFIX,
+    Fence,
     atomic_path,
     clean_temporaries,
+    fenced,
     fsync_dir,
     stale_temporaries,
     write_json_atomic,
@@ -95,10 +101,10 @@ def _check_classes(result: MaskResult, bundle: Bundle) -> None:
 
 
 def _prepare_folder(out_dir: Path, raw_path: Path) -> None:
-    """Create `out_dir`, remove what a killed run left (but the raw mask `raw_path`, this write's input), and
-    remove report.json before anything is rewritten: a rewrite killed half-way must not look complete."""
+    """Create `out_dir`, remove what a killed run left (not the raw mask `raw_path`), and remove report.json
+    before anything is rewritten: a rewrite killed half-way must not look complete."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(out_dir, keep=(raw_path,))
+    clean_temporaries(out_dir, keep=(raw_path,))  # fenced: checks first that this writer still may
     report_path = out_dir / REPORT
     if report_path.exists():
         report_path.unlink()
@@ -126,7 +132,8 @@ def _run_writers(
     failure is raised once all have stopped (each write is atomic, so none leaves a partial file).
     """
     with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="slidefuse-out") as pool:
-        futures = [(w.name, pool.submit(_timed, functools.partial(w.write, context))) for w in selected]
+        futures = [(w.name, pool.submit(contextvars.copy_context().run, _timed, functools.partial(w.write, context)))
+                   for w in selected]  # each thread in a copy of this context: the same fence
     return {name: fut.result() for name, fut in futures}
 
 
@@ -160,6 +167,7 @@ def write_outputs(
     options: OutputOptions | None = None,
     *,
     extra_report: dict[str, Any] | None = None,
+    fence: Fence | None = None,
 ) -> dict[str, Path]:
     """Write a slide's outputs into `out_dir` atomically; returns {format: final path} (plus "tissue").
 
@@ -167,7 +175,16 @@ def write_outputs(
     options: the formats to write and how (None: `OutputOptions()`, every built-in format at the model's
       resolution); report.json is written in any case, last, as the completion record.
     extra_report: JSON-able fields stored under "run" in report.json (e.g. options of the command).
+    fence: the writer's fence (see `slidefuse.atomic`); its check runs before every step that others see and
+      raises (e.g. `ClaimLost`) to stop the writing, which then leaves none of this writer's temporaries.
+      None: the fence already in force, if any.
     """
+    with fenced(fence) if fence is not None else contextlib.nullcontext():
+        return _write_outputs(result, slide, bundle, Path(out_dir), options, extra_report)
+
+
+def _write_outputs(result: MaskResult, slide: SlideInfo, bundle: Bundle, out_dir: Path,
+                   options: OutputOptions | None, extra_report: dict[str, Any] | None) -> dict[str, Path]:
     options = options if options is not None else OutputOptions()
     _check_classes(result, bundle)
     context = OutputContext(result, slide, bundle, Path(out_dir), options)

@@ -56,6 +56,8 @@ class SegmentOptions:
     force_mpp: bool = False  # accept slide pixel sizes outside PLAUSIBLE_MPP (from the file or `mpp`)
     shard: tuple[int, int] | None = None  # (i, n): take only slides i, i+n, i+2n, ... of the list (static split)
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes over a slide's claim
+    wait: bool = True  # at the end of the list, wait for the slides other live processes hold (taking over any
+    # whose holder stops); False leaves them to their holders at once
     geojson_frame: str = "qupath"  # mask.geojson coordinates: "qupath" (level 0 minus openslide.bounds) or "level0"
     on_decode_error: OnDecodeError = "fail"  # a tile the decoder reports as corrupt: "fail" the slide, or "warn"
     # (count it in report.json and go on). Not in the skip key: it decides whether outputs are written, never what
@@ -118,8 +120,9 @@ class SlideResult:
     """What happened to one slide."""
 
     slide: Path  # the slide file as given
-    status: Status  # OK, SKIPPED (outputs already complete for this skip key), FAILED, or CLAIMED (done or
-    # being done by another process sharing OUT: not recorded in run.json by this one)
+    status: Status  # OK, SKIPPED (outputs already complete for this skip key), FAILED, CLAIMED (done or being
+    # done by another process sharing OUT: not recorded in run.json by this one), or CLAIM_LOST (started here,
+    # then taken over by another process, which does it)
     out_dir: Path | None = None  # OUT/<slide stem>
     error: str | None = None  # one-line reason when failed
     outputs: dict[str, Path] = field(default_factory=dict)  # format -> written file
@@ -127,6 +130,7 @@ class SlideResult:
     tile_counts: dict[str, int] = field(default_factory=dict)  # grid / tissue / run
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     decode_errors: int | None = None  # tiles the decoders reported as corrupt (None: the slide was not read)
+    holder: str | None = None  # CLAIMED, CLAIM_LOST: host:pid of the process that held the slide, when known
 
     @property
     def ok(self) -> bool:

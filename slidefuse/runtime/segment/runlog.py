@@ -7,9 +7,11 @@ the merged view: after every record the process rebuilds it from run.json and ev
 under a short cross-process mutex (`run.json.lock`), and writes it atomically. `read_run_log` merges the same
 way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
 record of a slide (by its time `t`) wins, in the position where the slide was first recorded, except that a
-"skipped" record keeps the "ok" entry of the run that made the outputs; entries of earlier batches in the
-same OUT are kept. A damaged line or entry (binary, garbage, wrong types, a missing field, an unknown status) is
-skipped with one warning per file naming its line numbers: no damage stops a run or hides the good records.
+"skipped" record keeps the "ok" entry of the run that made the outputs, and a "claim_lost" record (a process
+that started the slide and was taken over) never replaces another entry and is replaced by any; entries of
+earlier batches in the same OUT are kept. A damaged line or entry (binary, garbage, wrong types, a missing
+field, an unknown status) is skipped with one warning per file naming its line numbers: no damage stops a run or
+hides the good records.
 
 Format (`slidefuse-run/1`): one JSON object, written so that each slide's entry sits on its own line::
 
@@ -45,12 +47,13 @@ from slidefuse.runtime.types import RUN_LOG, Status
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECORDS_DIR", "RUN_FORMAT", "RUN_LOG", "STATUSES", "RunLog", "read_records", "read_run_log"]
+__all__ = ["RECORDED", "RECORDS_DIR", "RUN_FORMAT", "RUN_LOG", "STATUSES", "RunLog", "read_records", "read_run_log"]
 
 RUN_FORMAT = "slidefuse-run/1"
 RECORDS_DIR = ".run"  # OUT/.run/<run id>.jsonl: each process's own append-only records
 STATUSES = (Status.OK, Status.FAILED, Status.SKIPPED)  # recorded here; "claimed" slides are their holder's to record
-_STATUS_VALUES = tuple(s.value for s in STATUSES)
+RECORDED = (*STATUSES, Status.CLAIM_LOST)  # what `record` takes: a lost claim too, which never hides another entry
+_STATUS_VALUES = tuple(s.value for s in RECORDED)  # the statuses a record read back may carry
 _LISTED = 5  # damaged lines named in one warning (the rest are counted)
 
 
@@ -178,7 +181,9 @@ def _merge(view: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[di
         old = merged.get(key)
         if old is not None and e["status"] == "skipped" and old["status"] == "ok":
             continue
-        if old is None or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
+        if old is not None and e["status"] == Status.CLAIM_LOST:
+            continue  # the process that took the claim over records the slide (whenever its record lands)
+        if old is None or old["status"] == Status.CLAIM_LOST or float(e.get("t") or 0.0) >= float(old.get("t") or 0.0):
             merged[key] = e
     return list(merged.values())
 
@@ -247,11 +252,12 @@ class RunLog:
     ) -> dict[str, Any]:
         """Add or replace the entry of `slide` and rewrite run.json atomically; returns the entry.
 
-        `status` is one of `STATUSES` (ok, failed, skipped); `error` a one-line reason for "failed"; `outputs`
-        maps each format to its file; `extra` adds JSON-able fields (e.g. tiles, backend).
+        `status` is one of `RECORDED` (ok, failed, skipped, claim_lost); `error` a one-line reason for "failed"
+        and "claim_lost"; `outputs` maps each format to its file; `extra` adds JSON-able fields (e.g. tiles,
+        backend, holder).
         """
-        if status not in STATUSES:
-            raise UsageError(f"run log status {status!r} is unknown; use one of {', '.join(STATUSES)}")
+        if status not in RECORDED:
+            raise UsageError(f"run log status {status!r} is unknown; use one of {', '.join(RECORDED)}")
         entry: dict[str, Any] = {
             "slide": str(slide),
             "slide_key": str(resolved(slide)),

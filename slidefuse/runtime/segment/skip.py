@@ -187,7 +187,7 @@ def _written_since(out_dir: Path, since: float | None) -> bool:
         return False
 
 
-DecisionKind = Literal["run", "overwrite", "skip", "claimed"]
+DecisionKind = Literal["run", "overwrite", "skip", "claimed", "refused"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,8 @@ class Decision:
     """Whether this process runs a slide, and why."""
 
     kind: DecisionKind  # "run": no complete, current outputs for this skip key; "overwrite": --overwrite;
-    # "skip": complete before this batch; "claimed": written during this batch by another process (which records it)
+    # "skip": complete before this batch; "claimed": written during this batch by another process (which records it);
+    # "refused": cannot be claimed (e.g. a folder where its claim file goes): the slide fails with `reason`
     reason: str  # why, in words (e.g. "options changed: all_tiles False -> True")
 
     @property
@@ -204,8 +205,8 @@ class Decision:
 
     @property
     def status(self) -> Status | None:
-        """The slide's status when it is not run (SKIPPED or CLAIMED); None when it runs."""
-        return {"skip": Status.SKIPPED, "claimed": Status.CLAIMED}.get(self.kind)
+        """The slide's status when it is not run (SKIPPED, CLAIMED or FAILED); None when it runs."""
+        return {"skip": Status.SKIPPED, "claimed": Status.CLAIMED, "refused": Status.FAILED}.get(self.kind)
 
 
 _BY_ANOTHER = Decision("claimed", "its outputs were written during this batch by another process sharing OUT")

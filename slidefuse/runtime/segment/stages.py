@@ -1,8 +1,13 @@
 """A slide's three stages: `plan_slide` (open, tissue, tiles), `infer_slide` (pipeline + stitcher) and
-`finish_slide` (outputs); `segment_slide` runs them in turn. Only `infer_slide` touches the backend."""
+`finish_slide` (outputs); `segment_slide` runs them in turn. Only `infer_slide` touches the backend.
+
+A plan may carry a fence (`slidefuse.atomic.Fence`, the slide's claim when processes share OUT): the raw mask
+and every temporary then carry its tag, and the removal of others' temporaries, each rename into place and
+report.json are checked against it (raising e.g. `ClaimLost`, which stops the slide without a trace of it)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -12,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from slidefuse.atomic import Fence, fenced, scratch_path
 from slidefuse.errors import UsageError
 from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
@@ -25,7 +31,7 @@ from slidefuse.runtime.segment.skip import result_key, slide_identity
 from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
 from slidefuse.runtime.tissue import TissueParams, detect_tissue
-from slidefuse.runtime.types import RAW_NAME, MaskResult, SlideInfo, Status
+from slidefuse.runtime.types import MaskResult, SlideInfo, Status
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class PlannedSlide:
     timings: dict[str, float]
     seconds: float  # time this slide's own stages took so far
     key: dict[str, Any] = field(default_factory=dict)  # the skip key (skip.result_key), made before opening
+    fence: Fence | None = None  # who writes the slide's files, and whether it still may (None: unfenced)
 
     def close(self) -> None:
         """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
@@ -112,14 +119,15 @@ class StitchedSlide:
     result: MaskResult
     seconds: float
     key: dict[str, Any] = field(default_factory=dict)  # the skip key, recorded in report.json (run.skip_key)
+    fence: Fence | None = None  # the plan's fence, for the outputs
 
 
 def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path, *,
-               reader: Any = None) -> PlannedSlide:
+               reader: Any = None, fence: Fence | None = None) -> PlannedSlide:
     """Stage 1: open the slide, find tissue on a thumbnail, lay the grid and choose the tiles. Touches no
     backend, so it can run on a background thread while another slide is inferred. `reader`: an already open
     SlideReader (e.g. an `InMemorySlide` from the Python API) used instead of opening `slide_path`; it is
-    closed with the plan."""
+    closed with the plan. `fence`: the writer's fence for the next stages (see the module docstring)."""
     from slidefuse.runtime.slide import open_slide
 
     t_start = time.perf_counter()
@@ -156,23 +164,34 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
              Path(slide_path).name, grid.width, grid.height, m.mpp, len(tiles), grid.n_tiles, grid.n_rows,
              grid.n_cols, grid.tile, grid.overlap)
     return PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
-                        thumb_mpp, timings, time.perf_counter() - t_start, key)
+                        thumb_mpp, timings, time.perf_counter() - t_start, key, fence)
+
+
+def _fenced(fence: Fence | None) -> contextlib.AbstractContextManager[None]:
+    return fenced(fence) if fence is not None else contextlib.nullcontext()
 
 
 def infer_slide(
     plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, backend: Backend, progress: Progress
 ) -> StitchedSlide:
     """Stage 2: stream the planned tiles through the backend into the stitcher (disk-backed raw mask in the
-    output folder). Closes the slide; removes the raw mask when it fails."""
+    output folder). Closes the slide; removes the raw mask when it fails. Under the plan's fence, the raw mask
+    carries its tag and others' temporaries are removed only after its check."""
+    with _fenced(plan.fence):
+        return _infer_slide(plan, bundle, options, backend, progress)
+
+
+def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, backend: Backend,
+                 progress: Progress) -> StitchedSlide:
     from slidefuse.runtime.outputs import clean_temporaries
 
     t_start = time.perf_counter()
     m = bundle.manifest
     grid, tiles, timings = plan.grid, plan.tiles, plan.timings
-    raw_path = plan.out_dir / RAW_NAME
+    raw_path = scratch_path(plan.out_dir, "mask.raw")  # mask.raw.tmp, or mask.raw.<tag>.tmp when fenced
     try:
         plan.out_dir.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(plan.out_dir)
+        clean_temporaries(plan.out_dir)  # what a killed run (or a writer that lost its claim) left
         progress.update(0, len(tiles))
         with Stitcher(grid, m.num_classes, raw_path, threads=options.stitch_threads) as stitcher:
             stats = run_pipeline(
@@ -212,7 +231,7 @@ def infer_slide(
     seconds = plan.seconds + time.perf_counter() - t_start
     timings["total"] = seconds  # this slide's own stages up to the stitched mask (outputs not included)
     info = dataclasses.replace(plan.slide.info, decode_errors=plan.slide.decode_errors())
-    return StitchedSlide(plan.slide_path, plan.out_dir, info, result, seconds, plan.key)
+    return StitchedSlide(plan.slide_path, plan.out_dir, info, result, seconds, plan.key, plan.fence)
 
 
 def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *,
@@ -229,7 +248,7 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
     try:
         outputs = write_outputs(result, done.info, bundle, done.out_dir, options.outputs,
                                 extra_report={"options": options.to_dict(), "skip_key": done.key,
-                                              **(run_info or {})})
+                                              **(run_info or {})}, fence=done.fence)
     finally:
         result.raw_path.unlink(missing_ok=True)
     timings["write"] = time.perf_counter() - t0
