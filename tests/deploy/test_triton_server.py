@@ -84,6 +84,6 @@ def test_model_made_from_another_bundle_is_refused(triton_server: tuple[str, Pat
 
 def test_missing_model_is_named(triton_server: tuple[str, Path], demo_bundle: Bundle) -> None:
     url, _ = triton_server
-    with pytest.raises(BackendUnavailable, match="has no ready model 'nope'.*slidefuse triton BUNDLE"):
+    with pytest.raises(BackendUnavailable, match="has no ready model 'nope'.*repository with `slidefuse triton`"):
         with open_backend("triton", demo_bundle, url=url, model="nope"):
             pass

@@ -148,7 +148,7 @@ def test_a_node_that_does_not_share_out_is_refused(cluster: Cluster, bundle: Bun
         slides = make_slides(tmp_path / "slides", 4)
         with pytest.raises(SharedStorageError, match="not shared with host") as err:
             segment_on_ray(slides, bundle, private / "out", OPTIONS, RayConfig(workers=4))
-        assert "--out" in str(err.value) and "storage every node mounts" in str(err.value)
+        assert "out=" in str(err.value) and "storage every node mounts" in str(err.value)
         assert not list((private / "out").glob("*/report.json"))
     finally:
         os.killpg(node.pid, signal.SIGTERM)
