@@ -278,3 +278,36 @@ def test_report_does_not_copy_a_huge_manifest(bundle_dir: Path, slide: Path, tmp
     [report] = list(out.glob("*/report.json"))
     assert report.stat().st_size < 200_000
     assert "omitted" in json.loads(report.read_text())["model"]["weights"]
+
+
+# commands that make bundles sign them
+
+
+def test_export_sign_signs_the_new_bundle(key: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "tiny.bundle"
+    result = _run("-q", "export", "tiny", "--random-weights", "--classes", "background,tissue", "--mpp", "2",
+                  "--tile", "64", "--parity-tiles", "0:1", "--out", out, "--sign", key)
+    assert result.exit_code == 0, result.output
+    record = json.loads(_run("info", out, "--json", "--trust", _pub(key)).output)["signature"]
+    assert record["valid"] is True and record["trusted"] is True, record
+
+
+def test_export_sign_with_a_bad_key_fails_before_exporting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    out = tmp_path / "tiny.bundle"
+    one_error_line(_run("export", "tiny", "--random-weights", "--classes", "a,b", "--mpp", "2", "--out", out,
+                        "--sign", bad), "bad.key", "slidefuse keys new", code=2)
+    assert not out.exists()
+
+
+def test_quantize_sign_signs_the_quantised_copy(signed: Path, key: Path, cmu_slide: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    out = tmp_path / "int8.bundle"
+    result = _run("-q", "quantize", signed, "--out", out, "--slides", cmu_slide, "--op-types", "Conv,MatMul,Gemm",
+                  "--min-agreement", "0", "--max-diff", "1", "--calibration-tiles", "4", "--gate-tiles", "2",
+                  "--method", "minmax", "--sign", key)
+    assert result.exit_code == 0, result.output
+    record = json.loads(_run("info", out, "--json", "--trust", _pub(key)).output)["signature"]
+    assert record["valid"] is True and record["trusted"] is True, record
