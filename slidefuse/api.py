@@ -425,9 +425,8 @@ def _signed(bundle: Bundle, require: bool, trust: tuple[SlidePath, ...]) -> Bund
     if require:
         require_signed(bundle, state)
     elif not state.ok:
-        logging.getLogger(__name__).warning(
-            "model %s is %s: nothing shows who made it (see docs/trust.md on signed bundles)",
-            bundle.path, "not signed" if state.key_id is None else f"signed, but {state.describe()}")
+        logging.getLogger(__name__).warning("model %s: signature check: %s (see docs/trust.md)", bundle.path,
+                                            state.problem())
     return dataclasses.replace(bundle, signature=state)
 
 

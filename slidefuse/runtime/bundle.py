@@ -56,6 +56,14 @@ class SignatureState:
             return "unsigned"
         return {"key_id": self.key_id, "trusted": self.trusted, "valid": self.valid}
 
+    def problem(self) -> str:
+        """Why this state is not a valid signature by a trusted key (for a warning or an error)."""
+        if self.key_id is None:
+            return "not signed: nothing shows who made it, or that it is unchanged since"
+        if not self.valid:
+            return f"its signature (key {self.key_id}) does not verify: the bundle changed after it was signed"
+        return f"signed by key {self.key_id}, which is not trusted here"
+
     def describe(self) -> str:
         if self.key_id is None:
             return "unsigned"

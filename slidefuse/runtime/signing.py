@@ -213,12 +213,9 @@ def require_signed(bundle: Bundle, state: SignatureState) -> None:
     if state.ok:
         return
     if state.key_id is None:
-        what = "is not signed"
         fix = "sign it with 'slidefuse sign BUNDLE --key KEYFILE'"
     elif not state.valid:
-        what = f"has a signature (key {state.key_id}) that does not verify: the bundle changed after it was signed"
         fix = "get the bundle again from its maker, or re-sign it if you made the change"
     else:
-        what = f"is signed by key {state.key_id}, which is not trusted here"
         fix = f"trust that key (trust=KEYFILE.pub, {TRUST_ENV} or {config_trust_file()}) if you trust its owner"
-    raise SignatureError(f"{bundle.path}: {what}, and a trusted signature is required; {fix}")
+    raise SignatureError(f"{bundle.path}: {state.problem()}, and a trusted signature is required; {fix}")

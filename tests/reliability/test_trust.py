@@ -71,7 +71,7 @@ def _report(out: Path) -> dict[str, Any]:
 
 
 def _signature_warnings(stderr: str) -> list[str]:
-    return [ln for ln in stderr.splitlines() if "WARNING" in ln and "who made it" in ln]
+    return [ln for ln in stderr.splitlines() if "WARNING" in ln and "signature check:" in ln]
 
 
 # keys, sign, verify
