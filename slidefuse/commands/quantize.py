@@ -40,7 +40,7 @@ _METHODS = ("minmax", "percentile", "entropy")  # = slidefuse.export.quantize.ME
 @sign_option("the bundle with its INT8 graph (quantising re-seals it: an earlier signature no longer verifies)")
 def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate_tiles: int, method: str,
             op_types: str, min_agreement: float, max_diff: float, seed: int, force: bool, out: Path | None,
-            sign_key: Path | None) -> None:
+            key: Path | None) -> None:
     """Add an INT8 graph (model.int8.onnx) to BUNDLE, calibrated on tissue tiles of real slides.
 
     \b
@@ -70,7 +70,7 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
         raise UsageError(f"--max-diff {max_diff}: expected a probability difference 0 < x <= 1, e.g. 0.35")
     if not 0 <= min_agreement <= 1:
         raise UsageError(f"--min-agreement {min_agreement}: expected a fraction 0..1, e.g. 0.995")
-    check_key(sign_key)
+    check_key(key)
     thresholds = ParityThresholds(max_abs_diff=max_diff, min_argmax_agreement=min_agreement)
     config = QuantizeConfig(bundle=bundle, slides=tuple(slides), calibration_tiles=calibration_tiles,
                             gate_tiles=gate_tiles, method=method, thresholds=thresholds, seed=seed, force=force,
@@ -83,4 +83,4 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
                f"{result.seconds:.1f} s")
     for gate in result.paths:
         click.echo(gate.line())
-    sign_result(result.bundle.path, sign_key)
+    sign_result(result.bundle.path, key)

@@ -23,7 +23,7 @@ def command(bundle: Path, key: Path) -> None:
 
 def sign_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--sign KEYFILE` of a command that makes or changes a bundle (export, quantize)."""
-    return click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEYFILE",
+    return click.option("--sign", "key", type=click.Path(path_type=Path), default=None, metavar="KEYFILE",
                         help=f"Sign {what} with this private key (made by 'slidefuse keys new').")
 
 

@@ -298,7 +298,7 @@ def test_export_sign_with_a_bad_key_fails_before_exporting(tmp_path: Path) -> No
     bad.write_text("not a key\n")
     out = tmp_path / "tiny.bundle"
     one_error_line(_run("export", "tiny", "--random-weights", "--classes", "a,b", "--mpp", "2", "--out", out,
-                        "--sign", bad), "bad.key", "slidefuse keys new", code=2)
+                        "--sign", bad), "--sign ", "bad.key", "slidefuse keys new", code=2)
     assert not out.exists()
 
 
@@ -311,3 +311,10 @@ def test_quantize_sign_signs_the_quantised_copy(signed: Path, key: Path, cmu_sli
     assert result.exit_code == 0, result.output
     record = json.loads(_run("info", out, "--json", "--trust", _pub(key)).output)["signature"]
     assert record["valid"] is True and record["trusted"] is True, record
+
+
+def test_sign_with_a_missing_key_or_bundle_is_one_line(signed: Path, tmp_path: Path) -> None:
+    one_error_line(_run("sign", signed, "--key", tmp_path / "none.key"), "--key ", "none.key", code=2)
+    key = tmp_path / "k.key"
+    assert _run("keys", "new", "--out", key).exit_code == 0
+    one_error_line(_run("sign", tmp_path / "no.bundle", "--key", key), "no.bundle", "no such model bundle", code=1)
