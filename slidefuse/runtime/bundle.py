@@ -161,7 +161,7 @@ def _depth(text: str) -> int:
     """The deepest nesting of arrays and objects in JSON text (brackets inside strings do not count); stops
     counting past MAX_DEPTH."""
     depth = deepest = 0
-    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', text):
         c = m[0]
         if c in "[{":
             depth += 1
