@@ -390,17 +390,44 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], thre
         running.discard(batch)
 
 
-def load_model(bundle: SlidePath | Bundle, backend: str = "auto", **options: Any) -> Model:
-    """Load (and sha256-verify) a model bundle; returns a `Model` (a context manager).
+def load_model(bundle: SlidePath | Bundle, backend: str = "auto", *, require_signature: bool = False,
+               trust: Iterable[SlidePath] = (), **options: Any) -> Model:
+    """Load (and sha256-verify) a model bundle and check its signatures; returns a `Model` (a context manager).
 
     backend: a backend name ("ort-cpu", "trt", ...) or "auto" (the best one available here for the bundle).
+    require_signature: refuse (SignatureError) a bundle without a valid signature by a trusted key; without it,
+      such a bundle is used with one warning, and report.json records its signature state.
+    trust: public keys trusted besides those of SLIDEFUSE_TRUSTED_KEYS and the config file (docs/trust.md): each
+      a KEYFILE.pub path, a file of keys, or a public-key line.
     options: defaults of every run: batch_size, overlap, workers, tissue (`TissueParams`), all_tiles, mpp,
       formats, mask_mpp, overwrite, overlap_slides, backend_options (e.g. {"threads": 2}). Checked now.
     """
     from slidefuse.runtime.bundle import Bundle, load_bundle
 
+    if not isinstance(require_signature, bool):
+        raise UsageError(f"require_signature={require_signature!r}: expected True or False",
+                         field="require_signature")
+    if isinstance(trust, str | os.PathLike):
+        trust = (trust,)
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
-    return Model(loaded, _options(backend, options))
+    options_checked = _options(backend, options)
+    return Model(_signed(loaded, require_signature, tuple(trust)), options_checked)
+
+
+def _signed(bundle: Bundle, require: bool, trust: tuple[SlidePath, ...]) -> Bundle:
+    """The bundle with its signature state; refused when `require` and it is not validly signed by a trusted
+    key, else one warning when it is not."""
+    import logging
+
+    from slidefuse.runtime.signing import check_signatures, require_signed, trusted_keys
+
+    state = check_signatures(bundle, trusted_keys(trust))
+    if require:
+        require_signed(bundle, state)
+    elif not state.ok:
+        logging.getLogger(__name__).warning("model %s: signature check: %s (see docs/trust.md)", bundle.path,
+                                            state.problem())
+    return dataclasses.replace(bundle, signature=state)
 
 
 def segment_many(

@@ -52,6 +52,10 @@ class IntegrityError(BundleError):
     """A bundle file whose sha256 differs from the manifest's."""
 
 
+class SignatureError(BundleError):
+    """A bundle refused for its signature: unsigned, signed by an untrusted key, or changed after signing."""
+
+
 class UnknownName(SlidefuseError, KeyError):
     """An unknown registry name (encoder, backend, ...). The message lists the valid names."""
 

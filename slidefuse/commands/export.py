@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from slidefuse.commands.sign import check_key, sign_option, sign_result
+
 
 def _classes(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(","))
@@ -57,13 +59,14 @@ def _classes(text: str) -> tuple[str, ...]:
               help="fp16 gate (vs the fp32 graph): largest allowed |dp|.")
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
+@sign_option("the bundle")
 def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int | None,
             geometry: str | None, overlap: int | None, color_transform: str,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
             parity_min_agreement: float,
-            fp16_max_diff: float, fp16_min_agreement: float) -> None:
+            fp16_max_diff: float, fp16_min_agreement: float, key: Path | None) -> None:
     """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle.
 
     \b
@@ -80,6 +83,7 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
         n_real, n_random = (int(x) for x in parity_tiles.split(":"))
     except ValueError:
         raise UsageError(f"--parity-tiles {parity_tiles!r}: expected REAL:RANDOM counts, e.g. 4:2") from None
+    check_key(key)
     from slidefuse.export.bundle_writer import parse_color
     from slidefuse.export.onnx_export import ExportConfig, export_bundle
     from slidefuse.export.parity import ParityThresholds
@@ -103,3 +107,4 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
     for name, rep in m.parity.items():
         click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
                    f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles ({rep.get('tile_origin', '?')})")
+    sign_result(bundle.path, key)

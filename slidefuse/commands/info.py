@@ -81,21 +81,27 @@ def _print_colour_check(checks: list[dict[str, Any]]) -> None:
 @click.option("--check-colours", is_flag=True,
               help="Slides: compare the decoded colours with independent decoders (tifffile, openslide-python; "
                    "the 'colour' extra) on random regions; exits 1 when one disagrees.")
-def command(path: Path, mpp: float | None, as_json: bool, no_verify: bool, check_colours: bool) -> None:
+@click.option("--trust", "trust", multiple=True, metavar="PUBKEY",
+              help="Bundles: a public key to trust when showing the signature state (repeatable; see segment).")
+def command(path: Path, mpp: float | None, as_json: bool, no_verify: bool, check_colours: bool,
+            trust: tuple[str, ...]) -> None:
     """Describe a slide (size, levels, pixel size, vendor, loader, colour pipeline) or a model bundle
-    (verifies every file's sha256 and prints the model card)."""
+    (verifies every file's sha256, prints the model card and its signature state)."""
     from slidefuse.errors import SlideNotFound
 
     if not path.exists():
         raise SlideNotFound(f"{path}: no such file or folder; check the path")
     if _is_bundle(path):
         from slidefuse.runtime.bundle import load_bundle, model_card
+        from slidefuse.runtime.signing import check_signatures, trusted_keys
 
         bundle = load_bundle(path.parent if path.name == "manifest.json" else path, verify=not no_verify)
+        state = check_signatures(bundle, trusted_keys(trust))
         if as_json:
-            click.echo(json.dumps(bundle.manifest.to_dict(), indent=2))
+            click.echo(json.dumps({**bundle.manifest.to_dict(), "signature": state.record()}, indent=2))
         else:
             click.echo(model_card(bundle, verified=not no_verify))
+            click.echo(f"signature  {state.describe()}")
         return
     d = slide_summary(path, mpp, check_colours)
     if as_json:

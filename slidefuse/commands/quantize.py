@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from slidefuse.commands.sign import check_key, sign_option, sign_result
+
 _METHODS = ("minmax", "percentile", "entropy")  # = slidefuse.export.quantize.METHODS (not imported: no onnx here)
 
 
@@ -35,8 +37,10 @@ _METHODS = ("minmax", "percentile", "entropy")  # = slidefuse.export.quantize.ME
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Copy the bundle to this new folder and quantise the copy (needed for the shipped demo "
                    "bundle or a read-only one).")
+@sign_option("the bundle with its INT8 graph (quantising re-seals it: an earlier signature no longer verifies)")
 def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate_tiles: int, method: str,
-            op_types: str, min_agreement: float, max_diff: float, seed: int, force: bool, out: Path | None) -> None:
+            op_types: str, min_agreement: float, max_diff: float, seed: int, force: bool, out: Path | None,
+            key: Path | None) -> None:
     """Add an INT8 graph (model.int8.onnx) to BUNDLE, calibrated on tissue tiles of real slides.
 
     \b
@@ -66,6 +70,7 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
         raise UsageError(f"--max-diff {max_diff}: expected a probability difference 0 < x <= 1, e.g. 0.35")
     if not 0 <= min_agreement <= 1:
         raise UsageError(f"--min-agreement {min_agreement}: expected a fraction 0..1, e.g. 0.995")
+    check_key(key)
     thresholds = ParityThresholds(max_abs_diff=max_diff, min_argmax_agreement=min_agreement)
     config = QuantizeConfig(bundle=bundle, slides=tuple(slides), calibration_tiles=calibration_tiles,
                             gate_tiles=gate_tiles, method=method, thresholds=thresholds, seed=seed, force=force,
@@ -78,3 +83,4 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
                f"{result.seconds:.1f} s")
     for gate in result.paths:
         click.echo(gate.line())
+    sign_result(result.bundle.path, key)

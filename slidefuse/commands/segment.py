@@ -96,6 +96,12 @@ class _FormatsOption(click.Option):
 @click.option("--no-wait", "no_wait", is_flag=True,
               help="At the end of the list, leave the slides other live processes hold to them at once. Default: "
                    "wait for them, taking over any whose holder stops.")
+@click.option("--require-signature", is_flag=True,
+              help="Refuse a bundle that is not signed by a trusted key (--trust, SLIDEFUSE_TRUSTED_KEYS or the "
+                   "config file; see docs/trust.md). Without it, such a bundle runs with one warning.")
+@click.option("--trust", "trust", multiple=True, metavar="PUBKEY",
+              help="A public key to trust (repeatable): a KEYFILE.pub made by 'slidefuse keys new', a file of "
+                   "such lines, or the line itself.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="Spread the slides over a Ray cluster (the 'ray' extra): ADDRESS, or 'auto' (the default) "
                    "to join the running cluster or start a local one. OUT must be on storage every node sees.")
@@ -159,6 +165,8 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
         overlap_slides=f["overlap_slides"],
         force_mpp=f["force_mpp"],
         on_decode_error=f["on_decode_error"],
+        require_signature=f["require_signature"],
+        trust=f["trust"],
         **optional,
     )
 

@@ -8,6 +8,11 @@ file's sha256. The integrity record is therefore the bundle's identity (`Bundle.
 manifest and, through the hashes it lists, every file. This module needs no torch: the export side writes
 manifests with `write_manifest`. `Manifest` and `ClassInfo` (defined, with their fields' constraints, in
 `manifest_schema`) are imported from here.
+
+The manifest's JSON is parsed strictly: at most `MAX_MANIFEST_BYTES`, nested at most `MAX_DEPTH` deep (checked on
+the raw text, before parsing), and no key twice in one object (two parsers could read two different manifests
+with the same digest). The `signatures/` folder holds signatures over the digest (`slidefuse.runtime.signing`) and
+is not covered by it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,46 @@ from slidefuse.runtime.manifest_schema import FORMAT_VERSION, INTEGRITY, Manifes
 from slidefuse.runtime.manifest_schema import ClassInfo as ClassInfo  # re-exported: imported from here
 
 MANIFEST = "manifest.json"
+SIGNATURES = "signatures"  # folder of signatures over the digest: not hashed, not part of the digest
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest is a few kB; 4 MB is far beyond any real one
+MAX_DEPTH = 64  # deepest nesting of JSON arrays and objects in a manifest (a real one nests 4 deep)
+
+
+@dataclass(frozen=True)
+class SignatureState:
+    """What a bundle's signatures say (`slidefuse.runtime.signing.check_signatures`): the best one found (valid
+    and trusted first), or none."""
+
+    key_id: str | None  # the signer's key id; None: the bundle is unsigned
+    valid: bool  # the signature verifies over the bundle's current digest
+    trusted: bool  # the signer's key is in the trust set
+
+    @property
+    def ok(self) -> bool:
+        return self.key_id is not None and self.valid and self.trusted
+
+    def record(self) -> str | dict[str, Any]:
+        """report.json's `bundle.signature`: "unsigned", or {"key_id", "trusted", "valid"}."""
+        if self.key_id is None:
+            return "unsigned"
+        return {"key_id": self.key_id, "trusted": self.trusted, "valid": self.valid}
+
+    def problem(self) -> str:
+        """Why this state is not a valid signature by a trusted key (for a warning or an error)."""
+        if self.key_id is None:
+            return "not signed: nothing shows who made it, or that it is unchanged since"
+        if not self.valid:
+            return f"its signature (key {self.key_id}) does not verify: the bundle changed after it was signed"
+        return f"signed by key {self.key_id}, which is not trusted here"
+
+    def describe(self) -> str:
+        if self.key_id is None:
+            return "unsigned"
+        validity = "valid" if self.valid else "INVALID (the bundle changed after it was signed)"
+        return f"key {self.key_id}: {validity}, {'trusted' if self.trusted else 'not trusted'}"
+
+
+UNSIGNED = SignatureState(key_id=None, valid=False, trusted=False)
 
 
 @dataclass(frozen=True)
@@ -33,6 +79,7 @@ class Bundle:
     path: Path  # bundle folder
     manifest: Manifest
     digest: str  # the manifest's integrity record (covers every field and file): identifies the bundle
+    signature: SignatureState | None = None  # its signatures, once checked against a trust set (load_model)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -54,11 +101,15 @@ def sha256_file(path: Path) -> str:
 
 
 def hash_files(folder: Path) -> dict[str, str]:
-    """sha256 of every regular file under `folder` except the manifest, keyed by POSIX relative path."""
+    """sha256 of every regular file under `folder` except the manifest and the signatures, keyed by POSIX
+    relative path."""
     out: dict[str, str] = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.endswith((".tmp", TMP_SUFFIX)):
-            out[p.relative_to(folder).as_posix()] = sha256_file(p)
+        rel = p.relative_to(folder).as_posix()
+        if rel.split("/")[0] == SIGNATURES or p.name == MANIFEST or p.name.endswith((".tmp", TMP_SUFFIX)):
+            continue
+        if p.is_file():
+            out[rel] = sha256_file(p)
     return out
 
 
@@ -93,12 +144,54 @@ def upgrade_manifest(folder: Path) -> Manifest:
     return write_manifest(folder, old)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text (brackets inside strings do not count); stops
+    counting past MAX_DEPTH."""
+    depth = deepest = 0
+    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', text):
+        c = m[0]
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                break
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
 def _load_json(mpath: Path) -> Any:
+    """manifest.json parsed strictly: bounded size and depth, no duplicate keys (one line each)."""
+    fix = "re-export the bundle with 'slidefuse export'"
     try:
-        return json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{mpath}: unreadable manifest ({one_line(exc)}); re-export the bundle with "
-                          "'slidefuse export'") from exc
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath}: larger than {MAX_MANIFEST_BYTES // 2**20} MB, not a manifest; {fix}")
+        text = raw.decode("utf-8")
+        if _depth(text) > MAX_DEPTH:
+            raise BundleError(f"{mpath}: nested more than {MAX_DEPTH} deep, not a manifest; {fix}")
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except BundleError:
+        raise
+    except _DuplicateKey as exc:
+        raise BundleError(f"{mpath}: the key {str(exc.args[0])[:80]!r} appears twice in one object, so "
+                          f"readers could disagree on its value; {fix}") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{mpath}: unreadable manifest ({one_line(exc, max_chars=200)}); {fix}") from exc
 
 
 def _checked(mpath: Path, data: Any) -> tuple[Manifest, str]:
@@ -145,9 +238,9 @@ def check_paths(folder: Path, manifest: Manifest) -> Manifest:
     A `torch_weights` name that is not among the hashed files is dropped (the bundle has no torch weights),
     so nothing outside the hashes is ever loaded. Returns the manifest to use.
     """
-    root = folder.resolve()
+    root = _resolve(folder)
     for rel in [MANIFEST, *bundle_names(manifest)]:
-        target = (folder / rel).resolve()
+        target = _resolve(folder / rel)
         if target != root and root not in target.parents:
             raise IntegrityError(f"{folder / rel}: leads outside the bundle ({target}); a bundle's files must be "
                                  "inside its folder: re-export the bundle")
@@ -158,6 +251,15 @@ def check_paths(folder: Path, manifest: Manifest) -> Manifest:
     if manifest.torch_weights is not None and manifest.torch_weights not in manifest.files:
         manifest = dataclasses.replace(manifest, torch_weights=None)
     return manifest
+
+
+def _resolve(path: Path) -> Path:
+    """`path` with its symlinks resolved; a symlink loop is an IntegrityError (one line)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: Python 3.11's "Symlink loop from ..."
+        raise IntegrityError(f"{path}: a symlink loop ({one_line(exc, max_chars=120)}); a bundle's files must be "
+                             "plain files: re-export the bundle or restore the file") from exc
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:

@@ -188,7 +188,8 @@ def test_quiet_prints_only_errors(runner: CliRunner, bundle_dir: Path, small_tif
     also = _segment(runner, small_tiff, "--model", bundle_dir, "--out", tmp_path / "out2", "--formats", "tiff",
                     "--quiet")
     assert also.exit_code == 0, also.output
-    assert also.stderr == ""
+    # warnings still show: here only the one that the (unsigned) test bundle gets
+    assert [ln for ln in also.stderr.splitlines() if "not signed" not in ln] == [], also.stderr
 
 
 def test_progress_display_choice_and_bar() -> None:

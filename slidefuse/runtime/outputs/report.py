@@ -100,8 +100,20 @@ def decode_errors(slide: SlideInfo) -> dict[str, Any] | None:
     return {"count": errors.count, "tiles": [dataclasses.asdict(t) for t in errors.tiles]}
 
 
+MAX_RECORD_CHARS = 16_384  # a free-form manifest field larger than this (as JSON) is not copied into a report
+
+
+def _bounded(value: Any) -> Any:
+    """A free-form manifest field as is, or, when its JSON is larger than MAX_RECORD_CHARS, a note saying where
+    it is: a report never copies a huge manifest."""
+    size = len(json.dumps(_jsonable(value)))
+    if size <= MAX_RECORD_CHARS:
+        return value
+    return {"omitted": f"{size} characters of JSON; see the bundle's manifest.json"}
+
+
 def model_card(bundle: Bundle) -> dict[str, Any]:
-    """The manifest fields that describe the model (no file hashes or engine lists)."""
+    """The manifest fields that describe the model (no file hashes or engine lists; free-form fields bounded)."""
     m = bundle.manifest
     return {
         "encoder": m.encoder,
@@ -112,11 +124,26 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
         "classes": [{"index": i, "name": c.name, "color": list(c.color)} for i, c in enumerate(m.classes)],
         "random_weights": m.random_weights,
         "demo": m.demo,
-        "weights": m.weights,
-        "parity": m.parity,
+        "weights": _bounded(m.weights),
+        "parity": _bounded(m.parity),
         "created": m.created,
-        "tools": m.tools,
+        "tools": _bounded(m.tools),
     }
+
+
+def signature_record(bundle: Bundle) -> str | dict[str, Any]:
+    """`bundle.signature` in report.json: "unsigned", or {"key_id", "trusted", "valid"}. A bundle whose
+    signatures were not checked yet (loaded without `load_model`) is checked against the configured trust."""
+    from slidefuse.runtime.signing import check_signatures, trusted_keys
+
+    state = bundle.signature
+    if state is None:
+        try:
+            trusted = trusted_keys()
+        except ValueError:  # a trusted-keys file that cannot be read: nothing is trusted
+            trusted = frozenset()
+        state = check_signatures(bundle, trusted)
+    return state.record()
 
 
 def class_areas(result: MaskResult, class_names: list[str]) -> dict[str, dict[str, float | int]]:
@@ -186,7 +213,7 @@ def build_report(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "slide": slide_metadata(slide),
         "model": model_card(bundle),
-        "bundle": {"path": str(bundle.path), "digest": bundle.digest},
+        "bundle": {"path": str(bundle.path), "digest": bundle.digest, "signature": signature_record(bundle)},
         "backend": result.backend,
         "mask": {"width": result.mask_width, "height": result.mask_height, "mpp": result.mpp,
                  "l0_per_px_x": slide.width / result.mask_width,
