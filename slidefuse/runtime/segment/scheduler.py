@@ -193,7 +193,7 @@ class _SlideBatch:
     def opts(self, i: int) -> SegmentOptions:
         """The options of slide i: the batch's, with the slide's own pixel size where the list gives one."""
         mpp = self.slide_mpp.get(i)
-        return self.options if mpp is None else dataclasses.replace(self.options, mpp=mpp)
+        return self.options if mpp is None else dataclasses.replace(self.options, override_mpp=mpp)
 
     def check_stop(self) -> None:
         """Raise BatchStopped once the batch's `stop` is set."""
