@@ -225,6 +225,9 @@ def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, a
         raise UsageError("no slides given; pass slide files or folders, or --list FILE")
     if list_file is not None and not list_file.is_file():
         raise SlideNotFound(f"{list_file}: no such list file (--list); pass a text file with one slide path per line")
+    if list_file is None and not any(p.exists() or p.is_symlink() for p in inputs):  # nothing to run: no OUT either
+        raise SlideNotFound(f"{', '.join(str(p) for p in inputs)}: no such file or folder; check the "
+                            f"path{'s' if len(inputs) > 1 else ''}")
     if all_tiles and (tissue_threshold is not None or min_tile_tissue is not None):
         named = [n for n, v in (("--tissue-threshold", tissue_threshold), ("--min-tile-tissue", min_tile_tissue))
                  if v is not None]

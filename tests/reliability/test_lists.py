@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import pyvips
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from slidefuse.cli import cli
 
@@ -67,3 +68,68 @@ def test_info_shows_a_slide_without_pixel_size_with_a_warning(tmp_path: Path) ->
     assert "320 x 240" in result.stdout and "pixel size unknown" in result.stdout
     warnings = [ln for ln in result.stderr.splitlines() if "warning" in ln]
     assert len(warnings) == 1 and "bare.tif" in warnings[0] and "--mpp" in warnings[0]
+
+
+# --- slide lists -----------------------------------------------------------------------------------------------
+
+def _run_list(tmp_path: Path, bundle_dir: Path, csv: bytes, *extra: str | Path) -> tuple[Result, dict, list[str]]:
+    """Run `--list l.csv` (written as `csv`) beside the slides good.tif and other.tif; returns the result, the
+    run.json entries by slide name and the error lines."""
+    write_slide(tmp_path / "good.tif")
+    write_slide(tmp_path / "other.tif", seed=1)
+    (tmp_path / "l.csv").write_bytes(csv)
+    out = tmp_path / "out"
+    result = segment("--list", tmp_path / "l.csv", *extra, "--model", bundle_dir, "--out", out)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    entries = {Path(e["slide"]).name: e for e in json.loads((out / "run.json").read_text())["slides"]}
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("slidefuse: error:")]
+    return result, entries, errors
+
+
+@pytest.mark.parametrize(("bad_row", "says"), [
+    (b'other.tif,0.5,"a\x00b"\n', "NUL byte"),
+    (b'other.tif,0.5,"two\nlines"\n', "line break"),
+    (b"other.tif,0.5,caf\xe9\n", "not UTF-8"),
+    (b"other.tif,0.5,run.json\n", "reserved"),
+    (b"other.tif,0.5,run.json.lock\n", "reserved"),
+    (b"other.tif,0.5,.run\n", "reserved"),
+    (b"other.tif,0.5,.hidden\n", "reserved"),
+    (b"other.tif,0.5,x.lock\n", "reserved"),
+    (b"other.tif,0.5," + b"n" * 300 + b"\n", "300 characters"),
+    (b"other.tif,0.0001,\n", "plausible"),
+    (b"other.tif,0.5,first\n", "already given to the slide on line 2"),
+])
+def test_a_bad_row_fails_alone_with_file_and_line(tmp_path: Path, bundle_dir: Path, bad_row: bytes,
+                                                  says: str) -> None:
+    result, entries, errors = _run_list(tmp_path, bundle_dir, b"path,mpp,out_name\ngood.tif,0.5,first\n" + bad_row)
+    assert result.exit_code == 1, result.output
+    assert len(errors) == 1 and "l.csv, line 3" in errors[0] and says in errors[0], errors
+    assert entries["good.tif"]["status"] == "ok"  # never failed by another row's error
+    assert (tmp_path / "out" / "first" / "report.json").is_file()
+    failed = [e for name, e in entries.items() if name != "good.tif"]
+    assert [e["status"] for e in failed] == ["failed"] and "line 3" in failed[0]["error"]
+    assert not (tmp_path / "out" / "run.json").is_dir()
+
+
+def test_a_file_that_is_not_utf8_fails_only_its_bad_rows(tmp_path: Path, bundle_dir: Path) -> None:
+    result, entries, errors = _run_list(tmp_path, bundle_dir, b"good.tif\n\xff\xfe.tif\nother.tif\n")
+    assert result.exit_code == 1, result.output
+    assert len(errors) == 1 and "l.csv, line 2" in errors[0] and "not UTF-8" in errors[0]
+    assert entries["good.tif"]["status"] == entries["other.tif"]["status"] == "ok"
+
+
+def test_a_slide_on_the_command_line_and_in_the_list_is_defined_by_the_list(tmp_path: Path,
+                                                                             bundle_dir: Path) -> None:
+    bare = _no_mpp_slide(tmp_path / "bare.tif")
+    result, entries, errors = _run_list(tmp_path, bundle_dir, b"path,mpp,out_name\nbare.tif,0.5,named\n", bare)
+    assert result.exit_code == 0 and not errors, result.output
+    assert list(entries) == ["bare.tif"] and entries["bare.tif"]["out_dir"] == str(tmp_path / "out" / "named")
+    assert _report(tmp_path / "out", "named")["slide"]["mpp"] == 0.5
+    assert not (tmp_path / "out" / "bare").exists()
+
+
+def test_a_wrong_input_path_creates_nothing(tmp_path: Path, bundle_dir: Path) -> None:
+    out = tmp_path / "out"
+    one_error_line(segment(tmp_path / "typo.svs", "--model", bundle_dir, "--out", out), "typo.svs", code=1)
+    assert not out.exists()

@@ -7,11 +7,10 @@ and optional `mpp` (that slide's pixel size, um/px) and `out_name` (its output f
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slidefuse.errors import SlideNotFound, UsageError
@@ -87,11 +86,56 @@ class ListEntry:
     """One slide of a list file, with its own options (CSV columns)."""
 
     path: Path  # the slide (a relative path is relative to the list file's folder)
-    mpp: float | None = None  # this slide's pixel size, um/px: overrides the file's and --mpp
+    mpp: float | None = None  # this slide's pixel size, um/px: wins over the file's, mpp and override_mpp
     out_name: str | None = None  # its output folder under OUT (default: the slide's stem)
+    line: int = field(default=0, compare=False)  # its line in the list file (0: unknown)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row of a list file that cannot be run: it fails alone (a failed entry in run.json), the others go on."""
+
+    slide: Path  # `LIST:LINE`: the row's own name in run.json (never that of a slide another row runs)
+    error: str  # one line: `LIST, line N: what is wrong; the fix`
 
 
 LIST_COLUMNS = ("path", "mpp", "out_name")
+RESERVED_NAMES = ("run.json",)  # names slidefuse itself uses at OUT's top level (with .run and *.lock)
+MAX_NAME = 200  # characters of an output folder name (file systems allow 255 bytes, with room for temporaries)
+
+
+def out_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a slide's output folder under OUT (None: it can): not a plain folder name, not text,
+    hidden or reserved for slidefuse's own files (`run.json`, `.run`, `*.lock`), or too long."""
+    text = _text_problem(name)
+    if text is not None:
+        return text
+    if not name or Path(name).name != name or "\\" in name or name in (".", ".."):
+        return "is not a plain folder name; give a name without '/'"
+    if name.startswith(".") or name.lower() in RESERVED_NAMES or name.lower().endswith(".lock"):
+        return ("is reserved for slidefuse's own files (run.json, .run, names starting with '.' or ending in "
+                "'.lock'); choose another name")
+    if len(name) > MAX_NAME:
+        return f"has {len(name)} characters, over the limit of {MAX_NAME}; choose a shorter name"
+    return None
+
+
+def check_out_name(name: str, field: str = "out_name") -> None:
+    """Raise UsageError (naming `field`) when `name` cannot be a slide's output folder (`out_name_problem`)."""
+    problem = out_name_problem(name)
+    if problem is not None:
+        raise UsageError(f"{field} {name!r} {problem}", field=field)
+
+
+def _text_problem(value: str) -> str | None:
+    """Why a list cell is not usable text: a NUL byte, a line break, or bytes that are not UTF-8."""
+    if "\x00" in value:
+        return "holds a NUL byte; remove it"
+    if "\n" in value or "\r" in value:
+        return "holds a line break; put it on one line"
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        return "is not UTF-8 text; save the list as UTF-8"
+    return None
 
 
 def read_list_file(list_file: Path) -> list[Path]:
@@ -99,38 +143,77 @@ def read_list_file(list_file: Path) -> list[Path]:
     return [e.path for e in read_slide_list(list_file)]
 
 
-def _meaningful_lines(text: str) -> list[tuple[int, str]]:
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        entry = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
-        if entry:
-            out.append((n, entry))
-    return out
-
-
 def read_slide_list(list_file: Path) -> list[ListEntry]:
     """The entries of a list file: a text file with one path per line (blank lines and `#` comments
-    ignored), or a CSV whose header names a `path` column and optionally `mpp` and `out_name`."""
+    ignored), or a CSV whose header names a `path` column and optionally `mpp` and `out_name`. Raises
+    UsageError naming the file and line of the first bad row (`read_slide_rows` keeps the others)."""
+    entries, bad = read_slide_rows(list_file)
+    if bad:
+        raise UsageError(bad[0].error)
+    return entries
+
+
+def read_slide_rows(list_file: Path) -> tuple[list[ListEntry], list[BadRow]]:
+    """(good entries, bad rows) of a list file, each bad row with a one-line reason naming the file and line.
+    Raises SlideNotFound without the file and UsageError for a header with unknown columns (no row can be
+    read then)."""
     list_file = Path(list_file)
     if not list_file.is_file():
         raise SlideNotFound(f"{list_file}: no such list file; pass a text file with one slide path per line "
                             "or a CSV with a 'path' column")
-    lines = _meaningful_lines(list_file.read_text(encoding="utf-8"))
-    header = [c.strip().lower() for c in next(csv.reader([lines[0][1]]))] if lines else []
+    text = list_file.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    rows = list(_rows(text))
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
     if "path" not in header:
-        return [ListEntry(_relative_to(list_file, entry)) for _, entry in lines]
+        return _plain_rows(list_file, text)
     unknown = sorted(set(header) - set(LIST_COLUMNS))
     if unknown:
         raise UsageError(f"{list_file}: unknown column(s) {', '.join(unknown)}; a slide list CSV has the columns "
                          f"{', '.join(LIST_COLUMNS)} (only 'path' is required)")
-    rows = csv.reader(io.StringIO("\n".join(entry for _, entry in lines[1:])))
-    entries = [_csv_entry(list_file, n, dict(zip(header, (c.strip() for c in row), strict=False)))
-               for (n, _), row in zip(lines[1:], rows, strict=True)]
-    names = [e.out_name for e in entries if e.out_name]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UsageError(f"{list_file}: out_name {', '.join(twice)} given to more than one slide; give each its own")
-    return entries
+    entries: list[ListEntry] = []
+    bad: list[BadRow] = []
+    names: dict[str, int] = {}
+    for n, row in rows[1:]:
+        try:
+            entry = _csv_entry(list_file, n, dict(zip(header, (c.strip() for c in row), strict=False)))
+            if entry.out_name is not None and entry.out_name in names:
+                raise UsageError(f"{list_file}, line {n}: out_name {entry.out_name} is already given to the slide "
+                                 f"on line {names[entry.out_name]}; give each slide its own")
+        except UsageError as exc:
+            bad.append(BadRow(Path(f"{list_file}:{n}"), str(exc)))
+            continue
+        if entry.out_name is not None:
+            names[entry.out_name] = n
+        entries.append(entry)
+    return entries, bad
+
+
+def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, cells) of each CSV row that is neither blank nor a `#` comment."""
+    reader = csv.reader(text.splitlines(keepends=True))
+    while True:
+        first = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        if any(c.strip() for c in row) and not row[0].lstrip().startswith("#"):
+            yield first, row
+
+
+def _plain_rows(list_file: Path, text: str) -> tuple[list[ListEntry], list[BadRow]]:
+    """A plain list: one path per line, blank lines and `#` comments ignored."""
+    entries, bad = [], []
+    for n, line in enumerate(text.split("\n"), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        problem = _text_problem(entry)
+        if problem is not None:
+            bad.append(BadRow(Path(f"{list_file}:{n}"), f"{list_file}, line {n}: the path {problem}"))
+        else:
+            entries.append(ListEntry(_relative_to(list_file, entry), line=n))
+    return entries, bad
 
 
 def _relative_to(list_file: Path, entry: str) -> Path:
@@ -141,6 +224,10 @@ def _relative_to(list_file: Path, entry: str) -> Path:
 def _csv_entry(list_file: Path, line: int, row: Mapping[str, str]) -> ListEntry:
     """One CSV row as a ListEntry; errors name the file and line."""
     where = f"{list_file}, line {line}"
+    for column, value in row.items():
+        problem = _text_problem(value)
+        if problem is not None:
+            raise UsageError(f"{where}: the {column} cell {problem}")
     if not row.get("path"):
         raise UsageError(f"{where}: no path; every row needs the slide's path")
     mpp = None
@@ -153,22 +240,37 @@ def _csv_entry(list_file: Path, line: int, row: Mapping[str, str]) -> ListEntry:
             raise UsageError(f"{where}: mpp {row['mpp']!r} is not a positive number of microns per pixel; "
                              "fix it or leave the cell empty to use the file's")
     name = row.get("out_name") or None
-    if name is not None and (Path(name).name != name or name in (".", "..") or name.startswith(".")):
-        raise UsageError(f"{where}: out_name {name!r} is not a plain folder name; give a name without '/'")
-    return ListEntry(_relative_to(list_file, row["path"]), mpp, name)
+    if name is not None:
+        problem = out_name_problem(name)
+        if problem is not None:
+            raise UsageError(f"{where}: out_name {name!r} {problem}")
+    return ListEntry(_relative_to(list_file, row["path"]), mpp, name, line)
 
 
 def collect_slides(
     inputs: Sequence[Path], list_file: Path | None = None, exclude: Path | None = None
 ) -> list[Path]:
     """Expand slide files, folders (scanned recursively for SLIDE_EXTENSIONS) and a list file into slide
-    paths, in order, without repeats. Paths that do not exist are kept: they fail alone when processed.
-    Raises UsageError when nothing is given, or when the given folders hold no slide at all. Files in the
-    scanned folders that are not slides are listed in one warning ("skipped: N files not recognised as
-    slides: ..."), never dropped silently."""
+    paths, in order, without repeats. Paths that do not exist are kept: they fail alone when processed; so do
+    a list's bad rows (`read_slide_rows`), which are left out here. Raises UsageError when nothing is given,
+    or when the given folders hold no slide at all. Files in the scanned folders that are not slides are
+    listed in one warning ("skipped: N files not recognised as slides: ..."), never dropped silently."""
     given = [Path(p) for p in inputs]
     if list_file is not None:
-        given += read_list_file(Path(list_file))
+        given += [e.path for e in read_slide_rows(Path(list_file))[0]]
+    return expand_inputs(given, exclude)
+
+
+def slide_key(path: Path) -> Path:
+    """One slide's identity among the inputs: its resolved path (absolute when it does not exist)."""
+    try:
+        return path.resolve() if path.exists() else path.absolute()
+    except (OSError, RuntimeError):  # a symlink loop
+        return path.absolute()
+
+
+def expand_inputs(given: Sequence[Path], exclude: Path | None = None) -> list[Path]:
+    """`collect_slides` of paths already read: files kept, folders scanned, repeats dropped (first kept)."""
     if not given:
         raise UsageError("no slides given; pass slide files or folders, or list_file=FILE")
     out: list[Path] = []
@@ -180,7 +282,7 @@ def collect_slides(
         if p.is_dir() and not found:
             empty_folders.append(p)
         for s in found:
-            key = s.resolve() if s.exists() else s.absolute()
+            key = slide_key(s)
             if key not in seen:
                 seen.add(key)
                 out.append(s)
@@ -239,10 +341,12 @@ def output_dirs(slides: Sequence[Path], out_root: Path, names: Mapping[Path, str
         if s in chosen:
             out.append(_chosen_dir(s, Path(out_root) / chosen[s], real))
             continue
-        stem = slide_stem(s)
-        prefixed = f"{s.parent.name}_{stem}" if s.parent.name else stem
+        stem = slide_stem(s)[:MAX_NAME]
+        prefixed = (f"{s.parent.name}_{stem}" if s.parent.name else stem)[:MAX_NAME - 6]
         candidates = [stem, prefixed] + [f"{prefixed}_{k}" for k in range(2, 10_000)]
         for name in candidates:
+            if out_name_problem(name) is not None:  # e.g. a slide `run.json.tif`: OUT's own names stay OUT's
+                continue
             owner = None if name in used else _owner(Path(out_root) / name)
             if name not in used and owner in (None, real):
                 break
@@ -262,7 +366,7 @@ def _chosen_dir(slide: Path, out_dir: Path, real: str) -> Path:
 
 
 def list_overrides(list_file: Path | None) -> dict[Path, ListEntry]:
-    """The list file's entries that carry an option of their own (mpp or out_name), by path as collected."""
+    """The list file's good entries that carry an option of their own (mpp or out_name), by path as listed."""
     if list_file is None:
         return {}
-    return {e.path: e for e in read_slide_list(Path(list_file)) if e.mpp is not None or e.out_name}
+    return {e.path: e for e in read_slide_rows(Path(list_file))[0] if e.mpp is not None or e.out_name}
