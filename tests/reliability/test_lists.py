@@ -12,6 +12,9 @@ import pyvips
 from click.testing import CliRunner, Result
 
 from slidefuse.cli import cli
+from slidefuse.errors import UsageError
+from slidefuse.export.bundle_writer import check_target
+from slidefuse.paths import PACKAGE_DATA
 
 from .conftest import one_error_line, segment, write_slide
 
@@ -133,3 +136,62 @@ def test_a_wrong_input_path_creates_nothing(tmp_path: Path, bundle_dir: Path) ->
     out = tmp_path / "out"
     one_error_line(segment(tmp_path / "typo.svs", "--model", bundle_dir, "--out", out), "typo.svs", code=1)
     assert not out.exists()
+
+
+# --- inputs and outputs ----------------------------------------------------------------------------------------
+
+def test_a_stray_dcm_file_is_an_ordinary_unrecognised_file(tmp_path: Path, bundle_dir: Path) -> None:
+    folder = tmp_path / "slides"
+    write_slide(folder / "a.tif")
+    write_slide(folder / "b.tif", seed=1)
+    (folder / "readme.dcm").write_text("not DICOM, just notes\n")
+    out = tmp_path / "out"
+    result = segment(folder, "--model", bundle_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "a" / "report.json").is_file() and (out / "b" / "report.json").is_file()
+    assert "readme.dcm" in result.stderr and "not recognised as slides" in result.stderr
+
+
+def test_folder_scans_skip_what_slidefuse_wrote(tmp_path: Path, bundle_dir: Path) -> None:
+    folder = tmp_path / "slides"
+    write_slide(folder / "a.tif")
+    first = segment(folder, "--model", bundle_dir, "--out", folder / "results")  # OUT inside the input folder
+    assert first.exit_code == 0, first.output
+    copied = folder / "copied"  # one slide's outputs copied elsewhere, without run.json: its report tells
+    copied.mkdir()
+    for name in ("mask.tif", "report.json"):
+        (copied / name).write_bytes((folder / "results" / "a" / name).read_bytes())
+    out = tmp_path / "out"
+    result = segment(folder, "--model", bundle_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    entries = json.loads((out / "run.json").read_text())["slides"]
+    assert [Path(e["slide"]).name for e in entries] == ["a.tif"], entries
+
+
+def test_a_symlinked_slide_folder_under_out_is_refused(tmp_path: Path, bundle_dir: Path) -> None:
+    slide = write_slide(tmp_path / "slides" / "small.tif")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "small").symlink_to(elsewhere)
+    one_error_line(segment(slide, "--model", bundle_dir, "--out", tmp_path / "out"), "symbolic link", code=1)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_triton_and_quantize_refuse_an_out_inside_a_bundle(tmp_path: Path, bundle_dir: Path) -> None:
+    runner = CliRunner()
+    slide = write_slide(tmp_path / "s.tif")
+    for args in (["triton", bundle_dir, "--out", bundle_dir / "repo"],
+                 ["quantize", bundle_dir, "--slides", slide, "--out", bundle_dir / "int8"],
+                 ["quantize", bundle_dir, "--slides", slide, "--out", PACKAGE_DATA / "int8"]):
+        result = runner.invoke(cli, [str(a) for a in args])
+        line = one_error_line(result, "--out", code=2)
+        assert "inside the model bundle" in line or "own data folder" in line, line
+    assert not (bundle_dir / "repo").exists() and not (bundle_dir / "int8").exists()
+    assert not (PACKAGE_DATA / "int8").exists()
+
+
+def test_export_refuses_an_out_inside_a_bundle(bundle_dir: Path) -> None:
+    with pytest.raises(UsageError, match="inside the model bundle"):
+        check_target(bundle_dir / "nested", force=True)
+    check_target(bundle_dir.parent / "fresh", force=False)  # elsewhere: fine

@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slidefuse.errors import SlideNotFound, UsageError
+from slidefuse.runtime.types import RUN_LOG
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,14 @@ def scan_folder(folder: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def _scan(folder: Path, exclude: Path | None) -> tuple[list[Path], list[Path]]:
-    """(slides, other files) under `folder`, sorted. A folder holding `.dcm` files is one DICOM WSI slide.
-    Hidden files, files under `exclude` and the data files of a MIRAX slide (the folder beside `X.mrxs`
-    named `X`) are neither."""
+    """(slides, other files) under `folder`, sorted. A folder holding DICOM files (`.dcm` with the DICOM
+    preamble) is one DICOM WSI slide; any other `.dcm` file is an ordinary unrecognised file. Hidden files,
+    files under `exclude`, what slidefuse wrote (see `_Written`) and the data files of a MIRAX slide (the folder
+    beside `X.mrxs` named `X`) are neither."""
+    from slidefuse.runtime.slide.dicom import is_dicom_file
+
     ex = exclude.resolve() if exclude is not None else None
+    written = _Written()
     slides: list[Path] = []
     others = []
     for p in sorted(folder.rglob("*")):
@@ -56,19 +62,82 @@ def _scan(folder: Path, exclude: Path | None) -> tuple[list[Path], list[Path]]:
             continue
         if ex is not None and (p.resolve() == ex or ex in p.resolve().parents):
             continue
-        if p.suffix.lower() == DICOM_SUFFIX:
+        if written.by_slidefuse(p, folder):
+            continue
+        if p.suffix.lower() == DICOM_SUFFIX and is_dicom_file(p):
             if p.parent not in slides:
                 slides.append(p.parent)  # the series' folder is the slide
         elif _is_slide_file(p):
             slides.append(p)
         elif not _in_mirax_data(p, folder):
             others.append(p)
+    if written.skipped:
+        log.info("%s: skipped %d file(s) written by slidefuse (outputs of an earlier run)", folder, written.skipped)
     return slides, others
 
 
+class _Written:
+    """Recognises what slidefuse wrote in a scanned folder: every file under an output folder (a folder holding
+    a slidefuse run.json), and each file a slide's slidefuse report.json (beside it) lists among its outputs."""
+
+    def __init__(self) -> None:
+        self.run_roots: dict[Path, bool] = {}  # folder -> whether it holds a slidefuse run.json
+        self.outputs: dict[Path, set[str]] = {}  # folder -> file names its slidefuse report.json lists
+        self.skipped = 0
+
+    def by_slidefuse(self, p: Path, top: Path) -> bool:
+        found = p.name in self._listed(p.parent) or any(self._is_run_root(d) for d in _up_to(p.parent, top))
+        self.skipped += found
+        return found
+
+    def _is_run_root(self, folder: Path) -> bool:
+        if folder not in self.run_roots:
+            self.run_roots[folder] = _has_format(folder / RUN_LOG, b"slidefuse-run/")
+        return self.run_roots[folder]
+
+    def _listed(self, folder: Path) -> set[str]:
+        if folder not in self.outputs:
+            self.outputs[folder] = _report_outputs(folder)
+        return self.outputs[folder]
+
+
+def _up_to(folder: Path, top: Path) -> list[Path]:
+    """`folder` and its parents up to `top` (included)."""
+    out = [folder]
+    while out[-1] != top and top in out[-1].parents:
+        out.append(out[-1].parent)
+    return out
+
+
+def _has_format(path: Path, prefix: bytes) -> bool:
+    """Whether the JSON file `path` starts with slidefuse's `{"format": "<prefix>...` (read: its first KiB)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return False
+    return re.match(rb'\s*\{\s*"format"\s*:\s*"' + re.escape(prefix), head) is not None
+
+
+def _report_outputs(folder: Path) -> set[str]:
+    """File names the slidefuse report.json in `folder` lists as its outputs (empty: none, or not slidefuse's)."""
+    from slidefuse.runtime.outputs.report import REPORT, read_report
+
+    if not (folder / REPORT).is_file():
+        return set()
+    report = read_report(folder)
+    if report is None or not str(report.get("format", "")).startswith("slidefuse-report/"):
+        return set()
+    outputs = report.get("outputs")
+    listed = outputs.values() if isinstance(outputs, dict) else []
+    return {str(o.get("file")) for o in listed if isinstance(o, dict)} | {REPORT}
+
+
 def is_dicom_folder(p: Path) -> bool:
-    """Whether the folder `p` is one DICOM WSI slide: it holds `.dcm` files (not in sub-folders)."""
-    return any(f.suffix.lower() == DICOM_SUFFIX and f.is_file() for f in p.iterdir())
+    """Whether the folder `p` is one DICOM WSI slide: it holds DICOM files (not in sub-folders)."""
+    from slidefuse.runtime.slide.dicom import is_dicom
+
+    return p.is_dir() and is_dicom(p)
 
 
 def _in_mirax_data(p: Path, folder: Path) -> bool:
@@ -100,7 +169,7 @@ class BadRow:
 
 
 LIST_COLUMNS = ("path", "mpp", "out_name")
-RESERVED_NAMES = ("run.json",)  # names slidefuse itself uses at OUT's top level (with .run and *.lock)
+RESERVED_NAMES = (RUN_LOG,)  # names slidefuse itself uses at OUT's top level (with .run and *.lock)
 MAX_NAME = 200  # characters of an output folder name (file systems allow 255 bytes, with room for temporaries)
 
 
@@ -302,16 +371,11 @@ def expand_inputs(given: Sequence[Path], exclude: Path | None = None) -> list[Pa
 
 
 def check_out_folder(out_root: Path) -> None:
-    """Refuse an output folder that is, or is inside, a model bundle (a folder with manifest.json): outputs
-    written there would change the bundle (and the shipped demonstration model)."""
-    from slidefuse.runtime.bundle import MANIFEST
-    from slidefuse.runtime.segment.skip import resolved
+    """Refuse an output folder that is, or is inside, a model bundle or the package's data folder: outputs
+    written there would change the bundle (and the shipped demonstration model); see `paths.check_out_path`."""
+    from slidefuse.paths import check_out_path
 
-    real = resolved(out_root)
-    for folder in (real, *real.parents):
-        if (folder / MANIFEST).is_file():
-            raise UsageError(f"out={out_root}: is inside the model bundle {folder}; outputs must not change a "
-                             "bundle: choose a folder outside it", field="out")
+    check_out_path(out_root)
 
 
 def _owner(out_dir: Path) -> str | None:

@@ -222,9 +222,13 @@ def decide(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions, 
     key) and as the output writers are asked for now (`outputs.outputs_current`); otherwise it is skipped.
     since: the batch's start (seconds since the epoch): outputs written at or after it were written by another
     process sharing OUT during this batch, and are left to it ("claimed"), even with --overwrite. A slide with
-    outputs that runs again has the reason logged.
+    outputs that runs again has the reason logged. An `out_dir` that is a symbolic link is refused.
     """
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        return Decision("refused", f"{out_dir}: is a symbolic link (to {os.readlink(out_dir)}), so the slide's "
+                                   "outputs would land outside the output folder; remove the link or choose "
+                                   "another out=FOLDER")
     if options.overwrite:
         decision = _BY_ANOTHER if _written_since(out_dir, since) else Decision("overwrite", "--overwrite")
     else:

@@ -38,11 +38,23 @@ MAX_EAGER_PIXELS = 400_000_000  # a level decoded by wsidicom is held in memory:
 
 
 def is_dicom(path: Path) -> bool:
-    """Whether `path` names a DICOM slide: a `.dcm` file, or a folder holding `.dcm` files (not in
-    sub-folders)."""
+    """Whether `path` names a DICOM slide: a `.dcm` file, or a folder holding DICOM files (`.dcm` files with the
+    DICOM preamble, not in sub-folders; a stray text file named `.dcm` does not make a folder a slide)."""
     if path.suffix.lower() == ".dcm":
         return True
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" and p.is_file() for p in path.iterdir())
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" and is_dicom_file(p) for p in path.iterdir())
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether `path` is a DICOM Part 10 file: a regular file whose 128-byte preamble is followed by `DICM`."""
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _wsidicom() -> Any:
