@@ -195,3 +195,12 @@ def test_export_refuses_an_out_inside_a_bundle(bundle_dir: Path) -> None:
     with pytest.raises(UsageError, match="inside the model bundle"):
         check_target(bundle_dir / "nested", force=True)
     check_target(bundle_dir.parent / "fresh", force=False)  # elsewhere: fine
+
+
+def test_a_row_the_csv_reader_cannot_read_is_one_bad_row(tmp_path: Path) -> None:
+    from slidefuse.runtime.segment.inputs import read_slide_rows
+
+    (tmp_path / "l.csv").write_bytes(b'\xef\xbb\xbfpath,mpp\n"' + b"x" * 200_000 + b'"\nb.svs,0.5\n')
+    entries, bad = read_slide_rows(tmp_path / "l.csv")  # a byte-order mark is not part of the header
+    assert [e.path.name for e in entries] == ["b.svs"]
+    assert len(bad) == 1 and "l.csv, line 2: cannot be read as CSV" in bad[0].error

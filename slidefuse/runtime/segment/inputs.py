@@ -232,7 +232,7 @@ def read_slide_rows(list_file: Path) -> tuple[list[ListEntry], list[BadRow]]:
                             "or a CSV with a 'path' column")
     text = list_file.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     rows = list(_rows(text))
-    header = [c.strip().lower() for c in rows[0][1]] if rows else []
+    header = [c.strip().lower() for c in rows[0][1]] if rows and isinstance(rows[0][1], list) else []
     if "path" not in header:
         return _plain_rows(list_file, text)
     unknown = sorted(set(header) - set(LIST_COLUMNS))
@@ -244,6 +244,8 @@ def read_slide_rows(list_file: Path) -> tuple[list[ListEntry], list[BadRow]]:
     names: dict[str, int] = {}
     for n, row in rows[1:]:
         try:
+            if isinstance(row, str):
+                raise UsageError(f"{list_file}, line {n}: {row}; fix the row")
             entry = _csv_entry(list_file, n, dict(zip(header, (c.strip() for c in row), strict=False)))
             if entry.out_name is not None and entry.out_name in names:
                 raise UsageError(f"{list_file}, line {n}: out_name {entry.out_name} is already given to the slide "
@@ -257,8 +259,9 @@ def read_slide_rows(list_file: Path) -> tuple[list[ListEntry], list[BadRow]]:
     return entries, bad
 
 
-def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, cells) of each CSV row that is neither blank nor a `#` comment."""
+def _rows(text: str) -> Iterator[tuple[int, list[str] | str]]:
+    """(first line number, cells) of each CSV row that is neither blank nor a `#` comment; cells are the reason
+    instead for a row the CSV reader cannot read (e.g. a cell over its size limit)."""
     reader = csv.reader(text.splitlines(keepends=True))
     while True:
         first = reader.line_num + 1
@@ -266,6 +269,9 @@ def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
             row = next(reader)
         except StopIteration:
             return
+        except csv.Error as exc:
+            yield first, f"cannot be read as CSV ({exc})"
+            continue
         if any(c.strip() for c in row) and not row[0].lstrip().startswith("#"):
             yield first, row
 

@@ -143,9 +143,11 @@ def segment_many(
     a one-line reason (naming the slide) and the others continue; failures are logged at INFO only, since
     they are returned (status "failed", `error`) for the caller to report. A slide whose claim another
     process took over stops ("claim_lost"). Every slide this process ran or skipped gets an entry in
-    OUT/run.json. Returns one SlideResult per slide, in input order. `on_result` is called with each slide's
-    result as soon as it is recorded (slide order, except the slides gone back to at the end; the Python API
-    yields from it). `stop`: once set, the batch stops within one tile batch and raises BatchStopped.
+    OUT/run.json. A list's bad rows (`plan_batch`) are recorded as failed first, each named `LIST:LINE`, and the
+    other slides run. Returns one SlideResult per bad row, then one per slide, in input order. `on_result` is
+    called with each slide's result as soon as it is recorded (slide order, except the slides gone back to at
+    the end; the Python API yields from it). `stop`: once set, the batch stops within one tile batch and raises
+    BatchStopped.
     """
     from slidefuse.runtime.backends import open_backend
 
