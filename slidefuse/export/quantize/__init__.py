@@ -96,7 +96,8 @@ def quantize_bundle(config: QuantizeConfig) -> QuantizeResult:
     gate failed; nothing was written)."""
     config.check()
     if config.out is not None:
-        check_out_path(Path(config.out))  # never into a bundle (the source's too) or the package's data
+        check_out_path(Path(config.out), replacing_bundle=True)  # never inside a bundle (the source's too) or
+        # the package's data; an existing folder, bundle or not, is refused below
     require("onnx", "export", "slidefuse quantize (reading and writing ONNX graphs)")
     src = load_bundle(config.bundle)
     check_source(src, config)
