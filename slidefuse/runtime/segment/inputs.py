@@ -165,6 +165,7 @@ class BadRow:
     """A row of a list file that cannot be run: it fails alone (a failed entry in run.json), the others go on."""
 
     slide: Path  # `LIST:LINE`: the row's own name in run.json (never that of a slide another row runs)
+    line: int  # its (first) line in the list file
     error: str  # one line: `LIST, line N: what is wrong; the fix`
 
 
@@ -251,7 +252,7 @@ def read_slide_rows(list_file: Path) -> tuple[list[ListEntry], list[BadRow]]:
                 raise UsageError(f"{list_file}, line {n}: out_name {entry.out_name} is already given to the slide "
                                  f"on line {names[entry.out_name]}; give each slide its own")
         except UsageError as exc:
-            bad.append(BadRow(Path(f"{list_file}:{n}"), str(exc)))
+            bad.append(BadRow(Path(f"{list_file}:{n}"), n, str(exc)))
             continue
         if entry.out_name is not None:
             names[entry.out_name] = n
@@ -285,7 +286,7 @@ def _plain_rows(list_file: Path, text: str) -> tuple[list[ListEntry], list[BadRo
             continue
         problem = _text_problem(entry)
         if problem is not None:
-            bad.append(BadRow(Path(f"{list_file}:{n}"), f"{list_file}, line {n}: the path {problem}"))
+            bad.append(BadRow(Path(f"{list_file}:{n}"), n, f"{list_file}, line {n}: the path {problem}"))
         else:
             entries.append(ListEntry(_relative_to(list_file, entry), line=n))
     return entries, bad

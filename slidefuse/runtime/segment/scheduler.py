@@ -77,9 +77,10 @@ def plan_batch(paths: Sequence[Path], list_file: Path | None, out_root: Path, sh
     for e in entries:
         if _implausible(e.mpp, force_mpp):
             lo, hi = PLAUSIBLE_MPP
-            bad.append(BadRow(Path(f"{list_file}:{e.line}"), f"{list_file}, line {e.line}: mpp {e.mpp:g} um/px is "
-                              f"outside the plausible {lo:g}..{hi:g} um/px of a slide; fix the cell, or pass "
-                              "force_mpp=True to use it anyway"))
+            bad.append(BadRow(Path(f"{list_file}:{e.line}"), e.line,
+                              f"{list_file}, line {e.line}: mpp {e.mpp:g} um/px is outside the plausible "
+                              f"{lo:g}..{hi:g} um/px of a slide; fix the cell, or pass force_mpp=True to use it "
+                              "anyway"))
         else:
             listed.setdefault(slide_key(e.path), e)
     given = [Path(p) for p in paths] + [e.path for e in entries if slide_key(e.path) in listed]
@@ -93,20 +94,13 @@ def plan_batch(paths: Sequence[Path], list_file: Path | None, out_root: Path, sh
         keep = range(len(slides))[i::n]
         slides, dirs, mpps = slides[i::n], dirs[i::n], {k: mpps[j] for k, j in enumerate(keep) if j in mpps}
         log.info("shard %d/%d: %d slide(s) of this list", i, n, len(slides))
-    return BatchInputs(slides, dirs, mpps, sorted(bad, key=lambda b: _line_of(b.error)))
+    return BatchInputs(slides, dirs, mpps, sorted(bad, key=lambda b: b.line))
 
 
 def _implausible(mpp: float | None, force: bool) -> bool:
     """Whether a list's mpp is outside PLAUSIBLE_MPP (and not forced)."""
     lo, hi = PLAUSIBLE_MPP
     return mpp is not None and not force and not lo <= mpp <= hi
-
-
-def _line_of(error: str) -> int:
-    """The line number a bad row's error names (`LIST, line N: ...`), for ordering."""
-    head = error.split(": ", 1)[0]
-    number = head.rsplit("line ", 1)[-1]
-    return int(number) if number.isdigit() else 0
 
 
 def batch_slides(paths: Sequence[Path], list_file: Path | None, out_root: Path,
