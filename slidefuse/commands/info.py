@@ -18,7 +18,7 @@ def slide_summary(path: Path, mpp: float | None, check_colours: bool = False) ->
 
     from slidefuse.runtime.slide import open_slide
 
-    with open_slide(path, mpp=mpp) as slide:
+    with open_slide(path, default_mpp=mpp, require_mpp=False) as slide:
         i = slide.info
         checks = None
         if check_colours:
@@ -29,7 +29,7 @@ def slide_summary(path: Path, mpp: float | None, check_colours: bool = False) ->
             "path": str(i.path),
             "width": i.width,
             "height": i.height,
-            "mpp": i.mpp,
+            "mpp": i.mpp or None,  # None: the file records no pixel size (and none was given)
             "mpp_source": i.mpp_source,
             "vendor": i.vendor,
             "loader": i.loader,
@@ -43,7 +43,7 @@ def slide_summary(path: Path, mpp: float | None, check_colours: bool = False) ->
 def _print_slide(d: dict[str, Any]) -> None:
     click.echo(f"slide      {d['path']}")
     click.echo(f"size       {d['width']} x {d['height']} px (level 0)")
-    mpp = f"{d['mpp']:.4f} um/px (from {d['mpp_source']})" if d["mpp"] else "unknown"
+    mpp = f"{d['mpp']:.4f} um/px (from {d['mpp_source']})" if d["mpp"] else "unknown (not recorded in the file)"
     click.echo(f"pixel size {mpp}")
     if d.get("objective_power"):
         click.echo(f"objective  {d['objective_power']:g}x")
@@ -75,7 +75,7 @@ def _print_colour_check(checks: list[dict[str, Any]]) -> None:
 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--mpp", type=float, default=None, help="Pixel size override (um/px) for slides without one.")
+@click.option("--mpp", type=float, default=None, help="Pixel size (um/px) to show for a slide without one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--no-verify", is_flag=True, help="Bundles: skip the sha256 check of every file.")
 @click.option("--check-colours", is_flag=True,
@@ -104,6 +104,10 @@ def command(path: Path, mpp: float | None, as_json: bool, no_verify: bool, check
             click.echo(f"signature  {state.describe()}")
         return
     d = slide_summary(path, mpp, check_colours)
+    if not d["mpp"]:
+        click.echo(f"slidefuse: warning: {path}: the file records no pixel size; 'slidefuse segment' needs one: "
+                   "--mpp UM_PER_PX (used only for slides without one), or a --list CSV with the columns path,mpp",
+                   err=True)
     if as_json:
         click.echo(json.dumps(d, indent=2))
     else:

@@ -46,7 +46,9 @@ class _FormatsOption(click.Option):
 @click.option("--overlap", type=int, default=None,
               help="Tile overlap in px at the model's resolution (0..tile/2). Default: the bundle's.")
 @click.option("--mpp", type=float, default=None,
-              help="Slide pixel size in um/px, for slides without one (overrides the file's).")
+              help="Pixel size in um/px of the slides that have none; slides with their own keep it.")
+@click.option("--override-mpp", "override_mpp", type=float, default=None,
+              help="Pixel size in um/px replacing every slide's own (a --list CSV's mpp column still wins).")
 @click.option("--workers", type=int, default=None, help="Reader threads. Default: two per usable CPU core.")
 @click.option("--stitch-threads", type=int, default=None,
               help="Threads that label tile interiors while stitching. Default: one per usable CPU core.")
@@ -78,7 +80,8 @@ class _FormatsOption(click.Option):
 @click.option("--max-tiles", type=int, default=None,
               help="Refuse a slide whose tile grid at the model's pixel size has more tiles (default 10000000).")
 @click.option("--force-mpp", is_flag=True,
-              help="Use slide pixel sizes outside the plausible 0.05..20 um/px (from the file or --mpp).")
+              help="Use slide pixel sizes outside the plausible 0.05..20 um/px (from the file, --mpp or "
+                   "--override-mpp).")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
               help="Slide list: a text file with one slide path per line ('#' comments), or a CSV with a header "
                    "naming 'path' and optionally 'mpp' (that slide's um/px) and 'out_name' (its folder under "
@@ -158,6 +161,7 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
         tissue=_tissue_params(f["tissue_threshold"], f["min_tile_tissue"]),
         all_tiles=f["all_tiles"],
         mpp=f["mpp"],
+        override_mpp=f["override_mpp"],
         formats=f["formats"],  # parsed once, by load_model; None: every built-in format
         mask_mpp=f["mask_mpp"],
         geojson_frame=f["geojson_frame"],
@@ -229,6 +233,9 @@ def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, a
         raise UsageError("no slides given; pass slide files or folders, or --list FILE")
     if list_file is not None and not list_file.is_file():
         raise SlideNotFound(f"{list_file}: no such list file (--list); pass a text file with one slide path per line")
+    if list_file is None and not any(p.exists() or p.is_symlink() for p in inputs):  # nothing to run: no OUT either
+        raise SlideNotFound(f"{', '.join(str(p) for p in inputs)}: no such file or folder; check the "
+                            f"path{'s' if len(inputs) > 1 else ''}")
     if all_tiles and (tissue_threshold is not None or min_tile_tissue is not None):
         named = [n for n, v in (("--tissue-threshold", tissue_threshold), ("--min-tile-tissue", min_tile_tissue))
                  if v is not None]

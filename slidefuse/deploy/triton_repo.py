@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from slidefuse.atomic import atomic_folder
 from slidefuse.errors import BackendUnavailable, EngineMismatch, MissingExtra, UsageError
+from slidefuse.paths import check_out_path
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ def write_repository(bundle: Bundle, repo: Path, options: TritonRepoOptions | No
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise UsageError(f"{repo} is a file; pass a folder for the model repository", field="out")
+    check_out_path(repo)
     entry, why = engine_here(bundle) if opts.engines else (None, "engines not asked for")
     _check_free(repo / opts.name, overwrite)
     if entry is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from slidefuse.atomic import atomic_folder
 from slidefuse.errors import UsageError
+from slidefuse.paths import check_out_path
 from slidefuse.runtime.bundle import MANIFEST, ClassInfo, sha256_file
 
 log = logging.getLogger(__name__)
@@ -94,17 +95,13 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"  # the installed package's own data (demo bundle)
 FILE_MODE, FOLDER_MODE = 0o644, 0o755  # a bundle is readable by every user that runs it
 
 
 def check_target(out: Path, force: bool) -> None:
-    """Refuse the package's own data folder, an existing target unless `force`, and a non-empty folder that
-    is not a bundle even with `force`."""
-    target = out.resolve()
-    if target == PACKAGE_DATA or PACKAGE_DATA in target.parents:
-        raise UsageError(f"out={out}: is inside slidefuse's own data folder ({PACKAGE_DATA}), which holds the "
-                         "shipped demonstration model; choose another path", field="out")
+    """Refuse the package's own data folder and a folder inside a bundle (`paths.check_out_path`), an existing
+    target unless `force`, and a non-empty folder that is not a bundle even with `force`."""
+    check_out_path(out, replacing_bundle=True)
     if not out.exists():
         return
     if not out.is_dir():

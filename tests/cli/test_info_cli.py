@@ -53,9 +53,12 @@ def test_info_cmu(runner: CliRunner, cmu_slide: Path) -> None:
     assert "aperio" in out and "openslideload" in out and "20x" in out
 
 
-def test_info_tcga_needs_mpp(runner: CliRunner, tcga_slide: Path) -> None:
-    line = _fails(runner, str(tcga_slide))
-    assert tcga_slide.name in line and "--mpp" in line
+def test_info_tcga_without_pixel_size_is_shown_with_a_warning(runner: CliRunner, tcga_slide: Path) -> None:
+    result = runner.invoke(cli, ["info", str(tcga_slide)])
+    assert result.exit_code == 0, result.output
+    assert "pixel size unknown" in result.stdout and "4443 x 3567" in result.stdout
+    warning = [ln for ln in result.stderr.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and tcga_slide.name in warning[0] and "--mpp" in warning[0] and "--list" in warning[0]
     out = _ok(runner, str(tcga_slide), "--mpp", "0.5")
     assert "4443 x 3567" in out and "(from user)" in out and "levels     2" in out and "2221 x 1783" in out
 
@@ -91,6 +94,6 @@ def test_info_truncated_real_slide(runner: CliRunner, cmu_slide: Path, tmp_path:
 
 
 def test_info_no_mpp_tiff(runner: CliRunner, tiffs: dict[str, Path]) -> None:
-    line = _fails(runner, str(tiffs["no_mpp"]))
-    assert "pass --mpp MICRONS_PER_PIXEL" in line
+    d = json.loads(_ok(runner, str(tiffs["no_mpp"]), "--json"))
+    assert (d["mpp"], d["mpp_source"]) == (None, "none")
     assert "(from user)" in _ok(runner, str(tiffs["no_mpp"]), "--mpp", "0.25")

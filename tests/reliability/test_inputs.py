@@ -169,7 +169,7 @@ def test_tile_grid_limit_names_the_flag(tmp_path: Path, bundle_dir: Path) -> Non
     big = write_huge_tiff(tmp_path / "big.tif", 40_000, 40_000, tile=512, mpp=0.5)
     line = one_error_line(segment(big, "--model", bundle_dir, "--out", tmp_path / "out", "--max-tiles", "1000"),
                           "--max-tiles", code=1)
-    assert "--mpp" in line
+    assert "--override-mpp" in line
 
 
 def test_info_on_broken_inputs(tmp_path: Path, slide: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from slidefuse.errors import UsageError
-from slidefuse.export.bundle_writer import PACKAGE_DATA, check_target, staging_folder
+from slidefuse.export.bundle_writer import check_target, staging_folder
+from slidefuse.paths import PACKAGE_DATA
 
 from .conftest import REPO
 

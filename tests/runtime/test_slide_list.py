@@ -47,7 +47,7 @@ def test_csv_columns(tmp_path: Path) -> None:
     ("path,mpp\na.svs,fast\n", r"l.csv, line 2: mpp 'fast' is not a positive number"),
     ("path,mpp\na.svs,-1\n", r"line 2: mpp '-1'"),
     ("path,colour\na.svs,red\n", r"unknown column\(s\) colour"),
-    ("path,out_name\na.svs,x\nb.svs,x\n", r"out_name x given to more than one slide"),
+    ("path,out_name\na.svs,x\nb.svs,x\n", r"line 3: out_name x is already given to the slide on line 2"),
     ("path,out_name\na.svs,../x\n", r"line 2: out_name '../x' is not a plain folder name"),
     ("path,mpp\n,0.5\n", r"line 2: no path"),
 ])

@@ -66,6 +66,7 @@ from slidefuse.export.quantize.install import (
     record_in_manifest,
 )
 from slidefuse.export.quantize.tiles import calibration_and_gate_tiles, split_tiles
+from slidefuse.paths import check_out_path
 from slidefuse.runtime.bundle import Bundle, load_bundle
 
 __all__ = [
@@ -94,6 +95,9 @@ def quantize_bundle(config: QuantizeConfig) -> QuantizeResult:
     tissue tiles), BundleError (torch-only bundle), SlideNotFound / SlideReadError (slides), ParityError (the
     gate failed; nothing was written)."""
     config.check()
+    if config.out is not None:
+        check_out_path(Path(config.out), replacing_bundle=True)  # never inside a bundle (the source's too) or
+        # the package's data; an existing folder, bundle or not, is refused below
     require("onnx", "export", "slidefuse quantize (reading and writing ONNX graphs)")
     src = load_bundle(config.bundle)
     check_source(src, config)

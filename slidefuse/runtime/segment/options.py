@@ -43,7 +43,8 @@ class SegmentOptions:
     overlap: int | None = None  # tile overlap in model px; None = the bundle's recommendation (capped at T/2)
     tissue: TissueParams = TissueParams()  # tissue detection and tile selection parameters
     all_tiles: bool = False  # run every tile of the grid, not only those touching tissue
-    mpp: float | None = None  # slide pixel size override (um per level-0 px), for slides without one
+    mpp: float | None = None  # pixel size (um per level-0 px) of the slides that have none; others keep theirs
+    override_mpp: float | None = None  # pixel size (um/px) replacing every slide's own (a list's mpp still wins)
     formats: frozenset[str] = DEFAULT_FORMATS  # output format names to write, parsed (registry.parse_formats)
     mask_mpp: float | None = None  # write mask.tif at this coarser um/px (None: the model's mpp)
     overwrite: bool = False  # redo slides whose outputs are already complete for this bundle
@@ -76,12 +77,13 @@ class SegmentOptions:
         if self.on_decode_error not in ON_DECODE_ERROR:
             raise UsageError(f"on_decode_error must be one of {', '.join(ON_DECODE_ERROR)}, "
                              f"got {self.on_decode_error!r}", field="on_decode_error")
-        for name in ("mpp", "mask_mpp"):
+        for name in ("mpp", "override_mpp", "mask_mpp"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise InvalidPixelSize(f"{name} must be a positive, finite number of microns per pixel, "
                                        f"got {value!r}", field=name)
         check_plausible_mpp(self.mpp, "mpp", self.force_mpp)
+        check_plausible_mpp(self.override_mpp, "override_mpp", self.force_mpp)
         outputs = OutputOptions(formats=self.formats, mask_mpp=self.mask_mpp, geojson_frame=self.geojson_frame)
         object.__setattr__(self, "outputs", outputs)
 
@@ -111,8 +113,8 @@ def check_plausible_mpp(mpp: float | None, field: str | None, force: bool) -> No
     if mpp is not None and not force and not lo <= mpp <= hi:
         name = field or "the slide's pixel size"
         raise InvalidPixelSize(f"{name} {mpp:g} um/px is outside the plausible {lo:g}..{hi:g} um/px of a slide; "
-                               "check the value (mpp=<um/px> overrides the file's) or pass force_mpp=True to use "
-                               "it anyway", field=field)
+                               "check the value (override_mpp=<um/px> replaces the file's) or pass force_mpp=True "
+                               "to use it anyway", field=field)
 
 
 @dataclass

@@ -21,16 +21,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from slidefuse.atomic import clean_temporaries
-from slidefuse.errors import ClaimBlocked, ClaimLost, one_line
+from slidefuse.errors import ClaimBlocked, ClaimLost, UsageError, one_line
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.coords import PLAUSIBLE_MPP
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment import stages
 from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet, holder_of, new_run_id
-from slidefuse.runtime.segment.inputs import collect_slides, list_overrides, output_dirs
+from slidefuse.runtime.segment.inputs import BadRow, ListEntry, expand_inputs, output_dirs, read_slide_rows, slide_key
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 from slidefuse.runtime.segment.runlog import RunLog, read_records
 from slidefuse.runtime.segment.skip import Decision, decide, resolved
@@ -54,17 +56,61 @@ def _with_slide(slide: Path, reason: str) -> str:
     return reason if str(slide) in reason else f"{slide}: {reason}"
 
 
-def batch_slides(paths: Sequence[Path], list_file: Path | None, out_root: Path,
-                 shard: tuple[int, int] | None) -> tuple[list[Path], list[Path]]:
-    """(slides, their output folders) of a run: the whole list's folder names, then this shard's share."""
-    slides = collect_slides(paths, list_file, exclude=out_root)
-    named = {p: e.out_name for p, e in list_overrides(list_file).items() if e.out_name}
-    dirs = output_dirs(slides, out_root, named)
+@dataclass(frozen=True)
+class BatchInputs:
+    """What a run covers: its slides and their output folders (the whole list's names, then this shard's
+    share), each listed slide's own pixel size, and the list's bad rows (each one a failed slide)."""
+
+    slides: list[Path]
+    dirs: list[Path]
+    slide_mpp: dict[int, float]  # slide index -> the list CSV's mpp for it
+    bad: list[BadRow]
+
+
+def plan_batch(paths: Sequence[Path], list_file: Path | None, out_root: Path, shard: tuple[int, int] | None,
+               force_mpp: bool = False) -> BatchInputs:
+    """The slides of a run. A slide given both as a path and in the list is one slide, with the list's options.
+    A bad list row (see `inputs.read_slide_rows`; also an implausible mpp without `force_mpp`) is left out of
+    the slides, to be recorded as failed; the other rows run."""
+    entries, bad = read_slide_rows(Path(list_file)) if list_file is not None else ([], [])
+    listed: dict[Path, ListEntry] = {}
+    for e in entries:
+        if _implausible(e.mpp, force_mpp):
+            lo, hi = PLAUSIBLE_MPP
+            bad.append(BadRow(Path(f"{list_file}:{e.line}"), e.line,
+                              f"{list_file}, line {e.line}: mpp {e.mpp:g} um/px is outside the plausible "
+                              f"{lo:g}..{hi:g} um/px of a slide; fix the cell, or pass force_mpp=True to use it "
+                              "anyway"))
+        else:
+            listed.setdefault(slide_key(e.path), e)
+    given = [Path(p) for p in paths] + [e.path for e in entries if slide_key(e.path) in listed]
+    slides = expand_inputs(given, exclude=out_root) if given or not bad else []
+    own = [listed.get(slide_key(s)) for s in slides]
+    dirs = output_dirs(slides, out_root, {s: e.out_name for s, e in zip(slides, own, strict=True)
+                                          if e is not None and e.out_name})
+    mpps = {i: e.mpp for i, e in enumerate(own) if e is not None and e.mpp is not None}
     if shard is not None:
         i, n = shard
-        slides, dirs = slides[i::n], dirs[i::n]
+        keep = range(len(slides))[i::n]
+        slides, dirs, mpps = slides[i::n], dirs[i::n], {k: mpps[j] for k, j in enumerate(keep) if j in mpps}
         log.info("shard %d/%d: %d slide(s) of this list", i, n, len(slides))
-    return slides, dirs
+    return BatchInputs(slides, dirs, mpps, sorted(bad, key=lambda b: b.line))
+
+
+def _implausible(mpp: float | None, force: bool) -> bool:
+    """Whether a list's mpp is outside PLAUSIBLE_MPP (and not forced)."""
+    lo, hi = PLAUSIBLE_MPP
+    return mpp is not None and not force and not lo <= mpp <= hi
+
+
+def batch_slides(paths: Sequence[Path], list_file: Path | None, out_root: Path,
+                 shard: tuple[int, int] | None) -> tuple[list[Path], list[Path]]:
+    """(slides, their output folders) of a run whose workers take the batch's options (Ray): a list's bad row,
+    or a per-slide mpp, is refused at once (UsageError naming the file and line)."""
+    batch = plan_batch(paths, list_file, out_root, shard, force_mpp=True)
+    if batch.bad:
+        raise UsageError(f"{batch.bad[0].error} (on Ray every row must be valid)")
+    return batch.slides, batch.dirs
 
 
 def segment_many(
@@ -91,38 +137,51 @@ def segment_many(
     a one-line reason (naming the slide) and the others continue; failures are logged at INFO only, since
     they are returned (status "failed", `error`) for the caller to report. A slide whose claim another
     process took over stops ("claim_lost"). Every slide this process ran or skipped gets an entry in
-    OUT/run.json. Returns one SlideResult per slide, in input order. `on_result` is called with each slide's
-    result as soon as it is recorded (slide order, except the slides gone back to at the end; the Python API
-    yields from it). `stop`: once set, the batch stops within one tile batch and raises BatchStopped.
+    OUT/run.json. A list's bad rows (`plan_batch`) are recorded as failed first, each named `LIST:LINE`, and the
+    other slides run. Returns one SlideResult per bad row, then one per slide, in input order. `on_result` is
+    called with each slide's result as soon as it is recorded (slide order, except the slides gone back to at
+    the end; the Python API yields from it). `stop`: once set, the batch stops within one tile batch and raises
+    BatchStopped.
     """
     from slidefuse.runtime.backends import open_backend
 
     out_root = Path(out_root)
     stages.check_run(bundle, options, out_root)  # overlap, mask mpp and OUT this run cannot take fail first
-    slides, dirs = batch_slides(paths, list_file, out_root, options.shard)
+    inputs = plan_batch(paths, list_file, out_root, options.shard, options.force_mpp)
+    slides, dirs = inputs.slides, inputs.dirs
     out_root.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
     run_log = RunLog(out_root, run_id=run_id)
     progress = progress or NullProgress()
     log.info("%d slide(s) to segment into %s with %s (%s); run %s", len(slides), out_root, bundle.path,
              options.backend, run_id)
+    refused = [_bad_row(row, run_log, on_result) for row in inputs.bad]
     created: set[Path] = set()  # output folders this process made (removed again when it leaves them empty)
     try:
         with ClaimSet(run_id, ClaimPolicy(timeout=options.claim_timeout)) as claims:
             batch = _SlideBatch(slides, dirs, bundle, options, run_log, progress, claims)
             batch.on_result, batch.stop, batch.created = on_result, stop, created
-            mpps = {p: e.mpp for p, e in list_overrides(list_file).items() if e.mpp is not None}
-            batch.slide_mpp = {i: mpps[s] for i, s in enumerate(slides) if s in mpps}  # a list CSV's mpp column
+            batch.slide_mpp = inputs.slide_mpp  # a list CSV's mpp column
             if backend is not None:
                 batch.run(backend)
-            else:
+            elif slides:  # (only bad list rows: no backend to open)
                 with open_backend(options.backend, bundle, **dict(options.backend_options)) as opened:
                     batch.run(opened)
     finally:
         _remove_empty(created)
-    results = [batch.results[i] for i in range(len(slides))]
+    results = refused + [batch.results[i] for i in range(len(slides))]
     _log_summary(results, run_log)
     return results
+
+
+def _bad_row(row: BadRow, run_log: RunLog, on_result: Callable[[SlideResult], None] | None) -> SlideResult:
+    """A bad list row, recorded as a failed slide (it never reached the batch)."""
+    log.warning("failed: %s", row.error)
+    run_log.record(row.slide, Status.FAILED, error=row.error, seconds=0.0)
+    res = SlideResult(row.slide, Status.FAILED, None, row.error)
+    if on_result is not None:
+        on_result(res)
+    return res
 
 
 def _remove_empty(folders: Iterable[Path]) -> None:
@@ -193,7 +252,7 @@ class _SlideBatch:
     def opts(self, i: int) -> SegmentOptions:
         """The options of slide i: the batch's, with the slide's own pixel size where the list gives one."""
         mpp = self.slide_mpp.get(i)
-        return self.options if mpp is None else dataclasses.replace(self.options, mpp=mpp)
+        return self.options if mpp is None else dataclasses.replace(self.options, override_mpp=mpp)
 
     def check_stop(self) -> None:
         """Raise BatchStopped once the batch's `stop` is set."""

@@ -30,7 +30,7 @@ from slidefuse.runtime.types import Status
 
 log = logging.getLogger(__name__)
 
-KEY_VERSION = 1  # bumped when the key's meaning changes (older keys then never match)
+KEY_VERSION = 2  # bumped when the key's meaning changes (older keys then never match)
 FINGERPRINT_BYTES = 1 << 20  # bytes hashed at each end of the file
 NUMERIC_BACKEND_OPTIONS = ("precision",)  # backend options that change the probabilities, not just speed
 
@@ -103,7 +103,7 @@ def slide_identity(path: str | os.PathLike[str]) -> SlideIdentity:
 
 def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity) -> dict[str, Any]:
     """Everything that decides a slide's outputs, as JSON: the slide's identity, the bundle's digest and the
-    options that change the result (pixel-size override, overlap in effect, tissue parameters, all tiles,
+    options that change the result (pixel sizes given, overlap in effect, tissue parameters, all tiles,
     mask pixel size, formats, backend and its numeric options)."""
     backend_options = dict(options.backend_options)
     return {
@@ -112,6 +112,7 @@ def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity)
         "bundle": bundle.digest,
         "options": {
             "mpp": options.mpp,
+            "override_mpp": options.override_mpp,
             "tile": bundle.manifest.tile_size,
             "overlap": effective_overlap(bundle, options),
             "tissue": options.tissue.to_dict(),
@@ -221,9 +222,13 @@ def decide(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions, 
     key) and as the output writers are asked for now (`outputs.outputs_current`); otherwise it is skipped.
     since: the batch's start (seconds since the epoch): outputs written at or after it were written by another
     process sharing OUT during this batch, and are left to it ("claimed"), even with --overwrite. A slide with
-    outputs that runs again has the reason logged.
+    outputs that runs again has the reason logged. An `out_dir` that is a symbolic link is refused.
     """
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        return Decision("refused", f"{out_dir}: is a symbolic link (to {os.readlink(out_dir)}), so the slide's "
+                                   "outputs would land outside the output folder; remove the link or choose "
+                                   "another out=FOLDER")
     if options.overwrite:
         decision = _BY_ANOTHER if _written_since(out_dir, since) else Decision("overwrite", "--overwrite")
     else:

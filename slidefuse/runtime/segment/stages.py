@@ -56,7 +56,7 @@ def check_planning_bounds(slide: Any, view: Any, grid: TileGrid, options: Segmen
     if grid.n_tiles > options.max_tiles:
         raise UsageError(f"{name}: {grid.n_tiles:,} tiles ({grid.n_cols:,} x {grid.n_rows:,}) at {view.mpp:g} um/px "
                          f"exceed max_tiles={options.max_tiles}; check the slide's pixel size ({slide.info.mpp:g} "
-                         f"um/px from {slide.info.mpp_source}; mpp=<um/px> overrides it) or pass a larger "
+                         f"um/px from {slide.info.mpp_source}; override_mpp=<um/px> replaces it) or pass a larger "
                          "max_tiles=<tiles>", field="max_tiles")
     decode = slide.scaled(slide.thumbnail_mpp(params.thumb_max_side)).source_pixels()
     if decode > MAX_DECODE_PIXELS:
@@ -136,7 +136,8 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
     key: dict[str, Any] = {}  # an open reader (e.g. an in-memory array) has no file to key
     if reader is None:
         key = result_key(bundle, options, slide_identity(slide_path))  # refuses a FIFO or folder unopened
-    slide = reader if reader is not None else open_slide(Path(slide_path), mpp=options.mpp,
+    slide = reader if reader is not None else open_slide(Path(slide_path), mpp=options.override_mpp,
+                                                         default_mpp=options.mpp,
                                                          colour_transform=bundle.manifest.color_transform,
                                                          on_decode_error=options.on_decode_error)
     try:

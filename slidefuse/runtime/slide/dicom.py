@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from slidefuse.errors import MissingPixelSize, SlideReadError, one_line, require
+from slidefuse.errors import SlideReadError, one_line, require
 from slidefuse.runtime.slide.decode import LevelBox, SourceTile
-from slidefuse.runtime.slide.reader import SlideReader
+from slidefuse.runtime.slide.reader import SlideReader, no_pixel_size, with_pixel_size
 from slidefuse.runtime.types import ColourPipeline, LevelInfo, SlideInfo
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,23 @@ MAX_EAGER_PIXELS = 400_000_000  # a level decoded by wsidicom is held in memory:
 
 
 def is_dicom(path: Path) -> bool:
-    """Whether `path` names a DICOM slide: a `.dcm` file, or a folder holding `.dcm` files (not in
-    sub-folders)."""
+    """Whether `path` names a DICOM slide: a `.dcm` file, or a folder holding DICOM files (`.dcm` files with the
+    DICOM preamble, not in sub-folders; a stray text file named `.dcm` does not make a folder a slide)."""
     if path.suffix.lower() == ".dcm":
         return True
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" and p.is_file() for p in path.iterdir())
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" and is_dicom_file(p) for p in path.iterdir())
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether `path` is a DICOM Part 10 file: a regular file whose 128-byte preamble is followed by `DICM`."""
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _wsidicom() -> Any:
@@ -129,22 +141,21 @@ class DicomSlide(SlideReader):
         self._wsi.close()
 
 
-def _info(path: Path, wsi: Any, mpp: float | None) -> SlideInfo:
+def _info(path: Path, wsi: Any) -> SlideInfo:
+    """The series' SlideInfo with the file's own pixel size (0.0, source "none", when it has no Pixel Spacing)."""
     levels = list(wsi.levels)
     base = levels[0]
     try:
         file_mpp: float | None = float(base.mpp.width)
     except Exception:  # wsidicom raises its own error for a level without Pixel Spacing
         file_mpp = None
-    if mpp is None and not file_mpp:
-        raise MissingPixelSize(f"{path}: the DICOM series has no Pixel Spacing; pass mpp=MICRONS_PER_PIXEL")
     stored = tuple(f"{LIBVIPS_SYNTAXES.get(_syntax(lv), _syntax(lv))} {_photometric(lv)}".strip() for lv in levels)
     return SlideInfo(
         path=path,
         width=base.size.width,
         height=base.size.height,
-        mpp=float(mpp) if mpp is not None else float(file_mpp or 0.0),
-        mpp_source="user" if mpp is not None else "dicom",
+        mpp=float(file_mpp or 0.0),
+        mpp_source="dicom" if file_mpp else "none",
         vendor="dicom",
         loader="wsidicom",
         levels=tuple(LevelInfo(lv.size.width, lv.size.height, base.size.width / lv.size.width) for lv in levels),
@@ -154,8 +165,11 @@ def _info(path: Path, wsi: Any, mpp: float | None) -> SlideInfo:
     )
 
 
-def open_dicom(path: Path, mpp: float | None = None) -> DicomSlide:
-    """Open a DICOM WSI series (a folder of `.dcm` files, or one `.dcm` file of it) as a SlideReader."""
+def open_dicom(path: Path, mpp: float | None = None, *, default_mpp: float | None = None,
+               require_mpp: bool = True) -> DicomSlide:
+    """Open a DICOM WSI series (a folder of `.dcm` files, or one `.dcm` file of it) as a SlideReader. The pixel
+    size: as `reader.open_slide` (`mpp` replaces the file's, `default_mpp` fills in a missing one)."""
+
     wsidicom = _wsidicom()
     folder = path.parent if path.is_file() else path
     if not folder.exists():
@@ -168,7 +182,10 @@ def open_dicom(path: Path, mpp: float | None = None) -> DicomSlide:
         raise SlideReadError(f"{path}: not a DICOM WSI series wsidicom can open ({one_line(exc)}); pass a folder "
                              "holding the .dcm files of one slide") from exc
     try:
-        info = _info(path, wsi, mpp)
+        info = _info(path, wsi)
+        if not info.mpp and mpp is None and default_mpp is None and require_mpp:
+            raise no_pixel_size(path, "the DICOM series has no Pixel Spacing")
+        info = with_pixel_size(info, mpp, default_mpp, require_mpp)
     except BaseException:
         wsi.close()
         raise

@@ -2,7 +2,8 @@
 
 ``open_slide(path, mpp=None)`` picks libvips' OpenSlide loader for vendor formats (SVS, NDPI, MRXS, SCN, ...)
 and its TIFF loader for plain / pyramidal TIFF and OME-TIFF. The pixel size comes from ``metadata``'s chain
-of sources; ``mpp=`` overrides all of them; a slide with none is refused (``MissingPixelSize``). Pixels go
+of sources; ``mpp=`` replaces all of them, ``default_mpp=`` fills in a missing one only; a slide with none is
+refused (``MissingPixelSize``). Pixels go
 through ``colour`` (mislabelled YCbCr, alpha, grey, 16 bits, CMYK, optional ICC) on their way out.
 
 ``SlideReader.scaled(mpp)`` is the slide resampled to ``mpp`` microns per pixel (the *model* frame, see
@@ -411,8 +412,36 @@ def check_slide_file(p: Path) -> os.stat_result:
 
 def _check_path(p: Path, mpp: float | None) -> None:
     check_slide_file(p)
+    _check_mpp(p, mpp)
+
+
+def _check_mpp(p: Path, mpp: float | None) -> None:
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise InvalidPixelSize(f"{p}: the pixel size must be a positive number of microns per pixel, got {mpp}")
+
+
+def no_pixel_size(p: Path, what: str = "the file has no pixel size (microns per pixel)") -> MissingPixelSize:
+    """The error of a slide without a pixel size: how to give one, for one slide or for a mixed folder."""
+    return MissingPixelSize(f"{p}: {what}; pass mpp=MICRONS_PER_PIXEL (e.g. mpp=0.25 for 40x, 0.5 for 20x), "
+                            "used only for slides without one, or, for a folder of mixed slides, list_file=FILE, a "
+                            "CSV with the columns path,mpp giving each slide its own")
+
+
+def with_pixel_size(info: SlideInfo, mpp: float | None, default_mpp: float | None, require: bool) -> SlideInfo:
+    """``info`` with the pixel size to use: ``mpp`` replaces the file's; ``default_mpp`` fills in a missing one
+    only; a slide still without one is refused (MissingPixelSize) when ``require``."""
+    if mpp is not None:
+        if info.mpp and info.mpp != mpp:
+            log.info("%s: using the given pixel size %g um/px instead of the file's %g (%s)", info.path, mpp,
+                     info.mpp, info.mpp_source)
+        return dataclasses.replace(info, mpp=float(mpp), mpp_source="user")
+    if info.mpp:
+        return info
+    if default_mpp is not None:
+        return dataclasses.replace(info, mpp=float(default_mpp), mpp_source="user")
+    if require:
+        raise no_pixel_size(Path(info.path))
+    return info
 
 
 def _read_info(p: Path) -> tuple[SlideInfo, list[dict[str, Any]]]:
@@ -436,9 +465,11 @@ def _read_info(p: Path) -> tuple[SlideInfo, list[dict[str, Any]]]:
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
-               colour_transform: ColourTransform | str = "none", on_decode_error: OnDecodeError = "fail"
-               ) -> SlideReader:
-    """Open a whole-slide image. ``mpp`` (microns per level-0 pixel) overrides the file's pixel size.
+               colour_transform: ColourTransform | str = "none", on_decode_error: OnDecodeError = "fail",
+               *, default_mpp: float | None = None, require_mpp: bool = True) -> SlideReader:
+    """Open a whole-slide image. ``mpp`` (microns per level-0 pixel) replaces the file's pixel size;
+    ``default_mpp`` is used only when the file has none. ``require_mpp`` False opens a slide without any pixel
+    size (``info.mpp`` 0.0, source "none": it can be described, not scaled).
 
     ``colour_transform`` is the bundle's choice for embedded ICC profiles: "none" (raw decoded values, the
     default) or "icc-to-srgb". ``on_decode_error``: "fail" (a read meeting a tile the decoder reports as
@@ -450,25 +481,18 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
     from slidefuse.runtime.slide import dicom  # a DICOM WSI series (folder or .dcm): its own reader
 
     if dicom.is_dicom(p):
-        if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-            raise InvalidPixelSize(f"{p}: the pixel size must be a positive number of microns per pixel, got {mpp}")
-        dcm = dicom.open_dicom(p, mpp)
+        _check_mpp(p, mpp)
+        _check_mpp(p, default_mpp)
+        dcm = dicom.open_dicom(p, mpp, default_mpp=default_mpp, require_mpp=require_mpp)
         dcm.decode_log = DecodeLog(p, on_decode_error)
         return dcm
     _check_path(p, mpp)
+    _check_mpp(p, default_mpp)
     if colour_transform not in colour.COLOUR_TRANSFORMS:
         raise ValueError(f"colour_transform must be one of {colour.COLOUR_TRANSFORMS}, got {colour_transform!r}")
     transform = cast(ColourTransform, colour_transform)
     info, level_args = _read_info(p)
-    if mpp is not None:
-        if info.mpp:
-            log.info("%s: using --mpp %g um/px instead of the file's %g (%s)", p, mpp, info.mpp, info.mpp_source)
-        info = dataclasses.replace(info, mpp=float(mpp), mpp_source="user")
-    elif not info.mpp:
-        raise MissingPixelSize(
-            f"{p}: the file has no pixel size (microns per pixel); pass mpp=MICRONS_PER_PIXEL "
-            "(e.g. mpp=0.25 for 40x, 0.5 for 20x)"
-        )
+    info = with_pixel_size(info, mpp, default_mpp, require_mpp)
     reader = _VipsFileSlide(info, level_args, fail_on=info.loader == "tiffload",
                             level_colours=_level_colours(info), transform=transform)
     reader.decode_log = DecodeLog(p, on_decode_error)
