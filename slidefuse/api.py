@@ -399,8 +399,9 @@ def load_model(bundle: SlidePath | Bundle, backend: str = "auto", **options: Any
     """
     from slidefuse.runtime.bundle import Bundle, load_bundle
 
+    checked = _options(backend, options)  # usage errors before the bundle loads
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
-    return Model(loaded, _options(backend, options))
+    return Model(loaded, checked)
 
 
 def segment_many(

@@ -124,6 +124,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path | None, ou
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
     _check_ray_address(flags["ray_address"])
     _check_inputs(inputs, list_file, out, flags["all_tiles"], flags["tissue_threshold"], flags["min_tile_tissue"])
+    _check_backend(flags)
     model_api = _model_api(_load_model(model), flags)
     if flags["ray_address"] is not None:
         results = _on_ray(inputs, out, list_file, model_api, flags, quiet)
@@ -161,6 +162,14 @@ def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
         on_decode_error=f["on_decode_error"],
         **optional,
     )
+
+
+def _check_backend(f: dict[str, Any]) -> None:
+    """The backend's name and options, checked before the model loads (usage errors exit 2 at once)."""
+    from slidefuse.runtime.backends.registry import check_backend_choice
+
+    check_backend_choice(f["backend"], _backend_options(f["threads"], f["device_id"], f["backend_options"],
+                                                       f["max_memory_gb"]))
 
 
 def _backend_options(threads: int | None, device: int | None, items: tuple[str, ...],
@@ -231,8 +240,12 @@ def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, a
 
 
 def _tissue_params(tissue_threshold: float | None, min_tile_tissue: float | None) -> Any:
+    from slidefuse.numbers import finite_float
     from slidefuse.runtime.tissue import TissueParams
 
+    for name, value in (("tissue_threshold", tissue_threshold), ("min_tile_tissue", min_tile_tissue)):
+        if value is not None:  # click's range lets nan through
+            finite_float(value, field=name, minimum=0.0, maximum=1.0)
     tissue = TissueParams()
     if tissue_threshold is not None:
         tissue = TissueParams(**{**tissue.to_dict(), "min_saturation": tissue_threshold})
