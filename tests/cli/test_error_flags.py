@@ -19,6 +19,7 @@ CLI_MODULES = (PACKAGE / "cli.py", PACKAGE / "commands")
 
 # Fields that library errors name but no command sets: Python API only, each with why.
 API_ONLY = {
+    "array": "Model.segment(array): the Python API's RGB array argument",
     "prefetch": "SegmentOptions.prefetch: batches read ahead of the engine; a tuning knob of the Python API",
     "gpus_per_worker": "RayConfig: the Python API's cluster tuning (status and start-up timings, GPUs per worker)",
     "status_interval": "RayConfig: the Python API's cluster tuning",
