@@ -206,7 +206,8 @@ class _Driver:
         from slidefuse.runtime.segment.skip import decide
 
         for i, (slide, out_dir) in enumerate(zip(self.slides, self.dirs, strict=True)):
-            decision = decide(slide, out_dir, self.bundle, self.options)  # the workers decide again, claimed
+            # the workers decide again, claimed (and log why a slide runs again)
+            decision = decide(slide, out_dir, self.bundle, self.options, log_rerun=False)
             if decision.status is not None:
                 self._record(i, SlideResult(slide, decision.status, out_dir), None)
             else:
@@ -305,7 +306,7 @@ class _Driver:
                             seconds=res.seconds, tiles=res.tile_counts or None, backend=self.options.backend,
                             decode_errors=res.decode_errors, **extra)
         if res.status == Status.FAILED:
-            log.info("failed: %s", res.error)
+            log.warning("failed: %s", res.error)
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -3,6 +3,7 @@ the model loads, with "did you mean" for names; internal backends are listed onl
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -110,3 +111,22 @@ def test_names_get_did_you_mean() -> None:
     with pytest.raises(UnknownName) as none_close:
         get_spec("zzzzzz")
     assert "did you mean" not in str(none_close.value)
+
+
+def test_a_rerun_is_logged_once_and_a_failure_at_warning(slide: Path, bundle_dir: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    import slidefuse
+
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\0 not a slide")
+    with slidefuse.load_model(bundle_dir, backend="ort-cpu", backend_options={"threads": 1}, workers=1) as model:
+        assert model.segment(slide, out=tmp_path / "out").ok
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="slidefuse"):
+            assert model.segment(slide, out=tmp_path / "out", overwrite=True).ok
+            again = [r for r in caplog.records if "segmenting it again" in r.getMessage()]
+            assert len(again) == 1, [r.getMessage() for r in again]
+            results = model.segment_batch([broken], out=tmp_path / "out")
+        assert results[0].status == "failed"
+        failed = [r for r in caplog.records if r.getMessage().startswith("failed:")]
+        assert len(failed) == 1 and failed[0].levelno >= logging.WARNING
