@@ -38,7 +38,8 @@ def check_array(array: np.ndarray) -> None:
 def check_name(name: object, field: str = "name") -> str:
     """`name` when it is a plain output folder name: a string, not empty, without a path separator, NUL or other
     control character, not starting with '.', not a name slidefuse keeps for itself (run.json, .run, a '.lock'
-    suffix) and at most MAX_NAME_BYTES long in UTF-8. Otherwise one UsageError naming `field`."""
+    suffix), a valid file name here and at most MAX_NAME_BYTES long (encoded). Otherwise one UsageError naming
+    `field`."""
     if not isinstance(name, str):
         raise UsageError(f"{field} {name!r}: expected a string (a folder name)", field=field)
     shown = repr(name) if len(name) <= 60 else repr(name[:57]) + "..."
@@ -59,16 +60,23 @@ def _name_problem(name: str) -> str | None:
         return "starts with '.' (hidden, or kept by slidefuse)"
     if name in RESERVED_NAMES or name.lower().endswith(RESERVED_SUFFIXES):
         return "is a name slidefuse keeps for its own files"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        return "cannot be a file name here (characters the file system's encoding lacks)"
+    if len(encoded) > MAX_NAME_BYTES:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     return None
 
 
 def check_out(out_root: Path, bundle_path: Path | None = None) -> None:
-    """Refuse an output root that is a model bundle or inside one (the model's own, or any folder whose
-    manifest.json is a bundle's)."""
+    """Refuse an output root that is a file (or under one), or a model bundle or inside one (the model's own, or
+    any folder whose manifest.json is a bundle's)."""
     here = Path(os.path.abspath(out_root))
     own = Path(os.path.abspath(bundle_path)) if bundle_path is not None else None
+    existing = next((p for p in (here, *here.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"out {out_root}: {existing} is a file; pass a folder for the outputs", field="out")
     for folder in (here, *here.parents):
         if folder == own or _is_bundle(folder):
             raise UsageError(f"out {out_root} is inside the model bundle {folder}; pass an output folder outside "

@@ -81,6 +81,14 @@ def test_out_inside_a_bundle_is_refused(model: Model, tmp_path: Path, slide: Pat
     assert not (model.bundle.path / "results").exists() and not (model.bundle.path / "x").exists()
 
 
+def test_out_that_is_a_file_is_refused(model: Model, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(UsageError) as err:
+            model.segment(_tissue(), mpp=2.0, out=out, name="x")
+        _one_line(err, "is a file")
+
+
 def test_numpy_scalars_are_numbers_and_bools_are_not(model: Model, tmp_path: Path) -> None:
     res = model.segment(_tissue(), mpp=np.float32(2.0), out=tmp_path, name="np")
     assert res.ok and res.mpp == (2.0, 2.0)
