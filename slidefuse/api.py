@@ -408,6 +408,12 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], thre
         running.discard(batch)
 
 
+def check_options(backend: str = "auto", **options: Any) -> SegmentOptions:
+    """The options `load_model(bundle, backend, **options)` would run with, checked without loading anything: a
+    UsageError (or UnknownName) for any option it would refuse."""
+    return _options(backend, options)
+
+
 def load_model(bundle: SlidePath | Bundle, backend: str = "auto", **options: Any) -> Model:
     """Load (and sha256-verify) a model bundle; returns a `Model` (a context manager).
 

@@ -92,6 +92,15 @@ def test_an_unknown_backend_option_exits_2_before_the_model_loads(slide: Path, t
     one_error_line(result, "unknown option 'thraeds'", code=2)
 
 
+@pytest.mark.parametrize("args", [["--batch", "0"], ["--claim-timeout", "inf"], ["--formats", "tif"],
+                                  ["--mpp", "nan"], ["--max-memory", "nan"]])
+def test_usage_errors_exit_2_before_the_model_loads(args: list[str], slide: Path, tmp_path: Path) -> None:
+    # the model does not exist: an option's error comes first
+    result = segment(slide, "--model", tmp_path / "no.bundle", "--out", tmp_path / "out", *args)
+    line = one_error_line(result, code=2)
+    assert "no.bundle" not in line
+
+
 def test_the_null_backend_is_internal_but_runs_when_named(slide: Path, bundle_dir: Path, tmp_path: Path) -> None:
     assert "null" not in backend_names() and "null" in backend_names(include_internal=True)
     check_backend_choice("null", {"rate": 1000.0})
