@@ -139,3 +139,10 @@ def test_a_rerun_is_logged_once_and_a_failure_at_warning(slide: Path, bundle_dir
         assert results[0].status == "failed"
         failed = [r for r in caplog.records if r.getMessage().startswith("failed:")]
         assert len(failed) == 1 and failed[0].levelno >= logging.WARNING
+
+
+@pytest.mark.parametrize("verb", [["bench", "slide", "s.tif"], ["bench", "engine"]])
+def test_bench_checks_the_backend_before_the_model_loads(verb: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [*verb, "--model", str(tmp_path / "no.bundle"), "--backend", "nulll"])
+    line = one_error_line(result, "did you mean 'null'", code=2)
+    assert "no.bundle" not in line
