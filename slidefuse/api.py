@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -275,6 +276,7 @@ class Model:
             raise UsageError("an array has no pixel size: pass mpp=<microns per pixel>", field="mpp")
         out_dir = out_root / name
         check_free(out_dir, options.overwrite)
+        made_here = not os.path.lexists(out_dir)
         reader = InMemorySlide(array, options.mpp, name=name)
         progress.start_slide(1, 1, name)
         try:
@@ -283,6 +285,8 @@ class Model:
             res = stages.finish_slide(done, self.bundle, options)
         except BaseException:
             progress.end_slide("failed")
+            if made_here:  # no outputs without a report: the folder this call made goes with the failure
+                shutil.rmtree(out_dir, ignore_errors=True)
             raise
         progress.end_slide(res.status)
         return _result(res)

@@ -127,3 +127,16 @@ def test_a_one_pixel_slide_file_gets_a_preview(tmp_path: Path, bundle_dir: Path)
     result = segment(slide, "--model", bundle_dir, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "one" / "preview.png").is_file() and read_report(tmp_path / "out" / "one")
+
+
+def test_a_failed_array_leaves_no_outputs_without_a_report(model: Model, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from slidefuse.runtime.outputs import preview
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("preview failed")
+
+    monkeypatch.setattr(preview, "write_preview", broken)
+    with pytest.raises(RuntimeError, match="preview failed"):
+        model.segment(_tissue(), mpp=2.0, out=tmp_path, name="broken")
+    assert not (tmp_path / "broken").exists()
