@@ -92,8 +92,8 @@ def test_an_unknown_backend_option_exits_2_before_the_model_loads(slide: Path, t
     one_error_line(result, "unknown option 'thraeds'", code=2)
 
 
-@pytest.mark.parametrize("args", [["--batch", "0"], ["--claim-timeout", "inf"], ["--formats", "tif"],
-                                  ["--mpp", "nan"], ["--max-memory", "nan"]])
+@pytest.mark.parametrize("args", [["--batch", "0"], ["--claim-timeout", "inf"], ["--claim-timeout", "1e300"],
+                                  ["--formats", "tif"], ["--mpp", "nan"], ["--max-memory", "nan"]])
 def test_usage_errors_exit_2_before_the_model_loads(args: list[str], slide: Path, tmp_path: Path) -> None:
     # the model does not exist: an option's error comes first
     result = segment(slide, "--model", tmp_path / "no.bundle", "--out", tmp_path / "out", *args)

@@ -20,6 +20,7 @@ from slidefuse.runtime.tissue import TissueParams
 from slidefuse.runtime.types import ON_DECODE_ERROR, OnDecodeError, Status
 
 MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
+MAX_CLAIM_TIMEOUT = 30 * 24 * 3600.0  # s: longer claim timeouts overflow the clocks and waits of the heartbeat
 
 
 def default_workers() -> int:
@@ -31,7 +32,8 @@ def _check_sharing(shard: tuple[int, int] | None, claim_timeout: float) -> None:
     """The options that share a slide list among processes (they change no result)."""
     if shard is not None and not (len(shard) == 2 and 1 <= shard[1] and 0 <= shard[0] < shard[1]):
         raise UsageError(f"shard {shard!r}: expected (i, n) with 0 <= i < n", field="shard")
-    finite_float(claim_timeout, field="claim_timeout", above=0, what="a positive, finite number of seconds")
+    finite_float(claim_timeout, field="claim_timeout", above=0, maximum=MAX_CLAIM_TIMEOUT,
+                 what=f"a positive, finite number of seconds up to {MAX_CLAIM_TIMEOUT:.0f} (30 days)")
 
 
 @dataclass(frozen=True)
