@@ -146,3 +146,9 @@ def test_bench_checks_the_backend_before_the_model_loads(verb: list[str], tmp_pa
     result = CliRunner().invoke(cli, [*verb, "--model", str(tmp_path / "no.bundle"), "--backend", "nulll"])
     line = one_error_line(result, "did you mean 'null'", code=2)
     assert "no.bundle" not in line
+
+
+def test_a_huge_memory_budget_is_no_limit() -> None:
+    from slidefuse.runtime.backends.memory import budget_bytes
+
+    assert budget_bytes(1e300)[0] is None and budget_bytes(2.0)[0] == 2 << 30
