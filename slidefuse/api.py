@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -232,20 +233,29 @@ class Model:
         """Segment one slide file or one RGB array, write its outputs and return the result.
 
         slide: a slide file (any format `slidefuse info` reads, or a DICOM WSI folder) or a uint8 [H, W, 3] RGB
-          array (then `mpp`, its pixel size in um/px, is required; `name` names its output folder, default
-          "array").
-        mpp: the slide's pixel size in um/px, overriding the file's (for slides without one).
-        out: output root; the slide's files go to `out/<slide stem>/`. None: a new temporary folder (kept).
+          array of at least 2 x 2 px (then `mpp`, its pixel size in um/px, is required; `name` names its output
+          folder, default "array": a plain folder name, checked as a slide list's out_name is). An array has no
+          file to recognise its outputs by, so it is never skipped: its folder must hold no outputs yet, unless
+          `overwrite` (then they are replaced).
+        mpp: the slide's pixel size in um/px, overriding the file's (for slides without one); a number (numpy
+          scalars too; not a bool).
+        out: output root, not inside a model bundle; the slide's files go to `out/<slide stem>/`. None: a new
+          temporary folder (kept).
         formats: outputs to write ("tiff,geojson", a list, or "all"; default: the model's, every built-in
           format); `mask()` and `mask_array()` read mask.tif ("tiff"); report.json is always written.
         progress: a callable receiving `ProgressEvent`s.
         A slide that fails raises its error (a `SlidefuseError` naming the slide); a slide whose outputs are
         complete for this model is skipped (status "skipped") unless `overwrite`.
         """
+        from slidefuse.api_checks import check_array, check_name
         from slidefuse.runtime.segment.inputs import is_dicom_folder
 
-        out_root = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="slidefuse-"))
         options = self._run_options(mpp=mpp, formats=formats, overwrite=overwrite)
+        if name is not None:
+            check_name(name)
+        if isinstance(slide, np.ndarray):
+            check_array(slide)
+        out_root = self._out_root(out)
         if isinstance(slide, np.ndarray):
             return self._segment_array(slide, out_root, options, name or "array", as_progress(progress))
         path = Path(slide)
@@ -258,15 +268,16 @@ class Model:
 
     def _segment_array(self, array: np.ndarray, out_root: Path, options: SegmentOptions, name: str,
                        progress: Progress) -> SegmentationResult:
+        from slidefuse.api_checks import check_free
         from slidefuse.runtime.segment import stages
         from slidefuse.runtime.slide import InMemorySlide
 
         if options.mpp is None:
             raise UsageError("an array has no pixel size: pass mpp=<microns per pixel>", field="mpp")
-        if os.sep in name or name in ("", ".", ".."):
-            raise UsageError(f"name {name!r} is not a folder name; pass a plain name for the output folder")
-        reader = InMemorySlide(array, options.mpp, name=name)
         out_dir = out_root / name
+        check_free(out_dir, options.overwrite)
+        made_here = not os.path.lexists(out_dir)
+        reader = InMemorySlide(array, options.mpp, name=name)
         progress.start_slide(1, 1, name)
         try:
             plan = stages.plan_slide(Path(name), self.bundle, options, out_dir, reader=reader)
@@ -274,9 +285,20 @@ class Model:
             res = stages.finish_slide(done, self.bundle, options)
         except BaseException:
             progress.end_slide("failed")
+            if made_here:  # no outputs without a report: the folder this call made goes with the failure
+                shutil.rmtree(out_dir, ignore_errors=True)
             raise
         progress.end_slide(res.status)
         return _result(res)
+
+    def _out_root(self, out: SlidePath | None) -> Path:
+        """The output root `out` (checked: not inside a bundle), or a new temporary folder when None."""
+        from slidefuse.api_checks import check_out
+
+        if out is None:
+            return Path(tempfile.mkdtemp(prefix="slidefuse-"))
+        check_out(Path(out), self.bundle.path)
+        return Path(out)
 
     def _batch(self, slides: list[Path], list_file: Path | None, out_root: Path, options: SegmentOptions,
                progress: Progress, on_result: Callable[[SegmentationResult], None] | None,
@@ -307,7 +329,7 @@ class Model:
         (mpp, formats, overwrite, overlap_slides, ...). Slides are overlapped as in the CLI."""
         options = self._run_options(**override)
         return self._batch([Path(s) for s in slides], Path(list_file) if list_file is not None else None,
-                           Path(out), options, as_progress(progress), on_result)
+                           self._out_root(out), options, as_progress(progress), on_result)
 
     def segment_many(
         self,
@@ -324,10 +346,10 @@ class Model:
         within a batch of tiles: the slide being inferred is dropped, outputs being written are finished, and
         no temporary file or empty folder of this batch is left."""
         paths, listed = [Path(s) for s in slides], Path(list_file) if list_file is not None else None
-        options, hooks = self._run_options(**override), as_progress(progress)
+        options, hooks, out_root = self._run_options(**override), as_progress(progress), self._out_root(out)
 
         def run(on_result: Callable[[SegmentationResult], None], stop: threading.Event) -> object:
-            return self._batch(paths, listed, Path(out), options, hooks, on_result, stop=stop)
+            return self._batch(paths, listed, out_root, options, hooks, on_result, stop=stop)
 
         yield from _yield_from_thread(run, self._running)
 
@@ -390,6 +412,17 @@ def _yield_from_thread(run: Callable[[Callable[[SegmentationResult], None], thre
         running.discard(batch)
 
 
+def check_options(backend: str = "auto", *, require_signature: bool = False, trust: Iterable[SlidePath] = (),
+                  **options: Any) -> SegmentOptions:
+    """The options `load_model(bundle, backend, require_signature=..., trust=..., **options)` would run with,
+    checked without loading anything: a UsageError (or UnknownName) for any option it would refuse. (The trusted
+    keys are read when the bundle's signatures are checked.)"""
+    if not isinstance(require_signature, bool):
+        raise UsageError(f"require_signature={require_signature!r}: expected True or False",
+                         field="require_signature")
+    return _options(backend, options)
+
+
 def load_model(bundle: SlidePath | Bundle, backend: str = "auto", *, require_signature: bool = False,
                trust: Iterable[SlidePath] = (), **options: Any) -> Model:
     """Load (and sha256-verify) a model bundle and check its signatures; returns a `Model` (a context manager).
@@ -409,8 +442,8 @@ def load_model(bundle: SlidePath | Bundle, backend: str = "auto", *, require_sig
                          field="require_signature")
     if isinstance(trust, str | os.PathLike):
         trust = (trust,)
+    options_checked = _options(backend, options)  # usage errors before the bundle loads
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
-    options_checked = _options(backend, options)
     return Model(_signed(loaded, require_signature, tuple(trust)), options_checked)
 
 

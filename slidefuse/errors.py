@@ -6,6 +6,9 @@ without a traceback and exits non-zero.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class SlidefuseError(Exception):
     """Base class of every error slidefuse raises on purpose."""
@@ -57,10 +60,19 @@ class SignatureError(BundleError):
 
 
 class UnknownName(SlidefuseError, KeyError):
-    """An unknown registry name (encoder, backend, ...). The message lists the valid names."""
+    """An unknown registry name (encoder, backend, ...), a usage error. The message lists the valid names, after
+    the closest ones (`did_you_mean`)."""
+
+    exit_code = 2
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(name: object, valid: Iterable[str]) -> str:
+    """" (did you mean 'null'?)" naming the valid names closest to `name`, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), list(valid), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 class CheckpointError(SlidefuseError, ValueError):

@@ -23,6 +23,7 @@ Stages and what they contain (from the runtime's own timings, `SlideResult.timin
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from slidefuse.bench.engine import (
 )
 from slidefuse.bench.machine import machine_info, peak_rss_mib
 from slidefuse.errors import UsageError
+from slidefuse.numbers import is_number
 from slidefuse.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ class SlideBenchConfig:
                                  ("max_engine_tiles", self.max_engine_tiles, 1)):
             if value < low:
                 raise UsageError(f"{name}={value}: expected at least {low}", field=name)
-        if self.mpp is not None and not self.mpp > 0:
+        if self.mpp is not None and not (is_number(self.mpp) and math.isfinite(self.mpp) and self.mpp > 0):
             raise UsageError(f"mpp={self.mpp}: expected a positive pixel size in um/px, e.g. 0.5", field="mpp")
 
     def open_options(self) -> dict[str, Any]:

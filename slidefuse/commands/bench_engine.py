@@ -111,10 +111,12 @@ def command(model: Path, backend: str, batches: str, precision: str | None, iter
       slidefuse bench engine --model tiny.bundle --backend ort-cpu --batch 1,8,32 --json engine.json
     """
     from slidefuse.bench.engine import EngineBenchConfig, bench_engine, parse_batches
+    from slidefuse.runtime.backends.registry import check_backend_choice
     from slidefuse.runtime.bundle import load_bundle
 
     config = EngineBenchConfig(batches=parse_batches(batches), iters=iters, warmup=warmup, precision=precision,
                                backend_options=parse_options(backend_options))
     config.check()
+    check_backend_choice(backend, config.open_options())  # before the model loads: usage errors exit 2 at once
     doc = bench_engine(load_bundle(model), backend, config)
     emit(doc, summary_lines(doc), json_path)

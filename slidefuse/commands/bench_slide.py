@@ -82,6 +82,7 @@ def command(slides: tuple[Path, ...], model: Path, backend: str, batch_size: int
       slidefuse bench slide a.svs b.svs c.svs --model tiny.bundle --json batch.json
     """
     from slidefuse.bench.slide import SlideBenchConfig, bench_slide
+    from slidefuse.runtime.backends.registry import check_backend_choice
     from slidefuse.runtime.bundle import load_bundle
 
     config = SlideBenchConfig(batch_size=batch_size, mpp=mpp, workers=workers, precision=precision,
@@ -89,5 +90,6 @@ def command(slides: tuple[Path, ...], model: Path, backend: str, batch_size: int
                               max_engine_tiles=max_engine_tiles, all_tiles=all_tiles, out_dir=keep_outputs,
                               overlap_slides=overlap_slides)
     config.check()
+    check_backend_choice(backend, config.open_options())  # before the model loads: usage errors exit 2 at once
     doc = bench_slide(list(slides), load_bundle(model), backend, config)
     emit(doc, summary_lines(doc), json_path)

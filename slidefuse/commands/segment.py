@@ -133,7 +133,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path | None, ou
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
     _check_ray_address(flags["ray_address"])
     _check_inputs(inputs, list_file, out, flags["all_tiles"], flags["tissue_threshold"], flags["min_tile_tissue"])
-    model_api = _model_api(_load_model(model), flags)
+    model_api = _model_api(model, flags)
     if flags["ray_address"] is not None:
         results = _on_ray(inputs, out, list_file, model_api, flags, quiet)
     else:
@@ -143,14 +143,20 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path | None, ou
         ctx.exit(1)
 
 
-def _model_api(bundle: Any, f: dict[str, Any]) -> Any:
-    """The Python API's model for these flags; SegmentOptions validates every value once (errors name the
-    field, which the CLI's error handler turns into the flag)."""
-    from slidefuse.api import load_model
+def _model_api(model: Path | None, f: dict[str, Any]) -> Any:
+    """The Python API's model for these flags. SegmentOptions validates every value once (errors name the field,
+    which the CLI's error handler turns into the flag), before the bundle loads: a usage error exits 2 at once."""
+    from slidefuse.api import check_options, load_model
 
+    options = _api_options(f)
+    check_options(**options)
+    return load_model(_load_model(model), **options)
+
+
+def _api_options(f: dict[str, Any]) -> dict[str, Any]:
+    """`load_model`'s keyword options (the backend included) for these flags."""
     optional = {k: f[k] for k in ("workers", "stitch_threads", "max_tiles") if f[k] is not None}
-    return load_model(
-        bundle,
+    return dict(
         backend=f["backend"],
         backend_options=_backend_options(f["threads"], f["device_id"], f["backend_options"], f["max_memory_gb"]),
         shard=_shard(f["shard"]),
@@ -246,8 +252,12 @@ def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, a
 
 
 def _tissue_params(tissue_threshold: float | None, min_tile_tissue: float | None) -> Any:
+    from slidefuse.numbers import finite_float
     from slidefuse.runtime.tissue import TissueParams
 
+    for name, value in (("tissue_threshold", tissue_threshold), ("min_tile_tissue", min_tile_tissue)):
+        if value is not None:  # click's range lets nan through
+            finite_float(value, field=name, minimum=0.0, maximum=1.0)
     tissue = TissueParams()
     if tissue_threshold is not None:
         tissue = TissueParams(**{**tissue.to_dict(), "min_saturation": tissue_threshold})

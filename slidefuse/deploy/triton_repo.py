@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from slidefuse.atomic import atomic_folder
 from slidefuse.errors import BackendUnavailable, EngineMismatch, MissingExtra, UsageError
+from slidefuse.numbers import is_integer
 from slidefuse.paths import check_out_path
 from slidefuse.runtime.bundle import Bundle
 
@@ -56,8 +57,9 @@ class TritonRepoOptions:
                              field="name")
         for key, low in (("instances", 1), ("max_batch", 1), ("queue_delay_us", 0), ("threads", 0)):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_integer(value) or value < low:  # numpy integers count; bools do not
                 raise UsageError(f"{key} {value!r}: expected an integer >= {low}", field=key)
+            object.__setattr__(self, key, int(value))
         if self.runtime not in ("onnxruntime", "python"):
             raise UsageError(f"runtime {self.runtime!r}: choose onnxruntime or python", field="runtime")
         if self.kind not in ("gpu", "cpu"):

@@ -24,6 +24,7 @@ from typing import Any
 
 from slidefuse.distributed.worker import SlideOutcome, SlideTask, SlideWorker, WorkerSetup
 from slidefuse.errors import SlidefuseError, UsageError, require
+from slidefuse.numbers import finite_float, integer
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 from slidefuse.runtime.segment.runlog import RunLog
@@ -55,8 +56,13 @@ class RayConfig:
         for field, name, minimum in (("ray_cpus_per_worker", "cpus_per_worker", 1), ("retries", "retries", 0),
                                      ("ray_workers", "workers", 1)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise UsageError(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
+            if value is not None:
+                object.__setattr__(self, name, integer(value, field=field, minimum=minimum))
+        if self.gpus_per_worker is not None:
+            object.__setattr__(self, "gpus_per_worker", finite_float(self.gpus_per_worker, field="gpus_per_worker",
+                                                                     minimum=0))
+        for seconds in ("status_interval", "ready_timeout"):
+            object.__setattr__(self, seconds, finite_float(getattr(self, seconds), field=seconds, above=0))
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,8 @@ class _Driver:
         from slidefuse.runtime.segment.skip import decide
 
         for i, (slide, out_dir) in enumerate(zip(self.slides, self.dirs, strict=True)):
-            decision = decide(slide, out_dir, self.bundle, self.options)  # the workers decide again, claimed
+            # the workers decide again, claimed (and log why a slide runs again)
+            decision = decide(slide, out_dir, self.bundle, self.options, log_rerun=False)
             if decision.status is not None:
                 self._record(i, SlideResult(slide, decision.status, out_dir), None)
             else:
@@ -299,7 +306,7 @@ class _Driver:
                             seconds=res.seconds, tiles=res.tile_counts or None, backend=self.options.backend,
                             decode_errors=res.decode_errors, **extra)
         if res.status == Status.FAILED:
-            log.info("failed: %s", res.error)
+            log.warning("failed: %s", res.error)
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from slidefuse.errors import UnknownName
+from slidefuse.errors import UnknownName, did_you_mean
 
 if TYPE_CHECKING:
     from torch import nn
@@ -260,7 +260,8 @@ def get_spec(encoder_id: str) -> EncoderSpec:
         return _BY_ID[encoder_id]
     except KeyError:
         raise UnknownName(
-            f"unknown encoder {encoder_id!r}: expected one of {', '.join(_BY_ID)} (see `slidefuse models`)"
+            f"unknown encoder {encoder_id!r}{did_you_mean(encoder_id, _BY_ID)}: expected one of "
+            f"{', '.join(_BY_ID)} (see `slidefuse models`)"
         ) from None
 
 

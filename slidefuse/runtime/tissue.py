@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from slidefuse.numbers import finite_float, integer
 from slidefuse.runtime import coords
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,17 @@ class TissueParams:
     max_hole_fraction: float = 1e-3  # fill holes smaller than this fraction of the thumbnail area
     tile_min_fraction: float = 0.0  # a tile "touches tissue" when its tissue fraction is > this (0: any pixel)
     detect_mpp: float = 4.0  # finest pixel size (um/px) detection runs at: finer thumbnails are block-averaged
+
+    def __post_init__(self) -> None:
+        """Every number finite and in its range (UsageError naming the field); numpy scalars become floats."""
+        integer(self.thumb_max_side, field="thumb_max_side", minimum=1)
+        integer(self.smoothing_px, field="smoothing_px", minimum=0)
+        for name in ("min_saturation", "max_saturation_threshold", "white_value", "black_value",
+                     "min_object_fraction", "max_hole_fraction", "tile_min_fraction"):
+            object.__setattr__(self, name, finite_float(getattr(self, name), field=name, minimum=0.0, maximum=1.0))
+        for name in ("opening_radius_um", "closing_radius_um"):
+            object.__setattr__(self, name, finite_float(getattr(self, name), field=name, minimum=0.0))
+        object.__setattr__(self, "detect_mpp", finite_float(self.detect_mpp, field="detect_mpp", above=0.0))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,7 +19,18 @@ CLI_MODULES = (PACKAGE / "cli.py", PACKAGE / "commands")
 
 # Fields that library errors name but no command sets: Python API only, each with why.
 API_ONLY = {
+    "array": "Model.segment(array): the Python API's RGB array argument",
     "prefetch": "SegmentOptions.prefetch: batches read ahead of the engine; a tuning knob of the Python API",
+    "gpus_per_worker": "RayConfig: the Python API's cluster tuning (status and start-up timings, GPUs per worker)",
+    "status_interval": "RayConfig: the Python API's cluster tuning",
+    "ready_timeout": "RayConfig: the Python API's cluster tuning",
+    "geojson_max_pixels": "OutputOptions: the Python API's cap on the grid polygonised for mask.geojson",
+    "geojson_mpp": "OutputOptions: the Python API's pixel size of that grid",
+    # TissueParams: the CLI sets two of them through --tissue-threshold / --min-tile-tissue, checked by those names
+    **{name: "TissueParams: tissue detection parameters of the Python API" for name in (
+        "thumb_max_side", "smoothing_px", "detect_mpp", "opening_radius_um", "closing_radius_um", "min_saturation",
+        "max_saturation_threshold", "white_value", "black_value", "min_object_fraction", "max_hole_fraction",
+        "tile_min_fraction")},
 }
 
 

@@ -64,7 +64,7 @@ def test_shards_split_a_list_between_runs(bundle_dir: Path, slides: list[Path], 
     line = _one_error(_segment(*slides, "--model", bundle_dir, "--out", out, "--shard", "2/2"))
     assert line.startswith("slidefuse: error: --shard '2/2': expected I/N")
     line = _one_error(_segment(*slides, "--model", bundle_dir, "--out", out, "--claim-timeout", "0"))
-    assert line.startswith("slidefuse: error: --claim-timeout must be a positive number")
+    assert line.startswith("slidefuse: error: --claim-timeout must be a positive, finite number")
 
 
 def test_ray_refuses_a_path_taken_as_its_address(bundle_dir: Path, slides: list[Path], tmp_path: Path) -> None:

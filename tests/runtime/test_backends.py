@@ -70,7 +70,8 @@ def torch_ref(bundle: Bundle, tiles: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- registry / errors
 def test_registry_names() -> None:
-    assert backend_names() == ALL
+    assert backend_names(include_internal=True) == ALL
+    assert backend_names() == [n for n in ALL if n != "null"]  # internal: listed only when asked for
     assert set(available_backends()) == set(ALL)
 
 
@@ -78,7 +79,8 @@ def test_unknown_backend_lists_valid_names(bundle: Bundle) -> None:
     with pytest.raises(UnknownName) as err:
         open_backend("onnx-gpu", bundle)
     msg = str(err.value)
-    assert "'onnx-gpu'" in msg and all(n in msg for n in [*ALL, "auto"]) and "\n" not in msg
+    assert "'onnx-gpu'" in msg and all(n in msg for n in [*ALL[:-1], "auto"]) and "\n" not in msg
+    assert "null" not in msg
 
 
 def test_unavailable_trt_lists_available(bundle: Bundle) -> None:

@@ -128,6 +128,7 @@ class Backend(abc.ABC):
     device: ClassVar[DeviceKind] = "cpu"  # where it computes (see `device_kind` for backends that can do both)
     placements: ClassVar[tuple[Placement, ...]] = ()  # how `auto` may pick it; () = never
     computes_model: ClassVar[bool] = True  # False: returns no model's output (`null`); `bench parity` skips it
+    internal: ClassVar[bool] = False  # True: a measuring tool (`null`): runs when named, listed only when asked for
     needs_per_batch_setup: ClassVar[bool] = False  # True: built for one batch size (benchmarks open one per size)
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:

@@ -56,6 +56,8 @@ def budget_bytes(max_memory_gb: float | None) -> tuple[int | None, str]:
     if max_memory_gb is not None:
         if max_memory_gb == 0:
             return None, "max_memory_gb=0: no limit"
+        if not math.isfinite(max_memory_gb * _GIB):  # more bytes than a float holds: no limit either
+            return None, f"max_memory_gb={max_memory_gb:g}: no limit"
         return int(max_memory_gb * _GIB), f"max_memory_gb={max_memory_gb:g}"
     usable = usable_memory_bytes()
     if usable is None:

@@ -8,7 +8,7 @@ made once (all holding the pattern), so the stitcher reads a different ``B * C *
 time, as it does from a real engine whose output a device-to-host copy (DMA, no host CPU) filled; with
 ``copy=false`` every call hands out one shared broadcast view (the best case for caches). `slidefuse bench slide
 --backend null` so measures the host ceiling of the whole runtime. `auto` never picks it: it segments nothing
-real.
+real, and listings leave it out (`Backend.internal`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class NullBackend(Backend):
     options: NullOptions
     options_type = NullOptions
     computes_model = False
+    internal = True  # not in listings (errors, help) unless asked for; runs when named
 
     @classmethod
     def availability(cls) -> str | None:

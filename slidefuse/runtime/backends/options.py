@@ -3,19 +3,22 @@
 Each backend declares `options_type`, a subclass of `BackendOptions` whose fields are the option keys it takes.
 `BackendOptions.parse(backend, raw)` turns the keyword options given to `open_backend` into an instance: an
 unknown key is a UsageError listing the valid ones, a value of the wrong type (checked against the field's
-annotation: bool, int, float, str, Literal, unions of those and None) or out of range is a UsageError naming the
+annotation: bool, int, float, str, Literal, unions of those and None; numpy scalars count as numbers, bools do
+not, and a float must be finite) or out of range is a UsageError naming the
 option, the value and what is expected. A key given as None means "the default".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union
 
 from slidefuse.errors import UsageError
+from slidefuse.numbers import is_integer, is_number
 
 OptionsT = TypeVar("OptionsT", bound="BackendOptions")
 
@@ -27,7 +30,7 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     return names.get(hint, str(hint))
 
 
@@ -43,9 +46,9 @@ def _matches(value: object, hint: Any) -> bool:
     if hint is bool or hint is str:
         return isinstance(value, hint)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_integer(value)
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
     raise TypeError(f"option annotation {hint!r} is not supported by BackendOptions")
 
 
@@ -69,8 +72,9 @@ class BackendOptions:
         for f in dataclasses.fields(self):
             value, hint = getattr(self, f.name), hints[f.name]
             if _matches(value, hint):
-                if isinstance(value, int) and hint is float:
-                    object.__setattr__(self, f.name, float(value))
+                if is_number(value) and type(value) not in (int, float):  # numpy scalars as Python numbers
+                    value = value.item()  # type: ignore[attr-defined]
+                object.__setattr__(self, f.name, float(value) if isinstance(value, int) and hint is float else value)
                 continue
             choices = _only_literal(hint)
             if choices is not None:

@@ -22,11 +22,14 @@ from the list this registry installs there (`base.set_available_names`).
 from __future__ import annotations
 
 import importlib
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-from slidefuse.errors import UnknownName, UsageError
+from slidefuse.errors import UnknownName, UsageError, did_you_mean
+from slidefuse.numbers import is_number
 from slidefuse.runtime.backends import base
 from slidefuse.runtime.backends.base import Backend, unavailable
 
@@ -79,15 +82,50 @@ def registered_backend(cls: type[Backend]) -> Iterator[type[Backend]]:
         _BACKENDS.pop(cls.name, None)
 
 
-def backend_names() -> list[str]:
-    """Registered backend names (without the `auto` pseudo-name), in registration order."""
-    return list(_BACKENDS)
+def backend_names(include_internal: bool = False) -> list[str]:
+    """Registered backend names (without the `auto` pseudo-name), in registration order; internal ones
+    (`Backend.internal`, e.g. `null`) only when `include_internal`."""
+    return [n for n in _BACKENDS if include_internal or not _is_internal(n)]
+
+
+def _is_internal(name: str) -> bool:
+    """Whether backend `name` is internal (a backend whose module does not import is not)."""
+    try:
+        return get_backend(name).internal
+    except (ImportError, UsageError):
+        return False
+
+
+def check_backend_name(name: object) -> str:
+    """`name` when it is "auto" or a registered backend (internal ones included); UnknownName otherwise, with the
+    closest names and the listed ones. Imports no backend module."""
+    if isinstance(name, str) and (name == AUTO or name in _BACKENDS):
+        return name
+    listed = [*backend_names(), AUTO]
+    raise UnknownName(f"unknown backend {name!r}{did_you_mean(name, [*_BACKENDS, AUTO])}; valid backends: "
+                      f"{', '.join(listed)}")
+
+
+def check_backend_choice(name: object, options: Mapping[str, Any]) -> None:
+    """Refuse, before any model loads, what `open_backend(name, bundle, **options)` would refuse for any bundle: an
+    unknown name (UnknownName), and options the named backend does not take or values it refuses (UsageError).
+    For "auto" (its options go to the backend it picks) only numbers that are not finite are refused here."""
+    check_backend_name(name)
+    if name != AUTO:
+        try:
+            cls = get_backend(str(name))
+        except (ImportError, UsageError):  # its module does not import: `require_available` says so later
+            return
+        cls.options_type.parse(cls.name, options)
+        return
+    for key, value in options.items():
+        if is_number(value) and not math.isfinite(value):
+            raise UsageError(f"backend option {key}={value!r}: expected a finite number")
 
 
 def get_backend(name: str) -> type[Backend]:
     """The Backend class registered as `name`; UnknownName listing the valid names otherwise."""
-    if name not in _BACKENDS:
-        raise UnknownName(f"unknown backend '{name}'; valid backends: {', '.join([*_BACKENDS, AUTO])}")
+    check_backend_name(name)
     target = _BACKENDS[name]
     return _resolve(name, target) if isinstance(target, str) else target
 
@@ -116,8 +154,9 @@ def available_backends() -> dict[str, str | None]:
 
 
 def available_names() -> list[str]:
-    """Names of the registered backends that can run here, in registration order."""
-    return [n for n, r in available_backends().items() if r is None]
+    """Names of the registered backends that can run here, in registration order (internal ones left out)."""
+    listed = set(backend_names())
+    return [n for n, r in available_backends().items() if r is None and n in listed]
 
 
 def require_available(name: str) -> type[Backend]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slidefuse.errors import UsageError
+from slidefuse.numbers import finite_float, integer
 from slidefuse.runtime.bundle import Bundle, ClassInfo
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
@@ -44,15 +45,15 @@ class OutputOptions:
         _check_formats(self.formats)
         for name in ("mask_mpp", "geojson_mpp"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise UsageError(f"{name} must be a positive number of microns per pixel, got {value}")
+            if value is not None:  # nan, inf and bools refused; numpy scalars become floats
+                object.__setattr__(self, name, finite_float(
+                    value, field=name, above=0, what="a positive, finite number of microns per pixel"))
         if self.geojson_frame not in GEOJSON_FRAMES:
             raise UsageError(f"geojson_frame must be one of {', '.join(GEOJSON_FRAMES)}, got {self.geojson_frame!r}",
                              field="geojson_frame")
-        if self.geojson_max_pixels is not None and self.geojson_max_pixels < 1:
-            raise UsageError(
-                f"geojson_max_pixels must be >= 1 (or None for no cap), got {self.geojson_max_pixels}"
-            )
+        if self.geojson_max_pixels is not None:
+            object.__setattr__(self, "geojson_max_pixels", integer(
+                self.geojson_max_pixels, field="geojson_max_pixels", minimum=1))
 
 
 def _check_formats(formats: frozenset[str]) -> None:

@@ -173,6 +173,7 @@ def write_preview(
     labels = downsample_classes(open_mask(result), w, h, num_classes=len(classes)).numpy()
     if labels.ndim == 3:
         labels = labels[..., 0]
+    labels = labels.reshape(h, w)  # a 1 x 1 preview comes back from pyvips as a 0-d array
     thumb = np.asarray(result.thumbnail)
     if thumb.ndim == 2:
         thumb = np.repeat(thumb[..., None], 3, axis=2)

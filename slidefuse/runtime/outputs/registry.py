@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from slidefuse.errors import UnknownName, UsageError
+from slidefuse.errors import UnknownName, UsageError, did_you_mean
 from slidefuse.runtime.outputs.base import OutputWriter
 from slidefuse.runtime.outputs.geojson import GeoJsonWriter
 from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter
@@ -55,7 +55,8 @@ def get_writer(name: str) -> OutputWriter:
         return _writers[name]
     except KeyError:
         known = ", ".join(_writers)
-        raise UnknownName(f"output format {name!r} is not registered; registered: {known}") from None
+        raise UnknownName(f"output format {name!r} is not registered{did_you_mean(name, _writers)}; registered: "
+                          f"{known}") from None
 
 
 def writers() -> tuple[OutputWriter, ...]:
@@ -77,8 +78,9 @@ def parse_formats(formats: str | frozenset[str] | set[str] | list[str] | tuple[s
         return frozenset(known)
     bad = sorted(set(items) - set(known))
     if bad or not items:
+        close = "".join(did_you_mean(b, [*known, "all"]) for b in bad[:1])
         raise UsageError(
-            f"output format(s) {', '.join(bad) or '(none)'} not understood; "
+            f"output format(s) {', '.join(bad) or '(none)'} not understood{close}; "
             f"choose among {', '.join(sorted(known))} (comma-separated) or 'all'"
         )
     return frozenset(items)

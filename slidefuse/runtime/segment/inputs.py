@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,18 +176,26 @@ MAX_NAME = 200  # characters of an output folder name (file systems allow 255 by
 
 
 def out_name_problem(name: str) -> str | None:
-    """Why `name` cannot be a slide's output folder under OUT (None: it can): not a plain folder name, not text,
-    hidden or reserved for slidefuse's own files (`run.json`, `.run`, `*.lock`), or too long."""
+    """Why `name` cannot be a slide's output folder under OUT (None: it can): the one rule for a list's out_name
+    and the API's `name`. Not text (NUL, a line break or another control character, bytes that are not UTF-8), not
+    a plain folder name, hidden or reserved for slidefuse's own files (`run.json`, `.run`, `*.lock`), or too long
+    (characters, or bytes in the file system's encoding)."""
     text = _text_problem(name)
     if text is not None:
         return text
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "holds a control character; remove it"
     if not name or Path(name).name != name or "\\" in name or name in (".", ".."):
         return "is not a plain folder name; give a name without '/'"
     if name.startswith(".") or name.lower() in RESERVED_NAMES or name.lower().endswith(".lock"):
         return ("is reserved for slidefuse's own files (run.json, .run, names starting with '.' or ending in "
                 "'.lock'); choose another name")
-    if len(name) > MAX_NAME:
-        return f"has {len(name)} characters, over the limit of {MAX_NAME}; choose a shorter name"
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        return "cannot be a file name here (characters the file system's encoding lacks); choose another name"
+    if len(name) > MAX_NAME or len(encoded) > MAX_NAME:
+        return f"has {len(name)} characters ({len(encoded)} bytes), over the limit of {MAX_NAME}; choose a shorter name"
     return None
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slidefuse.errors import InvalidPixelSize, UsageError
+from slidefuse.numbers import finite_float, integer
+from slidefuse.runtime.backends.registry import check_backend_choice
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.coords import PLAUSIBLE_MPP  # um/px accepted without --force-mpp
 from slidefuse.runtime.cores import usable_cores
@@ -19,6 +20,7 @@ from slidefuse.runtime.tissue import TissueParams
 from slidefuse.runtime.types import ON_DECODE_ERROR, OnDecodeError, Status
 
 MAX_TILES = 10_000_000  # default limit of a slide's tile grid (--max-tiles)
+MAX_CLAIM_TIMEOUT = 30 * 24 * 3600.0  # s: longer claim timeouts overflow the clocks and waits of the heartbeat
 
 
 def default_workers() -> int:
@@ -30,9 +32,8 @@ def _check_sharing(shard: tuple[int, int] | None, claim_timeout: float) -> None:
     """The options that share a slide list among processes (they change no result)."""
     if shard is not None and not (len(shard) == 2 and 1 <= shard[1] and 0 <= shard[0] < shard[1]):
         raise UsageError(f"shard {shard!r}: expected (i, n) with 0 <= i < n", field="shard")
-    if isinstance(claim_timeout, bool) or not isinstance(claim_timeout, (int, float)) or not claim_timeout > 0:
-        raise UsageError(f"claim_timeout must be a positive number of seconds, got {claim_timeout!r}",
-                         field="claim_timeout")
+    finite_float(claim_timeout, field="claim_timeout", above=0, maximum=MAX_CLAIM_TIMEOUT,
+                 what=f"a positive, finite number of seconds up to {MAX_CLAIM_TIMEOUT:.0f} (30 days)")
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,23 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         """Every check of these options, once; messages name the field (the CLI maps fields to its flags)."""
+        check_backend_choice(self.backend, self.backend_options)
         for name, minimum in (("batch_size", 1), ("workers", 1), ("stitch_threads", 1),
                               ("prefetch", 1), ("overlap", 0), ("max_tiles", 1)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+            if value is not None:
+                object.__setattr__(self, name, integer(value, field=name, minimum=minimum))
         _check_sharing(self.shard, self.claim_timeout)
+        object.__setattr__(self, "claim_timeout", finite_float(self.claim_timeout, field="claim_timeout"))
         if self.on_decode_error not in ON_DECODE_ERROR:
             raise UsageError(f"on_decode_error must be one of {', '.join(ON_DECODE_ERROR)}, "
                              f"got {self.on_decode_error!r}", field="on_decode_error")
         for name in ("mpp", "override_mpp", "mask_mpp"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise InvalidPixelSize(f"{name} must be a positive, finite number of microns per pixel, "
-                                       f"got {value!r}", field=name)
+            if value is not None:  # numpy scalars become floats; bools, nan and inf are refused
+                object.__setattr__(self, name, finite_float(
+                    value, field=name, above=0, what="a positive, finite number of microns per pixel",
+                    error=InvalidPixelSize))
         check_plausible_mpp(self.mpp, "mpp", self.force_mpp)
         check_plausible_mpp(self.override_mpp, "override_mpp", self.force_mpp)
         outputs = OutputOptions(formats=self.formats, mask_mpp=self.mask_mpp, geojson_frame=self.geojson_frame)

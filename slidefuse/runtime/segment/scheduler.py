@@ -268,7 +268,7 @@ class _SlideBatch:
 
     def _decide(self, i: int) -> Decision:
         out_dir, options, slide = self.dirs[i], self.opts(i), self.slides[i]
-        first = decide(slide, out_dir, self.bundle, options, since=self.batch_started)
+        first = decide(slide, out_dir, self.bundle, options, since=self.batch_started, log_rerun=False)
         if not first.run:
             return first
         try:
@@ -482,7 +482,7 @@ class _SlideBatch:
         if isinstance(exc, ClaimLost):
             return self._lost(i, exc)
         reason = _with_slide(slide, one_line(exc))
-        log.info("failed: %s", reason)
+        log.warning("failed: %s", reason)
         log.debug("traceback of the failure of %s", slide, exc_info=exc)
         return SlideResult(slide, Status.FAILED, self.dirs[i], reason, seconds=time.perf_counter() - self.started[i])
 

@@ -214,7 +214,7 @@ _BY_ANOTHER = Decision("claimed", "its outputs were written during this batch by
 
 
 def decide(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions, *,
-           since: float | None = None) -> Decision:
+           since: float | None = None, log_rerun: bool = True) -> Decision:
     """Whether `slide` runs into `out_dir` with `bundle` and `options`: the one rerun decision of every runner.
 
     It runs with `options.overwrite`, or when `out_dir` lacks complete outputs made from this very slide file
@@ -222,7 +222,8 @@ def decide(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions, 
     key) and as the output writers are asked for now (`outputs.outputs_current`); otherwise it is skipped.
     since: the batch's start (seconds since the epoch): outputs written at or after it were written by another
     process sharing OUT during this batch, and are left to it ("claimed"), even with --overwrite. A slide with
-    outputs that runs again has the reason logged. An `out_dir` that is a symbolic link is refused.
+    outputs that runs again has the reason logged, once: `log_rerun` False for a first look that is taken again
+    once the slide is claimed (the decision that counts logs it). An `out_dir` that is a symbolic link is refused.
     """
     out_dir = Path(out_dir)
     if out_dir.is_symlink():
@@ -239,6 +240,6 @@ def decide(slide: Path, out_dir: Path, bundle: Bundle, options: SegmentOptions, 
             decision = _BY_ANOTHER
         else:
             decision = Decision("skip", "its outputs are complete for this slide file, bundle and options")
-    if decision.run and (out_dir / REPORT).exists():
+    if log_rerun and decision.run and (out_dir / REPORT).exists():
         log.info("%s: segmenting it again into %s: %s", slide, out_dir, decision.reason)
     return decision
