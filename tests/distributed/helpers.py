@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from runtime.conftest import synthetic_rgb, write_pyramid_tiff
 
@@ -26,12 +27,14 @@ def write_list(path: Path, slides: list[Path]) -> Path:
     return path
 
 
-def segment_process(list_file: Path, bundle: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
-    """`slidefuse segment --list LIST` as a separate process (one engine thread, quiet)."""
-    argv = [sys.executable, "-m", "slidefuse", "-q", "segment", "--list", str(list_file), "--model", str(bundle),
-            "--out", str(out), "--threads", "1", "--workers", "1", *extra]
+def segment_process(list_file: Path, bundle: Path, out: Path, *extra: str, quiet: bool = True,
+                    stderr: int | IO[str] = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`slidefuse segment --list LIST` as a separate process (one engine thread; quiet unless `quiet` is False,
+    then with its log lines and summary; stderr piped, or into the file `stderr`)."""
+    argv = [sys.executable, "-m", "slidefuse", *(["-q"] if quiet else []), "segment", "--list", str(list_file),
+            "--model", str(bundle), "--out", str(out), "--threads", "1", "--workers", "1", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
 
 
 def ok_records(out: Path) -> dict[str, int]:

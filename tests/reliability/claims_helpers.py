@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import shapely
+import tifffile
 from distributed.helpers import ok_records, segment_process
 
 from slidefuse.runtime.segment.claims import CLAIM_NAME, ClaimInfo
 from slidefuse.runtime.segment.runlog import read_records
 
-__all__ = ["assert_invariants", "holder_pid", "raw_masks", "records_of", "segment_process", "wait_for"]
+__all__ = ["assert_invariants", "assert_outputs_whole", "holder_pid", "leftovers", "out_listing", "parse_records",
+           "raw_masks", "records_of", "segment_process", "summary_counts", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
@@ -49,7 +55,7 @@ def records_of(out: Path, pid: int) -> dict[str, str]:
 def leftovers(out: Path) -> list[str]:
     """Temporaries, claim files and staging folders anywhere under OUT (none must be left)."""
     found = [p for p in out.rglob("*") if p.name.endswith((".tmp", ".partial", ".new")) or ".partial" in p.name
-             or p.name.startswith(CLAIM_NAME) or p.name == "run.json.lock"]
+             or ".old-" in p.name or p.name.startswith(CLAIM_NAME) or p.name == "run.json.lock"]
     return sorted(str(p.relative_to(out)) for p in found)
 
 
@@ -75,3 +81,65 @@ def assert_invariants(out: Path, slides: list[Path], procs: list[subprocess.Pope
         ok = [e for e in read_records(out) if e["slide"] == str(s) and e["status"] == "ok"]
         assert report["run"]["run_id"] == ok[0]["run_id"]  # the files are the recording writer's
     assert leftovers(out) == []
+
+
+def assert_outputs_whole(slide_dir: Path, n_classes: int) -> dict[str, Any]:
+    """Each output report.json lists has the recorded size (os.stat, not the product's check); mask.tif decodes
+    (every page: uint8 class indices below `n_classes`) and mask.geojson parses into valid shapely geometries.
+    Returns the report."""
+    report = json.loads((slide_dir / "report.json").read_text())
+    for fmt, info in report["outputs"].items():
+        assert os.stat(slide_dir / info["file"]).st_size == info["bytes"], (slide_dir, fmt, info)
+    with tifffile.TiffFile(slide_dir / "mask.tif") as tif:
+        for page in tif.pages:
+            mask = page.asarray()  # type: ignore[union-attr]
+            assert mask.dtype == np.uint8 and mask.size > 0 and int(mask.max()) < n_classes, (slide_dir, mask.shape)
+    features = json.loads((slide_dir / "mask.geojson").read_text())["features"]
+    for feature in features:
+        geometry = shapely.geometry.shape(feature["geometry"])
+        assert geometry.is_valid and not geometry.is_empty, (slide_dir, feature["properties"])
+    return report
+
+
+def parse_records(out: Path) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """Every line of every `OUT/.run/*.jsonl` file, parsed here (not by the product's reader): the records that
+    are JSON objects with a slide and a status, and per file the numbers of the lines that are not."""
+    records: list[dict[str, Any]] = []
+    damaged: dict[str, list[int]] = {}
+    for f in sorted((out / ".run").glob("*.jsonl")):
+        for n, line in enumerate(f.read_bytes().splitlines(), 1):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                e = None
+            if isinstance(e, dict) and isinstance(e.get("slide"), str) and isinstance(e.get("status"), str):
+                records.append(e)
+            else:
+                damaged.setdefault(f.name, []).append(n)
+    return records, damaged
+
+
+_SUMMARY = re.compile(r"(\d+) segmented, (\d+) skipped, (\d+) failed(?:, (\d+) taken over by other processes)?.* "
+                      r"of (\d+) slide\(s\)")
+
+
+def summary_counts(stderr: str) -> dict[str, int] | None:
+    """The counts of the summary line `slidefuse segment` ends with (ok, skipped, failed, claim_lost, slides);
+    None when it printed none."""
+    lines = [m for m in map(_SUMMARY.search, stderr.splitlines()) if m is not None]
+    if not lines:
+        return None
+    ok, skipped, failed, lost, slides = lines[-1].groups()
+    return {"ok": int(ok), "skipped": int(skipped), "failed": int(failed), "claim_lost": int(lost or 0),
+            "slides": int(slides)}
+
+
+def out_listing(out: Path) -> str:
+    """Every path under OUT with its size in bytes (folders end in /), for an assertion message."""
+    rows = []
+    for p in sorted(out.rglob("*")):
+        try:
+            rows.append(f"{p.relative_to(out)}/" if p.is_dir() else f"{p.relative_to(out)} {p.stat().st_size}")
+        except OSError:
+            rows.append(f"{p.relative_to(out)} (gone)")
+    return "\n".join(rows)

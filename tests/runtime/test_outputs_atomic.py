@@ -139,17 +139,20 @@ def test_sigkill_mid_write_leaves_nothing_truncated_and_a_rerun_completes(tmp_pa
     # Kill in the middle of writing each output in turn; the folder keeps whatever each killed run left,
     # as it would between real reruns.
     for target in ("mask.tif", "mask.geojson", "preview.png", "report.json"):
-        proc = subprocess.run(
-            [sys.executable, str(script), str(raw), str(w), str(h), str(out), target],
-            capture_output=True, text=True, env=env, timeout=120,
-        )
-        assert proc.stdout.startswith("start"), proc.stderr
-        if proc.returncode == -signal.SIGKILL:
-            killed.append(target)
-            assert not (out / "report.json").exists()  # killed before the completion record
-        else:  # the watcher missed a small, fast write: the run completed
-            assert proc.returncode == 0, proc.stderr
-        _check_finals(out, mask)
+        for _attempt in range(6):  # a loaded machine can let a small, fast write finish before the watcher looks
+            proc = subprocess.run(
+                [sys.executable, str(script), str(raw), str(w), str(h), str(out), target],
+                capture_output=True, text=True, env=env, timeout=120,
+            )
+            assert proc.stdout.startswith("start"), proc.stderr
+            if proc.returncode == -signal.SIGKILL:
+                killed.append(target)
+                assert not (out / "report.json").exists()  # killed before the completion record
+            else:  # the watcher missed it: the run completed, and every file is whole
+                assert proc.returncode == 0, proc.stderr
+            _check_finals(out, mask)
+            if killed and killed[-1] == target:
+                break
     assert {"mask.tif", "mask.geojson", "preview.png"} <= set(killed), killed
     # The rerun cleans up, completes, and leaves no temporary file.
     result = make_result(mask, raw, mpp=1.0)

@@ -135,19 +135,29 @@ def heartbeat_age(path: Path) -> float | None:
         return None
 
 
+def _holder_gone(path: Path) -> bool:
+    """Whether the mutex file `path` names a process of this host that no longer exists."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return bool(d["host"] == _host() and not _pid_alive(int(d["pid"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 @contextlib.contextmanager
 def exclusive_file(path: Path, *, wait: float = 30.0, stale_after: float = 60.0) -> Iterator[None]:
     """Hold `path` as a mutex across processes and hosts for the block (created exclusively, removed after).
 
-    Waits up to `wait` seconds (then TimeoutError); a mutex file older than `stale_after` seconds (its holder
-    was killed inside the block) is removed and taken.
+    Waits up to `wait` seconds (then TimeoutError); a mutex file whose holder was killed inside the block (a
+    process of this host that is gone, or any holder once the file is older than `stale_after` seconds) is
+    removed and taken.
     """
     path = Path(path)
     deadline = time.monotonic() + wait
     me = json.dumps({"host": _host(), "pid": os.getpid(), "time": time.time()})
     while not _link_exclusive(path, me):
         age = heartbeat_age(path)
-        if age is not None and age > stale_after:
+        if age is not None and (age > stale_after or _holder_gone(path)):
             log.info("%s: left by a killed process %.0f s ago; removed", path, age)
             path.unlink(missing_ok=True)
             continue

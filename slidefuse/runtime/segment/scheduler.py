@@ -31,7 +31,7 @@ from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.coords import PLAUSIBLE_MPP
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment import stages
-from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet, holder_of, new_run_id
+from slidefuse.runtime.segment.claims import CLAIM_NAME, ClaimPolicy, ClaimSet, holder_of, new_run_id
 from slidefuse.runtime.segment.inputs import BadRow, ListEntry, expand_inputs, output_dirs, read_slide_rows, slide_key
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 from slidefuse.runtime.segment.runlog import RunLog, read_records
@@ -270,7 +270,7 @@ class _SlideBatch:
         out_dir, options, slide = self.dirs[i], self.opts(i), self.slides[i]
         first = decide(slide, out_dir, self.bundle, options, since=self.batch_started, log_rerun=False)
         if not first.run:
-            return first
+            return self._left_behind(i, first)
         try:
             if not self._claim(i):
                 return _CLAIMED_ELSEWHERE
@@ -284,6 +284,25 @@ class _SlideBatch:
         if again.kind == "claimed" and mine is not None and mine.epoch > 1:  # its writer died before recording
             return _COMPLETED_UNRECORDED
         return again
+
+    def _left_behind(self, i: int, decision: Decision) -> Decision:
+        """A slide not to run (complete, or done by another process during this batch) whose folder still holds a
+        claim: one its holder left behind (killed after its report.json, before recording the slide or releasing
+        the claim) is taken over and removed, and the slide is then recorded here as skipped; a live holder's
+        claim is left to it (it records the slide)."""
+        out_dir = self.dirs[i]
+        if not (out_dir / CLAIM_NAME).exists():
+            return decision
+        try:
+            if not self.claims.try_claim(out_dir):
+                return decision
+        except (ClaimBlocked, OSError):
+            return decision
+        mine = self.claims.claim_of(out_dir)
+        self.claims.release(out_dir)
+        if decision.kind == "claimed" and mine is not None and mine.epoch > 1:
+            return _COMPLETED_UNRECORDED
+        return decision
 
     def _claim(self, i: int) -> bool:
         out_dir = self.dirs[i]
