@@ -15,7 +15,7 @@ DEMO_OUT   := demo-out
 help:
 	@echo "make demo       set up and segment the real CMU-1-Small-Region slide with the default model"
 	@echo "make test       set up and run ruff, mypy and pytest"
-	@echo "make test-slow  also run the slow tests (real-size phikon / lunit exports)"
+	@echo "make test-slow  also run the slow tests (real-size phikon / lunit exports, Triton, Ray, the fault-injection rounds)"
 	@echo "make image-test build the container images (CPU and GPU targets) and check them; make image: CPU only"
 
 $(VPY):
