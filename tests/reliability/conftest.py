@@ -64,3 +64,28 @@ def cli_process(*args: str | Path, cwd: Path | None = None) -> subprocess.Popen[
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "slidefuse", *[str(a) for a in args]], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+
+def segment_until(args: list[str | Path], marker: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`slidefuse segment --threads 1 --workers 2 ARGS` as a child process, returned (with the stderr lines read so
+    far) as soon as a stderr line contains `marker`; fails the test when the run ends first."""
+    proc = cli_process("segment", "--threads", "1", "--workers", "2", *args)
+    seen: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if marker in line:
+            return proc, seen
+    proc.wait(timeout=60)
+    pytest.fail(f"the run ended before {marker!r}: {''.join(seen)[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def claims_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The colour classifier with a convolutional side branch (64 px tiles at 1 um/px, overlap 16): the model of
+    the multi-process claim tests (survivors, fault-injection rounds)."""
+    from runtime.onnx_models import make_bundle
+
+    folder = tmp_path_factory.mktemp("bundle") / "colour"
+    make_bundle(folder, tile_size=64, mpp=1.0, overlap=16, depth=2)
+    return folder

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import pytest
 from distributed.helpers import make_slides, write_list
-from runtime.onnx_models import COLOUR_CLASSES, make_bundle
+from runtime.onnx_models import COLOUR_CLASSES
 
 from slidefuse.runtime.segment.claims import CLAIM_NAME
 
@@ -115,14 +115,6 @@ class Outcome:
 def _tally(records: list[dict[str, Any]], pid: int) -> str:
     counts = Counter(str(e["status"]) for e in records if e.get("pid") == pid)
     return "".join(f"{counts[s]}{s[0]}" for s in ("ok", "skipped", "claim_lost", "failed") if counts[s]) or "-"
-
-
-@pytest.fixture(scope="module")
-def chaos_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The colour classifier with a convolutional side branch, 64 px tiles at 1 um/px."""
-    folder = tmp_path_factory.mktemp("bundle") / "colour"
-    make_bundle(folder, tile_size=64, mpp=1.0, overlap=16, depth=2)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -355,9 +347,9 @@ def _check_round(out: Path, slides: list[Path], outcome: Outcome) -> None:
 
 
 @pytest.mark.parametrize("number", range(len(ROUNDS)), ids=[r.name for r in ROUNDS])
-def test_chaos_round(number: int, tmp_path: Path, chaos_bundle: Path, chaos_slides: list[Path]) -> None:
+def test_chaos_round(number: int, tmp_path: Path, claims_bundle: Path, chaos_slides: list[Path]) -> None:
     spec, seed = ROUNDS[number], SEED * 100 + number
-    outcome = _run_round(spec, random.Random(seed), chaos_bundle, chaos_slides, tmp_path)
+    outcome = _run_round(spec, random.Random(seed), claims_bundle, chaos_slides, tmp_path)
     out = tmp_path / "out"
     row = outcome.row(spec, seed, parse_records(out)[0])
     print(f"\nchaos round | {row}")

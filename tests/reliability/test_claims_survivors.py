@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from distributed.helpers import make_slides, write_list
-from runtime.onnx_models import make_bundle
 
 from slidefuse.cli import cli
 from slidefuse.runtime.bundle import load_bundle
@@ -28,13 +27,6 @@ FAST = {"backend_options": {"threads": 1}, "workers": 1, "tissue": TissueParams(
 
 
 @pytest.fixture(scope="module")
-def colour_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bundle") / "colour"
-    make_bundle(folder, tile_size=64, mpp=1.0, overlap=16, depth=2)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def eight(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Eight small slides; s1 is larger, so that its holder can be caught inside it."""
     folder = tmp_path_factory.mktemp("slides")
@@ -43,9 +35,9 @@ def eight(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return slides
 
 
-def test_survivors_finish_a_killed_holders_slide(tmp_path: Path, colour_bundle: Path, eight: list[Path]) -> None:
+def test_survivors_finish_a_killed_holders_slide(tmp_path: Path, claims_bundle: Path, eight: list[Path]) -> None:
     out, list_file = tmp_path / "out", write_list(tmp_path / "slides.txt", eight)
-    procs = [segment_process(list_file, colour_bundle, out, "--batch", "1") for _ in range(4)]
+    procs = [segment_process(list_file, claims_bundle, out, "--batch", "1") for _ in range(4)]
     big = out / eight[1].stem
     wait_for(lambda: raw_masks(big) and holder_pid(big) in {p.pid for p in procs}, 180, "a process inside s1")
     victim = next(p for p in procs if p.pid == holder_pid(big))
@@ -62,9 +54,9 @@ def test_survivors_finish_a_killed_holders_slide(tmp_path: Path, colour_bundle: 
 
 
 def test_the_end_of_the_list_waits_for_a_live_holder_and_takes_over_when_it_stops(
-        tmp_path: Path, colour_bundle: Path, eight: list[Path]) -> None:
+        tmp_path: Path, claims_bundle: Path, eight: list[Path]) -> None:
     slides, out = [eight[0], eight[2]], tmp_path / "out"
-    bundle = load_bundle(colour_bundle)
+    bundle = load_bundle(claims_bundle)
     with ClaimSet("other", ClaimPolicy(timeout=60.0, heartbeat=0.1)) as other:
         assert other.try_claim(out / slides[0].stem)
         left = segment_many(slides, bundle, out, SegmentOptions(wait=False, **FAST))
@@ -75,13 +67,13 @@ def test_the_end_of_the_list_waits_for_a_live_holder_and_takes_over_when_it_stop
     assert [r.status for r in waited] == ["ok", "skipped"]
 
 
-def test_no_wait_names_the_holders_in_the_summary(tmp_path: Path, colour_bundle: Path, eight: list[Path]) -> None:
+def test_no_wait_names_the_holders_in_the_summary(tmp_path: Path, claims_bundle: Path, eight: list[Path]) -> None:
     out = tmp_path / "out"
     with ClaimSet("other", ClaimPolicy(timeout=60.0, heartbeat=0.1)) as other:
         assert other.try_claim(out / eight[0].stem)
         t0 = time.monotonic()
         result = CliRunner().invoke(cli, ["segment", "--threads", "1", "--workers", "1", "--no-wait", str(eight[0]),
-                                          str(eight[2]), "--model", str(colour_bundle), "--out", str(out)])
+                                          str(eight[2]), "--model", str(claims_bundle), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert time.monotonic() - t0 < 60  # not waiting for the holder's timeout
     line = result.stderr.strip().splitlines()[-1]

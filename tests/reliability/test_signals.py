@@ -15,7 +15,7 @@ from slidefuse.atomic import find_temporaries
 from slidefuse.runtime.bundle import load_bundle
 from slidefuse.runtime.segment import SegmentOptions, decide
 
-from .conftest import cli_process, write_slide
+from .conftest import cli_process, segment_until, write_slide
 from .tiffs import write_huge_tiff
 
 # log lines that mark the stage boundaries of one slide (stderr of `slidefuse segment`)
@@ -27,18 +27,6 @@ MARKERS = {
     "5-outputs-complete": "complete in",
 }
 INTERRUPT_GRACE_S = 10.0  # generous on a loaded 2-core machine; the measured figure is printed
-
-
-def _run_until(args: list[str | Path], marker: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = cli_process("segment", "--threads", "1", "--workers", "2", *args)
-    seen: list[str] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        seen.append(line)
-        if marker in line:
-            return proc, seen
-    proc.wait(timeout=60)
-    pytest.fail(f"the run ended before {marker!r}: {''.join(seen)[-2000:]}")
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, float]:
@@ -56,7 +44,7 @@ def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("stage", sorted(MARKERS))
 def test_sigint_at_stage_boundary(tmp_path: Path, medium: Path, bundle_dir: Path, stage: str) -> None:
     out = tmp_path / "out"
-    proc, _ = _run_until([medium, "--model", bundle_dir, "--out", out], MARKERS[stage])
+    proc, _ = segment_until([medium, "--model", bundle_dir, "--out", out], MARKERS[stage])
     proc.send_signal(signal.SIGINT)
     code, rest, seconds = _finish(proc, timeout=60)
     print(f"SIGINT after '{stage}': exit {code} in {seconds:.2f} s")
@@ -71,7 +59,7 @@ def test_sigint_at_stage_boundary(tmp_path: Path, medium: Path, bundle_dir: Path
 @pytest.mark.parametrize("stage", sorted(MARKERS))
 def test_sigkill_at_stage_boundary_then_rerun(tmp_path: Path, medium: Path, bundle_dir: Path, stage: str) -> None:
     out = tmp_path / "out"
-    proc, _ = _run_until([medium, "--model", bundle_dir, "--out", out], MARKERS[stage])
+    proc, _ = segment_until([medium, "--model", bundle_dir, "--out", out], MARKERS[stage])
     proc.kill()
     proc.communicate(timeout=60)
     bundle = load_bundle(bundle_dir)
@@ -88,7 +76,7 @@ def test_sigkill_at_stage_boundary_then_rerun(tmp_path: Path, medium: Path, bund
 def test_sigint_while_planning_a_huge_single_level_tiff(tmp_path: Path, bundle_dir: Path) -> None:
     """10^5 x 10^5 px, one level (its thumbnail decodes all of it): Ctrl-C is answered mid-planning."""
     huge = write_huge_tiff(tmp_path / "huge.tif", 100_000, 100_000, tile=512)
-    proc, _ = _run_until([huge, "--model", bundle_dir, "--out", tmp_path / "out"], MARKERS["1-start"])
+    proc, _ = segment_until([huge, "--model", bundle_dir, "--out", tmp_path / "out"], MARKERS["1-start"])
     time.sleep(3.0)  # well into the thumbnail's decode
     proc.send_signal(signal.SIGINT)
     code, rest, seconds = _finish(proc, timeout=60)

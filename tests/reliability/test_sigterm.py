@@ -19,7 +19,7 @@ from slidefuse.atomic import stale_temporaries
 from slidefuse.runtime import interrupt
 from slidefuse.runtime.segment.claims import CLAIM_NAME
 
-from .conftest import REPO, cli_process, write_slide
+from .conftest import REPO, cli_process, segment_until, write_slide
 
 STOP_GRACE_S = 10.0  # generous on a loaded 2-core machine; the measured figure is printed
 MARKERS = {  # stderr lines of `slidefuse segment` that mark where the signal is sent
@@ -39,18 +39,6 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _run_until(args: list[str | Path], marker: str) -> subprocess.Popen[str]:
-    proc = cli_process("segment", "--threads", "1", "--workers", "2", *args)
-    seen: list[str] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        seen.append(line)
-        if marker in line:
-            return proc
-    proc.wait(timeout=60)
-    pytest.fail(f"the run ended before {marker!r}: {''.join(seen)[-2000:]}")
-
-
 def _leftovers(out: Path) -> list[str]:
     """Claims, temporaries (`*.partial`, staged folders, the raw mask) and mutexes a stopped run left in OUT."""
     found = [p.name for p in out.glob("*.lock")]
@@ -68,7 +56,7 @@ def _status_line(stderr: str) -> str:
 def test_sigterm_stops_cleanly_and_the_rerun_completes(tmp_path: Path, slides: Path, bundle_dir: Path,
                                                         stage: str) -> None:
     out = tmp_path / "out"
-    proc = _run_until([slides, "--model", bundle_dir, "--out", out], MARKERS[stage])
+    proc = segment_until([slides, "--model", bundle_dir, "--out", out], MARKERS[stage])[0]
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
     _, rest = proc.communicate(timeout=60)
@@ -90,7 +78,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_completes(tmp_path: Path, slides: P
 
 def test_sigint_still_exits_130(tmp_path: Path, slides: Path, bundle_dir: Path) -> None:
     out = tmp_path / "out"
-    proc = _run_until([slides / "a.tif", "--model", bundle_dir, "--out", out], MARKERS["inference"])
+    proc = segment_until([slides / "a.tif", "--model", bundle_dir, "--out", out], MARKERS["inference"])[0]
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     if proc.returncode != 0:
@@ -102,7 +90,8 @@ def test_sigint_still_exits_130(tmp_path: Path, slides: Path, bundle_dir: Path) 
 def test_sigterm_stops_a_ray_run(tmp_path: Path, slides: Path, bundle_dir: Path) -> None:
     pytest.importorskip("ray")
     out = tmp_path / "out"
-    proc = _run_until(["--ray", "--ray-workers", "1", slides, "--model", bundle_dir, "--out", out], "worker(s) ready")
+    args: list[str | Path] = ["--ray", "--ray-workers", "1", slides, "--model", bundle_dir, "--out", out]
+    proc = segment_until(args, "worker(s) ready")[0]
     proc.send_signal(signal.SIGTERM)  # Ray's start replaced the handler with one that aborts; it is put back
     _, rest = proc.communicate(timeout=120)
     if proc.returncode != 0:
