@@ -36,6 +36,7 @@ from typing import BinaryIO
 import numpy as np
 
 from slidefuse.runtime.grid import TileGrid, TileRC, blend_window
+from slidefuse.runtime.keep import KeepMask
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,11 @@ log = logging.getLogger(__name__)
 class Stitcher:
     """Stitch tile probabilities into ``raw_path``: uint8 class indices, row-major, ``width * height`` bytes,
     in the model frame of ``grid``. Feed tiles with ``add`` in row-major order, then call ``finish``.
-    Use as a context manager (closes the file on error)."""
+    Use as a context manager (closes the file on error). ``keep``: pixels it does not keep (see ``keep``) are
+    written as class 0 and counted as such."""
 
-    def __init__(self, grid: TileGrid, num_classes: int, raw_path: Path, threads: int = 1) -> None:
+    def __init__(self, grid: TileGrid, num_classes: int, raw_path: Path, threads: int = 1,
+                 keep: KeepMask | None = None) -> None:
         if not 1 <= num_classes <= 256:
             raise ValueError(f"num_classes must be 1..256 to fit uint8 class indices, got {num_classes}")
         if threads < 1:
@@ -61,6 +64,8 @@ class Stitcher:
         self.right_has = False
         self.band = np.zeros((t, w), dtype=np.uint8)  # class indices of the current tile row
         self.class_pixels = np.zeros(num_classes, dtype=np.int64)
+        self.keep = keep
+        self._rows_written = 0  # model-frame rows already flushed
         self.tiles_added = 0
         self.seconds = 0.0  # time spent in add/finish
         self._next = 0  # row-major index of the next grid position to process
@@ -231,6 +236,10 @@ class Stitcher:
         if rows <= 0:
             return
         band = self.band[:rows]
+        if self.keep is not None:
+            y0 = self._rows_written
+            band[~self.keep.rows(y0, y0 + rows, self.grid.width)] = 0
+        self._rows_written += rows
         for k in range(self.num_classes):  # C fast comparisons beat bincount's conversion to intp
             self.class_pixels[k] += np.count_nonzero(band == k)
         if self._file is None:

@@ -23,6 +23,7 @@ from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
+from slidefuse.runtime.keep import KeepMask
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
@@ -101,6 +102,7 @@ class PlannedSlide:
     seconds: float  # time this slide's own stages took so far
     key: dict[str, Any] = field(default_factory=dict)  # the skip key (skip.result_key), made before opening
     fence: Fence | None = None  # who writes the slide's files, and whether it still may (None: unfenced)
+    keep: KeepMask | None = None  # pixels the mask keeps (regions of interest, QC exclusions); None: all
 
     def close(self) -> None:
         """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
@@ -194,7 +196,7 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
         plan.out_dir.mkdir(parents=True, exist_ok=True)
         clean_temporaries(plan.out_dir)  # what a killed run (or a writer that lost its claim) left
         progress.update(0, len(tiles))
-        with Stitcher(grid, m.num_classes, raw_path, threads=options.stitch_threads) as stitcher:
+        with Stitcher(grid, m.num_classes, raw_path, threads=options.stitch_threads, keep=plan.keep) as stitcher:
             stats = run_pipeline(
                 plan.view, grid, tiles, backend, stitcher,
                 PipelineOptions(batch_size=options.batch_size, workers=options.workers, prefetch=options.prefetch),
