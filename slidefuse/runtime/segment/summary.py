@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
 import threading
 import unicodedata
@@ -215,35 +216,36 @@ _cache_lock = threading.Lock()
 _CACHE_MAX = 200_000  # reports kept; beyond, the cache starts afresh
 
 
-def _cached_report(path: Path) -> _ReportCells | None:
+def _cached_report(path: str) -> _ReportCells | None:
     """The cells of report.json at `path`, parsed once per version of the file; None when absent or unreadable."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    key = str(path)
     with _cache_lock:
-        hit = _cache.get(key)
+        hit = _cache.get(path)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    report = read_report(path.parent) if path.name == REPORT else None
+    p = Path(path)
+    report = read_report(p.parent) if p.name == REPORT else None
     if report is None:
         return None
     cells = _report_cells(report)
     with _cache_lock:
         if len(_cache) >= _CACHE_MAX:
             _cache.clear()
-        _cache[key] = (stamp, cells)
+        _cache[path] = (stamp, cells)
     return cells
 
 
-def _report_path(entry: Mapping[str, Any]) -> Path | None:
+def _report_path(entry: Mapping[str, Any]) -> str | None:
+    """The report.json of an entry: its outputs' "report", else out_dir/report.json."""
     report = _dig(entry, "outputs", "report")
     if isinstance(report, str) and report:
-        return Path(report)
+        return report
     out_dir = entry.get("out_dir")
-    return Path(out_dir) / REPORT if isinstance(out_dir, str) and out_dir else None
+    return os.path.join(out_dir, REPORT) if isinstance(out_dir, str) and out_dir else None
 
 
 @dataclass(frozen=True)
@@ -280,15 +282,12 @@ def summary_table(entries: Sequence[Mapping[str, Any]]) -> SummaryTable:
         found.append((e, rc))
     header, kinds = _header(list(classes))
     entry_cols = {c.name: c.entry for c in COLUMNS if isinstance(c, Column) and c.entry is not None}
+    getters = [(name, entry_cols.get(name)) for name in header]
     rows = []
     for e, rc in found:
         from_report = rc.cells if rc is not None else {}
-        row = []
-        for name in header:
-            get = entry_cols.get(name)
-            v = get(e) if get is not None else None
-            row.append(from_report.get(name) if v is None else v)
-        rows.append(tuple(row))
+        cells = [(get(e) if get is not None else None, name) for name, get in getters]
+        rows.append(tuple(from_report.get(name) if v is None else v for v, name in cells))
     return SummaryTable(header, kinds, tuple(rows))
 
 
