@@ -42,7 +42,8 @@ def _report(i: int) -> dict[str, Any]:
         "model": {"encoder": "phikon", "classes": [{"index": k, "name": c, "color": [k, k, k]}
                                                    for k, c in enumerate(classes)]},
         "bundle": {"path": "/models/phikon.bundle", "digest": f"{i:064x}", "signature": "unsigned"},
-        "backend": {"backend": "ort-cuda", "device": "cuda", "precision": "fp16", "providers": ["CUDAExecutionProvider"]},
+        "backend": {"backend": "ort-cuda", "device": "cuda", "precision": "fp16",
+                    "providers": ["CUDAExecutionProvider"]},
         "areas": {c: {"index": k, "pixels": p, "area_mm2": p * 1e-6, "fraction": p / sum(pixels)}
                   for k, (c, p) in enumerate(zip(classes, pixels, strict=True))},
         "tissue": {"pixels": 123456, "area_mm2": 1.6 + i * 1e-4, "fraction": 0.3},
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.repeats):  # interleaved: with, without, with, ...
         for on, out in ((True, with_table), (False, without_table)):
             runlog.rebuild_after_save = real_rebuild if on else (lambda *_: None)  # type: ignore[assignment]
-            out.append(_timed(lambda: log.record(f"/data/extra{k}-{on}.svs", "failed", error="bench")))
+            slide = f"/data/extra{k}-{on}.svs"
+            out.append(_timed(lambda: log.record(slide, "failed", error="bench")))  # noqa: B023 (called at once)
     runlog.rebuild_after_save = real_rebuild
     rows = len(summary.summary_table(runlog.read_run_log(root)).rows)
     med = statistics.median
