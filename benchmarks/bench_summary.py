@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     warm = [_timed(lambda: summary.write_summary_csv(root, entries)) for _ in range(args.repeats)]
     real_rebuild = runlog.rebuild_after_save
     log = RunLog(root, run_id="bench-records")
-    with_table, without_table = [], []
+    with_table: list[float] = []
+    without_table: list[float] = []
     for k in range(args.repeats):  # interleaved: with, without, with, ...
         for on, out in ((True, with_table), (False, without_table)):
             runlog.rebuild_after_save = real_rebuild if on else (lambda *_: None)  # type: ignore[assignment]

@@ -155,7 +155,12 @@ def test_each_report_is_parsed_once_per_version(tmp_path: Path, monkeypatch: pyt
     d = _report(tmp_path / "a", {"background": 1.0, "tumour": 0.5})
     reads: list[Path] = []
     real = summary_mod.read_report
-    monkeypatch.setattr(summary_mod, "read_report", lambda p: reads.append(p) or real(p))
+
+    def counting(p: Path) -> dict[str, Any] | None:
+        reads.append(p)
+        return real(p)
+
+    monkeypatch.setattr(summary_mod, "read_report", counting)
     entries = [_entry("a.svs", "ok", d)]
     first = csv_text(summary_table(entries))
     assert csv_text(summary_table(entries)) == first and len(reads) == 1
