@@ -9,19 +9,20 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from runtime.onnx_models import make_bundle
-
 from distributed.helpers import make_slides, segment_process, write_list
+
+from runtime.onnx_models import make_bundle
 from slidefuse.cli import cli
 from slidefuse.runtime.bundle import load_bundle
 from slidefuse.runtime.segment import SegmentOptions, segment_many
 from slidefuse.runtime.segment.claims import ClaimSet
 from slidefuse.runtime.tissue import TissueParams
 
-FAST = {"backend_options": {"threads": 1}, "workers": 1, "tissue": TissueParams(thumb_max_side=512)}
+FAST: dict[str, Any] = {"backend_options": {"threads": 1}, "workers": 1, "tissue": TissueParams(thumb_max_side=512)}
 
 
 @pytest.fixture(scope="module")
