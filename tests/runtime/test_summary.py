@@ -212,3 +212,11 @@ def test_parquet_read_back_equals_the_csv(tmp_path: Path) -> None:
             else:
                 assert type(v)(cell) == v, name
     assert back.to_pylist()[1]["slide"] == "=b.svs" and rows[1]["slide"] == "'=b.svs"
+
+
+@pytest.mark.parametrize("name", ["summary.csv", "SUMMARY.CSV", "summary.parquet"])
+def test_the_table_names_are_not_slide_folder_names(name: str) -> None:
+    from slidefuse.runtime.segment.inputs import out_name_problem
+
+    problem = out_name_problem(name)
+    assert problem is not None and "summary.csv" in problem
