@@ -121,8 +121,9 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path | None, ou
 
     \b
     Per slide, under OUT/<slide name>/: mask.tif (pyramidal TIFF of class indices), mask.geojson (QuPath
-    annotations), report.json (areas, timings), preview.png, tissue.png; OUT/run.json lists every slide.
-    Finished slides are skipped on a rerun with the same model unless --overwrite.
+    annotations), report.json (areas, timings), preview.png, tissue.png; OUT/run.json lists every slide and
+    OUT/summary.csv tabulates them (one row per slide). Finished slides are skipped on a rerun with the same
+    model unless --overwrite.
     """
     import logging
 

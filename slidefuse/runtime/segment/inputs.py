@@ -171,7 +171,8 @@ class BadRow:
 
 
 LIST_COLUMNS = ("path", "mpp", "out_name")
-RESERVED_NAMES = (RUN_LOG,)  # names slidefuse itself uses at OUT's top level (with .run and *.lock)
+# names slidefuse itself uses at OUT's top level (with .run and *.lock): the run log and the cohort table
+RESERVED_NAMES = (RUN_LOG, "summary.csv", "summary.parquet")
 MAX_NAME = 200  # characters of an output folder name (file systems allow 255 bytes, with room for temporaries)
 
 
@@ -188,8 +189,8 @@ def out_name_problem(name: str) -> str | None:
     if not name or Path(name).name != name or "\\" in name or name in (".", ".."):
         return "is not a plain folder name; give a name without '/'"
     if name.startswith(".") or name.lower() in RESERVED_NAMES or name.lower().endswith(".lock"):
-        return ("is reserved for slidefuse's own files (run.json, .run, names starting with '.' or ending in "
-                "'.lock'); choose another name")
+        return ("is reserved for slidefuse's own files (run.json, summary.csv, .run, names starting with '.' or "
+                "ending in '.lock'); choose another name")
     try:
         encoded = os.fsencode(name)
     except UnicodeError:

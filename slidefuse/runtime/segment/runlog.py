@@ -4,7 +4,8 @@ processes (on one host or many sharing the folder) recording into the same OUT a
 Each process appends its records to its own JSON-lines file, `OUT/.run/<run id>.jsonl` (one line per slide
 it finished, flushed and fsynced; a process killed mid-line leaves a last line that is skipped). run.json is
 the merged view: after every record the process rebuilds it from run.json and every `.run/*.jsonl` file,
-under a short cross-process mutex (`run.json.lock`), and writes it atomically. `read_run_log` merges the same
+under a short cross-process mutex (`run.json.lock`), and writes it atomically, then the cohort table
+`summary.csv` from the same entries (`runtime.segment.summary`). `read_run_log` merges the same
 way, so it is exact even while other processes are still writing. Entries are keyed by slide path: the latest
 record of a slide (by its time `t`) wins, in the position where the slide was first recorded, except that a
 "skipped" record keeps the "ok" entry of the run that made the outputs, and a "claim_lost" record (a process
@@ -43,6 +44,7 @@ from slidefuse.atomic import write_text_atomic
 from slidefuse.errors import UsageError
 from slidefuse.runtime.segment.claims import exclusive_file
 from slidefuse.runtime.segment.skip import resolved
+from slidefuse.runtime.segment.summary import rebuild_after_save
 from slidefuse.runtime.types import RUN_LOG, Status
 
 logger = logging.getLogger(__name__)
@@ -291,7 +293,8 @@ class RunLog:
             os.fsync(f.fileno())
 
     def _save(self) -> None:
-        """Rebuild run.json from every process's records, under the folder's run-log mutex."""
+        """Rebuild run.json, and the cohort table summary.csv from the same entries, from every process's records,
+        under the folder's run-log mutex."""
         try:
             with exclusive_file(self.out_root / (RUN_LOG + ".lock")):
                 entries = self._view()
@@ -299,5 +302,6 @@ class RunLog:
                 lines = [json.dumps(e, default=str) for e in entries]
                 text = head[:-1] + ',\n "slides": [\n' + ",\n".join(lines) + ("\n" if lines else "") + "]}\n"
                 write_text_atomic(self.path, text)
+                rebuild_after_save(self.out_root, entries)
         except TimeoutError as exc:  # the record is safe in .run/; the next save (any process's) includes it
             logger.warning("run.json not rewritten this time: %s", exc)
