@@ -187,6 +187,7 @@ def _valid(geom: Any, what: str) -> Any:
 # ---------------------------------------------------------------------------------------------- mask image
 def _read_mask(path: Path, digest: str) -> RoiFile:
     import pyvips
+    import shapely
 
     from slidefuse.runtime.outputs.polygons import polygonize
 
@@ -206,7 +207,7 @@ def _read_mask(path: Path, digest: str) -> RoiFile:
     if not inside.any():
         raise RoiError(f"regions file {path}: the mask has no nonzero pixel, so no region; nonzero pixels mark "
                        "the regions")
-    geom = polygonize(inside, outline="edges")  # exact pixel squares, in mask px
+    geom = shapely.union_all(polygonize(inside, outline="edges"))  # exact pixel squares, in mask px
     mpp = _mask_mpp(image)
     region = Region(0, path.stem or path.name, geom if geom.is_valid else _valid(geom, f"regions file {path}"))
     return RoiFile(path, "mask", (region,), digest, (image.height, image.width), mpp)
