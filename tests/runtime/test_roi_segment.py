@@ -231,3 +231,36 @@ def test_all_tiles_with_regions_runs_every_tile_touching_them(cmu_runs: dict[str
 
     assert touching(0.0) <= counts["run"] <= touching(2.0) < counts["grid"]  # (grown by the thumbnail's margin)
     assert counts["roi"] < counts["run"]  # fewer touch tissue inside the region
+
+
+def test_regions_drawn_in_qupaths_frame_land_on_the_same_tissue(bundle_dir: Path, tmp_path: Path) -> None:
+    """A slide with openslide.bounds (QuPath shows it cropped): a region drawn around a disc in QuPath's pixels
+    holds the disc; read as level 0 instead (--geojson-frame level0), the same coordinates miss it."""
+    from slidefuse.runtime.backends import open_backend
+    from slidefuse.runtime.bundle import load_bundle
+    from slidefuse.runtime.segment import SegmentOptions, finish_slide, infer_slide, plan_slide
+
+    from .test_outputs_geojson_frame import BOUNDS, _BoundsSlide, _NoProgress
+
+    h, w, cx, cy, r = 1600, 2400, 1900, 1100, 160  # a purple (haematoxylin) disc centred at level-0 (cx, cy)
+    img = np.full((h, w, 3), 245, dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = (60, 40, 160)
+    bx, by = int(BOUNDS["openslide.bounds-x"]), int(BOUNDS["openslide.bounds-y"])
+    box = [[[cx - bx - 250.3, cy - by - 250.3], [cx - bx + 250.3, cy - by - 250.3], [cx - bx + 250.3, cy - by + 250.3],
+            [cx - bx - 250.3, cy - by + 250.3], [cx - bx - 250.3, cy - by - 250.3]]]
+    roi = tmp_path / "disc.geojson"
+    roi.write_text(json.dumps([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": box},
+                                "properties": {"name": "disc"}}]))
+    bundle = load_bundle(bundle_dir)
+    found = {}
+    with open_backend("ort-cpu", bundle, threads=1) as backend:
+        for frame in ("qupath", "level0"):
+            options = SegmentOptions(backend="ort-cpu", workers=1, formats=frozenset({"report"}), roi=roi,
+                                     geojson_frame=frame)
+            plan = plan_slide(Path("bounded"), bundle, options, tmp_path / frame, reader=_BoundsSlide(img, 0.5))
+            finish_slide(infer_slide(plan, bundle, options, backend, _NoProgress()), bundle, options)
+            found[frame] = _report(tmp_path / frame)["regions"]["regions"][0]["classes"]["haematoxylin"]["area_mm2"]
+    disc_mm2 = np.pi * r**2 * (0.5 / 1000) ** 2
+    assert found["qupath"] == pytest.approx(disc_mm2, rel=0.05)
+    assert found["level0"] < 0.01 * disc_mm2
