@@ -175,6 +175,8 @@ def segment_on_ray(
     slides, dirs = batch_slides([Path(p).absolute() for p in paths], list_file, out_root, options.shard)
     _refuse_per_slide_mpp(list_file)
     check_one_roi(options, len(slides))
+    if options.roi is not None:  # the workers may run in another folder
+        options = replace(options, roi=options.roi.absolute())
     run_id = new_run_id()
     ray, started = _connect(config.address)  # before OUT is touched: a missing extra changes nothing
     try:

@@ -31,6 +31,7 @@ from slidefuse.runtime.roi import Region, RoiFile, place, read_roi
 from slidefuse.runtime.types import RegionPixels, RegionsResult
 
 TOUCH_PX = 0.75  # thumbnail px the regions grow by before tile selection (> sqrt(2) / 2: every touched pixel)
+LOOP_SPANS = 8192  # up to this many inside spans in a band, each is set on its own; beyond, a toggle-and-xor pass
 BAND_BYTES = 16 << 20  # bytes of raw mask read at a time by `SlideRegions.count`
 
 
@@ -63,9 +64,24 @@ class PolygonRaster:
         self._first = np.ceil(self._ylo - 0.5).astype(np.int64)
         self._stop = np.ceil(self._yhi - 0.5).astype(np.int64)
         self.row_span = (int(self._first.min()), int(self._stop.max())) if len(edges) else (0, 0)
+        xs = np.concatenate([self._xa, self._xb])
+        # columns whose centre can be inside: [first, stop)
+        self.col_span = (int(np.ceil(xs.min() - 0.5)), int(np.ceil(xs.max() - 0.5))) if len(edges) else (0, 0)
+
+    def window(self, width: int) -> tuple[int, int]:
+        """Columns ``[x0, x1)`` of a grid ``width`` px wide where pixels can be inside (x1 <= x0: none)."""
+        return max(self.col_span[0], 0), min(self.col_span[1], width)
 
     def rows(self, y0: int, y1: int, width: int) -> np.ndarray:
-        toggles = np.zeros((max(y1 - y0, 0), width + 1), dtype=np.uint8)
+        out = np.zeros((max(y1 - y0, 0), width), dtype=bool)
+        x0, x1 = self.window(width)
+        if x1 > x0:
+            out[:, x0:x1] = self.rows_in(y0, y1, x0, x1)
+        return out
+
+    def rows_in(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """bool ``[y1 - y0, x1 - x0]``: rows ``y0..y1`` of `rows`, columns ``x0..x1`` (within `window`)."""
+        width = x1 - x0
         lo, hi = np.maximum(self._first, y0), np.minimum(self._stop, y1)
         sel = np.flatnonzero(hi > lo)
         if len(sel) == 0:
@@ -79,10 +95,16 @@ class PolygonRaster:
         order = np.lexsort((x, row))
         row, x = row[order], x[order]
         # each row crosses an even number of edges: pairs (start, end) in x order bound the inside spans
-        cols = np.clip(np.ceil(x - 0.5), 0, width).astype(np.int64)  # first pixel whose centre is >= x
+        cols = np.clip(np.ceil(x - 0.5) - x0, 0, width).astype(np.int64)  # first pixel whose centre is >= x
+        if len(cols) // 2 <= LOOP_SPANS:  # few spans: set each one (much cheaper than a pass over every pixel)
+            inside = np.zeros((y1 - y0, width), dtype=bool)
+            for r, a, b in zip((row[0::2] - y0).tolist(), cols[0::2].tolist(), cols[1::2].tolist(), strict=True):
+                inside[r, a:b] = True
+            return inside
+        toggles = np.zeros((y1 - y0, width + 1), dtype=np.uint8)
         np.bitwise_xor.at(toggles, (row - y0, cols), 1)
-        inside: np.ndarray = np.bitwise_xor.accumulate(toggles, axis=1)[:, :width].astype(bool)
-        return inside
+        filled: np.ndarray = np.bitwise_xor.accumulate(toggles, axis=1)[:, :width].astype(bool)
+        return filled
 
 
 @dataclass(frozen=True)
@@ -141,11 +163,12 @@ class SlideRegions:
                 y1 = min(y0 + step, height)
                 band = None
                 for k, raster in enumerate(rasters):
-                    first, stop = raster.row_span
-                    if stop <= y0 or first >= y1:
+                    (first, stop), (x0, x1) = raster.row_span, raster.window(width)
+                    if stop <= y0 or first >= y1 or x1 <= x0:
                         continue
                     band = np.asarray(raw[y0:y1]) if band is None else band
-                    counts[k] += np.bincount(band[raster.rows(y0, y1, width)], minlength=num_classes)[:num_classes]
+                    inside = raster.rows_in(y0, y1, x0, x1)
+                    counts[k] += np.bincount(band[:, x0:x1][inside], minlength=num_classes)[:num_classes]
         finally:
             del raw
         items = tuple(RegionPixels(r.index, r.name, int(c.sum()), c) for r, c in zip(self.regions, counts, strict=True))
