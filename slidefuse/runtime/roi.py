@@ -55,6 +55,7 @@ class Region:
     index: int  # its feature's position in the file, from 0 (a mask image: 0)
     name: str  # properties.name, classification name, feature id, or region-<index + 1>
     geometry: Any  # valid shapely Polygon or MultiPolygon: in the file's frame (`RoiFile`), or level 0 (`place`)
+    feature_id: str | None = None  # the feature's GeoJSON "id" (QuPath writes a UUID), when it has one
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def _region(path: Path, index: int, feature: Any) -> Region:
     if geom.is_empty or not np.isfinite(coords).all():
         raise RoiError(f"{what}: {'no coordinates' if geom.is_empty else 'coordinates that are not finite'}; "
                        "redraw or remove it")
-    return Region(index, name, _valid(geom, what))
+    fid = feature.get("id")
+    return Region(index, name, _valid(geom, what), str(fid) if isinstance(fid, str | int) and fid != "" else None)
 
 
 def _valid(geom: Any, what: str) -> Any:
@@ -248,7 +250,7 @@ def place(roi: RoiFile, l0_size: tuple[int, int], l0_mpp: float, offset_l0: tupl
             raise RoiError(f"regions file {roi.path}: feature {r.index} ({r.name!r}) lies entirely outside the slide "
                            f"(its level-0 bounds x {lo_x}..{hi_x}, y {lo_y}..{hi_y}; the slide is {l0_size[0]} x "
                            f"{l0_size[1]} px); export the regions drawn on this slide")
-        out.append(Region(r.index, r.name, shapely.union_all(parts)))
+        out.append(Region(r.index, r.name, shapely.union_all(parts), r.feature_id))
     return tuple(out)
 
 

@@ -171,7 +171,8 @@ class SlideRegions:
                     counts[k] += np.bincount(band[:, x0:x1][inside], minlength=num_classes)[:num_classes]
         finally:
             del raw
-        items = tuple(RegionPixels(r.index, r.name, int(c.sum()), c) for r, c in zip(self.regions, counts, strict=True))
+        items = tuple(RegionPixels(r.index, r.name, int(c.sum()), c, r.feature_id)
+                      for r, c in zip(self.regions, counts, strict=True))
         return RegionsResult(str(self.source.path), self.source.kind, self.source.digest, self.offset_l0, items)
 
 

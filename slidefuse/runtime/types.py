@@ -93,6 +93,7 @@ class RegionPixels:
     name: str  # its name (see `runtime.roi.region_name`)
     pixels: int  # mask pixels inside it (pixel centres, model frame)
     class_pixels: np.ndarray  # int64 [C]: of those, the pixels of each class
+    feature_id: str | None = None  # the feature's GeoJSON "id", when it has one
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def test_the_three_layouts_and_the_name_rules(tmp_path: Path) -> None:
         assert [(r.index, r.name) for r in roi.regions] == [(0, "tumour"), (1, "Stroma"), (2, "0f1e-uuid"),
                                                            (3, "region-4")]
         assert roi.kind == "geojson" and len(roi.digest) == 64
+        assert [r.feature_id for r in roi.regions] == [None, None, "0f1e-uuid", None]
     one = read_roi(_write(tmp_path, feats[0], "one.json"))
     assert [r.name for r in one.regions] == ["tumour"] and one.regions[0].geometry.area == 25
 

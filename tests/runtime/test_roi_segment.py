@@ -98,7 +98,8 @@ def test_areas_per_region_sum_to_the_whole_slide_areas_inside_them(cmu_runs: dic
     report = _report(cmu_runs["regions"])
     regions = report["regions"]
     assert regions["kind"] == "geojson" and regions["file"] == str(cmu_runs["roi"])
-    assert [(r["index"], r["name"]) for r in regions["regions"]] == [(0, "tumour block"), (1, "Margin")]
+    assert [(r["index"], r["name"], r["id"]) for r in regions["regions"]] == [(0, "tumour block", "3f1c"),
+                                                                              (1, "Margin", None)]
     classes = [c["name"] for c in report["model"]["classes"]]
     for name in classes[1:]:  # the regions do not overlap: their areas add up to the slide's (0 outside them)
         assert sum(r["classes"][name]["pixels"] for r in regions["regions"]) == report["areas"][name]["pixels"]

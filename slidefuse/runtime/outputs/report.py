@@ -160,8 +160,9 @@ def class_areas(result: MaskResult, class_names: list[str]) -> dict[str, dict[st
 
 def region_areas(result: MaskResult, class_names: list[str]) -> dict[str, Any] | None:
     """The regions of interest the slide was restricted to (None: none): the file (path, kind, sha256, the
-    level-0 origin of its coordinates) and, per region in file order, its feature index, name, pixels and area in
-    mm², and per class its pixels and area in mm². Overlapping regions each count their own pixels."""
+    level-0 origin of its coordinates) and, per region in file order, its feature index, name, GeoJSON id (or
+    None), pixels and area in mm², and per class its pixels and area in mm². Overlapping regions each count their
+    own pixels."""
     found = result.regions
     if found is None:
         return None
@@ -170,8 +171,8 @@ def region_areas(result: MaskResult, class_names: list[str]) -> dict[str, Any] |
     for r in found.regions:
         classes = {name: {"pixels": int(r.class_pixels[i]), "area_mm2": int(r.class_pixels[i]) * px_mm2}
                    for i, name in enumerate(class_names)}
-        items.append({"index": r.index, "name": r.name, "pixels": r.pixels, "area_mm2": r.pixels * px_mm2,
-                      "classes": classes})
+        items.append({"index": r.index, "name": r.name, "id": r.feature_id, "pixels": r.pixels,
+                      "area_mm2": r.pixels * px_mm2, "classes": classes})
     return {"file": found.file, "kind": found.kind, "sha256": found.sha256, "offset_l0": list(found.offset_l0),
             "overlaps": "each region counts its own pixels", "regions": items}
 
