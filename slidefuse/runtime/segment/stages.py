@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +32,10 @@ from slidefuse.runtime.segment.skip import result_key, slide_identity
 from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
 from slidefuse.runtime.tissue import TissueParams, detect_tissue
-from slidefuse.runtime.types import MaskResult, SlideInfo, Status
+from slidefuse.runtime.types import MaskResult, RegionsResult, SlideInfo, Status
+
+if TYPE_CHECKING:
+    from slidefuse.runtime.roi_raster import SlideRegions
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ class PlannedSlide:
     key: dict[str, Any] = field(default_factory=dict)  # the skip key (skip.result_key), made before opening
     fence: Fence | None = None  # who writes the slide's files, and whether it still may (None: unfenced)
     keep: KeepMask | None = None  # pixels the mask keeps (regions of interest, QC exclusions); None: all
-    regions: Any = None  # the regions of interest placed on this slide (roi_raster.SlideRegions); None: none
+    regions: SlideRegions | None = None  # the regions of interest placed on this slide; None: the whole slide
     n_roi: int | None = None  # tiles touching tissue inside the regions (None: no regions)
 
     def close(self) -> None:
@@ -178,7 +181,8 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
     return plan
 
 
-def _load_regions(options: SegmentOptions, slide: Any, grid: TileGrid, timings: dict[str, float]) -> Any:
+def _load_regions(options: SegmentOptions, slide: Any, grid: TileGrid,
+                  timings: dict[str, float]) -> SlideRegions | None:
     """The regions of interest of `options.roi` placed on the slide (`roi_raster.SlideRegions`; a RoiError names
     the file and the feature), or None without them."""
     if options.roi is None:
@@ -191,7 +195,7 @@ def _load_regions(options: SegmentOptions, slide: Any, grid: TileGrid, timings: 
     return regions
 
 
-def restrict_to_regions(plan: PlannedSlide, regions: Any, options: SegmentOptions) -> None:
+def restrict_to_regions(plan: PlannedSlide, regions: SlideRegions, options: SegmentOptions) -> None:
     """Restrict a plan to `regions` (`roi_raster.SlideRegions`): ANDed into the thumbnail's tissue mask before the
     tiles are chosen again (with `all_tiles`: every tile touching a region), and combined into the plan's keep
     mask, so the mask is 0 outside them. `plan.n_roi`: the tiles touching tissue inside the regions."""
@@ -286,7 +290,7 @@ def _tile_counts(plan: PlannedSlide) -> dict[str, int]:
     return counts
 
 
-def _count_regions(plan: PlannedSlide, raw_path: Path, num_classes: int) -> Any:
+def _count_regions(plan: PlannedSlide, raw_path: Path, num_classes: int) -> RegionsResult | None:
     """The pixels of each class inside each region, from the finished raw mask (None without regions)."""
     if plan.regions is None:
         return None
