@@ -229,6 +229,7 @@ class Model:
         name: str | None = None,
         overwrite: bool | None = None,
         progress: ProgressCallback | Progress | None = None,
+        roi: SlidePath | None = None,
     ) -> SegmentationResult:
         """Segment one slide file or one RGB array, write its outputs and return the result.
 
@@ -244,13 +245,18 @@ class Model:
         formats: outputs to write ("tiff,geojson", a list, or "all"; default: the model's, every built-in
           format); `mask()` and `mask_array()` read mask.tif ("tiff"); report.json is always written.
         progress: a callable receiving `ProgressEvent`s.
+        roi: the slide's regions of interest: a QuPath GeoJSON export (Polygon and MultiPolygon features, in the
+          frame mask.geojson uses) or a mask image (nonzero = inside); see docs/regions.md. Only tiles touching a
+          region run, the mask is 0 outside them, and report.json's "regions" gives the areas per region and class.
         A slide that fails raises its error (a `SlidefuseError` naming the slide); a slide whose outputs are
         complete for this model is skipped (status "skipped") unless `overwrite`.
         """
-        from slidefuse.api_checks import check_array, check_name
+        from slidefuse.api_checks import check_array, check_name, check_roi
         from slidefuse.runtime.segment.inputs import is_dicom_folder
 
-        options = self._run_options(mpp=mpp, formats=formats, overwrite=overwrite)
+        if roi is not None:
+            check_roi(roi)
+        options = self._run_options(mpp=mpp, formats=formats, overwrite=overwrite, roi=roi)
         if name is not None:
             check_name(name)
         if isinstance(slide, np.ndarray):

@@ -1,6 +1,7 @@
 """The Python API's own checks of its arguments, so that it follows the command line's rules: an array it can
 segment, an output folder name that is a plain, unreserved folder name, an output root that is not a model bundle,
-and no outputs replaced without `overwrite=True`. Each refusal is one UsageError naming the argument."""
+no outputs replaced without `overwrite=True`, and a regions file that exists. Each refusal is one UsageError
+naming the argument."""
 
 from __future__ import annotations
 
@@ -84,3 +85,15 @@ def check_free(out_dir: Path, overwrite: bool) -> None:
     whose = f"the outputs of {slide}" if slide else f"outputs ({', '.join(sorted(held)[:3])})"
     raise UsageError(f"{out_dir} already holds {whose}; pass overwrite=True to replace them, or another name",
                      field="name")
+
+
+def check_roi(roi: object) -> Path:
+    """`roi` as a Path when it names an existing file (its contents are read, and checked against the slide, when
+    the slide is planned); otherwise one UsageError naming `roi`."""
+    if isinstance(roi, bool) or not isinstance(roi, str | os.PathLike):
+        raise UsageError(f"roi {roi!r}: expected the path of a regions file (a QuPath GeoJSON export or a mask "
+                         "image)", field="roi")
+    path = Path(roi)
+    if not path.is_file():
+        raise UsageError(f"roi {path}: no such file; pass a QuPath GeoJSON export or a mask image", field="roi")
+    return path

@@ -84,8 +84,13 @@ class _FormatsOption(click.Option):
                    "--override-mpp).")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
               help="Slide list: a text file with one slide path per line ('#' comments), or a CSV with a header "
-                   "naming 'path' and optionally 'mpp' (that slide's um/px) and 'out_name' (its folder under "
-                   "--out). Relative paths are relative to the list.")
+                   "naming 'path' and optionally 'mpp' (that slide's um/px), 'out_name' (its folder under "
+                   "--out) and 'roi' (its regions file, as --roi). Relative paths are relative to the list.")
+@click.option("--roi", "roi", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Regions of interest of the one slide given: a QuPath GeoJSON export (File > Export objects as "
+                   "GeoJSON; Polygon and MultiPolygon annotations, in the --geojson-frame) or a mask image (nonzero "
+                   "= inside). Only tiles touching a region run, the mask is 0 outside them and report.json gives "
+                   "the areas per region and class. Several slides: a --list CSV's roi column.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines; only errors (as 'slidefuse -q').")
 @click.option("--device", "device_id", type=click.IntRange(min=0), default=None,
               help="GPU index for the backend (its device_id option).")
@@ -134,6 +139,7 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path | None, ou
         logging.getLogger("slidefuse").setLevel(logging.WARNING)
     _check_ray_address(flags["ray_address"])
     _check_inputs(inputs, list_file, out, flags["all_tiles"], flags["tissue_threshold"], flags["min_tile_tissue"])
+    _check_roi(flags["roi"])
     model_api = _model_api(model, flags)
     if flags["ray_address"] is not None:
         results = _on_ray(inputs, out, list_file, model_api, flags, quiet)
@@ -176,6 +182,7 @@ def _api_options(f: dict[str, Any]) -> dict[str, Any]:
         overlap_slides=f["overlap_slides"],
         force_mpp=f["force_mpp"],
         on_decode_error=f["on_decode_error"],
+        roi=f["roi"],
         require_signature=f["require_signature"],
         trust=f["trust"],
         **optional,
@@ -250,6 +257,14 @@ def _check_inputs(inputs: tuple[Path, ...], list_file: Path | None, out: Path, a
                          "selected by tissue; drop one of them")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder for the outputs")
+
+
+def _check_roi(roi: Path | None) -> None:
+    """--roi names a file (read, and checked against each slide, when the slide is planned)."""
+    from slidefuse.errors import SlideNotFound
+
+    if roi is not None and not roi.is_file():
+        raise SlideNotFound(f"{roi}: no such regions file (--roi); pass a QuPath GeoJSON export or a mask image")
 
 
 def _tissue_params(tissue_threshold: float | None, min_tile_tissue: float | None) -> Any:

@@ -149,6 +149,8 @@ def _refuse_per_slide_mpp(list_file: Path | None) -> None:
     if any(e.mpp is not None for e in list_overrides(list_file).values()):
         raise UsageError(f"{list_file}: a per-slide mpp column is not supported on Ray yet; run without Ray, "
                          "or drop the column and pass mpp=<um/px>")
+    if any(e.roi is not None for e in list_overrides(list_file).values()):
+        raise UsageError(f"{list_file}: a per-slide roi column is not supported on Ray yet; run without Ray")
 
 
 def segment_on_ray(
@@ -165,13 +167,16 @@ def segment_on_ray(
     order. Outputs go to `out_root`, which every node must see (refused otherwise, naming the node)."""
     from slidefuse.runtime.segment.claims import new_run_id
     from slidefuse.runtime.segment.options import effective_overlap
-    from slidefuse.runtime.segment.scheduler import batch_slides
+    from slidefuse.runtime.segment.scheduler import batch_slides, check_one_roi
 
     config = config or RayConfig()
     out_root = Path(out_root).absolute()
     effective_overlap(bundle, options)
     slides, dirs = batch_slides([Path(p).absolute() for p in paths], list_file, out_root, options.shard)
     _refuse_per_slide_mpp(list_file)
+    check_one_roi(options, len(slides))
+    if options.roi is not None:  # the workers may run in another folder
+        options = replace(options, roi=options.roi.absolute())
     run_id = new_run_id()
     ray, started = _connect(config.address)  # before OUT is touched: a missing extra changes nothing
     try:

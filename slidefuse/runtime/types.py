@@ -85,6 +85,28 @@ class SlideInfo:
     # recorded: the slide has not been read yet)
 
 
+@dataclass(frozen=True)
+class RegionPixels:
+    """The mask pixels inside one region of interest."""
+
+    index: int  # the region's feature index in its file, from 0
+    name: str  # its name (see `runtime.roi.region_name`)
+    pixels: int  # mask pixels inside it (pixel centres, model frame)
+    class_pixels: np.ndarray  # int64 [C]: of those, the pixels of each class
+    feature_id: str | None = None  # the feature's GeoJSON "id", when it has one
+
+
+@dataclass(frozen=True)
+class RegionsResult:
+    """The regions a slide was restricted to, and the pixels of each class inside each one."""
+
+    file: str  # the regions file as given
+    kind: str  # "geojson" or "mask"
+    sha256: str  # of the file's bytes
+    offset_l0: tuple[float, float]  # origin of the GeoJSON's coordinate frame in level-0 px
+    regions: tuple[RegionPixels, ...]
+
+
 @dataclass
 class MaskResult:
     """What the stitcher hands to the output writers for one slide (the raw file is `out_dir / RAW_NAME`)."""
@@ -100,3 +122,4 @@ class MaskResult:
     timings: dict[str, float]  # seconds per stage: read, tissue, inference, stitch, write, total
     backend: dict[str, Any]  # backend.info(): what ran
     extra: dict[str, Any] = field(default_factory=dict)  # anything else worth reporting (tile, overlap, ...)
+    regions: RegionsResult | None = None  # areas per region of interest (None: the whole slide ran)

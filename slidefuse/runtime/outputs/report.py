@@ -158,6 +158,25 @@ def class_areas(result: MaskResult, class_names: list[str]) -> dict[str, dict[st
     return out
 
 
+def region_areas(result: MaskResult, class_names: list[str]) -> dict[str, Any] | None:
+    """The regions of interest the slide was restricted to (None: none): the file (path, kind, sha256, the
+    level-0 origin of its coordinates) and, per region in file order, its feature index, name, GeoJSON id (or
+    None), pixels and area in mm², and per class its pixels and area in mm². Overlapping regions each count their
+    own pixels."""
+    found = result.regions
+    if found is None:
+        return None
+    px_mm2 = (result.mpp / 1000.0) ** 2
+    items = []
+    for r in found.regions:
+        classes = {name: {"pixels": int(r.class_pixels[i]), "area_mm2": int(r.class_pixels[i]) * px_mm2}
+                   for i, name in enumerate(class_names)}
+        items.append({"index": r.index, "name": r.name, "id": r.feature_id, "pixels": r.pixels,
+                      "area_mm2": r.pixels * px_mm2, "classes": classes})
+    return {"file": found.file, "kind": found.kind, "sha256": found.sha256, "offset_l0": list(found.offset_l0),
+            "overlaps": "each region counts its own pixels", "regions": items}
+
+
 def tissue_area(result: MaskResult, slide: SlideInfo) -> dict[str, float | int]:
     """Tissue found on the thumbnail: pixels, area in mm² and fraction of the slide.
 
@@ -228,6 +247,9 @@ def build_report(
         "formats": sorted(outputs),
         "extra": dict(result.extra),
     }
+    regions = region_areas(result, bundle.manifest.class_names)
+    if regions is not None:
+        report["regions"] = regions
     if extra:
         report["run"] = dict(extra)
     return _jsonable(report)  # type: ignore[no-any-return]

@@ -1,7 +1,8 @@
 """Which slides a run covers and where each one's outputs go: folder scans, list files, output names.
 
 A list file (`--list`) is plain text, one slide path per line, or a CSV with a header naming a `path` column
-and optional `mpp` (that slide's pixel size, um/px) and `out_name` (its output folder under OUT) columns.
+and optional `mpp` (that slide's pixel size, um/px), `out_name` (its output folder under OUT) and `roi` (its
+regions of interest: a QuPath GeoJSON export or a mask image, see `runtime.roi`) columns.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class ListEntry:
     path: Path  # the slide (a relative path is relative to the list file's folder)
     mpp: float | None = None  # this slide's pixel size, um/px: wins over the file's, mpp and override_mpp
     out_name: str | None = None  # its output folder under OUT (default: the slide's stem)
+    roi: Path | None = None  # its regions of interest file (relative: to the list file's folder); None: whole slide
     line: int = field(default=0, compare=False)  # its line in the list file (0: unknown)
 
 
@@ -170,7 +172,7 @@ class BadRow:
     error: str  # one line: `LIST, line N: what is wrong; the fix`
 
 
-LIST_COLUMNS = ("path", "mpp", "out_name")
+LIST_COLUMNS = ("path", "mpp", "out_name", "roi")
 # names slidefuse itself uses at OUT's top level (with .run and *.lock): the run log and the cohort table
 RESERVED_NAMES = (RUN_LOG, "summary.csv", "summary.parquet")
 MAX_NAME = 200  # characters of an output folder name (file systems allow 255 bytes, with room for temporaries)
@@ -225,7 +227,7 @@ def read_list_file(list_file: Path) -> list[Path]:
 
 def read_slide_list(list_file: Path) -> list[ListEntry]:
     """The entries of a list file: a text file with one path per line (blank lines and `#` comments
-    ignored), or a CSV whose header names a `path` column and optionally `mpp` and `out_name`. Raises
+    ignored), or a CSV whose header names a `path` column and optionally `mpp`, `out_name` and `roi`. Raises
     UsageError naming the file and line of the first bad row (`read_slide_rows` keeps the others)."""
     entries, bad = read_slide_rows(list_file)
     if bad:
@@ -330,7 +332,11 @@ def _csv_entry(list_file: Path, line: int, row: Mapping[str, str]) -> ListEntry:
         problem = out_name_problem(name)
         if problem is not None:
             raise UsageError(f"{where}: out_name {name!r} {problem}")
-    return ListEntry(_relative_to(list_file, row["path"]), mpp, name, line)
+    roi = _relative_to(list_file, row["roi"]) if row.get("roi") else None
+    if roi is not None and not roi.is_file():
+        raise UsageError(f"{where}: roi {row['roi']!r}: no such file ({roi}); give the slide's regions file (a QuPath "
+                         "GeoJSON export or a mask image), or leave the cell empty for the whole slide")
+    return ListEntry(_relative_to(list_file, row["path"]), mpp, name, roi, line)
 
 
 def collect_slides(
@@ -447,7 +453,7 @@ def _chosen_dir(slide: Path, out_dir: Path, real: str) -> Path:
 
 
 def list_overrides(list_file: Path | None) -> dict[Path, ListEntry]:
-    """The list file's good entries that carry an option of their own (mpp or out_name), by path as listed."""
+    """The list file's good entries that carry an option of their own (mpp, out_name or roi), by path as listed."""
     if list_file is None:
         return {}
-    return {e.path: e for e in read_slide_rows(Path(list_file))[0] if e.mpp is not None or e.out_name}
+    return {e.path: e for e in read_slide_rows(Path(list_file))[0] if e.mpp is not None or e.out_name or e.roi}

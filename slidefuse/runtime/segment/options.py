@@ -64,6 +64,9 @@ class SegmentOptions:
     on_decode_error: OnDecodeError = "fail"  # a tile the decoder reports as corrupt: "fail" the slide, or "warn"
     # (count it in report.json and go on). Not in the skip key: it decides whether outputs are written, never what
     # they hold
+    roi: Path | None = None  # regions of interest of the one slide run (a QuPath GeoJSON export or a mask image,
+    # see runtime.roi): only tiles touching them run, the mask is 0 outside them and report.json has their areas;
+    # with several slides, a list CSV's roi column gives each its own
     outputs: OutputOptions = field(init=False, repr=False, compare=False)  # formats, mask_mpp and geojson_frame
     # as the output writers take them, built and checked once, here
 
@@ -87,6 +90,8 @@ class SegmentOptions:
                     value, field=name, above=0, what="a positive, finite number of microns per pixel",
                     error=InvalidPixelSize))
         check_plausible_mpp(self.mpp, "mpp", self.force_mpp)
+        if self.roi is not None:
+            object.__setattr__(self, "roi", _roi_path(self.roi))
         check_plausible_mpp(self.override_mpp, "override_mpp", self.force_mpp)
         outputs = OutputOptions(formats=self.formats, mask_mpp=self.mask_mpp, geojson_frame=self.geojson_frame)
         object.__setattr__(self, "outputs", outputs)
@@ -97,7 +102,18 @@ class SegmentOptions:
         del d["outputs"]
         d["formats"] = sorted(self.formats)
         d["backend_options"] = dict(self.backend_options)
+        d["roi"] = None if self.roi is None else str(self.roi)
         return d
+
+
+def _roi_path(value: Any) -> Path:
+    """A regions file given as a path (str or os.PathLike); UsageError naming `roi` otherwise."""
+    import os
+
+    if isinstance(value, bool) or not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise UsageError(f"roi {value!r}: expected the path of a regions file (a QuPath GeoJSON export or a mask "
+                         "image)", field="roi")
+    return Path(value)
 
 
 def effective_overlap(bundle: Bundle, options: SegmentOptions) -> int:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slidefuse.atomic import clean_temporaries
 from slidefuse.errors import ClaimBlocked, ClaimLost, UsageError, one_line
@@ -65,6 +66,7 @@ class BatchInputs:
     dirs: list[Path]
     slide_mpp: dict[int, float]  # slide index -> the list CSV's mpp for it
     bad: list[BadRow]
+    slide_roi: dict[int, Path] = dataclasses.field(default_factory=dict)  # slide index -> the list CSV's roi
 
 
 def plan_batch(paths: Sequence[Path], list_file: Path | None, out_root: Path, shard: tuple[int, int] | None,
@@ -89,12 +91,14 @@ def plan_batch(paths: Sequence[Path], list_file: Path | None, out_root: Path, sh
     dirs = output_dirs(slides, out_root, {s: e.out_name for s, e in zip(slides, own, strict=True)
                                           if e is not None and e.out_name})
     mpps = {i: e.mpp for i, e in enumerate(own) if e is not None and e.mpp is not None}
+    rois = {i: e.roi for i, e in enumerate(own) if e is not None and e.roi is not None}
     if shard is not None:
         i, n = shard
         keep = range(len(slides))[i::n]
         slides, dirs, mpps = slides[i::n], dirs[i::n], {k: mpps[j] for k, j in enumerate(keep) if j in mpps}
+        rois = {k: rois[j] for k, j in enumerate(keep) if j in rois}
         log.info("shard %d/%d: %d slide(s) of this list", i, n, len(slides))
-    return BatchInputs(slides, dirs, mpps, sorted(bad, key=lambda b: b.line))
+    return BatchInputs(slides, dirs, mpps, sorted(bad, key=lambda b: b.line), rois)
 
 
 def _implausible(mpp: float | None, force: bool) -> bool:
@@ -149,6 +153,7 @@ def segment_many(
     stages.check_run(bundle, options, out_root)  # overlap, mask mpp and OUT this run cannot take fail first
     inputs = plan_batch(paths, list_file, out_root, options.shard, options.force_mpp)
     slides, dirs = inputs.slides, inputs.dirs
+    check_one_roi(options, len(slides) + len(inputs.bad))
     out_root.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
     run_log = RunLog(out_root, run_id=run_id)
@@ -162,6 +167,7 @@ def segment_many(
             batch = _SlideBatch(slides, dirs, bundle, options, run_log, progress, claims)
             batch.on_result, batch.stop, batch.created = on_result, stop, created
             batch.slide_mpp = inputs.slide_mpp  # a list CSV's mpp column
+            batch.slide_roi = inputs.slide_roi  # and its roi column
             if backend is not None:
                 batch.run(backend)
             elif slides:  # (only bad list rows: no backend to open)
@@ -172,6 +178,13 @@ def segment_many(
     results = refused + [batch.results[i] for i in range(len(slides))]
     _log_summary(results, run_log)
     return results
+
+
+def check_one_roi(options: SegmentOptions, n_slides: int) -> None:
+    """Refuse one regions file (`options.roi`) for several slides: each slide's regions are its own."""
+    if options.roi is not None and n_slides > 1:
+        raise UsageError(f"roi {options.roi} is one slide's regions, but {n_slides} slides were given; run one "
+                         "slide, or give each slide its regions in a list CSV's roi column", field="roi")
 
 
 def _bad_row(row: BadRow, run_log: RunLog, on_result: Callable[[SlideResult], None] | None) -> SlideResult:
@@ -243,6 +256,7 @@ class _SlideBatch:
         self.planned: dict[int, Future[PlannedSlide]] = {}  # slides planned ahead
         self.on_result: Callable[[SlideResult], None] | None = None  # told of each result once recorded
         self.slide_mpp: dict[int, float] = {}  # slide index -> its own pixel size (a list CSV's mpp column)
+        self.slide_roi: dict[int, Path] = {}  # slide index -> its own regions file (a list CSV's roi column)
         self.stop: threading.Event | None = None  # once set, the batch stops (BatchStopped)
         self.created: set[Path] = set()  # output folders this process made
         self.unclaimed: set[int] = set()  # slides run without a claim (their folder refused the claim file)
@@ -250,9 +264,14 @@ class _SlideBatch:
         self.waiting: list[int] = []  # slides held by other processes, to go back to at the end of the list
 
     def opts(self, i: int) -> SegmentOptions:
-        """The options of slide i: the batch's, with the slide's own pixel size where the list gives one."""
-        mpp = self.slide_mpp.get(i)
-        return self.options if mpp is None else dataclasses.replace(self.options, override_mpp=mpp)
+        """The options of slide i: the batch's, with the slide's own pixel size and regions where the list gives
+        them."""
+        own: dict[str, Any] = {}
+        if i in self.slide_mpp:
+            own["override_mpp"] = self.slide_mpp[i]
+        if i in self.slide_roi:
+            own["roi"] = self.slide_roi[i]
+        return dataclasses.replace(self.options, **own) if own else self.options
 
     def check_stop(self) -> None:
         """Raise BatchStopped once the batch's `stop` is set."""

@@ -104,7 +104,7 @@ def slide_identity(path: str | os.PathLike[str]) -> SlideIdentity:
 def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity) -> dict[str, Any]:
     """Everything that decides a slide's outputs, as JSON: the slide's identity, the bundle's digest and the
     options that change the result (pixel sizes given, overlap in effect, tissue parameters, all tiles,
-    mask pixel size, formats, backend and its numeric options)."""
+    mask pixel size, formats, backend and its numeric options, the regions file's content)."""
     backend_options = dict(options.backend_options)
     return {
         "version": KEY_VERSION,
@@ -120,9 +120,20 @@ def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity)
             "mask_mpp": options.mask_mpp,
             "backend": options.backend,
             "backend_numerics": {k: backend_options[k] for k in NUMERIC_BACKEND_OPTIONS if k in backend_options},
+            "roi": roi_key(options),
         },
         "formats": sorted(options.formats),
     }
+
+
+def roi_key(options: SegmentOptions) -> dict[str, str] | None:
+    """The regions file's part of the key: its content digest and the frame its coordinates are read in (None
+    without regions, which matches keys recorded before regions existed). RoiError when it cannot be read."""
+    if options.roi is None:
+        return None
+    from slidefuse.runtime.roi import file_digest
+
+    return {"sha256": file_digest(options.roi), "frame": options.geojson_frame}
 
 
 def recorded_key(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
-from slidefuse.runtime.keep import KeepMask
+from slidefuse.runtime.keep import KeepMask, combine
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
@@ -32,7 +32,10 @@ from slidefuse.runtime.segment.skip import result_key, slide_identity
 from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
 from slidefuse.runtime.tissue import TissueParams, detect_tissue
-from slidefuse.runtime.types import MaskResult, SlideInfo, Status
+from slidefuse.runtime.types import MaskResult, RegionsResult, SlideInfo, Status
+
+if TYPE_CHECKING:
+    from slidefuse.runtime.roi_raster import SlideRegions
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ class PlannedSlide:
     key: dict[str, Any] = field(default_factory=dict)  # the skip key (skip.result_key), made before opening
     fence: Fence | None = None  # who writes the slide's files, and whether it still may (None: unfenced)
     keep: KeepMask | None = None  # pixels the mask keeps (regions of interest, QC exclusions); None: all
+    regions: SlideRegions | None = None  # the regions of interest placed on this slide; None: the whole slide
+    n_roi: int | None = None  # tiles touching tissue inside the regions (None: no regions)
 
     def close(self) -> None:
         """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
@@ -148,6 +153,7 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
         overlap = effective_overlap(bundle, options)
         grid = TileGrid(view.width, view.height, m.tile_size, overlap, margin=overlap)
         check_planning_bounds(slide, view, grid, options, options.tissue)
+        regions = _load_regions(options, slide, grid, timings)
         interrupt.check()
         t0 = time.perf_counter()
         thumb, tissue, thumb_mpp = find_tissue(slide, options.tissue)
@@ -160,14 +166,49 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
         timings["preload"] = time.perf_counter() - t0
         interrupt.check()
         tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)
+        plan = PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
+                            thumb_mpp, timings, 0.0, key, fence)
+        if regions is not None:
+            restrict_to_regions(plan, regions, options)
     except BaseException:
         slide.close()
         raise
+    grid, tiles = plan.grid, plan.tiles
     log.info("%s: %d x %d px at %g um/px, %d of %d tiles to run (%d x %d grid, tile %d, overlap %d)",
              Path(slide_path).name, grid.width, grid.height, m.mpp, len(tiles), grid.n_tiles, grid.n_rows,
              grid.n_cols, grid.tile, grid.overlap)
-    return PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
-                        thumb_mpp, timings, time.perf_counter() - t_start, key, fence)
+    plan.seconds = time.perf_counter() - t_start
+    return plan
+
+
+def _load_regions(options: SegmentOptions, slide: Any, grid: TileGrid,
+                  timings: dict[str, float]) -> SlideRegions | None:
+    """The regions of interest of `options.roi` placed on the slide (`roi_raster.SlideRegions`; a RoiError names
+    the file and the feature), or None without them."""
+    if options.roi is None:
+        return None
+    from slidefuse.runtime.roi_raster import load_regions
+
+    t0 = time.perf_counter()
+    regions = load_regions(options.roi, slide.info, (grid.width, grid.height), options.geojson_frame)
+    timings["regions"] = time.perf_counter() - t0
+    return regions
+
+
+def restrict_to_regions(plan: PlannedSlide, regions: SlideRegions, options: SegmentOptions) -> None:
+    """Restrict a plan to `regions` (`roi_raster.SlideRegions`): ANDed into the thumbnail's tissue mask before the
+    tiles are chosen again (with `all_tiles`: every tile touching a region), and combined into the plan's keep
+    mask, so the mask is 0 outside them. `plan.n_roi`: the tiles touching tissue inside the regions."""
+    t0 = time.perf_counter()
+    m_mpp = plan.view.mpp
+    inside = regions.thumb_mask(plan.tissue.shape)
+    plan.tissue = plan.tissue & inside
+    touching = select_tiles(plan.grid, plan.tissue, m_mpp, plan.thumb_mpp, options.tissue.tile_min_fraction)
+    plan.n_roi = len(touching)
+    plan.tiles = select_tiles(plan.grid, inside, m_mpp, plan.thumb_mpp) if options.all_tiles else touching
+    plan.keep = combine(plan.keep, regions.keep())
+    plan.regions = regions
+    plan.timings["regions"] = plan.timings.get("regions", 0.0) + time.perf_counter() - t0
 
 
 def _fenced(fence: Fence | None) -> contextlib.AbstractContextManager[None]:
@@ -205,6 +246,7 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
             t0 = time.perf_counter()
             stitcher.finish()
             stats.stitch += time.perf_counter() - t0
+        regions = _count_regions(plan, raw_path, m.num_classes)
         plan.slide.decode_log.check()  # policy "fail": a report traced after the slide's last read fails it too
         timings.update(stats.as_dict())
         result = MaskResult(
@@ -215,7 +257,7 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
             class_pixels=stitcher.class_pixels.copy(),
             tissue=plan.tissue,
             thumbnail=plan.thumb,
-            tile_counts={"grid": grid.n_tiles, "tissue": plan.n_tissue, "run": len(tiles)},
+            tile_counts=_tile_counts(plan),
             timings=timings,
             backend=backend.info().to_dict(),
             extra={
@@ -225,6 +267,7 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
                 "stitch_threads": options.stitch_threads, "batches": stats.batches, "thumb_mpp": plan.thumb_mpp,
                 "all_tiles": options.all_tiles, "stitcher_bytes": stitcher.accumulator_bytes(),
             },
+            regions=regions,
         )
     except BaseException:
         raw_path.unlink(missing_ok=True)
@@ -235,6 +278,26 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
     timings["total"] = seconds  # this slide's own stages up to the stitched mask (outputs not included)
     info = dataclasses.replace(plan.slide.info, decode_errors=plan.slide.decode_errors())
     return StitchedSlide(plan.slide_path, plan.out_dir, info, result, seconds, plan.key, plan.fence)
+
+
+def _tile_counts(plan: PlannedSlide) -> dict[str, int]:
+    """grid (all tiles), tissue (touching tissue), roi (touching tissue inside the regions; with regions only),
+    run (inferred)."""
+    counts = {"grid": plan.grid.n_tiles, "tissue": plan.n_tissue}
+    if plan.n_roi is not None:
+        counts["roi"] = plan.n_roi
+    counts["run"] = len(plan.tiles)
+    return counts
+
+
+def _count_regions(plan: PlannedSlide, raw_path: Path, num_classes: int) -> RegionsResult | None:
+    """The pixels of each class inside each region, from the finished raw mask (None without regions)."""
+    if plan.regions is None:
+        return None
+    t0 = time.perf_counter()
+    counted = plan.regions.count(raw_path, num_classes)
+    plan.timings["regions"] = plan.timings.get("regions", 0.0) + time.perf_counter() - t0
+    return counted
 
 
 def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *,
