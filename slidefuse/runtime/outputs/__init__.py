@@ -131,10 +131,24 @@ def _run_writers(
     their heavy parts, so running them side by side uses the cores the engine has just left idle. The first
     failure is raised once all have stopped (each write is atomic, so none leaves a partial file).
     """
-    with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="slidefuse-out") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="slidefuse-out")
+    try:
         futures = [(w.name, pool.submit(contextvars.copy_context().run, _timed, functools.partial(w.write, context)))
                    for w in selected]  # each thread in a copy of this context: the same fence
-    return {name: fut.result() for name, fut in futures}
+        return {name: fut.result() for name, fut in futures}
+    finally:
+        _wait_for_writers(pool)
+
+
+def _wait_for_writers(pool: ThreadPoolExecutor) -> None:
+    """Shut `pool` down once every writer has stopped. Interrupted (Ctrl-C) while waiting, wait once more
+    before the interruption goes on: what runs after it (the interrupted batch's clean-up of temporaries, the
+    claim's release) must not race a writer still making its temporary file. A second interruption is not held."""
+    try:
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
 
 def recorded_size(path: Path) -> dict[str, int]:
