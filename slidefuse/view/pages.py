@@ -110,7 +110,9 @@ def slide_page(s: SlideEntry, config: dict[str, Any]) -> str:
     flags = "".join(f"<li>{_e(f)}</li>" for f in qc_flags(s.report))
     probs = ""
     if config.get("probs"):
-        opts = "".join(f'<option value="{c.index}">{_e(c.name)}</option>' for c in rows[1:])
+        largest = max(rows[1:], key=lambda c: c.area_mm2 or 0.0).index if len(rows) > 1 else -1
+        opts = "".join(f'<option value="{c.index}"{" selected" if c.index == largest else ""}>{_e(c.name)}</option>'
+                       for c in rows[1:])
         probs = (f'<div class="ctl"><label><input type="checkbox" id="probs-on"> probability of </label>'
                  f'<select id="probs-class">{opts}</select></div>')
     qc_ctl = ('<div class="ctl"><label><input type="checkbox" id="qc-on" checked> QC regions</label>'
