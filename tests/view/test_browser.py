@@ -165,6 +165,7 @@ def test_overlay_colour_then_slide_colour_after_toggle(browser: Any, server: str
 
     browser.get(server + "/slide/0")
     _settle(browser, 2)
+    assert _layer_names(browser) == ["slide", "mask"]  # bottom to top
     browser.execute_script("const o = document.getElementById('opacity'); o.value = 100;"
                            "o.dispatchEvent(new Event('input'));")
     mask = pyvips.Image.new_from_file(str(batch / "s0" / "mask.tif"), page=0).numpy()

@@ -6,6 +6,7 @@
   const viewer = OpenSeadragon({
     id: "osd", prefixUrl: "/static/openseadragon/images/", showNavigator: true, maxZoomPixelRatio: 4,
     crossOriginPolicy: false, animationTime: 0.4,
+    drawer: "canvas", immediateRender: true,  // immediateRender: the level in view first, not coarse ones before it  // the 2D canvas: WebGL is slow where the browser has no GPU (software rendering)
   });
   window.slidefuseViewer = viewer;  // for the browser tests
 
@@ -16,11 +17,18 @@
     };
   }
   const layers = {};  // name -> TiledImage
-  function place(name, tileSource, opacity, index) {
+  const ORDER = ["slide", "mask", "probs", "qc"];  // bottom to top
+  function restack() {
+    let k = 0;
+    ORDER.forEach(function (name) {
+      if (layers[name]) { viewer.world.setItemIndex(layers[name], k); k += 1; }
+    });
+  }
+  function place(name, tileSource, opacity) {
     if (layers[name]) { viewer.world.removeItem(layers[name]); delete layers[name]; }
     viewer.addTiledImage({
-      tileSource: tileSource, x: 0, y: 0, width: 1, opacity: opacity, index: Math.min(index, viewer.world.getItemCount()),
-      success: function (ev) { layers[name] = ev.item; ev.item.slidefuseLayer = name; },
+      tileSource: tileSource, x: 0, y: 0, width: 1, opacity: opacity,
+      success: function (ev) { layers[name] = ev.item; ev.item.slidefuseLayer = name; restack(); },
     });
   }
 
@@ -37,7 +45,7 @@
       return;
     }
     const q = "?classes=" + shownClasses().join(",") + "&mode=" + el("mode").value;
-    place("mask", source("mask", "png", q), opacity(), 1);
+    place("mask", source("mask", "png", q), opacity());
   }
   function drawProbs() {
     if (!cfg.probs) { return; }
@@ -45,7 +53,7 @@
       if (layers.probs) { viewer.world.removeItem(layers.probs); delete layers.probs; }
       return;
     }
-    place("probs", source("probs" + el("probs-class").value, "png", ""), 0.8, 2);
+    place("probs", source("probs" + el("probs-class").value, "png", ""), 0.8);
   }
   function drawQc() {
     if (!cfg.qc) { return; }
@@ -53,15 +61,16 @@
       if (layers.qc) { viewer.world.removeItem(layers.qc); delete layers.qc; }
       return;
     }
-    place("qc", { type: "image", url: "/slide/" + cfg.index + "/qc.png", buildPyramid: false }, 0.6, 3);
+    place("qc", { type: "image", url: "/slide/" + cfg.index + "/qc.png", buildPyramid: false }, 0.6);
   }
 
   if (cfg.slide) {
     viewer.addTiledImage({
-      tileSource: source("slide", "jpeg", ""), x: 0, y: 0, width: 1, index: 0,
-      success: function (ev) { layers.slide = ev.item; ev.item.slidefuseLayer = "slide"; drawMask(); drawProbs(); drawQc(); },
+      tileSource: source("slide", "jpeg", ""), x: 0, y: 0, width: 1,
+      success: function (ev) { layers.slide = ev.item; ev.item.slidefuseLayer = "slide"; restack(); scalebar(); },
     });
   }
+  drawMask(); drawProbs(); drawQc();  // requested together with the slide's tiles
   el("mask-on").addEventListener("change", drawMask);
   el("mode").addEventListener("change", drawMask);
   document.querySelectorAll(".cls-toggle").forEach(function (c) { c.addEventListener("change", drawMask); });
