@@ -4,7 +4,7 @@
   const cfg = JSON.parse(document.getElementById("config").textContent);
   const base = "/slide/" + cfg.index + "/tiles/";
   const viewer = OpenSeadragon({
-    id: "osd", prefixUrl: "/static/openseadragon/images/", showNavigator: true, maxZoomPixelRatio: 4,
+    id: "osd", prefixUrl: "/static/openseadragon/images/", showNavigator: false, maxZoomPixelRatio: 4,
     crossOriginPolicy: false, animationTime: 0.4,
     drawer: "canvas", immediateRender: true,  // immediateRender: the level in view first, not coarse ones before it  // the 2D canvas: WebGL is slow where the browser has no GPU (software rendering)
   });
