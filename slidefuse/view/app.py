@@ -44,6 +44,17 @@ class Viewer:
     def entry(self, index: int) -> SlideEntry | None:
         return self.catalogue.get(index)
 
+    def refresh(self) -> None:
+        """Re-read the run log and reports (a batch may still be running); a slide whose entry changed gets its
+        layers opened afresh."""
+        new = load_catalogue(self.catalogue.root)
+        with self._lock:
+            for i, layers in list(self._layers.items()):
+                if new.get(i) != layers.entry:
+                    layers.close()
+                    del self._layers[i]
+            self.catalogue = new
+
     def layers(self, index: int) -> SlideLayers | None:
         entry = self.entry(index)
         if entry is None:
@@ -144,6 +155,7 @@ def _page_routes(viewer: Viewer) -> list[Any]:
     from starlette.routing import Route
 
     def cohort(request: Request) -> Response:
+        viewer.refresh()
         return HTMLResponse(cohort_page(viewer.catalogue))
 
     def slide(request: Request) -> Response:

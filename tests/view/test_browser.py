@@ -28,7 +28,8 @@ VIEWPORT = (1280, 800)
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM.exists() or shutil.which("chromium")), reason="needs Chromium (apt install chromium)"),
+    pytest.mark.skipif(not (CHROMIUM.exists() or shutil.which("chromium")),
+                       reason="needs Chromium (apt install chromium)"),
     pytest.mark.skipif(not (CHROMEDRIVER.exists() or shutil.which("chromedriver")),
                        reason="needs chromedriver (apt install chromium-driver)"),
 ]

@@ -124,3 +124,31 @@ def test_cache_serves_repeats(client) -> None:
     first = client.get(url).content
     hits = cache.hits
     assert client.get(url).content == first and cache.hits == hits + 1
+
+
+def test_failed_and_unplaced_slides_are_listed_without_layers(tmp_path: Path) -> None:
+    """A failed slide (no outputs) and an entry whose out_dir points out of OUT: listed, nothing served for them;
+    a slide recorded after the server started appears on the next cohort request."""
+    from starlette.testclient import TestClient
+
+    from slidefuse.runtime.segment.runlog import RunLog
+    from slidefuse.view.app import create_app
+    from slidefuse.view.cache import TileCache
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "report.json").write_text("{}")
+    log = RunLog(out)
+    log.record(tmp_path / "bad.svs", "failed", error="bad.svs: not a slide; re-copy it", out_dir=out / "bad")
+    log.record(tmp_path / "x.svs", "failed", error="x", out_dir=tmp_path / "secret",
+               outputs={"report": tmp_path / "secret" / "report.json"})
+    with TestClient(create_app(out, TileCache(tmp_path / "cache", 1 << 20))) as c:
+        page = c.get("/").text
+        assert "bad.svs: not a slide; re-copy it" in page and page.count('data-status="failed"') == 2
+        assert c.get("/slide/0").status_code == 200
+        for url in ["/slide/0/thumb.jpg", "/slide/0/tiles/slide/0/0_0.jpeg", "/slide/0/slide.dzi",
+                    "/slide/1/file/report.json", "/slide/1/tiles/mask/0/0_0.png?classes=1"]:
+            assert c.get(url).status_code == 404, url
+        log.record(tmp_path / "late.svs", "failed", error="late", out_dir=out / "late")
+        assert "late.svs" in c.get("/").text and c.get("/slide/2").status_code == 200
