@@ -110,22 +110,20 @@ def first_view(port: int) -> dict[str, Any] | None:
 
 
 def tile_urls(dz: DeepZoom, n: int, seed: int = 0) -> list[str]:
-    """`n` distinct tile URLs of both layers along a zoom-in-and-pan path (coarse levels first)."""
+    """`n` distinct tile URLs of both layers along a zoom-in-and-pan path: the 8 finest levels, coarse first, an
+    equal share each (what a coarse level cannot fill passes to the next), random tiles within a level."""
     rng = np.random.default_rng(seed)
-    urls: list[str] = []
-    seen: set[str] = set()
     levels = list(range(max(0, dz.max_level - 7), dz.max_level + 1))
-    while len(urls) < n:
-        level = levels[min(len(levels) - 1, int(len(urls) / n * len(levels)))]
+    urls: list[str] = []
+    for k, level in enumerate(levels):
         lw, lh = dz.level_size(level)
-        cx, cy = rng.integers(0, max(1, lw // 256) + 1), rng.integers(0, max(1, lh // 256) + 1)
-        for layer, ext, q in (("slide", "jpeg", ""), ("mask", "png", "?classes=1,2&mode=fill")):
-            if dz.tile_box(level, int(cx), int(cy)) is None:
-                continue
-            u = f"/slide/0/tiles/{layer}/{level}/{cx}_{cy}.{ext}{q}"
-            if u not in seen:
-                seen.add(u)
-                urls.append(u)
+        cols, rows = -(-lw // 256), -(-lh // 256)
+        want = (n - len(urls)) // (len(levels) - k) if k < len(levels) - 1 else n - len(urls)
+        picks = rng.permutation(cols * rows)[: max(0, want // 2 + want % 2)]
+        for p in picks:
+            c, r = int(p % cols), int(p // cols)
+            urls += [f"/slide/0/tiles/slide/{level}/{c}_{r}.jpeg",
+                     f"/slide/0/tiles/mask/{level}/{c}_{r}.png?classes=1,2&mode=fill"]
     return urls[:n]
 
 
