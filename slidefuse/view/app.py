@@ -7,10 +7,12 @@ else (an unknown slide, layer, tile, or file name, `..`, an absolute path) is a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 THUMB_SIDE = 160  # cohort thumbnails' longest side, px
+# Tiles are rendered on this many threads of the viewer's own: libvips keeps per-thread buffers for each image
+# it reads, so a fixed, small set of threads keeps the server's memory bounded however long one browses.
+RENDER_THREADS = 4
 MEDIA = {"jpeg": "image/jpeg", "png": "image/png"}
 FILE_TYPES = {".json": "application/json", ".geojson": "application/geo+json", ".png": "image/png",
               ".csv": "text/csv", ".tif": "image/tiff"}
@@ -38,8 +43,13 @@ class Viewer:
     def __init__(self, out: Path, cache: TileCache) -> None:
         self.catalogue: Catalogue = load_catalogue(out)
         self.cache = cache
+        self.pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="slidefuse-view")
         self._layers: dict[int, SlideLayers] = {}
         self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the render threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def entry(self, index: int) -> SlideEntry | None:
         return self.catalogue.get(index)
@@ -126,6 +136,7 @@ class Viewer:
         return None
 
     def close(self) -> None:
+        self.pool.shutdown(wait=True)
         with self._lock:
             for layers in self._layers.values():
                 layers.close()
@@ -185,7 +196,7 @@ def _image_routes(viewer: Viewer) -> list[Any]:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    def thumb(request: Request) -> Response:
+    async def thumb(request: Request) -> Response:
         layers = viewer.layers(request.path_params["i"])
         if layers is None or layers.slide is None:
             return _not_found()
@@ -194,25 +205,26 @@ def _image_routes(viewer: Viewer) -> list[Any]:
         def make() -> bytes:
             return encode(sl.reader().thumbnail(THUMB_SIDE), "jpeg")
 
-        return Response(viewer.cache.get(viewer.key(layers, "thumb"), make), media_type="image/jpeg",
-                        headers=TILE_HEADERS)
+        data = await viewer.run(viewer.cache.get, viewer.key(layers, "thumb"), make)
+        return Response(data, media_type="image/jpeg", headers=TILE_HEADERS)
 
     def dzi(request: Request) -> Response:
         layers = viewer.layers(request.path_params["i"])
         dz = layers.geometry() if layers is not None and layers.slide is not None else None
         return _not_found() if dz is None else Response(dz.descriptor("jpeg"), media_type="application/xml")
 
-    def tile(request: Request) -> Response:
+    async def tile(request: Request) -> Response:
         p = request.path_params
         layers = viewer.layers(p["i"])
         if layers is None or p["fmt"] not in MEDIA:
             return _not_found()
-        data = viewer.tile(layers, p["layer"], p["fmt"], (p["level"], p["col"], p["row"]), request.query_params)
+        data = await viewer.run(viewer.tile, layers, p["layer"], p["fmt"], (p["level"], p["col"], p["row"]),
+                                dict(request.query_params))
         return _not_found() if data is None else Response(data, media_type=MEDIA[p["fmt"]], headers=TILE_HEADERS)
 
-    def qc(request: Request) -> Response:
+    async def qc(request: Request) -> Response:
         layers = viewer.layers(request.path_params["i"])
-        px = layers.qc_png() if layers is not None else None
+        px = await viewer.run(layers.qc_png) if layers is not None else None
         return _not_found() if px is None else Response(encode(px, "png"), media_type="image/png")
 
     tile_path = "{layer:str}/{level:int}/{col:int}_{row:int}.{fmt:str}"
