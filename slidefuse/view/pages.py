@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+from pathlib import Path
 from typing import Any
 
 from slidefuse.view.catalogue import Catalogue, SlideEntry
@@ -90,7 +91,7 @@ def _card(rep: dict[str, Any] | None) -> str:
     items = [
         ("encoder", model.get("encoder")), ("model pixel size", f"{_num(model.get('mpp'))} µm/px"),
         ("tile", model.get("tile_size")), ("weights", _dict(model, "weights").get("kind")),
-        ("random weights", model.get("random_weights")), ("bundle", bundle.get("path")),
+        ("random weights", model.get("random_weights")), ("bundle", Path(str(bundle.get("path") or "")).name),
         ("bundle digest", str(bundle.get("digest") or "")[:16]), ("signature", bundle.get("signature")),
         ("backend", f"{backend.get('backend', '')} {backend.get('precision', '')} on {backend.get('device', '')}"),
         ("slide size", f"{slide.get('width')} × {slide.get('height')} px"),
