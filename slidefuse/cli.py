@@ -118,9 +118,10 @@ def _register() -> None:
         summary,
         train,
         triton,
+        view,
     )
 
-    for mod in (models, export, build, quantize, sign, keys, segment, summary, bench, info, train, triton):
+    for mod in (models, export, build, quantize, sign, keys, segment, summary, bench, info, train, triton, view):
         cli.add_command(mod.command)
 
 

@@ -20,22 +20,9 @@ from slidefuse.atomic import atomic_folder
 from slidefuse.errors import UsageError
 from slidefuse.paths import check_out_path
 from slidefuse.runtime.bundle import MANIFEST, ClassInfo, sha256_file
+from slidefuse.runtime.palette import BACKGROUND_COLOR, PALETTE, default_colors  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-# Class colours when none are given: background black, then a fixed palette of distinct colours
-# (ColorBrewer Set1 followed by Dark2), cycled when there are more classes.
-BACKGROUND_COLOR = (0, 0, 0)
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (255, 255, 51),
-    (166, 86, 40), (247, 129, 191), (27, 158, 119), (217, 95, 2), (117, 112, 179), (231, 41, 138),
-    (102, 166, 30), (230, 171, 2), (153, 153, 153),
-)
-
-
-def default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
-    """RGB colours (0..255) for `n` classes: class 0 (background) black, then PALETTE in order."""
-    return tuple([BACKGROUND_COLOR] + [PALETTE[(i - 1) % len(PALETTE)] for i in range(1, n)])[:n]
 
 
 def parse_color(text: str) -> tuple[int, int, int]:

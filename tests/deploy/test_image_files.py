@@ -35,7 +35,8 @@ def test_cpu_requirements_are_setup_cfg_install_requires_and_openvino() -> None:
     cfg = _setup_cfg()
     base = _names(cfg["options"]["install_requires"].splitlines())
     openvino = _names(cfg["options.extras_require"]["openvino"].splitlines())
-    assert _requirements("cpu") == {**base, **openvino}
+    view = _names(cfg["options.extras_require"]["view"].splitlines())
+    assert _requirements("cpu") == {**base, **openvino, **view}
 
 
 def test_gpu_requirements_swap_onnxruntime_for_onnxruntime_gpu_and_pin_tensorrt_10() -> None:
@@ -44,6 +45,8 @@ def test_gpu_requirements_swap_onnxruntime_for_onnxruntime_gpu_and_pin_tensorrt_
     gpu = _requirements("gpu")
     assert "onnxruntime" not in gpu and gpu["onnxruntime-gpu"].startswith("onnxruntime-gpu[cuda,cudnn]")
     assert {k: v for k, v in gpu.items() if k in base} == {k: v for k, v in base.items() if k != "onnxruntime"}
+    view = _names(cfg["options.extras_require"]["view"].splitlines())
+    assert {k: v for k, v in gpu.items() if k in view} == view
     assert _requirements("tensorrt") == {"tensorrt-cu12": "tensorrt-cu12>=10,<11"}
     trt = _names(cfg["options.extras_require"]["trt"].splitlines())
     assert trt["tensorrt"] == "tensorrt>=10,<11" and gpu["cuda-python"] == trt["cuda-python"]

@@ -1,5 +1,6 @@
-"""preview.png: screen-sized, class colours blended over the thumbnail, background untouched, a legend;
-and tissue.png. Includes the real CMU slide's preview (the README picture)."""
+"""preview.png: the raw thumbnail beside the overlay (class colours blended and outlined over the thumbnail,
+background untouched), scale bars, a legend, an optional banner; colours that contrast with H&E unless the bundle's
+maker chose them; and tissue.png. Includes the real CMU slide's preview (the README picture)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from slidefuse.runtime.outputs import OutputOptions, write_outputs
-from slidefuse.runtime.outputs.preview import ALPHA, MAX_SIDE, overlay, preview_size
+from slidefuse.runtime.outputs.preview import ALPHA, GAP, MAX_SIDE, overlay, preview_size, write_preview
 
 from .test_outputs_common import CLASSES, cmu_mask, make_bundle, make_result, make_slide
 
@@ -45,13 +46,18 @@ def test_preview_shows_mask_and_legend(tmp_path) -> None:
     paths = write_outputs(result, slide, make_bundle(tmp_path), tmp_path / "o", PREVIEW)
     im = np.asarray(Image.open(paths["preview"]).convert("RGB"))
     pw, ph = preview_size(slide)
-    assert im.shape[1] == pw and im.shape[0] > ph  # legend strip under the image
+    assert im.shape[1] == 2 * pw + GAP and im.shape[0] > ph  # raw | overlay, legend strip under them
+    raw, over = im[:ph, :pw].astype(int), im[:ph, pw + GAP:].astype(int)
     sy, sx = ph / h, pw / w
-    tumour = im[int(200 * sy), int(250 * sx)].astype(int)
-    stroma = im[int(450 * sy), int(700 * sx)].astype(int)
-    back = im[int(50 * sy), int(50 * sx)].astype(int)
-    np.testing.assert_array_equal(back, [240, 240, 240])
-    assert tumour[0] > tumour[2] + 60 and stroma[2] > stroma[0] + 60  # red-ish vs blue-ish
+    tumour = over[int(200 * sy), int(250 * sx)]
+    stroma = over[int(450 * sy), int(700 * sx)]
+    np.testing.assert_array_equal(over[int(50 * sy), int(50 * sx)], [240, 240, 240])
+    assert tumour[0] > tumour[2] + 60 and stroma[2] > stroma[0] + 60  # red-ish vs blue-ish (the bundle's colours)
+    ring = (over == CLASSES[1].color).all(-1)  # the region's outline, in the class colour at full strength
+    assert 2 * (200 * sy + 300 * sx) * 0.9 < ring.sum() < 2 * (200 * sy + 300 * sx) * 1.2
+    np.testing.assert_array_equal(raw[int(200 * sy), int(250 * sx)], [240, 240, 240])  # the raw thumbnail
+    for panel in (raw, over):  # scale bars: black bar in the bottom-left corner
+        assert (panel[-40:, :pw // 3].sum(-1) == 0).sum() > 50
     legend = im[ph:]
     red = (np.abs(legend.astype(int) - CLASSES[1].color).sum(-1) < 10).sum()
     blue = (np.abs(legend.astype(int) - CLASSES[2].color).sum(-1) < 10).sum()
@@ -68,7 +74,7 @@ def test_preview_of_the_real_cmu_slide(tmp_path, cmu_slide) -> None:
     im = Image.open(paths["preview"])
     pw, ph = preview_size(slide)
     assert ph == MAX_SIDE and pw < ph  # the CMU region is portrait
-    assert im.width == pw and ph < im.height <= ph + 200  # image + legend strip
+    assert im.width == 2 * pw + GAP and ph < im.height <= ph + 200  # raw | overlay + legend strip
     keep = os.environ.get("SLIDEFUSE_KEEP_PREVIEW")  # e.g. to refresh the README picture
     if keep:
         shutil.copy(paths["preview"], Path(keep))
@@ -88,3 +94,15 @@ def test_legend_wraps_many_classes(tmp_path, n_classes: int) -> None:
     )
     im = Image.open(paths["preview"])
     assert im.width >= 300 and im.height > 200
+
+
+def test_banner_above_the_panels(tmp_path) -> None:
+    mask = np.zeros((60, 90), np.uint8)
+    mask[10:30, 10:40] = 1
+    result = make_result(mask, tmp_path / "m.raw", mpp=1.0)
+    info = write_preview(result, make_slide(360, 240, 0.25), CLASSES, tmp_path / "p.png", banner="stain: unusual")
+    im = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+    assert info["image_y"] > 10 and info["banner"] == "stain: unusual"
+    top = im[: info["image_y"]]
+    assert (np.abs(top - (255, 243, 176)).sum(-1) == 0).mean() > 0.5  # the pale yellow strip
+    assert (np.abs(top - (140, 0, 0)).sum(-1) < 60).sum() > 20  # its dark red text

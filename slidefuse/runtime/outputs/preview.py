@@ -1,8 +1,14 @@
-"""`preview.png` (slide thumbnail with the mask overlaid and a legend) and `tissue.png`.
+"""`preview.png` (the slide's thumbnail beside the same thumbnail with the mask overlaid, a scale bar and a
+legend) and `tissue.png`.
 
-The preview's image area shows the whole slide with its longest side at most `max_side` px; class
-colours are alpha-blended over the thumbnail, background (class 0) stays transparent, and a strip under
-the image holds a legend of class names, colours and areas.
+Layout: an optional banner strip on top (e.g. a stain warning), then two panels side by side, each showing the
+whole slide with its longest side at most `max_side` px: the raw thumbnail on the left, the overlay on the right;
+a strip under them holds the legend of class names, colours and areas. In the overlay, class colours are
+alpha-blended over the thumbnail and each class region is outlined in its colour at full strength; background
+(class 0) stays untouched. Both panels carry a scale bar.
+
+Colours: `runtime.palette.display_colors`: the bundle's own colours when its maker chose them, else a palette
+that contrasts with haematoxylin and eosin (the report records which, under `palette`).
 """
 
 from __future__ import annotations
@@ -21,19 +27,21 @@ from slidefuse.atomic import atomic_path
 from slidefuse.runtime.bundle import ClassInfo
 from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import downsample_classes, open_mask
+from slidefuse.runtime.palette import colours_chosen, display_colors
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
 
-MAX_SIDE = 1400  # longest side of the preview's image area in px
-ALPHA = 0.45  # opacity of class colours over the thumbnail
+MAX_SIDE = 1000  # longest side of each of the preview's two panels in px
+ALPHA = 0.45  # opacity of class colours over the thumbnail (the outlines are opaque)
+GAP = 12  # px of white between the two panels
 OVERLAY_PIXELS = 1 << 18  # pixels blended at a time (about 6 MB of float32 temporaries)
 TISSUE_FILE = "tissue.png"  # the tissue mask on the thumbnail, written for every slide
 BAD_TILE_COLOUR = (230, 0, 0)  # outline of tiles the decoders reported as corrupt
 
 
 def preview_size(slide: SlideInfo, max_side: int = MAX_SIDE) -> tuple[int, int]:
-    """(width, height) of the preview image area: the slide's aspect ratio, longest side <= max_side."""
+    """(width, height) of each preview panel: the slide's aspect ratio, longest side <= max_side."""
     scale = min(1.0, max_side / max(slide.width, slide.height))
     return max(1, round(slide.width * scale)), max(1, round(slide.height * scale))
 
@@ -150,6 +158,63 @@ def _outline_bad_tiles(img: Any, slide: SlideInfo) -> str:
            "unreliable"
 
 
+def outline(rgb: np.ndarray, labels: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """Paint, in place, the pixels of each class region (labels > 0) that touch another class (4-neighbours) in
+    that class's colour. rgb: uint8 [h, w, 3]; labels: uint8 [h, w]. Returns rgb."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge &= labels > 0
+    rgb[edge] = lut[labels[edge]]
+    return rgb
+
+
+def _nice_length(max_um: float) -> float:
+    """The largest of 1, 2, 5 x 10^k micrometres that is at most `max_um`."""
+    p = 10.0 ** np.floor(np.log10(max_um))
+    return next((m * p for m in (5, 2, 1) if m * p <= max_um), p)
+
+
+def draw_scale_bar(img: Any, um_per_px: float) -> None:
+    """A scale bar (a round length, at most a quarter of the width) in the bottom-left corner of a PIL image."""
+    from PIL import ImageDraw
+
+    if not um_per_px > 0 or img.width < 60:
+        return
+    um = _nice_length(img.width / 4 * um_per_px)
+    bar = max(1, round(um / um_per_px))
+    label = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+    text = _text_mask(label, 13)
+    pad, x0 = 5, 8
+    y1 = img.height - 8
+    box_w, box_h = max(bar, text.shape[1]) + 2 * pad, text.shape[0] + 6 + 2 * pad
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([x0, y1 - box_h, x0 + box_w, y1], fill=(255, 255, 255))
+    draw.rectangle([x0 + pad, y1 - pad - 4, x0 + pad + bar - 1, y1 - pad], fill=(0, 0, 0))
+    _draw_text(img, (x0 + pad, y1 - box_h + pad), label, 13, (0, 0, 0))
+
+
+def _banner(width: int, text: str) -> Any:
+    """A strip `width` px wide with `text` in dark red on pale yellow (a warning about the whole slide)."""
+    from PIL import Image
+
+    mask = _text_mask(text, 16)
+    img = Image.new("RGB", (width, mask.shape[0] + 16), (255, 243, 176))
+    _draw_text(img, (12, 8), text, 16, (140, 0, 0))
+    return img
+
+
+def draw_extras(img: Any, slide: SlideInfo) -> list[str]:
+    """EXTRA OVERLAYS: marks drawn over the overlay panel (a PIL image covering the whole slide), each returning
+    its legend line. Decode-error tiles are outlined here; QC marks are added here too (one call each)."""
+    notes = [_outline_bad_tiles(img, slide)]
+    return [n for n in notes if n]
+
+
 def write_preview(
     result: MaskResult,
     slide: SlideInfo,
@@ -159,12 +224,14 @@ def write_preview(
     areas_mm2: Sequence[float] = (),
     title: str = "",
     max_side: int = MAX_SIDE,
+    banner: str = "",
 ) -> dict[str, Any]:
     """Write `preview.png` atomically; returns its size and timing for the report.
 
-    The mask is downsampled with pyvips (nearest, streamed from the raw file) to the preview size, the
-    thumbnail (`result.thumbnail`, uint8 [th, tw, 3] covering the whole slide) is resized with PIL to the
-    same size, and the two are blended.
+    `classes` carry the colours to draw (see `display_colors`). The mask is downsampled with pyvips (nearest,
+    streamed from the raw file) to the panel size, the thumbnail (`result.thumbnail`, uint8 [th, tw, 3] covering
+    the whole slide) is resized with PIL to the same size, and the two are blended. `banner`: a line shown in a
+    strip above the panels (e.g. a stain warning); none when empty.
     """
     from PIL import Image
 
@@ -179,18 +246,29 @@ def write_preview(
         thumb = np.repeat(thumb[..., None], 3, axis=2)
     base = Image.fromarray(np.ascontiguousarray(thumb[..., :3], dtype=np.uint8))
     base = base.resize((w, h), Image.Resampling.LANCZOS)
-    blended = Image.fromarray(overlay(np.asarray(base), labels, [c.color for c in classes]))
-    note = _outline_bad_tiles(blended, slide)
-    legend = _legend(w if w >= 480 else 480, classes, areas_mm2, title or Path(slide.path).name, note)
-    canvas = Image.new("RGB", (max(w, legend.width), h + legend.height), (255, 255, 255))
-    canvas.paste(blended, (0, 0))
-    canvas.paste(legend, (0, h))
+    colors = [c.color for c in classes]
+    blended = Image.fromarray(outline(overlay(np.asarray(base), labels, colors), labels, colors))
+    notes = draw_extras(blended, slide)
+    um_per_px = slide.mpp * slide.width / w if slide.mpp else 0.0
+    for panel in (base, blended):
+        draw_scale_bar(panel, um_per_px)
+    width = 2 * w + GAP
+    legend = _legend(max(width, 480), classes, areas_mm2, title or Path(slide.path).name, "; ".join(notes))
+    top = _banner(max(width, legend.width), banner) if banner else None
+    top_h = top.height if top is not None else 0
+    canvas = Image.new("RGB", (max(width, legend.width), top_h + h + legend.height), (255, 255, 255))
+    if top is not None:
+        canvas.paste(top, (0, 0))
+    canvas.paste(base, (0, top_h))
+    canvas.paste(blended, (w + GAP, top_h))
+    canvas.paste(legend, (0, top_h + h))
     with atomic_path(Path(path)) as tmp:
         canvas.save(tmp, format="PNG", optimize=False)
     seconds = time.perf_counter() - t0
     logger.info("wrote %s (%dx%d) in %.2f s", path, canvas.width, canvas.height, seconds)
     return {"file": Path(path).name, "width": canvas.width, "height": canvas.height, "image_width": w,
-            "image_height": h, "alpha": ALPHA, "seconds": seconds}
+            "image_height": h, "layout": "raw | overlay", "overlay_x": w + GAP, "image_y": top_h, "alpha": ALPHA,
+            "scale_um_per_px": um_per_px, "banner": banner or None, "seconds": seconds}
 
 
 def write_tissue_png(result: MaskResult, path: Path) -> dict[str, Any]:
@@ -216,8 +294,13 @@ class PreviewWriter:
         areas = [(result.mpp / 1000.0) ** 2 * float(n) for n in result.class_pixels]
         title = f"{Path(context.slide.path).name} | {m.encoder} @ {m.mpp:g} um/px"
         title += " | RANDOM WEIGHTS" if m.random_weights else ""
-        info = write_preview(result, context.slide, context.classes, path, areas_mm2=areas, title=title)
-        return OutputRecord(path, info)
+        own = [c.color for c in context.classes]
+        shown = display_colors(own, m.demo)
+        classes = [ClassInfo(c.name, col) for c, col in zip(context.classes, shown, strict=True)]
+        # STAIN WARNING: a banner line for the whole slide goes in write_preview(banner=...).
+        info = write_preview(result, context.slide, classes, path, areas_mm2=areas, title=title)
+        palette = "bundle" if colours_chosen(own, m.demo) else "review"
+        return OutputRecord(path, {**info, "palette": palette, "colors": [list(c) for c in shown]})
 
     def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
         return True  # the preview takes no options
