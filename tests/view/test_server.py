@@ -114,8 +114,10 @@ def test_recorded_files_only(client, batch: Path, tmp_path: Path) -> None:
     for url in ["/slide/0/file/notes.txt", "/slide/0/file/link.json", "/slide/0/file/..%2F..%2Fs0.tif",
                 "/slide/0/file/..%2Frun.json", "/slide/0/file/%2Fetc%2Fpasswd", "/slide/0/file/.run",
                 "/slide/0/../../s0.tif", "/static/..%2Fapp.py", "/static/%2Fetc%2Fpasswd", "/etc/passwd",
-                "/slide/3", "/slide/-1", "/slide/0/tiles/..%2F..%2Fx/1/0_0.png", "/summary.csv"]:
+                "/slide/3", "/slide/-1", "/slide/0/tiles/..%2F..%2Fx/1/0_0.png"]:
         assert client.get(url).status_code == 404, url
+    # the batch's cohort table (written by every segment run) is served as the file on disk
+    assert client.get("/summary.csv").content == (batch / "summary.csv").read_bytes()
 
 
 def test_cache_serves_repeats(client) -> None:
