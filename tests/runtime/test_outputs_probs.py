@@ -1,0 +1,114 @@
+"""`--formats probs` (probs.ome.tif) and, with zarr, probs.zarr: read back with tifffile's OME reader and
+ome-zarr's reader (not ours); the argmax of the probabilities is mask.tif; the raw scratch files are gone."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slidefuse.runtime.outputs import DEFAULT_FORMATS, OutputError, OutputOptions, parse_formats
+from slidefuse.runtime.outputs.probs import open_probs
+
+from .test_outputs_common import make_result
+
+tifffile = pytest.importorskip("tifffile")
+pytest.importorskip("zarr")
+ome_zarr_reader = pytest.importorskip("ome_zarr.reader")
+ome_zarr_io = pytest.importorskip("ome_zarr.io")
+
+OME_NS = {"ome": "http://www.openmicroscopy.org/Schemas/OME/2016-06"}
+
+
+def argmax_agreement(probs: np.ndarray, mask: np.ndarray) -> float:
+    """Share of covered pixels (some channel > 0) without a tie for the top value where argmax(probs) == mask.
+    ``probs``: uint8 [C, H, W]; ``mask``: uint8 [H, W]."""
+    top = probs.max(axis=0)
+    tie = (probs == top).sum(axis=0) > 1
+    judged = (top > 0) & ~tie
+    return float((np.argmax(probs, axis=0) == mask)[judged].mean())
+
+
+@pytest.fixture(scope="module")
+def probs_run(tmp_path_factory: pytest.TempPathFactory, synthetic_tiff: Path) -> Path:
+    from click.testing import CliRunner
+
+    from slidefuse.cli import cli
+
+    from .onnx_models import make_bundle as make_onnx_bundle
+
+    tmp = tmp_path_factory.mktemp("probs")
+    bundle = tmp / "bundle"
+    make_onnx_bundle(bundle, tile_size=64, mpp=2.0, overlap=16)
+    out = tmp / "out"
+    res = CliRunner().invoke(cli, ["segment", str(synthetic_tiff), "--model", str(bundle), "--out", str(out),
+                                   "--formats", "tiff,probs,zarr", "--threads", "1", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    return out / "synthetic"
+
+
+def test_probs_ome_tif_is_an_ome_pyramid_with_named_channels_and_pixel_sizes(probs_run: Path) -> None:
+    report = json.loads((probs_run / "report.json").read_text())
+    names = [c["name"] for c in report["classes"]]  # the bundle's classes, in order
+    mpp = report["mask"]["mpp"]
+    with tifffile.TiffFile(probs_run / "probs.ome.tif") as tif:
+        assert tif.is_ome
+        series = tif.series[0]
+        assert series.axes == "CYX" and series.dtype == np.uint8
+        assert series.shape == (len(names), report["mask"]["height"], report["mask"]["width"])
+        pixels = ET.fromstring(tif.ome_metadata).find("ome:Image/ome:Pixels", OME_NS)
+        assert pixels is not None
+        assert [ch.get("Name") for ch in pixels.findall("ome:Channel", OME_NS)] == names
+        assert float(pixels.get("PhysicalSizeX")) == pytest.approx(mpp)  # type: ignore[arg-type]
+        assert float(pixels.get("PhysicalSizeY")) == pytest.approx(mpp)  # type: ignore[arg-type]
+        assert len(series.levels) >= 2
+        for level in series.levels:  # every level carries its own pixel size (px/cm)
+            page = level.keyframe
+            num, den = page.tags["XResolution"].value
+            assert page.tags["ResolutionUnit"].value == 3
+            assert 1e4 * den / num == pytest.approx(mpp * series.shape[2] / level.shape[2], rel=1e-4)
+        probs = series.asarray()
+    with tifffile.TiffFile(probs_run / "mask.tif") as tif:
+        mask = tif.pages[0].asarray()
+    assert argmax_agreement(probs, mask) >= 0.999
+    assert not probs[:, mask != 0].sum(axis=0).min() == 0  # every labelled pixel has probabilities
+    assert report["outputs"]["probs"]["levels"] == len(series.levels)
+
+
+def test_probs_zarr_opens_with_ome_zarr_and_equals_the_tiff(probs_run: Path) -> None:
+    nodes = list(ome_zarr_reader.Reader(ome_zarr_io.parse_url(str(probs_run / "probs.zarr")))())
+    assert nodes
+    node = nodes[0]
+    levels = [np.asarray(level) for level in node.data]
+    with tifffile.TiffFile(probs_run / "probs.ome.tif") as tif:
+        tiff_levels = [level.asarray() for level in tif.series[0].levels]
+    assert len(levels) == len(tiff_levels)
+    np.testing.assert_array_equal(levels[0], tiff_levels[0])
+    for z, t in zip(levels[1:], tiff_levels[1:], strict=True):
+        assert z.shape == t.shape and np.abs(z.astype(int) - t).max() <= 1  # both 2x2 means of the same planes
+    assert [a["name"] for a in node.metadata["axes"]] == ["c", "y", "x"]
+    report = json.loads((probs_run / "report.json").read_text())
+    assert node.metadata["channel_names"] == [c["name"] for c in report["classes"]]
+    scale0 = node.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale0 == pytest.approx([1.0, report["mask"]["mpp"], report["mask"]["mpp"]])
+    assert {"probs", "probs-zarr", "zarr"} <= set(report["formats"])
+
+
+def test_no_scratch_files_are_left(probs_run: Path) -> None:
+    left = [p.name for p in probs_run.iterdir() if p.name.endswith((".tmp", ".partial")) or "raw" in p.name]
+    assert left == []
+
+
+def test_probs_are_opt_in_and_zarr_pairs_them() -> None:
+    assert "probs" not in DEFAULT_FORMATS and "probs" in parse_formats("all")
+    assert "probs-zarr" in OutputOptions(formats=parse_formats("probs,zarr")).formats
+    assert "probs-zarr" not in OutputOptions(formats=parse_formats("probs")).formats
+
+
+def test_missing_probabilities_are_a_clear_error(tmp_path: Path) -> None:
+    result = make_result(np.zeros((8, 8), np.uint8), tmp_path / "mask.raw", mpp=1.0)
+    with pytest.raises(OutputError, match="--formats probs"):
+        open_probs(result, 3)
