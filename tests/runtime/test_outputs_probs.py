@@ -52,7 +52,7 @@ def probs_run(tmp_path_factory: pytest.TempPathFactory, synthetic_tiff: Path) ->
 
 def test_probs_ome_tif_is_an_ome_pyramid_with_named_channels_and_pixel_sizes(probs_run: Path) -> None:
     report = json.loads((probs_run / "report.json").read_text())
-    names = [c["name"] for c in report["classes"]]  # the bundle's classes, in order
+    names = [c["name"] for c in report["model"]["classes"]]  # the bundle's classes, in order
     mpp = report["mask"]["mpp"]
     with tifffile.TiffFile(probs_run / "probs.ome.tif") as tif:
         assert tif.is_ome
@@ -91,7 +91,7 @@ def test_probs_zarr_opens_with_ome_zarr_and_equals_the_tiff(probs_run: Path) -> 
         assert z.shape == t.shape and np.abs(z.astype(int) - t).max() <= 1  # both 2x2 means of the same planes
     assert [a["name"] for a in node.metadata["axes"]] == ["c", "y", "x"]
     report = json.loads((probs_run / "report.json").read_text())
-    assert node.metadata["channel_names"] == [c["name"] for c in report["classes"]]
+    assert node.metadata["channel_names"] == [c["name"] for c in report["model"]["classes"]]
     scale0 = node.metadata["coordinateTransformations"][0][0]["scale"]
     assert scale0 == pytest.approx([1.0, report["mask"]["mpp"], report["mask"]["mpp"]])
     assert {"probs", "probs-zarr", "zarr"} <= set(report["formats"])
