@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+import numpy as np
+
 from slidefuse.atomic import atomic_path
 from slidefuse.runtime.bundle import ClassInfo
 from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import OutputError
 from slidefuse.runtime.outputs.tiff_tags import set_level_resolutions
+from slidefuse.runtime.stitch_probs import PROBS_SCALE
 
 if TYPE_CHECKING:
     import pyvips
@@ -132,7 +135,7 @@ def write_probs_tiff(result: MaskResult, name: str, classes: tuple[ClassInfo, ..
         "levels": levels,
         "mpp": result.mpp,
         "dtype": "uint8",
-        "scale": 255,
+        "scale": PROBS_SCALE,
         "tile": TILE,
         "compression": COMPRESSION,
         "bigtiff": bigtiff,
@@ -154,3 +157,48 @@ class ProbsWriter:
 
     def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
         return True  # probs.ome.tif takes no options
+
+
+class ProbabilityGrid:
+    """One class's probabilities at a class grid's size (`raster.class_grid`), read window by window.
+
+    A grid pixel holds the mean of the mask pixels of the k x k block it covers (k: `class_grid`'s block
+    factor), then nearest neighbour for any remainder, as the grid's classes; at the mask's own size it is the
+    stitcher's values. Lazy: libvips computes only the windows asked for, from the raw file on disk."""
+
+    def __init__(self, result: MaskResult, num_classes: int, width: int, height: int) -> None:
+        from slidefuse.runtime.outputs.raster import _block_plan
+
+        self._image = open_probs(result, num_classes)
+        self._k = _block_plan(result, width, height)[0] if (width, height) != (result.mask_width,
+                                                                                 result.mask_height) else 1
+        self._size = (width, height)
+        self._bands: dict[int, Any] = {}
+
+    def _band(self, c: int) -> pyvips.Image:
+        band = self._bands.get(c)
+        if band is None:
+            band = self._image.extract_band(c)
+            if self._k > 1:
+                band = band.shrink(self._k, self._k)
+            w, h = self._size
+            if (band.width, band.height) != (w, h):
+                band = band.resize(w / band.width, vscale=h / band.height, kernel="nearest")
+                band = band.crop(0, 0, w, h) if band.width >= w and band.height >= h else \
+                    band.embed(0, 0, w, h, extend="copy")
+            band = self._bands.setdefault(c, band.cast("uchar"))
+        return band
+
+    def window(self, c: int, rows: slice, cols: slice) -> np.ndarray:
+        """uint8 ``[rows, cols]`` of class ``c``'s probabilities (round(p * 255)) over a window of the grid."""
+        y0, x0 = rows.start or 0, cols.start or 0
+        out = self._band(c).crop(x0, y0, cols.stop - x0, rows.stop - y0).numpy()
+        return np.asarray(out).reshape(rows.stop - y0, cols.stop - x0)
+
+
+def region_means(labels: np.ndarray, n: int, probs: np.ndarray) -> np.ndarray:
+    """float64 ``[n + 1]``: the mean of ``probs`` (uint8 round(p * 255)) over each label 1..n of ``labels``,
+    as a probability in [0, 1] (index 0: unused)."""
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    sums = np.bincount(labels.ravel(), weights=probs.ravel(), minlength=n + 1)
+    return np.divide(sums, counts * float(PROBS_SCALE), out=np.zeros(n + 1), where=counts > 0)

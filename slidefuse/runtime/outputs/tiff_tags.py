@@ -24,9 +24,10 @@ class _Tiff:
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
         head = f.read(8)
-        self.bo = {b"II": "<", b"MM": ">"}.get(head[:2])
-        if self.bo is None:
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None:
             raise ValueError("not a TIFF file")
+        self.bo: str = order
         magic = struct.unpack(self.bo + "H", head[2:4])[0]
         self.big = magic == 43
         if self.big:

@@ -96,7 +96,8 @@ def _scratch_pyramid(result: MaskResult, scratch: Path, image: Any = None, shrin
 
 
 def _new_array(group: Any, name: str, height: int, width: int, channels: int | None = None) -> Any:
-    shape, chunks = (height, width), (min(CHUNK, height), min(CHUNK, width))
+    shape: tuple[int, ...] = (height, width)
+    chunks: tuple[int, ...] = (min(CHUNK, height), min(CHUNK, width))
     if channels is not None:
         shape, chunks = (channels, *shape), (1, *chunks)
     if hasattr(group, "create_array"):  # zarr >= 3
