@@ -22,15 +22,15 @@ import numpy as np
 PROBS_SCALE = 255  # stored value = round(p * PROBS_SCALE)
 
 
-def quantise_into(dst: np.ndarray, probs: np.ndarray) -> None:
-    """Write float ``[C, h, w]`` probabilities in [0, 1] into uint8 ``dst`` ``[h, w, C]`` as round(p * 255)
-    (values outside [0, 1] are clipped first)."""
+def quantise_into(dst: np.ndarray, probs: np.ndarray, scale: np.ndarray | None = None) -> None:
+    """Write float ``[C, h, w]`` probabilities into uint8 ``dst`` ``[h, w, C]`` as round(p * 255) (half up),
+    clipped to 0..255; ``scale`` (float32 ``[h, w]``), when given, multiplies ``p`` first (1 / summed weights)."""
     tmp = np.empty(probs.shape[1:], dtype=np.float32)
+    factor = np.float32(PROBS_SCALE) if scale is None else scale * np.float32(PROBS_SCALE)
     for k in range(probs.shape[0]):
-        np.multiply(probs[k], np.float32(PROBS_SCALE), out=tmp)
-        tmp += np.float32(0.5)  # then truncation: round half up (values are >= 0 after the clip)
-        np.clip(tmp, 0, PROBS_SCALE, out=tmp)
-        dst[..., k] = tmp
+        np.multiply(probs[k], factor, out=tmp)
+        np.clip(tmp, np.float32(-0.5), np.float32(PROBS_SCALE), out=tmp)
+        np.add(tmp, np.float32(0.5), out=dst[..., k], casting="unsafe")  # truncation after + 0.5: half up
 
 
 class ProbabilityBand:
@@ -59,9 +59,9 @@ class ProbabilityBand:
     def put_blended(self, acc: np.ndarray, weights: np.ndarray, y0: int, x0: int) -> None:
         """``acc / weights`` (float ``[C, h, w]`` weighted sums and ``[h, w]`` summed weights) into the band;
         0 where no weight was added."""
-        covered = weights > 0
-        norm = np.divide(acc, weights, out=np.zeros_like(acc), where=covered)
-        self.put(norm, y0, x0)
+        inverse = np.divide(np.float32(1), weights, out=np.zeros_like(weights), where=weights > 0)
+        _, h, w = acc.shape
+        quantise_into(self.band[y0 : y0 + h, x0 : x0 + w], acc, inverse)
 
     def write(self, rows: int, kept: np.ndarray | None) -> None:
         """Write the band's first ``rows`` rows, 0 where ``kept`` (bool ``[rows, width]``) is False."""

@@ -12,7 +12,7 @@ import re
 from slidefuse.errors import UnknownName, UsageError, did_you_mean
 from slidefuse.runtime.outputs.base import OutputWriter
 from slidefuse.runtime.outputs.geojson import GeoJsonWriter
-from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter
+from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter, PaletteTiffWriter
 from slidefuse.runtime.outputs.preview import TISSUE_FILE, PreviewWriter
 from slidefuse.runtime.outputs.probs import ProbsWriter
 from slidefuse.runtime.outputs.report import REPORT
@@ -95,3 +95,4 @@ DEFAULT_FORMATS = frozenset(format_names())  # what `segment` writes by default:
 register_writer(ZarrWriter())  # opt-in (--formats zarr, needs the zarr extra): after DEFAULT_FORMATS
 register_writer(ProbsWriter())  # opt-in (--formats probs): the class probabilities
 register_writer(ProbsZarrWriter())  # probs.zarr: added by OutputOptions when probs and zarr are both chosen
+register_writer(PaletteTiffWriter())  # opt-in (--formats palette): mask.tif with the class colours as a palette

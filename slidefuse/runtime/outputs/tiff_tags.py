@@ -100,3 +100,53 @@ def set_level_resolutions(path: Path, mpp_x: float, mpp_y: float) -> int:
                 tiff.set_rational(level[Y_RESOLUTION], _rational(1e4 / (mpp_y * h0 / h)))
                 patched += 1
     return patched
+
+
+PHOTOMETRIC, COLORMAP = 262, 320
+PALETTE = 3  # PhotometricInterpretation: palette colour
+
+
+def _entry(tiff: _Tiff, tag: int, typ: int, count: int, value: bytes) -> bytes:
+    """One IFD entry: ``value`` is the value field (inline data or an offset), padded to its size."""
+    head = struct.pack(tiff.bo + "HH" + ("Q" if tiff.big else "I"), tag, typ, count)
+    return head + value.ljust(tiff.inline, b"\0")
+
+
+def add_palette(path: Path, colours: list[tuple[int, int, int]]) -> int:
+    """Make every image of ``path``'s main IFD chain (8-bit, one sample) a palette image: Photometric = palette
+    and a ColorMap where value ``i`` shows ``colours[i]`` (RGB 0..255; the other values black). Pixel values do
+    not change. Each directory is rewritten at the end of the file with the two tags changed, and the offset that
+    pointed to it is patched (the old directory stays as unused bytes). Returns the number of images changed."""
+    table = [[0] * 256 for _ in range(3)]
+    for i, rgb in enumerate(colours[:256]):
+        for ch in range(3):
+            table[ch][i] = int(rgb[ch]) * 257  # 8-bit to the ColorMap's 16-bit range
+    changed = 0
+    with open(path, "r+b") as f:
+        tiff = _Tiff(f)
+        pointer_at, offset = (8 if tiff.big else 4), tiff.first
+        cmap = struct.pack(tiff.bo + "768H", *table[0], *table[1], *table[2])
+        while offset and changed < MAX_IFDS:
+            entries, nxt = tiff.entries(offset)
+            f.seek(offset + (8 if tiff.big else 2))
+            raw = f.read(len(entries) * tiff.entry)
+            rows = {struct.unpack(tiff.bo + "H", raw[i * tiff.entry : i * tiff.entry + 2])[0]:
+                    raw[i * tiff.entry : (i + 1) * tiff.entry] for i in range(len(entries))}
+            f.seek(0, 2)
+            cmap_at = f.tell() + (f.tell() & 1)  # word boundary
+            f.seek(cmap_at)
+            f.write(cmap)
+            rows[PHOTOMETRIC] = _entry(tiff, PHOTOMETRIC, 3, 1, struct.pack(tiff.bo + "H", PALETTE))
+            rows[COLORMAP] = _entry(tiff, COLORMAP, 3, 768,
+                                    struct.pack(tiff.bo + ("Q" if tiff.big else "I"), cmap_at))
+            ifd_at = f.tell() + (f.tell() & 1)
+            f.seek(ifd_at)
+            f.write(struct.pack(tiff.bo + tiff.count_fmt, len(rows)))
+            f.write(b"".join(rows[tag] for tag in sorted(rows)))
+            next_at = f.tell()
+            f.write(struct.pack(tiff.bo + tiff.off_fmt, nxt))
+            f.seek(pointer_at)
+            f.write(struct.pack(tiff.bo + tiff.off_fmt, ifd_at))
+            pointer_at, offset = next_at, nxt
+            changed += 1
+    return changed
