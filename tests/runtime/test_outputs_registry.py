@@ -86,7 +86,8 @@ def test_builtin_formats_and_the_registry_round_trip(registered: list[NoteWriter
     unregister_writer("note")
     registered.clear()
     assert "note" not in format_names()
-    with pytest.raises(UsageError, match="note.*choose among geojson, palette, preview, probs, probs-zarr, report, tiff, zarr"):
+    with pytest.raises(UsageError,
+                       match="note.*choose among geojson, palette, preview, probs, probs-zarr, report, tiff, zarr"):
         parse_formats("note")
 
 
