@@ -112,3 +112,65 @@ def test_missing_probabilities_are_a_clear_error(tmp_path: Path) -> None:
     result = make_result(np.zeros((8, 8), np.uint8), tmp_path / "mask.raw", mpp=1.0)
     with pytest.raises(OutputError, match="--formats probs"):
         open_probs(result, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs", "OS-2-vsi.ome.tif"])
+def test_argmax_of_the_probabilities_is_the_mask_on_the_real_slides(tmp_path: Path, name: str) -> None:
+    """On the three real slides (colour-classifier bundle at 1 um/px, 128 px tiles, overlap 32): the argmax of
+    probs.ome.tif (read with tifffile) equals mask.tif on >= 99.9% of the tissue pixels without a rounding tie,
+    and mask.geojson's features carry a mean probability."""
+    from click.testing import CliRunner
+
+    from slidefuse.cli import cli
+
+    from tests.conftest import need_slide
+    from .onnx_models import make_bundle as make_onnx_bundle
+
+    slide = need_slide(name)
+    bundle = tmp_path / "bundle"
+    make_onnx_bundle(bundle, tile_size=128, mpp=1.0, overlap=32)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["segment", str(slide), "--model", str(bundle), "--out", str(out),
+                                   "--formats", "tiff,probs,geojson", "--threads", "1", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    folder = next(out.glob("*/report.json")).parent
+    with tifffile.TiffFile(folder / "probs.ome.tif") as tif:
+        probs = tif.series[0].asarray()
+    with tifffile.TiffFile(folder / "mask.tif") as tif:
+        mask = tif.pages[0].asarray()
+    tissue = probs.max(axis=0) > 0
+    assert tissue.mean() > 0.05, "too little of the slide ran to judge"
+    assert argmax_agreement(probs, mask) >= 0.999
+    features = json.loads((folder / "mask.geojson").read_text())["features"]
+    assert features and all(0 <= f["properties"]["measurements"]["Mean probability"] <= 1 for f in features)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_rerun_knows_probs_files_and_the_scratch_file(tmp_path: Path) -> None:
+    """report.json records probs.ome.tif and probs.zarr with their sizes: complete outputs are current, a
+    changed or missing one is not, and a left-over raw probabilities file counts as an interrupted run."""
+    import dataclasses
+
+    from slidefuse.runtime.outputs import write_outputs
+
+    from .test_outputs_common import blobby_mask, current, make_bundle, make_slide
+
+    mask = blobby_mask(90, 130, seed=2)
+    probs = np.zeros((90, 130, 3), np.uint8)
+    probs[np.arange(90)[:, None], np.arange(130)[None, :], mask] = 200
+    probs.tofile(tmp_path / "probs.raw.tmp")
+    result = dataclasses.replace(make_result(mask, tmp_path / "mask.raw.tmp", mpp=1.0),
+                                 probs_path=tmp_path / "probs.raw.tmp")
+    out = tmp_path / "out"
+    formats = parse_formats("tiff,probs,zarr")
+    write_outputs(result, make_slide(260, 180, 0.5), make_bundle(tmp_path), out, OutputOptions(formats=formats))
+    assert current(out, formats)
+    (out / "probs.raw.tmp").write_bytes(b"left by a killed run")
+    assert not current(out, formats)
+    (out / "probs.raw.tmp").unlink()
+    with open(out / "probs.ome.tif", "ab") as f:
+        f.write(b"x")
+    assert not current(out, formats)
+    with tifffile.TiffFile(out / "mask.tif") as tif:
+        np.testing.assert_array_equal(tif.pages[0].asarray(), mask)
