@@ -123,8 +123,8 @@ def test_argmax_of_the_probabilities_is_the_mask_on_the_real_slides(tmp_path: Pa
     from click.testing import CliRunner
 
     from slidefuse.cli import cli
-
     from tests.conftest import need_slide
+
     from .onnx_models import make_bundle as make_onnx_bundle
 
     slide = need_slide(name)
