@@ -261,7 +261,8 @@ class Model:
         out: output root, not inside a model bundle; the slide's files go to `out/<slide stem>/`. None: a new
           temporary folder (kept).
         formats: outputs to write ("tiff,geojson", a list, or "all"; default: the model's, every built-in
-          format); `mask()` and `mask_array()` read mask.tif ("tiff"); report.json is always written.
+          format); `mask()` and `mask_array()` read mask.tif ("tiff"), `probabilities()` reads probs.ome.tif
+          ("probs", not a default); report.json is always written.
         progress: a callable receiving `ProgressEvent`s.
         A slide that fails raises its error (a `SlidefuseError` naming the slide); a slide whose outputs are
         complete for this model is skipped (status "skipped") unless `overwrite`.
