@@ -175,3 +175,42 @@ def test_a_rerun_knows_probs_files_and_the_scratch_file(tmp_path: Path) -> None:
     assert not current(out, formats)
     with tifffile.TiffFile(out / "mask.tif") as tif:
         np.testing.assert_array_equal(tif.pages[0].asarray(), mask)
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_every_level_carries_its_own_pixel_size(tmp_path: Path, bigtiff: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvips gives every SubIFD level the full-resolution resolution tags; the writer patches them in place, in
+    classic TIFF and BigTIFF, without moving a pixel (tifffile reads the planes back unchanged)."""
+    import dataclasses
+
+    from slidefuse.runtime.outputs import probs as probs_module
+
+    from .test_outputs_common import CLASSES
+
+    if bigtiff:
+        monkeypatch.setattr(probs_module, "BIGTIFF_BYTES", 1)
+    h, w = 700, 1030
+    values = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    values.tofile(tmp_path / "p.raw")
+    result = dataclasses.replace(make_result(np.zeros((h, w), np.uint8), tmp_path / "m.raw", mpp=0.75),
+                                 probs_path=tmp_path / "p.raw")
+    info = probs_module.write_probs_tiff(result, "s", CLASSES, tmp_path / "probs.ome.tif")
+    with tifffile.TiffFile(tmp_path / "probs.ome.tif") as tif:
+        assert tif.is_bigtiff == bigtiff and tif.is_ome
+        series = tif.series[0]
+        assert len(series.levels) == info["levels"] == 4
+        np.testing.assert_array_equal(series.asarray(), np.moveaxis(values, -1, 0))
+    with tifffile.TiffFile(tmp_path / "probs.ome.tif") as tif:  # pages, not the series' frames
+        checked = 0
+        for k in range(3):  # each plane's main IFD, then its SubIFDs
+            plane = tif.pages[k]
+            levels = []
+            for j, offset in enumerate(plane.subifds or ()):
+                tif.filehandle.seek(offset)  # tifffile reads a page where the file stands
+                levels.append(tifffile.TiffPage(tif, index=(k, j)))
+            for page in [plane, *levels]:
+                for tag, size, full in (("XResolution", page.imagewidth, w), ("YResolution", page.imagelength, h)):
+                    num, den = page.tags[tag].value
+                    assert 1e4 * den / num == pytest.approx(0.75 * full / size, rel=1e-4)
+                checked += 1
+        assert checked == 3 * 4
