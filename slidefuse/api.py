@@ -133,7 +133,7 @@ class SegmentationResult:
         info = self.report.get("outputs", {}).get("probs")
         if not info:
             raise ResultError(f"{self.out_dir}: probs.ome.tif was not written (formats {self.report.get('formats')});"
-                              " segment with formats including 'probs' (--formats probs)")
+                              " segment with formats including 'probs'")
         path = self._need_ok("probabilities") / str(info["file"])
         planes = pyvips.Image.tiffload(str(path), n=-1)  # the C full-resolution planes, one above the other
         height = int(info["height"])

@@ -110,7 +110,7 @@ def test_probs_are_opt_in_and_zarr_pairs_them() -> None:
 
 def test_missing_probabilities_are_a_clear_error(tmp_path: Path) -> None:
     result = make_result(np.zeros((8, 8), np.uint8), tmp_path / "mask.raw", mpp=1.0)
-    with pytest.raises(OutputError, match="--formats probs"):
+    with pytest.raises(OutputError, match="'probs' output format"):
         open_probs(result, 3)
 
 

@@ -59,7 +59,7 @@ def open_probs(result: MaskResult, num_classes: int) -> pyvips.Image:
     raw = result.probs_path
     if raw is None:
         raise OutputError("the stitcher did not write class probabilities for this slide; ask for them with "
-                          "--formats probs")
+                          "the 'probs' output format")
     expected = result.mask_width * result.mask_height * num_classes
     size = raw.stat().st_size if raw.is_file() else None
     if size != expected:
