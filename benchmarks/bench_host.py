@@ -2,6 +2,8 @@
 
     python benchmarks/bench_host.py                       # the sweep below, JSON in benchmarks/results/host.json
     python benchmarks/bench_host.py --quick               # cores 1,2 on the 512 px / 3-class JPEG TIFF only
+    python benchmarks/bench_host.py --quick --probs both --out benchmarks/results/host-probs.json
+                                                          # stitched probabilities off and on, interleaved
 
 Each configuration runs in a fresh subprocess pinned to N cores (``sched_setaffinity``; libvips' thread pool
 and the reader threads follow it), so "1 vs 2 cores" measures how the whole host side scales. The slide is an
@@ -10,7 +12,9 @@ OpenSlide's reader, the same pixels as an Aperio SVS. Every grid tile runs (no t
 through ``run_pipeline`` + ``Stitcher`` exactly as ``segment`` does, with the ``null`` backend returning fixed
 probabilities at once. Reported per configuration: tiles/s (wall), CPU cores used (process CPU time / wall),
 and the pipeline's per-stage seconds. Sweeps: cores (1, 2, ...), tile (256, 512), classes (2, 3, 8), format
-(JPEG TIFF through tiffload, SVS through OpenSlide).
+(JPEG TIFF through tiffload, SVS through OpenSlide). ``--probs both`` runs every configuration with the
+stitcher's probability file off and on, alternating within each repeat (the machine's load hits both alike), and
+reports the ceiling's drop with probabilities on.
 """
 
 from __future__ import annotations
@@ -82,7 +86,9 @@ def one(cfg: dict[str, Any]) -> dict[str, Any]:
 
                 st_ctx: Any = LegacyStitcher(grid, cfg["classes"], Path(tmp) / "m.raw")
             else:
-                st_ctx = Stitcher(grid, cfg["classes"], Path(tmp) / "m.raw", threads=cfg["stitch_threads"])
+                probs = Path(tmp) / "p.raw" if cfg.get("probs") else None
+                st_ctx = Stitcher(grid, cfg["classes"], Path(tmp) / "m.raw", threads=cfg["stitch_threads"],
+                                  probs_path=probs)
             with st_ctx as st:
                 stats = run_pipeline(view, grid, tiles, backend, st,
                                      PipelineOptions(batch_size=cfg["batch"], workers=cfg["workers"]))
@@ -131,6 +137,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "host.json")
+    ap.add_argument("--probs", choices=("off", "on", "both"), default="off",
+                    help="the stitcher's probability file: off, on, or both (interleaved, with the drop)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -138,19 +146,38 @@ def main() -> None:
         os.sched_setaffinity(0, set(range(cfg["cores"])))
         print(json.dumps(one(cfg)))
         return
+    from slidefuse.bench.machine import cpu_isa, cpu_model, isa_summary
+
     slides = ensure_slides(args.size)
-    rows = []
+    cpu = f"{cpu_model()} [{isa_summary(cpu_isa())}]"
+    print(f"CPU: {cpu}", flush=True)
+    rows, drops = [], []
+    variants = {"off": [False], "on": [True], "both": [False, True]}[args.probs]
     for cfg in plan(args, slides):
-        runs = [run_pinned(cfg) for _ in range(args.repeats)]
-        best = max(runs, key=lambda r: r["tiles_per_s"])
-        best["tiles_per_s_all"] = [r["tiles_per_s"] for r in runs]
-        rows.append(best)
-        print(f"{cfg['format']:<5} cores {cfg['cores']} tile {cfg['tile']} C {cfg['classes']}: "
-              f"{best['tiles_per_s']:7.1f} tiles/s (runs {best['tiles_per_s_all']}), cores used "
-              f"{best['cores_used']}, stitch {best['stitch_ms_per_tile']} ms/tile", flush=True)
+        runs: dict[bool, list[dict[str, Any]]] = {v: [] for v in variants}
+        for _ in range(args.repeats):
+            for v in variants:  # interleaved: off, on, off, on, ...
+                runs[v].append(run_pinned({**cfg, "probs": v}))
+        best_of = {}
+        for v, vr in runs.items():
+            best = max(vr, key=lambda r: r["tiles_per_s"])
+            best["tiles_per_s_all"] = [r["tiles_per_s"] for r in vr]
+            rows.append(best)
+            best_of[v] = best
+            print(f"{cfg['format']:<5} cores {cfg['cores']} tile {cfg['tile']} C {cfg['classes']} probs "
+                  f"{'on ' if v else 'off'}: {best['tiles_per_s']:7.1f} tiles/s (runs {best['tiles_per_s_all']}), "
+                  f"cores used {best['cores_used']}, stitch {best['stitch_ms_per_tile']} ms/tile", flush=True)
+        if len(best_of) == 2:
+            drop = 1 - best_of[True]["tiles_per_s"] / best_of[False]["tiles_per_s"]
+            drops.append({"cores": cfg["cores"], "tile": cfg["tile"], "classes": cfg["classes"],
+                          "format": cfg["format"], "ceiling_drop": round(drop, 3)})
+            print(f"  probabilities on: ceiling {100 * drop:+.1f}% lower (target <= 15%)", flush=True)
     doc = {"command": " ".join(["python benchmarks/bench_host.py", *sys.argv[1:]]), "slide_px": args.size,
-           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "machine": platform.processor() or platform.machine(), "cpu": cpu, "cpus": os.cpu_count(),
            "load": os.getloadavg(), "rows": rows}
+    if drops:
+        doc["probs_ceiling_drop"] = drops
+        doc["probs_pass"] = all(d["ceiling_drop"] <= 0.15 for d in drops)
     args.out.write_text(json.dumps(doc, indent=2))
     print(f"wrote {args.out}")
 

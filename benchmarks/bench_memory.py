@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_memory.py                       # 12k vs 36k, 30% tissue
     .venv/bin/python benchmarks/bench_memory.py --sizes 12000,36000 --tissue-fraction 0.3 --model-mpp 1.0
     .venv/bin/python benchmarks/bench_memory.py --as-user --tissue-fraction 0.1 --sizes 12000,16000,24000,36000
+    .venv/bin/python benchmarks/bench_memory.py --as-user --formats tiff,geojson,preview,probs --json memory-probs.json
 
 For each size, a pyramidal JPEG TIFF made of real H&E windows (``benchmarks/make_slides.py``, same tissue
 fraction and layout) is segmented end to end (``segment_many``: thumbnail + tissue, tiles, pipeline, stitching
@@ -85,7 +86,7 @@ def child_main(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     options = SegmentOptions(
         backend="ort-cpu", backend_options={"threads": args.threads}, batch_size=args.batch, workers=args.workers,
-        formats=frozenset(args.formats.split(",")), overwrite=True, all_tiles=args.all_tiles,
+        formats=frozenset((args.formats or "tiff,report").split(",")), overwrite=True, all_tiles=args.all_tiles,
     )
     from slidefuse.runtime.progress import Progress
 
@@ -133,7 +134,7 @@ def child_main(args: argparse.Namespace) -> int:
 def run_child(slide: Path, bundle: Path, out: Path, a: argparse.Namespace, all_tiles: bool = False) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--slide", str(slide), "--bundle", str(bundle),
            "--out", str(out), "--threads", str(a.threads), "--workers", str(a.workers), "--batch", str(a.batch),
-           "--formats", a.formats] + (["--all-tiles"] if all_tiles else [])
+           "--formats", a.formats or "tiff,report"] + (["--all-tiles"] if all_tiles else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -142,10 +143,11 @@ def run_child(slide: Path, bundle: Path, out: Path, a: argparse.Namespace, all_t
 
 
 def run_cli(slide: Path, bundle: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """`slidefuse segment SLIDE --model BUNDLE --out OUT` as a user runs it (default formats and options), in a
-    child process whose peak RSS the kernel reports to `wait4`: the whole process, imports to outputs."""
+    """`slidefuse segment SLIDE --model BUNDLE --out OUT` as a user runs it (default options; default formats
+    unless --formats is given), in a child process whose peak RSS the kernel reports to `wait4`: the whole
+    process, imports to outputs."""
     cmd = [sys.executable, "-c", "from slidefuse.cli import main; main()", "-q", "segment", str(slide),
-           "--model", str(bundle), "--out", str(out), "--overwrite"]
+           "--model", str(bundle), "--out", str(out), "--overwrite"] + (["--formats", a.formats] if a.formats else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -159,7 +161,11 @@ def run_cli(slide: Path, bundle: Path, out: Path, a: argparse.Namespace) -> dict
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+    _paths()
+    from slidefuse.bench.machine import cpu_isa, cpu_model, isa_summary
+
+    return {"cpu": cpu_model(), "cpu_isa_summary": isa_summary(cpu_isa()), "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "platform": platform.platform()}
 
 
@@ -172,7 +178,8 @@ def common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--workers", type=int, default=2, help="reader threads")
     ap.add_argument("--batch", type=int, default=8, help="tiles per engine call")
-    ap.add_argument("--formats", default="tiff,report", help="outputs written per slide")
+    ap.add_argument("--formats", default=None,
+                    help="outputs written per slide [tiff,report; with --as-user: segment's defaults]")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/slidefuse-bench"), help="cache for slides/bundles")
 
 

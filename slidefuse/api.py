@@ -124,6 +124,25 @@ class SegmentationResult:
 
         return pyvips.Image.new_from_file(str(self.mask_path))
 
+    def probabilities(self) -> pyvips.Image:
+        """The class probabilities as a lazy C-band uchar pyvips image (full resolution of probs.ome.tif, W x H,
+        the mask's frame and pixel size): band k is round(p_k * 255) for class k (0 where no tile ran). Tiles
+        are decoded when pixels are asked for (e.g. `result.probabilities().crop(x, y, w, h).numpy()`)."""
+        import pyvips
+
+        info = self.report.get("outputs", {}).get("probs")
+        if not info:
+            raise ResultError(f"{self.out_dir}: probs.ome.tif was not written (formats {self.report.get('formats')});"
+                              " segment with formats including 'probs'")
+        path = self._need_ok("probabilities") / str(info["file"])
+        planes = pyvips.Image.tiffload(str(path), n=-1)  # the C full-resolution planes, one above the other
+        height = int(info["height"])
+        if planes.height % height:
+            raise ResultError(f"{path}: {planes.height} rows are not whole planes of {height}; the file is damaged, "
+                              "rerun with overwrite=True")
+        bands = [planes.crop(0, k * height, planes.width, height) for k in range(planes.height // height)]
+        return bands[0].bandjoin(bands[1:]) if len(bands) > 1 else bands[0]
+
     def mask_array(self, scratch_dir: SlidePath | None = None) -> np.ndarray:
         """The mask as a read-only memory-mapped uint8 [H, W] array of class indices at `mpp`.
 
@@ -243,7 +262,8 @@ class Model:
         out: output root, not inside a model bundle; the slide's files go to `out/<slide stem>/`. None: a new
           temporary folder (kept).
         formats: outputs to write ("tiff,geojson", a list, or "all"; default: the model's, every built-in
-          format); `mask()` and `mask_array()` read mask.tif ("tiff"); report.json is always written.
+          format); `mask()` and `mask_array()` read mask.tif ("tiff"), `probabilities()` reads probs.ome.tif
+          ("probs", not a default); report.json is always written.
         progress: a callable receiving `ProgressEvent`s.
         roi: the slide's regions of interest: a QuPath GeoJSON export (Polygon and MultiPolygon features, in the
           frame mask.geojson uses) or a mask image (nonzero = inside); see docs/regions.md. Only tiles touching a

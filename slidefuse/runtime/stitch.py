@@ -23,6 +23,10 @@ weighted and summed (the same arithmetic, in the same order, as a whole-cell sum
 the window is exactly 1 and only this tile contributes, is the argmax of the probabilities themselves, and that
 argmax (most of a tile's pixels) runs on ``threads`` worker threads (numpy releases the GIL), so stitching
 scales with cores. A band is written to disk once every interior job of its tile row is done.
+
+Probabilities (``probs_path``, optional): the same cells also give each pixel's blended probabilities normalised
+by the summed blend weights, quantised to uint8 and streamed to a second raw file (see ``stitch_probs``); the
+interior is the tile's own probabilities, quantised on the same worker thread as its argmax.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from slidefuse.runtime.grid import TileGrid, TileRC, blend_window
 from slidefuse.runtime.keep import KeepMask
+from slidefuse.runtime.stitch_probs import ProbabilityBand
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +50,11 @@ class Stitcher:
     """Stitch tile probabilities into ``raw_path``: uint8 class indices, row-major, ``width * height`` bytes,
     in the model frame of ``grid``. Feed tiles with ``add`` in row-major order, then call ``finish``.
     Use as a context manager (closes the file on error). ``keep``: pixels it does not keep (see ``keep``) are
-    written as class 0 and counted as such."""
+    written as class 0 and counted as such. ``probs_path``: also write the blended probabilities there, uint8
+    ``[height, width, C]`` interleaved, round(p * 255), 0 where no tile ran or ``keep`` drops the pixel."""
 
     def __init__(self, grid: TileGrid, num_classes: int, raw_path: Path, threads: int = 1,
-                 keep: KeepMask | None = None) -> None:
+                 keep: KeepMask | None = None, probs_path: Path | None = None) -> None:
         if not 1 <= num_classes <= 256:
             raise ValueError(f"num_classes must be 1..256 to fit uint8 class indices, got {num_classes}")
         if threads < 1:
@@ -70,6 +76,9 @@ class Stitcher:
         self.seconds = 0.0  # time spent in add/finish
         self._next = 0  # row-major index of the next grid position to process
         self._file: BinaryIO | None = open(self.raw_path, "wb")  # closed in finish/close
+        self.probs: ProbabilityBand | None = None
+        if probs_path is not None:
+            self.probs = ProbabilityBand(probs_path, num_classes, t, o, w, grid.padded_width)
         self._done = False
         lo, hi = o, t - o  # tile-frame span where the blend window is exactly 1
         self._pure = (lo, hi)
@@ -80,7 +89,8 @@ class Stitcher:
     # ---------------------------------------------------------------------------------------- public API
     def accumulator_bytes(self) -> int:
         """Bytes held in the stitcher's persistent buffers (probability sums and the uint8 band)."""
-        return int(self.bottom.nbytes + self.right.nbytes + self.band.nbytes + self.window.nbytes)
+        probs = self.probs.nbytes() if self.probs is not None else 0
+        return int(self.bottom.nbytes + self.right.nbytes + self.band.nbytes + self.window.nbytes + probs)
 
     def add(self, tile_rc: TileRC, probs: np.ndarray) -> None:
         """Add one tile's probabilities: float32 ``[C, T, T]`` (tile frame, rows = y), ``tile_rc`` in row-major
@@ -124,6 +134,8 @@ class Stitcher:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.probs is not None:
+            self.probs.close()
 
     def __enter__(self) -> Stitcher:
         return self
@@ -154,6 +166,8 @@ class Stitcher:
             if from_left:
                 self.bottom[:, :, x0 : x0 + o] += self.right[:, s : s + o, :]
             self.bottom_has[c] = probs is not None or from_left
+            if self.probs is not None:
+                self._bottom_weights(self.probs.bottom_w, x0, x1, probs is not None, from_left)
         # this tile's contribution to the next cell's left o columns
         if not last_col and o > 0:
             if probs is not None:
@@ -163,6 +177,17 @@ class Stitcher:
         if last_col:
             self._flush_band(self._cell_rows(r))
             self.right_has = False
+
+    def _bottom_weights(self, bottom_w: np.ndarray, x0: int, x1: int, has_tile: bool, from_left: bool) -> None:
+        """The blend weights behind ``bottom[:, :, x0:x1]`` into ``bottom_w``: this tile's window, plus the left
+        tile's corner."""
+        s, o = self.grid.stride, self.grid.overlap
+        if has_tile:
+            bottom_w[:, x0:x1] = self.window[s : s + o, : x1 - x0]
+        elif from_left:
+            bottom_w[:, x0:x1] = 0.0
+        if from_left:
+            bottom_w[:, x0 : x0 + o] += self.window[s : s + o, s : s + o]
 
     def _cell_rows(self, r: int) -> int:
         """Rows of cell row ``r`` inside the model frame."""
@@ -183,6 +208,8 @@ class Stitcher:
         fx0 = x0 + ax0 - m  # model-frame x of the visible part
         if probs is None and not (from_left or from_top):
             self.band[: ay1 - ay0, fx0 : fx0 + ax1 - ax0] = 0
+            if self.probs is not None:
+                self.probs.clear(0, ay1 - ay0, fx0, fx0 + ax1 - ax0)
             return
         # interior: window 1 and no neighbour, so the argmax of the probabilities themselves
         lo, hi = self._pure
@@ -197,8 +224,12 @@ class Stitcher:
         for ry0, ry1, rx0, rx1 in ((ay0, iy0, ax0, ax1), (iy1, ay1, ax0, ax1), (iy0, iy1, ax0, ix0),
                                    (iy0, iy1, ix1, ax1)):
             if ry1 > ry0 and rx1 > rx0:
-                acc = self._blended(probs, x0, (ry0, ry1, rx0, rx1), from_left, from_top)
+                box = (ry0, ry1, rx0, rx1)
+                acc = self._blended(probs, x0, box, from_left, from_top)
                 self.band[ry0 - ay0 : ry1 - ay0, fx0 - ax0 + rx0 : fx0 - ax0 + rx1] = argmax_classes(acc)
+                if self.probs is not None:
+                    weights = self._weights(self.probs.bottom_w, probs is not None, x0, box, from_left, from_top)
+                    self.probs.put_blended(acc, weights, ry0 - ay0, fx0 - ax0 + rx0)
 
     def _interior(self, probs: np.ndarray, box: tuple[int, int, int, int], ay0: int, bx: int) -> None:
         """argmax of ``probs`` over cell box ``(y0, y1, x0, x1)`` into ``band`` (on the pool when there is one)."""
@@ -206,6 +237,8 @@ class Stitcher:
 
         def job() -> None:
             self.band[y0 - ay0 : y1 - ay0, bx + x0 : bx + x1] = argmax_classes(probs[:, y0:y1, x0:x1])
+            if self.probs is not None:
+                self.probs.put(probs[:, y0:y1, x0:x1], y0 - ay0, bx + x0)
 
         if self._pool is None:
             job()
@@ -229,6 +262,22 @@ class Stitcher:
             acc[:, : min(y1, o) - y0, :] += self.bottom[:, y0 : min(y1, o), x0 + bx0 : x0 + bx1]
         return acc
 
+    def _weights(self, bottom_w: np.ndarray, has_tile: bool, x0: int, box: tuple[int, int, int, int],
+                 from_left: bool, from_top: bool) -> np.ndarray:
+        """float32 ``[h, w]``: the summed blend weights behind `_blended`'s sums over the same cell box
+        (``bottom_w``: the upper tile row's weights)."""
+        y0, y1, bx0, bx1 = box
+        s, o = self.grid.stride, self.grid.overlap
+        if has_tile:
+            weights = self.window[y0:y1, bx0:bx1].copy()
+        else:
+            weights = np.zeros((y1 - y0, bx1 - bx0), dtype=np.float32)
+        if from_left and bx0 < o:
+            weights[:, : min(bx1, o) - bx0] += self.window[y0:y1, s + bx0 : s + min(bx1, o)]
+        if from_top and y0 < o:
+            weights[: min(y1, o) - y0, :] += bottom_w[y0 : min(y1, o), x0 + bx0 : x0 + bx1]
+        return weights
+
     def _flush_band(self, rows: int) -> None:
         jobs, self._jobs = self._jobs, []
         for job in jobs:  # the row's interior argmax jobs write into the band
@@ -236,9 +285,13 @@ class Stitcher:
         if rows <= 0:
             return
         band = self.band[:rows]
+        kept = None
         if self.keep is not None:
             y0 = self._rows_written
-            band[~self.keep.rows(y0, y0 + rows, self.grid.width)] = 0
+            kept = self.keep.rows(y0, y0 + rows, self.grid.width)
+            band[~kept] = 0
+        if self.probs is not None:
+            self.probs.write(rows, kept)
         self._rows_written += rows
         for k in range(self.num_classes):  # C fast comparisons beat bincount's conversion to intp
             self.class_pixels[k] += np.count_nonzero(band == k)

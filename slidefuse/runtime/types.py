@@ -123,3 +123,14 @@ class MaskResult:
     backend: dict[str, Any]  # backend.info(): what ran
     extra: dict[str, Any] = field(default_factory=dict)  # anything else worth reporting (tile, overlap, ...)
     regions: RegionsResult | None = None  # areas per region of interest (None: the whole slide ran)
+    probs_path: Path | None = None  # uint8 [mask_height, mask_width, C] interleaved round(p * 255) blended class
+    # probabilities (see runtime.stitch_probs), when an output needs them; None: not written
+
+    def scratch_files(self) -> tuple[Path, ...]:
+        """The stitcher's raw files (the mask, and the probabilities when written): removed after the outputs."""
+        return (self.raw_path,) if self.probs_path is None else (self.raw_path, self.probs_path)
+
+    def remove_scratch(self) -> None:
+        """Remove the stitcher's raw files (those that exist)."""
+        for path in self.scratch_files():
+            path.unlink(missing_ok=True)

@@ -115,11 +115,12 @@ def test_help_lists_a_registered_writer_and_an_unregistered_name_is_refused(
     writer = register_writer(ClassCountsWriter())
     try:
         text = CliRunner().invoke(cli, ["segment", "--help"], terminal_width=200).output
-        assert "tiff, geojson, preview, zarr, class-counts, report (or 'all')" in text
+        assert ("tiff, geojson, preview, zarr, probs, probs-zarr, palette, class-counts, report (or 'all')"
+                in text)
         assert "[default: tiff,geojson,preview,report]" in text  # a plug-in is not written unless asked for
     finally:
         unregister_writer(writer.name)
     refused = _segment(small_tiff, bundle_dir, tmp_path / "out", "class-counts")
     assert refused.exit_code == 2 and "class-counts" in refused.stderr
-    assert "choose among geojson, preview, report, tiff" in refused.stderr
+    assert "choose among geojson, palette, preview, probs, probs-zarr, report, tiff" in refused.stderr
     assert "Traceback" not in refused.output

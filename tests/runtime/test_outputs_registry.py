@@ -75,17 +75,19 @@ def _inputs(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_builtin_formats_and_the_registry_round_trip(registered: list[NoteWriter]) -> None:
-    assert format_names() == ("tiff", "geojson", "preview", "zarr", "report")  # zarr: opt-in, not a default
+    # zarr, probs and probs-zarr: opt-in, not defaults
+    assert format_names() == ("tiff", "geojson", "preview", "zarr", "probs", "probs-zarr", "palette", "report")
     assert ALL_FORMATS == {"tiff", "geojson", "report", "preview"}
     assert get_writer("tiff").file_name == "mask.tif"
     _add(registered, NoteWriter())
-    assert format_names() == ("tiff", "geojson", "preview", "zarr", "note", "report")
+    assert format_names() == ("tiff", "geojson", "preview", "zarr", "probs", "probs-zarr", "palette", "note", "report")
     assert parse_formats("note,report") == {"note", "report"} and "note" in parse_formats("all")
     assert ALL_FORMATS == {"tiff", "geojson", "report", "preview"}  # the built-ins; plug-ins are asked for
     unregister_writer("note")
     registered.clear()
     assert "note" not in format_names()
-    with pytest.raises(UsageError, match="note.*choose among geojson, preview, report, tiff, zarr"):
+    with pytest.raises(UsageError,
+                       match="note.*choose among geojson, palette, preview, probs, probs-zarr, report, tiff, zarr"):
         parse_formats("note")
 
 
@@ -106,7 +108,7 @@ def test_builtin_formats_and_the_registry_round_trip(registered: list[NoteWriter
 def test_register_refuses_taken_or_bad_names(name: str, file_name: str, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         register_writer(NoteWriter(name, file_name))
-    assert format_names() == ("tiff", "geojson", "preview", "zarr", "report")
+    assert format_names() == ("tiff", "geojson", "preview", "zarr", "probs", "probs-zarr", "palette", "report")
 
 
 def test_unknown_names_list_the_registered_ones() -> None:

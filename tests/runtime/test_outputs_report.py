@@ -93,8 +93,10 @@ def test_formats_subset_writes_only_those_and_the_report(tmp_path) -> None:
 
 def test_parse_formats() -> None:
     assert parse_formats("tiff, geojson") == frozenset({"tiff", "geojson"})
-    assert parse_formats("all") == ALL_FORMATS | {"zarr"}  # every registered format, opt-in ones too
-    with pytest.raises(UsageError, match="png.*choose among geojson, preview, report, tiff"):
+    # every registered format, opt-in ones too
+    assert parse_formats("all") == ALL_FORMATS | {"zarr", "probs", "probs-zarr", "palette"}
+    with pytest.raises(UsageError,
+                       match="png.*choose among geojson, palette, preview, probs, probs-zarr, report, tiff"):
         parse_formats("tiff,png")
     with pytest.raises(UsageError):
         parse_formats("")

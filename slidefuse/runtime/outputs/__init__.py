@@ -48,6 +48,7 @@ from slidefuse.runtime.outputs.base import (
     OutputWriter,
 )
 from slidefuse.runtime.outputs.preview import TISSUE_FILE, write_tissue_png
+from slidefuse.runtime.outputs.probs import needs_probabilities
 from slidefuse.runtime.outputs.raster import OutputError
 from slidefuse.runtime.outputs.registry import (
     DEFAULT_FORMATS,
@@ -76,6 +77,7 @@ __all__ = [
     "clean_temporaries",
     "format_names",
     "get_writer",
+    "needs_probabilities",
     "outputs_current",
     "parse_formats",
     "read_report",
@@ -100,11 +102,11 @@ def _check_classes(result: MaskResult, bundle: Bundle) -> None:
         )
 
 
-def _prepare_folder(out_dir: Path, raw_path: Path) -> None:
-    """Create `out_dir`, remove what a killed run left (not the raw mask `raw_path`), and remove report.json
-    before anything is rewritten: a rewrite killed half-way must not look complete."""
+def _prepare_folder(out_dir: Path, scratch: tuple[Path, ...]) -> None:
+    """Create `out_dir`, remove what a killed run left (not the stitcher's raw files `scratch`), and remove
+    report.json before anything is rewritten: a rewrite killed half-way must not look complete."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(out_dir, keep=(raw_path,))  # fenced: checks first that this writer still may
+    clean_temporaries(out_dir, keep=scratch)  # fenced: checks first that this writer still may
     report_path = out_dir / REPORT
     if report_path.exists():
         report_path.unlink()
@@ -202,7 +204,7 @@ def _write_outputs(result: MaskResult, slide: SlideInfo, bundle: Bundle, out_dir
     options = options if options is not None else OutputOptions()
     _check_classes(result, bundle)
     context = OutputContext(result, slide, bundle, Path(out_dir), options)
-    _prepare_folder(context.out_dir, result.raw_path)
+    _prepare_folder(context.out_dir, result.scratch_files())
     done = {"tissue": _timed(lambda: _write_tissue(context))}
     done.update(_run_writers(context, [w for w in writers() if w.name in options.formats]))
     described = {fmt: _described(record) for fmt, (record, _) in done.items()}

@@ -43,6 +43,8 @@ class OutputOptions:
 
     def __post_init__(self) -> None:
         _check_formats(self.formats)
+        if {"probs", "zarr"} <= self.formats:  # probabilities and OME-Zarr: the probabilities as OME-Zarr too
+            object.__setattr__(self, "formats", self.formats | {"probs-zarr"})
         for name in ("mask_mpp", "geojson_mpp"):
             value = getattr(self, name)
             if value is not None:  # nan, inf and bools refused; numpy scalars become floats

@@ -17,6 +17,14 @@ labelled band by band of rows and merged at the seams (`Regions`: one band's lab
 region; no full-grid mask or label image), and its regions are polygonised in batches whose windows are
 bounded (`region_batches`), each window labelled on its own: about 10 bytes per window pixel plus about 80
 bytes per boundary edge of the batch. Memory is then the grid (1 byte per pixel) plus the largest batch.
+
+Measurements: every feature's `properties.measurements` is a map of name to number, the form QuPath's GeoJSON
+import reads (`MeasurementListTypeAdapter` in QuPath's `qupath.lib.io.QuPathTypeAdapters`): "Area µm^2", the
+region's grid pixels times a grid pixel's area (at the mask's resolution, the same count as report.json's
+areas; the simplified outline differs from it by up to half a pixel along the edge), "Perimeter µm", the length
+of the polygon as written (every ring; level-0 pixel size of the slide), and "Mean probability", the mean
+probability of the feature's class over its grid pixels (from the stitched probabilities, see
+`probs.ProbabilityGrid`; left out when the stitcher wrote none).
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ from slidefuse.runtime.outputs.base import (
     OutputOptions,
     OutputRecord,
 )
-from slidefuse.runtime.outputs.polygons import SIMPLIFY_PX, polygonize, to_l0
+from slidefuse.runtime.outputs.polygons import SIMPLIFY_PX, polygonize_regions, to_l0_indexed
+from slidefuse.runtime.outputs.probs import ProbabilityGrid, region_means
 from slidefuse.runtime.outputs.raster import class_grid, grid_size_for
 from slidefuse.runtime.outputs.regions import BATCH_PIXELS, Regions, region_batches
 from slidefuse.runtime.types import MaskResult, SlideInfo
@@ -49,6 +58,7 @@ from slidefuse.runtime.types import MaskResult, SlideInfo
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = GEOJSON_MAX_PIXELS  # default cap on the polygonised grid (67 Mpx, e.g. 8192 x 8192)
+AREA, PERIMETER, MEAN_PROBABILITY = "Area µm^2", "Perimeter µm", "Mean probability"  # measurement names
 
 
 def feature(geom: Any, cls: ClassInfo) -> dict[str, Any]:
@@ -73,15 +83,30 @@ def iter_features(
     """(class index, geometry in l0_xy minus `offset`) for every region of every class >= 1 of a uint8 [h, w]
     class grid. Regions are polygonised in batches of `region_batches` (same output as all at once); the
     grid's label image is dropped before the first batch (`Regions`), so a batch costs its window alone."""
+    for c, g, _, _ in iter_regions(grid, classes, sx, sy, min_area_px=min_area_px, offset=offset,
+                                   batch_px=batch_px):
+        yield c, g
+
+
+def iter_regions(
+    grid: np.ndarray, classes: Sequence[ClassInfo], sx: float, sy: float, *, min_area_px: float = 0.0,
+    offset: tuple[float, float] = (0.0, 0.0), batch_px: int = BATCH_PIXELS, probs: ProbabilityGrid | None = None,
+) -> Iterator[tuple[int, Any, int, float | None]]:
+    """`iter_features`' (class index, geometry), each with the region's number of grid pixels and the mean
+    probability of its class over them (from `probs`, a probability in [0, 1]; None without `probs`)."""
     for c in range(1, len(classes)):
         regions = Regions.of(grid, c)  # labelled band by band: no full-grid mask or label image
         for lo, hi, (rows, cols) in region_batches(regions.boxes, batch_px):
             labels = regions.batch_labels(grid[rows, cols] == c, lo, hi, (rows.start, cols.start))
-            # no name holds polygonize's result: to_l0 drops each stage's geometries as it makes the next
-            for g in to_l0(polygonize(labels > 0, min_area_px=min_area_px, labels=(labels, hi - lo + 1)), sx, sy,
-                           offset=offset, grid_origin=(cols.start, rows.start)):
-                yield c, g
-            del labels
+            n = hi - lo + 1
+            pixels = np.bincount(labels.ravel(), minlength=n + 1)
+            means = region_means(labels, n, probs.window(c, rows, cols)) if probs is not None else None
+            polys, poly_labels = polygonize_regions(labels > 0, min_area_px=min_area_px, labels=(labels, n))
+            held = [polys]  # to_l0 drops each stage's geometries as it makes the next: no name keeps these
+            del polys, labels
+            for i, g in to_l0_indexed(held.pop(), sx, sy, offset=offset, grid_origin=(cols.start, rows.start)):
+                label = poly_labels[i]
+                yield c, g, int(pixels[label]), (float(means[label]) if means is not None else None)
         del regions
 
 
@@ -108,8 +133,9 @@ def write_geojson(
     grid, method = class_grid(result, gw, gh, num_classes=len(classes))  # the only copy of the grid in memory
     sx, sy = slide.width / gw, slide.height / gh  # l0 px per grid px
     offset, offset_source = frame_offset(slide, frame)
-    counts = _stream_features(Path(path), iter_features(grid, classes, sx, sy, min_area_px=min_area_px,
-                                                        offset=offset), classes)
+    probs = ProbabilityGrid(result, len(classes), gw, gh) if result.probs_path is not None else None
+    features = iter_regions(grid, classes, sx, sy, min_area_px=min_area_px, offset=offset, probs=probs)
+    counts = _stream_features(Path(path), features, classes, (sx * slide.mpp, sy * slide.mpp), slide.mpp)
     seconds = time.perf_counter() - t0
     grid_mpp = result.mask_width * result.mpp / gw
     logger.info(
@@ -132,21 +158,36 @@ def write_geojson(
         "frame_offset_l0": list(offset),
         "frame_offset_source": offset_source,
         "features": counts,
+        "measurements": [AREA, PERIMETER] + ([MEAN_PROBABILITY] if probs is not None else []),
         "seconds": seconds,
     }
 
 
-def _stream_features(path: Path, features: Iterator[tuple[int, Any]], classes: Sequence[ClassInfo]) -> dict[str, int]:
-    """Write (class index, geometry) pairs to `path` atomically as a FeatureCollection, one feature per line;
-    returns the number of features per class name."""
+def measurements(geom: Any, pixels: int, grid_um: tuple[float, float], l0_mpp: float,
+                 mean_probability: float | None) -> dict[str, float]:
+    """QuPath measurements of a region of ``pixels`` grid pixels (each ``grid_um`` µm wide and high) outlined by
+    ``geom`` in level-0 px (``l0_mpp`` µm per level-0 px): area in µm², perimeter in µm (every ring's length),
+    and the mean probability of its class when known."""
+    out = {AREA: round(pixels * grid_um[0] * grid_um[1], 3), PERIMETER: round(float(geom.length) * l0_mpp, 3)}
+    if mean_probability is not None:
+        out[MEAN_PROBABILITY] = round(mean_probability, 4)
+    return out
+
+
+def _stream_features(path: Path, features: Iterator[tuple[int, Any, int, float | None]],
+                     classes: Sequence[ClassInfo], grid_um: tuple[float, float], l0_mpp: float) -> dict[str, int]:
+    """Write (class index, geometry, grid pixels, mean probability) to `path` atomically as a FeatureCollection,
+    one feature per line, with its measurements (`measurements`); returns the number of features per class
+    name."""
     import shapely
 
     counts = {c.name: 0 for c in classes[1:]}
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write('{"type": "FeatureCollection", "features": [\n')
         first = True
-        for c, geom in features:
+        for c, geom, pixels, mean in features:
             props = feature(shapely.Polygon(), classes[c])["properties"]
+            props["measurements"] = measurements(geom, pixels, grid_um, l0_mpp, mean)
             text = '{"type": "Feature", "geometry": ' + shapely.to_geojson(geom) + ', "properties": '
             text += json.dumps(props) + "}"
             f.write(("" if first else ",\n") + text)

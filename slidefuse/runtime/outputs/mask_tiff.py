@@ -11,6 +11,12 @@ physical pixel size.
 Geometry: the TIFF covers the same physical extent as the slide; one TIFF pixel spans
 `slide.width / tiff_width` level-0 pixels horizontally (and likewise vertically), and the written pixel
 size is the mask's extent divided by the TIFF size, so `tiff px * tiff mpp == mask px * mask mpp` exactly.
+
+`mask.palette.tif` (format "palette", opt-in): the same TIFF with a colour map (Photometric = palette, ColorMap
+from the bundle's class colours), so viewers show the classes in their colours while the stored values stay
+class indices. mask.tif itself stays a plain grey image because libvips (so pyvips, and slidefuse's own
+`mask()` / `mask_array()`) and OpenSlide expand a palette to RGB(A) colours on reading; tifffile returns the
+indices (and the colour map beside them).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from slidefuse.atomic import TMP_SUFFIX, atomic_path, temporary_path
 from slidefuse.errors import UsageError
 from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import OutputError, mode_downsample, open_mask
+from slidefuse.runtime.outputs.tiff_tags import add_palette
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
@@ -82,11 +89,13 @@ def write_mask_tiff(
     *,
     num_classes: int,
     mask_mpp: float | None = None,
+    palette: list[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     """Write `mask.tif` atomically from the raw mask and return its description for the report.
 
     `mask_mpp` (um/px, >= result.mpp) writes a coarser TIFF, each pixel the mode of the classes under it.
     The returned dict holds width, height, mpp_x, mpp_y (um/px), l0 px per TIFF px, levels, compression.
+    `palette`: RGB colour of each class index, written as the TIFF's colour map (see `add_palette`).
     """
     t0 = time.perf_counter()
     width, height = tiff_size(result, mask_mpp)
@@ -106,6 +115,8 @@ def write_mask_tiff(
         finally:
             del img
             scratch.unlink(missing_ok=True)
+        if palette is not None:
+            add_palette(tmp, palette)
     seconds = time.perf_counter() - t0
     logger.info("wrote %s (%dx%d, %.3g um/px) in %.2f s", path, width, height, mpp_x, seconds)
     return {
@@ -122,6 +133,7 @@ def write_mask_tiff(
         "compression": COMPRESSION,
         "bigtiff": bigtiff,
         "resolution_unit": "centimeter",
+        "photometric": "palette" if palette is not None else "min-is-black",
         "seconds": seconds,
     }
 
@@ -157,8 +169,34 @@ class MaskTiffWriter:
 
     def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
         """True when the recorded mask.tif was written at the pixel size `options.mask_mpp` asks for."""
-        want = options.mask_mpp
-        model_mpp = report.get("mask", {}).get("mpp")
-        if want is not None and model_mpp and _same_mpp(want, float(model_mpp)):
-            want = None  # asking for the model's own pixel size is asking for none
-        return _same_mpp(report.get("outputs", {}).get(self.name, {}).get("requested_mask_mpp"), want)
+        return _written_at_mask_mpp(report, self.name, options)
+
+
+def _written_at_mask_mpp(report: Mapping[str, Any], name: str, options: OutputOptions) -> bool:
+    """Whether format `name`'s file in `report` was written at the pixel size `options.mask_mpp` asks for."""
+    want = options.mask_mpp
+    model_mpp = report.get("mask", {}).get("mpp")
+    if want is not None and model_mpp and _same_mpp(want, float(model_mpp)):
+        want = None  # asking for the model's own pixel size is asking for none
+    return _same_mpp(report.get("outputs", {}).get(name, {}).get("requested_mask_mpp"), want)
+
+
+@dataclass(frozen=True)
+class PaletteTiffWriter:
+    """Format "palette": `mask.palette.tif`, mask.tif with the class colours as its TIFF colour map."""
+
+    name: str = "palette"
+    file_name: str = "mask.palette.tif"
+
+    def write(self, context: OutputContext) -> OutputRecord:
+        path = context.out_dir / self.file_name
+        mask_mpp = context.options.mask_mpp
+        colours = [(int(c.color[0]), int(c.color[1]), int(c.color[2])) for c in context.classes]
+        info = write_mask_tiff(context.result, context.slide, path, num_classes=len(context.classes),
+                               mask_mpp=mask_mpp, palette=colours)
+        info["requested_mask_mpp"] = requested_mask_mpp(context.result, mask_mpp)
+        return OutputRecord(path, info)
+
+    def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
+        """As mask.tif: current when written at the pixel size `options.mask_mpp` asks for."""
+        return _written_at_mask_mpp(report, self.name, options)

@@ -212,7 +212,15 @@ def _ring_regions(
 
 def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midpoints",
                labels: tuple[np.ndarray, int] | None = None) -> Any:
-    """Polygons of the 4-connected regions of a bool [h, w] mask, in grid_xy (pixel corners, y down).
+    """Polygons of the 4-connected regions of a bool [h, w] mask, in grid_xy (pixel corners, y down): the
+    polygons of `polygonize_regions`, without their labels."""
+    return polygonize_regions(fg, min_area_px=min_area_px, outline=outline, labels=labels)[0]
+
+
+def polygonize_regions(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midpoints",
+                       labels: tuple[np.ndarray, int] | None = None) -> tuple[Any, np.ndarray]:
+    """Polygons of the 4-connected regions of a bool [h, w] mask, in grid_xy (pixel corners, y down), and the
+    label of the region each polygon outlines (int [n], ``ndimage.label(fg)``'s numbering, or `labels`').
 
     outline "edges": rings follow the pixel sides exactly (area = pixel count). "midpoints": rings join
     the midpoints of consecutive pixel sides, which cuts each corner by 1/8 px² (convex corners lose it,
@@ -232,7 +240,7 @@ def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midp
         raise UsageError(f"outline {outline!r} is unknown; use one of {', '.join(OUTLINES)}")
     fg = np.asarray(fg, dtype=bool)
     if not fg.any():
-        return np.empty(0, dtype=object)
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     x0, y0, d = _boundary_edges(fg)
     succ = _successors(x0, y0, d, fg.shape)
     ring, rank = _rank_rings(succ)
@@ -264,20 +272,21 @@ def polygonize(fg: np.ndarray, *, min_area_px: float = 0.0, outline: str = "midp
     ring_reg = ring_region[ring_ids]
     poly_starts = np.r_[True, ring_reg[1:] != ring_reg[:-1]]
     polys = shapely.polygons(rings, indices=np.cumsum(poly_starts) - 1)
+    poly_labels = ring_reg[poly_starts].astype(np.int64)
     del rings
     if outline == "midpoints":
         # Valid by construction: every ring vertex is the midpoint of its own unit edge, and at a vertex where
         # four boundary edges meet (a diagonal pinch) both rings turn, cutting opposite corners, so no two ring
         # segments touch. (Checking would cost GEOS' validity graph: +100 MB on one region with 1M edges; to_l0
         # checks every polygon after simplification anyway.)
-        return polys
+        return polys, poly_labels
     # With outline "edges", a region whose pixels touch diagonally around a background pocket has a shell that
     # touches itself at a vertex; OGC wants that as a shell plus a hole touching it, which make_valid produces.
     bad = ~shapely.is_valid(polys)
     for i in np.nonzero(bad)[0]:
         parts = _polygonal(shapely.make_valid(polys[i]))
         polys[i] = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
-    return polys
+    return polys, poly_labels
 
 
 def _polygonal(geom: Any) -> list[Any]:
@@ -323,6 +332,14 @@ def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX
 
     Returns one shapely Polygon or MultiPolygon per input polygon (empty results are dropped).
     """
+    return [g for _, g in to_l0_indexed(polys, sx, sy, tolerance_px=tolerance_px, offset=offset,
+                                        grid_origin=grid_origin)]
+
+
+def to_l0_indexed(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX,
+                  offset: tuple[float, float] = (0.0, 0.0), grid_origin: tuple[int, int] = (0, 0)
+                  ) -> list[tuple[int, Any]]:
+    """`to_l0`, each result with the index of the input polygon it came from (empty results are dropped)."""
     import shapely
 
     if len(polys) == 0:
@@ -333,15 +350,15 @@ def to_l0(polys: Any, sx: float, sy: float, *, tolerance_px: float = SIMPLIFY_PX
     shift = np.array(grid_origin, dtype=np.float64)
     polys = shapely.transform(polys, lambda c: np.round((c + shift) * scale - origin, DECIMALS))
     valid = shapely.is_valid(polys)
-    out = []
-    for g, ok in zip(polys, valid, strict=True):
+    out: list[tuple[int, Any]] = []
+    for i, (g, ok) in enumerate(zip(polys, valid, strict=True)):
         if ok:
             if not g.is_empty:
-                out.append(g)
+                out.append((i, g))
             continue
         parts = _polygonal(shapely.make_valid(g))
         if len(parts) == 1:
-            out.append(parts[0])
+            out.append((i, parts[0]))
         elif parts:
-            out.append(shapely.MultiPolygon(parts))
+            out.append((i, shapely.MultiPolygon(parts)))
     return out

@@ -12,10 +12,11 @@ import re
 from slidefuse.errors import UnknownName, UsageError, did_you_mean
 from slidefuse.runtime.outputs.base import OutputWriter
 from slidefuse.runtime.outputs.geojson import GeoJsonWriter
-from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter
+from slidefuse.runtime.outputs.mask_tiff import MaskTiffWriter, PaletteTiffWriter
 from slidefuse.runtime.outputs.preview import TISSUE_FILE, PreviewWriter
+from slidefuse.runtime.outputs.probs import ProbsWriter
 from slidefuse.runtime.outputs.report import REPORT
-from slidefuse.runtime.outputs.zarr import ZarrWriter
+from slidefuse.runtime.outputs.zarr import ProbsZarrWriter, ZarrWriter
 from slidefuse.runtime.types import RUN_LOG
 
 REPORT_FORMAT = "report"  # always written, last, by write_outputs itself: the record that a slide is complete
@@ -92,3 +93,6 @@ register_writer(PreviewWriter())
 
 DEFAULT_FORMATS = frozenset(format_names())  # what `segment` writes by default: every built-in format
 register_writer(ZarrWriter())  # opt-in (--formats zarr, needs the zarr extra): after DEFAULT_FORMATS
+register_writer(ProbsWriter())  # opt-in (--formats probs): the class probabilities
+register_writer(ProbsZarrWriter())  # probs.zarr: added by OutputOptions when probs and zarr are both chosen
+register_writer(PaletteTiffWriter())  # opt-in (--formats palette): mask.tif with the class colours as a palette

@@ -13,6 +13,12 @@ the output (streamed), and each level is copied from it into zarr one band of ch
 holds one band (256 rows x width) whatever the slide size. The folder is written under a temporary name and
 renamed when complete (`slidefuse.atomic.atomic_folder`); report.json records its total bytes and file count,
 so a folder that lost or changed a chunk is not taken for complete on a rerun. Needs the `zarr` extra.
+
+`probs.zarr` (format "probs-zarr", chosen by `probs` and `zarr` together): the class probabilities as an
+OME-Zarr multiscale image beside it: axes c, y, x; uint8 [C, height, width] arrays (round(p * 255), as
+probs.ome.tif), chunks of one channel x 256 x 256; each level the 2x2 mean of the one above, as probs.ome.tif's;
+`omero` names each channel after its class, with the class colour and the window 0..255. Written the same way,
+from the stitcher's raw probabilities through a scratch pyramid, one band of chunk rows at a time.
 """
 
 from __future__ import annotations
@@ -74,21 +80,26 @@ def ngff_attributes(name: str, level_mpp: list[tuple[float, float]], classes: tu
     }
 
 
-def _scratch_pyramid(result: MaskResult, scratch: Path) -> list[Any]:
-    """Write the mask's mode pyramid (as mask.tif's) into an uncompressed scratch TIFF; its levels, lazily."""
+def _scratch_pyramid(result: MaskResult, scratch: Path, image: Any = None, shrink: str = "mode") -> list[Any]:
+    """Write the mask's mode pyramid (as mask.tif's), or `image`'s pyramid shrunk by `shrink`, into an
+    uncompressed scratch TIFF; its levels, lazily."""
     import pyvips
 
+    image = open_mask(result) if image is None else image
     try:
-        open_mask(result).tiffsave(str(scratch), tile=True, tile_width=CHUNK, tile_height=CHUNK, pyramid=True,
-                                   region_shrink="mode", compression="none", bigtiff=True, strip=True)
+        image.tiffsave(str(scratch), tile=True, tile_width=CHUNK, tile_height=CHUNK, pyramid=True,
+                       region_shrink=shrink, compression="none", bigtiff=True, strip=True)
     except pyvips.Error as exc:
         raise OutputError(f"{scratch}: libvips could not write the pyramid: {exc}".strip()) from exc
     n = int(pyvips.Image.new_from_file(str(scratch)).get("n-pages"))
     return [pyvips.Image.tiffload(str(scratch), page=k, access="sequential") for k in range(n)]
 
 
-def _new_array(group: Any, name: str, height: int, width: int) -> Any:
-    shape, chunks = (height, width), (min(CHUNK, height), min(CHUNK, width))
+def _new_array(group: Any, name: str, height: int, width: int, channels: int | None = None) -> Any:
+    shape: tuple[int, ...] = (height, width)
+    chunks: tuple[int, ...] = (min(CHUNK, height), min(CHUNK, width))
+    if channels is not None:
+        shape, chunks = (channels, *shape), (1, *chunks)
     if hasattr(group, "create_array"):  # zarr >= 3
         return group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
                                   chunk_key_encoding={"name": "v2", "separator": "/"})
@@ -97,11 +108,15 @@ def _new_array(group: Any, name: str, height: int, width: int) -> Any:
 
 
 def _copy_level(image: Any, array: Any) -> None:
-    """Copy a 1-band uchar image into a zarr array band by band (CHUNK rows at a time)."""
+    """Copy a 1-band uchar image into a zarr array [h, w], or a C-band one into [C, h, w], band by band (CHUNK
+    rows at a time)."""
     for y in range(0, image.height, CHUNK):
         h = min(CHUNK, image.height - y)
         band = image.crop(0, y, image.width, h).numpy()
-        array[y:y + h, :] = band.reshape(h, image.width)
+        if array.ndim == 3:
+            array[:, y:y + h, :] = band.reshape(h, image.width, image.bands).transpose(2, 0, 1)
+        else:
+            array[y:y + h, :] = band.reshape(h, image.width)
 
 
 def write_mask_zarr(result: MaskResult, name: str, classes: tuple[ClassInfo, ...], path: Path
@@ -140,6 +155,60 @@ def write_mask_zarr(result: MaskResult, name: str, classes: tuple[ClassInfo, ...
     }
 
 
+def probs_ngff_attributes(name: str, level_mpp: list[tuple[float, float]], classes: tuple[ClassInfo, ...]
+                          ) -> dict[str, Any]:
+    """probs.zarr's root attributes: `multiscales` (axes c, y, x; pixel size per level, um/px) and `omero`
+    (each channel's class name and colour, window 0..255)."""
+    datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, my, mx]}]}
+                for k, (mx, my) in enumerate(level_mpp)]
+    channels = [{"label": c.name, "color": "".join(f"{v:02X}" for v in _rgba(c.color)[:3]), "active": True,
+                 "coefficient": 1.0, "family": "linear", "inverted": False,
+                 "window": {"start": 0, "end": 255, "min": 0, "max": 255}} for c in classes]
+    return {
+        "multiscales": [{
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": [{"name": "c", "type": "channel"},
+                     {"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": datasets,
+            "type": "mean",
+            "metadata": {"description": "class probabilities, round(p * 255); 2x2 mean of the level above"},
+        }],
+        "omero": {"name": name, "version": NGFF_VERSION, "channels": channels,
+                  "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0}},
+    }
+
+
+def write_probs_zarr(result: MaskResult, name: str, classes: tuple[ClassInfo, ...], path: Path
+                     ) -> dict[str, Any]:
+    """Write `probs.zarr` (OME-NGFF multiscale image of the class probabilities) atomically; its description."""
+    from slidefuse.runtime.outputs.probs import open_probs
+
+    zarr = _zarr()
+    t0 = time.perf_counter()
+    scratch = Path(str(temporary_path(Path(path))) + ".tif" + TMP_SUFFIX)
+    try:
+        levels = _scratch_pyramid(result, scratch, open_probs(result, len(classes)), shrink="mean")
+        level_mpp = [(result.mask_width * result.mpp / im.width, result.mask_height * result.mpp / im.height)
+                     for im in levels]
+        with atomic_folder(Path(path)) as stage:
+            root = zarr.open_group(str(stage), mode="w", zarr_format=2) if _is_v3(zarr) else \
+                zarr.open_group(str(stage), mode="w")
+            for k, im in enumerate(levels):
+                _copy_level(im, _new_array(root, str(k), im.height, im.width, channels=len(classes)))
+            root.attrs.update(probs_ngff_attributes(name, level_mpp, classes))
+            del levels
+    finally:
+        scratch.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    logger.info("wrote %s (%dx%d x %d channels, %d levels) in %.2f s", path, result.mask_width,
+                result.mask_height, len(classes), len(level_mpp), seconds)
+    return {"file": Path(path).name, "ngff_version": NGFF_VERSION, "zarr_format": 2, "width": result.mask_width,
+            "height": result.mask_height, "channels": [c.name for c in classes], "levels": len(level_mpp),
+            "level_mpp": [list(m) for m in level_mpp], "chunk": CHUNK, "downsampling": "mean", "seconds": seconds}
+
+
 def _is_v3(zarr: Any) -> bool:
     return int(str(zarr.__version__).split(".")[0]) >= 3
 
@@ -158,3 +227,20 @@ class ZarrWriter:
 
     def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
         return True  # mask.zarr takes no options
+
+
+@dataclass(frozen=True)
+class ProbsZarrWriter:
+    """Format "probs-zarr": `probs.zarr`, the class probabilities as an OME-Zarr multiscale image (written when
+    `probs` and `zarr` are both chosen)."""
+
+    name: str = "probs-zarr"
+    file_name: str = "probs.zarr"
+
+    def write(self, context: OutputContext) -> OutputRecord:
+        path = context.out_dir / self.file_name
+        info = write_probs_zarr(context.result, Path(context.slide.path).name, context.classes, path)
+        return OutputRecord(path, info)
+
+    def is_current(self, report: Mapping[str, Any], options: OutputOptions) -> bool:
+        return True  # probs.zarr takes no options

@@ -382,7 +382,7 @@ class _SlideBatch:
         _, writing, done = self.pending
         if writing.cancelled():
             self.pending = None
-            done.result.raw_path.unlink(missing_ok=True)
+            done.result.remove_scratch()
         elif writing.done():
             self._settle()
 
@@ -512,7 +512,7 @@ class _SlideBatch:
         try:
             return stages.finish_slide(done, self.bundle, self.opts(i), run_info=run_info)
         except Exception as exc:
-            done.result.raw_path.unlink(missing_ok=True)  # never leave the raw mask behind a failed slide
+            done.result.remove_scratch()  # never leave the raw mask behind a failed slide
             return self._failed(i, exc)
 
     def _failed(self, i: int, exc: BaseException) -> SlideResult:

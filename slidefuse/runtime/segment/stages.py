@@ -227,17 +227,19 @@ def infer_slide(
 
 def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, backend: Backend,
                  progress: Progress) -> StitchedSlide:
-    from slidefuse.runtime.outputs import clean_temporaries
+    from slidefuse.runtime.outputs import clean_temporaries, needs_probabilities
 
     t_start = time.perf_counter()
     m = bundle.manifest
     grid, tiles, timings = plan.grid, plan.tiles, plan.timings
     raw_path = scratch_path(plan.out_dir, "mask.raw")  # mask.raw.tmp, or mask.raw.<tag>.tmp when fenced
+    probs_path = scratch_path(plan.out_dir, "probs.raw") if needs_probabilities(options.outputs) else None
     try:
         plan.out_dir.mkdir(parents=True, exist_ok=True)
         clean_temporaries(plan.out_dir)  # what a killed run (or a writer that lost its claim) left
         progress.update(0, len(tiles))
-        with Stitcher(grid, m.num_classes, raw_path, threads=options.stitch_threads, keep=plan.keep) as stitcher:
+        with Stitcher(grid, m.num_classes, raw_path, threads=options.stitch_threads, keep=plan.keep,
+                      probs_path=probs_path) as stitcher:
             stats = run_pipeline(
                 plan.view, grid, tiles, backend, stitcher,
                 PipelineOptions(batch_size=options.batch_size, workers=options.workers, prefetch=options.prefetch),
@@ -268,9 +270,12 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
                 "all_tiles": options.all_tiles, "stitcher_bytes": stitcher.accumulator_bytes(),
             },
             regions=regions,
+            probs_path=probs_path,
         )
     except BaseException:
         raw_path.unlink(missing_ok=True)
+        if probs_path is not None:
+            probs_path.unlink(missing_ok=True)
         raise
     finally:
         plan.close()
@@ -316,7 +321,7 @@ def finish_slide(done: StitchedSlide, bundle: Bundle, options: SegmentOptions, *
                                 extra_report={"options": options.to_dict(), "skip_key": done.key,
                                               **(run_info or {})}, fence=done.fence)
     finally:
-        result.raw_path.unlink(missing_ok=True)
+        result.remove_scratch()
     timings["write"] = time.perf_counter() - t0
     seconds = done.seconds + timings["write"]
     n_run = result.tile_counts["run"]
