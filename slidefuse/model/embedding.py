@@ -123,3 +123,15 @@ def embedding_from_segmentation(model: nn.Module) -> EmbeddingModel:
     embedding rule, at the segmentation model's tile size."""
     spec: EncoderSpec = model.spec  # type: ignore[assignment]
     return EmbeddingModel(spec, model.encoder, int(model.tile_size)).eval()  # type: ignore[arg-type]
+
+
+def embedding_model_from_state(encoder_id: str, tile_size: int, state_path: Path | str) -> EmbeddingModel:
+    """Rebuild an EmbeddingModel from its state dict file (`encoder.*`, as an embedding bundle's
+    model.safetensors holds it), strictly."""
+    from slidefuse.model.checkpoints import load_strict, read_state_file
+
+    spec = get_spec(encoder_id)
+    model = EmbeddingModel(spec, spec.builder(spec, tile_size), tile_size)
+    load_strict(model, read_state_file(state_path), f"the '{encoder_id}' embedding model (tile {tile_size})",
+                state_path)
+    return model.eval()
