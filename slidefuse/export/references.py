@@ -314,8 +314,8 @@ def reference_embeddings() -> dict[str, Embed]:
 def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: int = 2) -> float:
     """Build the publisher's model for `spec` (random weights, scrambled), save it in the publisher's format,
     build slidefuse's EmbeddingModel from that file at the native tile size, and return max |embedding
-    slidefuse - publisher| over `batch` random uint8 tiles (normalised by each side on its own: slidefuse
-    inside its model, the publisher's side here with the spec's mean and std)."""
+    slidefuse - publisher| over `batch` random uint8 tiles, both fed the same normalised images (the
+    normalisation inside the graph is the segmentation model's, checked with it)."""
     from slidefuse.model.embedding import EmbeddingModel
     from slidefuse.model.encoders import build_vit
     from slidefuse.model.checkpoints import load_encoder_weights
@@ -332,11 +332,9 @@ def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: i
     ours = EmbeddingModel(spec, enc, size).eval()
     tiles = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(size))
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    x = (tiles.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
     with torch.no_grad():
-        want, got = reference_embeddings()[encoder_id](src, x), ours(tiles)
+        x = ours.normalise(tiles)  # one input for both: the comparison is of the networks and their pooling
+        want, got = reference_embeddings()[encoder_id](src, x), ours.pool(enc.forward_features(x))
     if got.shape != want.shape:
         raise ValueError(f"{encoder_id}: slidefuse embedding {list(got.shape)}, publisher's {list(want.shape)}")
     return float((got - want).abs().max().item())
