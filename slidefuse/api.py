@@ -531,7 +531,8 @@ def _embed(model: Model, slide: SlidePath | np.ndarray, mpp: float | None) -> Em
         if mpp is None:
             raise UsageError("an array has no pixel size: pass mpp=<um/px>", field="mpp")
         reader = InMemorySlide(slide, float(mpp), "array")
-    plan = plan_embedding(Path("array") if reader is not None else Path(slide), bundle, options, reader=reader)
+    path = Path("array") if isinstance(slide, np.ndarray) else Path(slide)
+    plan = plan_embedding(path, bundle, options, reader=reader)
     rows = _Rows(plan.l0_xy)
     try:
         run_pipeline(plan.view, plan.grid, plan.tiles, model.backend, rows,

@@ -105,8 +105,20 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 def _register() -> None:
     # Command modules import only click at module level; heavy imports happen inside each command.
-    from slidefuse.commands import (bench, build, embed, export, info, keys, models, quantize, segment, sign, train,
-                                    triton)
+    from slidefuse.commands import (
+        bench,
+        build,
+        embed,
+        export,
+        info,
+        keys,
+        models,
+        quantize,
+        segment,
+        sign,
+        train,
+        triton,
+    )
 
     for mod in (models, export, build, quantize, sign, keys, segment, embed, bench, info, train, triton):
         cli.add_command(mod.command)

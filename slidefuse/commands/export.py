@@ -84,7 +84,8 @@ def _check_task(task: str, classes: str | None, from_bundle: Path | None, mpp: f
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
 @sign_option("the bundle")
-def command(encoder: str, task: str, classes: str | None, from_bundle: Path | None, colors: str | None, mpp: float, tile_size: int | None,
+def command(encoder: str, task: str, classes: str | None, from_bundle: Path | None, colors: str | None,
+            mpp: float | None, tile_size: int | None,
             geometry: str | None, overlap: int | None, color_transform: str,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
@@ -126,7 +127,8 @@ def command(encoder: str, task: str, classes: str | None, from_bundle: Path | No
     else:
         tile_size = tile_size or get_spec(encoder).native_size
     cfg = ExportConfig(
-        encoder=encoder, classes=_classes(classes) if classes else (), mpp=mpp or 1.0, task=task, out=out, tile_size=tile_size,
+        encoder=encoder, classes=_classes(classes) if classes else (), task=task, out=out, tile_size=tile_size,
+        mpp=mpp if mpp is not None else 1.0,  # with --from-bundle (no --mpp), the bundle's replaces it
         colors=tuple(parse_color(c) for c in colors.split(",")) if colors else None, overlap=overlap,
         encoder_weights=encoder_weights, decoder_weights=decoder_weights, random_weights=random_weights,
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,

@@ -177,7 +177,7 @@ def _fp16_gate(stage: Path, config: ExportConfig, info: EmbeddingInfo, fp32_grap
 
 def _manifest(config: ExportConfig, info: EmbeddingInfo, opset: int, fp16_file: str | None,
               parity: dict[str, Any], record: dict[str, Any], source_bundle: Bundle | None) -> Manifest:
-    from slidefuse.export.onnx_export import INPUT_NAME, EMBED_OUTPUT_NAME
+    from slidefuse.export.onnx_export import EMBED_OUTPUT_NAME, INPUT_NAME
     from slidefuse.model.registry import get_spec
 
     spec = get_spec(config.encoder)

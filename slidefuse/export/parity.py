@@ -51,6 +51,7 @@ from slidefuse.runtime.backends.base import Runner
 
 if TYPE_CHECKING:
     from slidefuse.model.assembly import SegmentationModel
+    from slidefuse.model.embedding import EmbeddingModel
     from slidefuse.model.registry import EncoderSpec
     from slidefuse.runtime.backends.base import Backend
     from slidefuse.runtime.bundle import Bundle, ClassInfo
@@ -266,7 +267,7 @@ class TorchModelRunner:
     """A runner over an in-memory torch SegmentationModel on its own device, fp32, used once: leaving the
     `with` block drops the model, so a model nothing else holds is freed before the next runner starts."""
 
-    def __init__(self, model: SegmentationModel) -> None:
+    def __init__(self, model: SegmentationModel | EmbeddingModel) -> None:
         self._model: Any = model
 
     def __enter__(self) -> TorchModelRunner:
@@ -495,8 +496,8 @@ def compare(runners: Mapping[str, Runner], tiles: ParityTiles, *,
     for rec in records[1:]:
         th = thresholds if isinstance(thresholds, ParityThresholds) else thresholds(rec)
         p = _figures(ref, cache[ref], rec.name, cache[rec.name], th)
-        agreement = ("smallest cosine %.7f" % p.min_cosine if p.min_cosine is not None
-                     else "argmax agreement %.5f" % p.argmax_agreement)
+        agreement = (f"smallest cosine {p.min_cosine:.7f}" if p.min_cosine is not None
+                     else f"argmax agreement {p.argmax_agreement:.5f}")
         log.info("parity %s vs %s: max|d| %.3g, %s on %d %s tiles (%s)", p.candidate, p.reference,
                  p.max_abs_diff, agreement, n, tiles.origin, "pass" if p.passed else "FAIL")
         pairs.append(p)

@@ -316,9 +316,9 @@ def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: i
     build slidefuse's EmbeddingModel from that file at the native tile size, and return max |embedding
     slidefuse - publisher| over `batch` random uint8 tiles, both fed the same normalised images (the
     normalisation inside the graph is the segmentation model's, checked with it)."""
+    from slidefuse.model.checkpoints import load_encoder_weights
     from slidefuse.model.embedding import EmbeddingModel
     from slidefuse.model.encoders import build_vit
-    from slidefuse.model.checkpoints import load_encoder_weights
 
     ref = references()[encoder_id]
     with torch.random.fork_rng(devices=[]):
@@ -334,7 +334,7 @@ def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: i
                           generator=torch.Generator().manual_seed(size))
     with torch.no_grad():
         x = ours.normalise(tiles)  # one input for both: the comparison is of the networks and their pooling
-        want, got = reference_embeddings()[encoder_id](src, x), ours.pool(enc.forward_features(x))
+        want, got = reference_embeddings()[encoder_id](src, x), ours.pool(enc.forward_features(x))  # type: ignore[operator]
     if got.shape != want.shape:
         raise ValueError(f"{encoder_id}: slidefuse embedding {list(got.shape)}, publisher's {list(want.shape)}")
     return float((got - want).abs().max().item())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from runtime.conftest import synthetic_rgb, write_pyramid_tiff
 
 

@@ -2,7 +2,8 @@
 
 features.h5 (as TRIDENT's `save_h5` / `coords_to_h5` write it, so TRIDENT's and CLAM's readers load it):
   features  float32 [N, D] (float16 with fp16 storage), resizable along N; attrs `name` (slide),
-            `savetodir` (the slide's output folder), `encoder` (registry id), plus slidefuse's: `embedding_rule`, `bundle_digest`, `slidefuse_version`
+            `savetodir` (the slide's output folder), `encoder` (registry id), plus slidefuse's: `embedding_rule`,
+            `bundle_digest`, `slidefuse_version`
   coords    int64 [N, 2]: level-0 (x, y) of each tile's top-left corner, resizable along N; attrs
             `patch_size` (px at the target pixel size), `patch_size_level0`, `level0_magnification`,
             `target_magnification`, `overlap` (px at the target pixel size), `name`, `savetodir`, `level0_width`,

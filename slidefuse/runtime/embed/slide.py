@@ -124,8 +124,9 @@ def feature_attrs(plan: EmbedPlan, bundle: Bundle, key: dict[str, Any], name: st
     l0_mpp = float(info.mpp)
     l0_mag = float(info.objective_power) if info.objective_power else 10.0 / l0_mpp
     target_mag = l0_mag * l0_mpp / m.mpp
-    feats = {"name": name, "savetodir": str(folder), "encoder": m.encoder, "embedding_rule": m.embedding.rule if m.embedding else None,
-             "bundle_digest": bundle.digest, "slidefuse_version": __version__}
+    feats = {"name": name, "savetodir": str(folder), "encoder": m.encoder,
+             "embedding_rule": m.embedding.rule if m.embedding else None, "bundle_digest": bundle.digest,
+             "slidefuse_version": __version__}
     coords_attrs = {
         "patch_size": m.tile_size, "patch_size_level0": int(round(m.tile_size * m.mpp / l0_mpp)),
         "level0_magnification": _mag(l0_mag), "target_magnification": _mag(target_mag),
