@@ -66,7 +66,7 @@ def model_for(config: ExportConfig, source_bundle: Bundle | None = None) -> Embe
 
     m = source_bundle.manifest
     if m.task != "segment" or m.torch_weights is None:
-        raise UsageError(f"{source_bundle.path}: --from-bundle needs a segmentation bundle with its torch weights "
+        raise UsageError(f"{source_bundle.path}: from_bundle needs a segmentation bundle with its torch weights "
                          f"(model.safetensors); this one has task {m.task!r}, torch weights {m.torch_weights!r}",
                          field="from_bundle")
     if m.geometry != "aligned":

@@ -57,7 +57,7 @@ def test_segmentation_bundle_is_refused_by_embed(runner: CliRunner, bundle_dir: 
                                                  tmp_path: Path) -> None:
     res = runner.invoke(cli, ["embed", str(embed_slide), "--model", str(bundle_dir), "--out", str(tmp_path / "o")])
     assert res.exit_code != 0
-    assert "segmentation bundle" in res.output and "--task embed" in res.output
+    assert "segmentation bundle" in res.output and "task 'embed'" in res.output
     assert "Traceback" not in res.output
 
 

@@ -55,8 +55,8 @@ def check_embedding_bundle(bundle: Bundle) -> None:
 
     if bundle.manifest.embedding is None:
         raise UsageError(f"{bundle.path} is a segmentation bundle (task {bundle.manifest.task!r}); embed needs an "
-                         "embedding bundle: make one with `slidefuse export ENCODER --task embed` (or --from-bundle "
-                         "to use this bundle's encoder)", field="model")
+                         "embedding bundle: export the encoder with task 'embed' (from_bundle=<this bundle> uses "
+                         "this bundle's encoder)", field="model")
 
 
 def _shard(slides: list[Path], dirs: list[Path], shard: tuple[int, int] | None) -> list[tuple[Path, Path]]:
