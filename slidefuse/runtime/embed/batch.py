@@ -86,9 +86,9 @@ def embed_many(inputs: Sequence[Path], bundle: Bundle, out_root: Path, options: 
             open_backend(options.backend, bundle, **dict(options.backend_options)) as backend:
         for slide, out_dir in pairs:
             res = _one(slide, out_dir, bundle, backend, options, claims)
-            run_log.record(slide, res.status if res.status != Status.CLAIMED else Status.SKIPPED, error=res.error,
-                           out_dir=out_dir, outputs=res.outputs, seconds=res.seconds, tiles=res.tiles,
-                           task="embed", **({"holder": "another process"} if res.status == Status.CLAIMED else {}))
+            if res.status != Status.CLAIMED:  # a slide another process holds is that process's to record
+                run_log.record(slide, res.status, error=res.error, out_dir=out_dir, outputs=res.outputs,
+                               seconds=res.seconds, tiles=res.tiles, task="embed")
             results.append(res)
             if on_result is not None:
                 on_result(res)
