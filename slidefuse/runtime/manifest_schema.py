@@ -284,6 +284,12 @@ def json_schema() -> dict[str, Any]:
     schema = _MANIFEST.json_schema()
     schema["properties"][INTEGRITY] = {**_SEAL.json_schema(), "title": "Integrity"}
     schema["required"] = [*schema["required"], *SEALED]
+    # A segmentation bundle (task absent or "segment") has at least two classes; an embedding bundle its record
+    schema["allOf"] = [{
+        "if": {"properties": {"task": {"const": "embed"}}, "required": ["task"]},
+        "then": {"required": ["embedding"], "properties": {"embedding": {"type": "object"}}},
+        "else": {"properties": {"classes": {"minItems": 2}}},
+    }]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "slidefuse model bundle manifest"
     schema["description"] = (f"manifest.json of a slidefuse model bundle, format_version {FORMAT_VERSION}. "

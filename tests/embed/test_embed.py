@@ -163,3 +163,28 @@ def test_a_segmentation_bundles_encoder_embeds(runner: CliRunner, tmp_path: Path
     seg_sd, emb_sd = load_file(str(seg / "model.safetensors")), load_file(str(emb / "model.safetensors"))
     enc = {k: v for k, v in seg_sd.items() if k.startswith("encoder.")}
     assert sorted(enc) == sorted(emb_sd) and all(np.array_equal(enc[k], emb_sd[k]) for k in enc)
+
+
+def test_tile_filter_hook_and_shards(embed_bundle: Path, embed_slide: Path, tmp_path: Path) -> None:
+    """The QC hook drops tiles before they run; --shard splits the list statically."""
+    from slidefuse.runtime.embed import EmbedOptions, embed_many
+
+    bundle = load_bundle(embed_bundle)
+    full = embed_many([embed_slide], bundle, tmp_path / "all", EmbedOptions(backend="ort-cpu"))
+    kept = embed_many([embed_slide], bundle, tmp_path / "odd", EmbedOptions(
+        backend="ort-cpu", tile_filter=lambda plan, tiles: [rc for rc in tiles if rc[1] % 2 == 1]))
+    assert full[0].status == "ok" and kept[0].status == "ok"
+    with h5py.File(tmp_path / "all" / "blobs" / "features.h5", "r") as f:
+        all_xy = {tuple(p) for p in f["coords"][:]}
+    with h5py.File(tmp_path / "odd" / "blobs" / "features.h5", "r") as f:
+        odd_xy = {tuple(p) for p in f["coords"][:]}
+    assert odd_xy and odd_xy < all_xy and all((x // 224) % 2 == 1 for x, _ in odd_xy)
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(embed_slide, two / f"{name}.tif")
+    first = embed_many([two], bundle, tmp_path / "sh", EmbedOptions(backend="ort-cpu", shard=(0, 2)))
+    second = embed_many([two], bundle, tmp_path / "sh", EmbedOptions(backend="ort-cpu", shard=(1, 2)))
+    assert [r.slide.name for r in first] == ["a.tif", "c.tif"] and [r.slide.name for r in second] == ["b.tif"]
+    run = json.loads((tmp_path / "sh" / "run.json").read_text())
+    assert sorted(Path(s["slide"]).name for s in run["slides"] if s["status"] == "ok") == ["a.tif", "b.tif", "c.tif"]
