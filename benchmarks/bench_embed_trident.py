@@ -79,16 +79,30 @@ def load(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cosine_common(ref_path: str, path: str) -> dict[str, Any]:
-    """Per-tile cosine of two feature files on the tiles (coordinates) both hold."""
+    """Per-tile cosine of two feature files on the tiles (coordinates) both hold: over the tiles inside the slide,
+    and over the edge tiles that reach past it (slidefuse pads those with white glass; TRIDENT's OpenSlide reads
+    give transparent pixels there), reported apart."""
+    import h5py
+
     fr, cr = load(ref_path)
     f, c = load(path)
+    with h5py.File(path, "r") as h:
+        size = int(h["coords"].attrs["patch_size_level0"])
+        width, height = int(h["coords"].attrs["level0_width"]), int(h["coords"].attrs["level0_height"])
     index = {tuple(xy): i for i, xy in enumerate(c)}
     pairs = [(i, index[tuple(xy)]) for i, xy in enumerate(cr) if tuple(xy) in index]
     a_rows = fr[[p[0] for p in pairs]]
     b_rows = f[[p[1] for p in pairs]]
     cos = (a_rows * b_rows).sum(1) / (np.linalg.norm(a_rows, axis=1) * np.linalg.norm(b_rows, axis=1))
-    return {"common_tiles": len(pairs), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-            "max_abs_diff": float(np.abs(a_rows - b_rows).max())}
+    xy = cr[[p[0] for p in pairs]]
+    inside = (xy[:, 0] + size <= width) & (xy[:, 1] + size <= height)
+    out: dict[str, Any] = {"common_tiles": len(pairs), "inside_tiles": int(inside.sum())}
+    for label, sel in (("inside", inside), ("edge", ~inside)):
+        if sel.any():
+            out[label] = {"tiles": int(sel.sum()), "min_cosine": float(cos[sel].min()),
+                          "mean_cosine": float(cos[sel].mean()),
+                          "max_abs_diff": float(np.abs(a_rows[sel] - b_rows[sel]).max())}
+    return out
 
 
 def reader_check(a: argparse.Namespace, features: str, out: Path) -> dict[str, Any]:
@@ -106,6 +120,17 @@ def reader_check(a: argparse.Namespace, features: str, out: Path) -> dict[str, A
             "mean_feature_max_abs_diff": float(np.abs(slide_feature - mean).max())}
 
 
+def compare_only(a: argparse.Namespace) -> int:
+    """The comparison part again, on the feature files of a saved result (its last round)."""
+    result = json.loads(a.compare_only.read_text())
+    last = result["rounds"][-1]
+    paths = [p for p in last if p != "trident"]
+    result["cosine_vs_trident"] = {p: cosine_common(last["trident"]["features"], last[p]["features"]) for p in paths}
+    a.compare_only.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["cosine_vs_trident"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from slidefuse.bench.machine import cpu_isa, cpu_model, isa_summary, load_average
 
@@ -120,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/slidefuse-bench-trident"))
+    ap.add_argument("--compare-only", type=Path, default=None, metavar="RESULT_JSON",
+                    help="recompute the feature comparison and reader check of a saved result (no new runs)")
     a = ap.parse_args(argv)
+    if a.compare_only is not None:
+        return compare_only(a)
     paths = [p for p in a.paths.split(",") if p]
     rounds: list[dict[str, Any]] = []
     first: str | None = None

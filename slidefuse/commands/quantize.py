@@ -77,7 +77,8 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
                             out=out, op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()))
     result = quantize_bundle(config)
     p = result.parity
-    figure = (f"smallest cosine {p['min_cosine']:.5f} (limit {p['thresholds']['min_cosine']:g})" if "min_cosine" in p
+    limit = p["thresholds"].get("min_cosine", 0.999)
+    figure = (f"smallest cosine {p['min_cosine']:.5f} (limit {limit:g})" if "min_cosine" in p
               else f"argmax agreement {p['argmax_agreement']:.5f}, max |dp| {p['max_abs_diff']:.3g} (limits "
                    f"{min_agreement:g} / {max_diff:g})")
     click.echo(f"{result.bundle.path / 'model.int8.onnx'}: {figure} on {p['tiles']} held-out tiles; "

@@ -272,7 +272,7 @@ def config_record(config: ExportConfig) -> dict[str, Any]:
         if isinstance(v, Path):
             v = v.name
         elif isinstance(v, ParityThresholds):
-            v = dataclasses.asdict(v)
+            v = v.to_dict()
         elif isinstance(v, tuple):
             v = [x.name if isinstance(x, Path) else list(x) if isinstance(x, tuple) else x for x in v]
         out[f.name] = v

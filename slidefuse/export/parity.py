@@ -69,12 +69,12 @@ TileOrigin = Literal["slides", "package-data", "random"]
 class ParityThresholds:
     max_abs_diff: float = 1e-3  # largest allowed |p_ref - p| (probabilities, 0..1)
     min_argmax_agreement: float = 0.999  # smallest allowed fraction of pixels with the same argmax class
-    # embeddings ([N, D] outputs) only: smallest allowed per-tile cosine similarity with the reference; their
-    # pixels have no argmax, so `min_argmax_agreement` is not used for them
-    min_cosine: float = 0.999
+    # embeddings ([N, D] outputs) only: smallest allowed per-tile cosine similarity with the reference (None:
+    # EMBED_MIN_COSINE); their pixels have no argmax, so `min_argmax_agreement` is not used for them
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
-        if not -1 <= self.min_cosine <= 1:
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
             raise UsageError(f"parity min_cosine {self.min_cosine} is out of range; expected -1..1")
         if not 0 < self.max_abs_diff <= 1:
             raise UsageError(f"parity max_abs_diff {self.max_abs_diff} is out of range; expected 0 < x <= 1")
@@ -84,6 +84,16 @@ class ParityThresholds:
             )
 
 
+    def to_dict(self) -> dict[str, float]:
+        """The thresholds as recorded (`min_cosine` only when set)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def cosine(self) -> float:
+        """The smallest allowed per-tile cosine for embeddings."""
+        return self.min_cosine if self.min_cosine is not None else EMBED_MIN_COSINE
+
+
+EMBED_MIN_COSINE = 0.999  # embeddings: per-tile cosine when a threshold names none
 FP32_THRESHOLDS = ParityThresholds(1e-3, 0.999)
 FP16_THRESHOLDS = ParityThresholds(5e-2, 0.99)
 # Embeddings: fp32 graph vs torch equal to 1e-5 (absolute, and cosine 1 - 1e-5); a reduced-precision graph (fp16,
@@ -374,7 +384,7 @@ class ParityReport:
                 if p.min_cosine is not None:
                     raise ParityError(
                         f"{p.candidate}: embedding parity with {p.reference} failed: smallest per-tile cosine "
-                        f"{p.min_cosine:.6f} (limit {th.min_cosine:g}), max |de| {p.max_abs_diff:.3g} (limit "
+                        f"{p.min_cosine:.6f} (limit {th.cosine():g}), max |de| {p.max_abs_diff:.3g} (limit "
                         f"{th.max_abs_diff:g}) on {self.tiles} {self.tile_origin} tiles; it does not compute what "
                         "the reference computes: fix the export, or loosen the thresholds if the difference is "
                         "expected")
@@ -394,7 +404,7 @@ class ParityReport:
                 "mean_abs_diff": p.mean_abs_diff, "argmax_agreement": p.argmax_agreement,
                 **({"min_cosine": p.min_cosine} if p.min_cosine is not None else {}), "tiles": self.tiles,
                 "tile_origin": self.tile_origin, "tile_sources": list(self.tile_sources),
-                "batch_sizes": list(self.batch_sizes), "thresholds": asdict(p.thresholds), "passed": p.passed}
+                "batch_sizes": list(self.batch_sizes), "thresholds": p.thresholds.to_dict(), "passed": p.passed}
 
 
 ThresholdRule = Callable[[RunnerRecord], ParityThresholds]  # thresholds per candidate (e.g. by precision)
@@ -451,7 +461,7 @@ def _figures(ref_name: str, ref: np.ndarray, cand_name: str, cand: np.ndarray, t
     mean_d = float(diff.mean()) if finite else math.inf
     if ref.ndim == 2:  # embeddings [N, D]
         cos = float(cosine_rows(ref, cand).min()) if finite else -1.0
-        ok = max_d <= th.max_abs_diff and cos >= th.min_cosine
+        ok = max_d <= th.max_abs_diff and cos >= th.cosine()
         return PairFigures(ref_name, cand_name, max_d, mean_d, 1.0, th, ok, min_cosine=cos)
     agree = float((ref.argmax(1) == cand.argmax(1)).mean())
     ok = max_d <= th.max_abs_diff and agree >= th.min_argmax_agreement
