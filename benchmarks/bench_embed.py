@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py  # noqa: F401  (before libvips: the two may link different HDF5 versions; see slidefuse/runtime/embed)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 for _p in (REPO, REPO / "tests", REPO / "benchmarks"):
