@@ -13,7 +13,7 @@ import contextlib
 # h5py first: libvips (imported by the slide readers below) may link another HDF5 version than h5py's, and the
 # first one loaded serves both; h5py then fails on its first dataset ("Not a datatype"). Without h5py,
 # features.h5 is refused later with the extra to install (features.require_formats).
-with contextlib.suppress(ImportError):
+with contextlib.suppress(ImportError, ValueError):  # ValueError: libvips came first (reported when writing)
     import h5py  # noqa: F401
 
 from slidefuse.runtime.embed.batch import embed_many

@@ -139,6 +139,33 @@ def require_formats(formats: tuple[str, ...] | list[str]) -> None:
             __import__(name)
         except ImportError as exc:
             raise MissingExtra(name, "embed" if fmt == "h5" else "zarr", f"features.{fmt}") from exc
+        except ValueError as exc:  # h5py's import itself fails once libvips' HDF5 serves it
+            _h5py_unusable(exc)
+        if fmt == "h5":
+            _probe_h5py()
+
+
+def _probe_h5py() -> None:
+    """Raise SlidefuseError when h5py cannot write in this process: libvips loaded its own HDF5 library before
+    h5py was imported, and h5py's calls reach it."""
+    import uuid
+
+    import h5py
+
+    try:
+        with h5py.File(f"probe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False) as f:
+            f.create_dataset("x", data=np.zeros(1, dtype=np.float32))
+    except ValueError as exc:
+        _h5py_unusable(exc)
+
+
+def _h5py_unusable(exc: Exception) -> None:
+    from slidefuse.errors import SlidefuseError
+
+    raise SlidefuseError(
+        f"h5py cannot write features.h5 in this process ({exc}): the slide reader (libvips) loaded another HDF5 "
+        "library first; import slidefuse.runtime.embed (or h5py) before opening any slide, or write "
+        "formats=('zarr',)") from exc
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
