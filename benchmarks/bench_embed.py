@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py  # noqa: F401  (before libvips: the two may link different HDF5 versions; see slidefuse/runtime/embed)
+import h5py
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -111,7 +111,6 @@ def run_cli(slide_path: Path, bundle: Path, out: Path, threads: int) -> dict[str
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"slidefuse embed failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-    import h5py
 
     with h5py.File(next(out.glob("*/features.h5")), "r") as f:
         n = int(f["features"].shape[0])

@@ -183,6 +183,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["classes"] = [{"name": c.name, "color": list(c.color)} for c in self.classes]
+        if self.embedding is None:  # a segmentation bundle's manifest.json is written as before these fields
+            del d["task"], d["embedding"]
         return d
 
     @classmethod

@@ -11,7 +11,7 @@ features.h5 (as TRIDENT's `save_h5` / `coords_to_h5` write it, so TRIDENT's and 
   file attrs: `slidefuse_key` (the skip key, JSON) and `complete` (True once every row is in)
 features.zarr holds the same two arrays and attributes (zarr v3 group).
 
-Rows are buffered (`chunk_rows`) and appended; a whole slide's features are never held in memory. The file is
+Rows are buffered (`CHUNK_ROWS`) and appended; a whole slide's features are never held in memory. The file is
 written under a temporary name beside its final one and renamed into place once complete.
 """
 
@@ -35,6 +35,7 @@ H5_NAME = "features.h5"
 ZARR_NAME = "features.zarr"
 FILE_NAMES = {"h5": H5_NAME, "zarr": ZARR_NAME}
 KEY_ATTR = "slidefuse_key"
+CHUNK_ROWS = 1024  # rows buffered before they are appended to the feature file (and the datasets' chunk rows)
 
 
 @dataclass(frozen=True)

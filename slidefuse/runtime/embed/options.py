@@ -44,13 +44,12 @@ class EmbedOptions:
     overwrite: bool = False  # redo slides whose features are already complete for the same skip key
     workers: int = field(default_factory=_default_workers)  # reader threads
     prefetch: int = 2  # batches read ahead of the engine
-    chunk_rows: int = 1024  # rows buffered before they are appended to the feature file
     shard: tuple[int, int] | None = None  # (i, n): slides i, i+n, ... of the list
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes a claim over
     tile_filter: TileFilter | None = field(default=None, compare=False)  # e.g. QC exclusion; None: keep all
 
     def __post_init__(self) -> None:
-        for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1), ("chunk_rows", 1)):
+        for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1)):
             object.__setattr__(self, name, integer(getattr(self, name), field=name, minimum=minimum))
         if self.stride is not None:
             object.__setattr__(self, "stride", integer(self.stride, field="stride", minimum=1))

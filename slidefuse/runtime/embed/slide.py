@@ -19,7 +19,7 @@ import numpy as np
 
 from slidefuse._version import __version__
 from slidefuse.runtime import coords, interrupt
-from slidefuse.runtime.embed.features import FeatureAttrs, FeatureStore, open_store
+from slidefuse.runtime.embed.features import CHUNK_ROWS, FeatureAttrs, FeatureStore, open_store
 from slidefuse.runtime.embed.options import EmbedOptions
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
@@ -164,8 +164,8 @@ def embed_plan(plan: EmbedPlan, bundle: Bundle, backend: Runner, options: EmbedO
     stores: list[FeatureStore] = []
     try:
         for fmt in options.formats:
-            stores.append(open_store(fmt, out_dir, m.embedding.dim, dtype, attrs, options.chunk_rows))
-        sink = FeatureSink(plan, stores, m.embedding.dim, dtype, options.chunk_rows)
+            stores.append(open_store(fmt, out_dir, m.embedding.dim, dtype, attrs, CHUNK_ROWS))
+        sink = FeatureSink(plan, stores, m.embedding.dim, dtype, CHUNK_ROWS)
         run_pipeline(plan.view, plan.grid, plan.tiles, backend, sink,
                      PipelineOptions(batch_size=options.batch_size, workers=options.workers,
                                      prefetch=options.prefetch))
