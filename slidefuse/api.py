@@ -339,6 +339,11 @@ class Model:
                           backend=backend or self.backend, on_result=told, stop=stop)
         return [_result(r) for r in done]
 
+    def embed(self, slide: SlidePath | np.ndarray, *, mpp: float | None = None) -> EmbeddingResult:
+        """The patch embeddings of one slide file or uint8 [H, W, 3] RGB array (then `mpp` is required), held in
+        memory (nothing is written; `slidefuse embed` writes features.h5). Needs an embedding bundle."""
+        return _embed(self, slide, mpp)
+
     def segment_batch(
         self,
         slides: Iterable[SlidePath],
@@ -506,3 +511,62 @@ def segment_many(
         return
     with load_model(model, backend=backend, **options) as loaded:
         yield from loaded.segment_many(slides, out=out, list_file=list_file, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """One slide's patch embeddings (`Model.embed`), in row-major tile order."""
+
+    features: np.ndarray  # float32 [N, D]: the encoder's published patch embedding of each tile
+    coords: np.ndarray  # int64 [N, 2]: level-0 (x, y) of each tile's top-left corner (array: its own pixels)
+    mpp: float  # um/px the tiles were cut at (the bundle's)
+    tile_size: int  # tile side in px at `mpp`
+    encoder: str  # encoder registry id
+
+
+class _Rows:
+    """An in-memory TileSink: the embeddings and their level-0 corners."""
+
+    def __init__(self, l0_xy: Callable[[tuple[int, int]], tuple[int, int]]) -> None:
+        self.l0_xy = l0_xy
+        self.rows: list[np.ndarray] = []
+        self.xy: list[tuple[int, int]] = []
+
+    def add(self, tile_rc: tuple[int, int], result: np.ndarray, /) -> None:
+        self.rows.append(np.asarray(result, dtype=np.float32))
+        self.xy.append(self.l0_xy(tile_rc))
+
+
+def _embed(model: Model, slide: SlidePath | np.ndarray, mpp: float | None) -> EmbeddingResult:
+    import slidefuse.runtime.embed  # noqa: F401  (h5py before libvips; see runtime/embed/__init__.py)
+    from slidefuse.runtime.embed.batch import check_embedding_bundle
+    from slidefuse.runtime.embed.options import EmbedOptions
+    from slidefuse.runtime.embed.slide import plan_embedding
+    from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
+
+    bundle = model.bundle
+    check_embedding_bundle(bundle)
+    o = model.options
+    options = EmbedOptions(batch_size=o.batch_size, workers=o.workers, tissue=o.tissue, all_tiles=o.all_tiles,
+                           mpp=o.mpp, override_mpp=mpp if not isinstance(slide, np.ndarray) else None)
+    reader = None
+    if isinstance(slide, np.ndarray):
+        from slidefuse.runtime.slide import InMemorySlide
+
+        if mpp is None:
+            raise UsageError("an array has no pixel size: pass mpp=<um/px>", field="mpp")
+        reader = InMemorySlide(slide, float(mpp), "array")
+    path = Path("array") if isinstance(slide, np.ndarray) else Path(slide)
+    plan = plan_embedding(path, bundle, options, reader=reader)
+    rows = _Rows(plan.l0_xy)
+    try:
+        run_pipeline(plan.view, plan.grid, plan.tiles, model.backend, rows,
+                     PipelineOptions(batch_size=options.batch_size, workers=options.workers))
+    finally:
+        plan.close()
+    m = bundle.manifest
+    dim = m.embedding.dim if m.embedding is not None else 0
+    features = np.stack(rows.rows) if rows.rows else np.zeros((0, dim), np.float32)
+    coords = np.asarray(rows.xy, dtype=np.int64).reshape(-1, 2)
+    return EmbeddingResult(features, coords, float(m.mpp), int(m.tile_size), m.encoder)

@@ -108,6 +108,7 @@ def _register() -> None:
     from slidefuse.commands import (
         bench,
         build,
+        embed,
         export,
         info,
         keys,
@@ -121,7 +122,8 @@ def _register() -> None:
         view,
     )
 
-    for mod in (models, export, build, quantize, sign, keys, segment, summary, bench, info, train, triton, view):
+    for mod in (models, export, build, quantize, sign, keys, segment, summary, embed, bench, info, train, triton,
+                view):
         cli.add_command(mod.command)
 
 

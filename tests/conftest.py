@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+# h5py before anything loads libvips (features.h5 tests): libvips may link another HDF5 version, and the first
+# one loaded would serve h5py's calls (see slidefuse/runtime/embed/__init__.py)
+with contextlib.suppress(ImportError, ValueError):
+    import h5py  # noqa: F401
 
 import pytest
 from click.testing import CliRunner

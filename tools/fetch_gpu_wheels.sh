@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .whl
 py=${PYTHON:-.venv/bin/python}
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-for pkg in pyvips pyvips-binary cffi pycparser shapely; do
+for pkg in pyvips pyvips-binary cffi pycparser shapely h5py; do
   "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       "${plat[@]}" -d .whl "$pkg"
 done

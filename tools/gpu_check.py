@@ -15,7 +15,10 @@ this script installs them into a private folder first. Then, each step with its 
    bf16, CUDA graphs), batches 8 and 32;
 4. ``slide-torch.json`` / ``slide-null.json``: ``slidefuse bench slide`` end to end on a synthetic 16k x 16k
    JPEG TIFF with the torch backend on CUDA (phikon, random weights) and with the ``null`` engine;
-5. ``summary.json``: each step's status, seconds and where its output is.
+5. ``embed/``: a UNI-sized encoder (ViT-L/16 at 224 px, random weights) exported with ``--task embed``, then
+   ``slidefuse embed`` over the same slide on the torch backend (CUDA, fp16): ``embed/slide/features.h5`` and
+   ``embed/run.json`` (tiles and seconds);
+6. ``summary.json``: each step's status, seconds and where its output is.
 
 ``--dry-run`` runs the same steps on the CPU in their smallest form (tiny model, 2k slide, run_gpu --smoke),
 so the script is tested where no GPU is. A step that fails is recorded and the next one still runs.
@@ -127,11 +130,26 @@ def plan(args: argparse.Namespace, results: Path, work: Path) -> list[tuple[str,
     torch_opts = ["--backend", "torch", "--option", f"device={device}"] + ([] if dry else ["--precision", "bf16"])
     return [
         ("gpu-tests", gpu_tests, 0.12),
-        ("run_gpu", run_gpu, 0.40),
+        ("run_gpu", run_gpu, 0.30),
         ("export", export, 0.12),
-        ("slide-torch", [*bench, *torch_opts, "--json", str(results / "slide-torch.json")], 0.22),
-        ("slide-null", [*bench, "--backend", "null", "--json", str(results / "slide-null.json")], 0.08),
+        ("slide-torch", [*bench, *torch_opts, "--json", str(results / "slide-torch.json")], 0.20),
+        ("slide-null", [*bench, "--backend", "null", "--json", str(results / "slide-null.json")], 0.06),
+        *embed_steps(cli, results, work, dry),
     ]
+
+
+def embed_steps(cli: list[str], results: Path, work: Path, dry: bool) -> list[tuple[str, list[str], float]]:
+    """Embeddings: a UNI-sized encoder (ViT-L/16, random weights) exported with --task embed at 224 px, then
+    `slidefuse embed` over the synthetic slide on the torch backend (CUDA, fp16); the tiny encoder on the CPU in
+    the dry run. The features land in RESULTS/embed/slide/features.h5, the run in RESULTS/embed/run.json."""
+    encoder, device = ("tiny", "cpu") if dry else ("uni", "cuda")
+    bundle = work / f"{encoder}-embed.bundle"
+    export = [*cli, "-q", "export", encoder, "--task", "embed", "--random-weights", "--mpp", "0.5", "--tile", "224",
+              "--out", str(bundle), "--force", "--no-simplify", "--parity-tiles", "1:1"]
+    embed = [*cli, "-q", "embed", str(work / "slide.tif"), "--model", str(bundle), "--out", str(results / "embed"),
+             "--overwrite", "--batch", "8" if dry else "64", "--backend", "torch", "--option", f"device={device}",
+             *([] if dry else ["--option", "precision=fp16"])]
+    return [("export-embed", export, 0.08), ("embed-torch", embed, 0.10)]
 
 
 def main() -> int:

@@ -112,7 +112,7 @@ def _candidate_row(report: ParityReport, name: str, reference: str) -> ParityRow
         name, "pass" if pair.passed else "fail", pair.max_abs_diff, pair.mean_abs_diff, pair.argmax_agreement,
         report.tiles, reference, rec.precision, rec.load_s, rec.run_s,
         report.tiles / run_s if run_s else None,
-        thresholds=dataclasses.asdict(pair.thresholds), tile_origin=report.tile_origin, info=rec.info,
+        thresholds=pair.thresholds.to_dict(), tile_origin=report.tile_origin, info=rec.info,
     )
 
 

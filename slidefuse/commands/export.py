@@ -14,16 +14,40 @@ def _classes(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(","))
 
 
+def _check_task(task: str, classes: str | None, from_bundle: Path | None, mpp: float | None,
+                decoder_weights: Path | None) -> None:
+    """The options each task needs or refuses, as usage errors naming them."""
+    from slidefuse.errors import UsageError
+
+    if task == "segment":
+        if classes is None:
+            raise UsageError("--task segment needs --classes (background first), e.g. --classes background,tumour")
+        if from_bundle is not None:
+            raise UsageError("--from-bundle goes with --task embed (it exports a segmentation bundle's encoder)")
+    elif classes is not None or decoder_weights is not None:
+        raise UsageError("--task embed exports the encoder alone: drop --classes and --decoder-weights")
+    if mpp is None and from_bundle is None:
+        raise UsageError("--mpp is required: the microns per pixel the model expects its tiles at, e.g. --mpp 0.5")
+
+
 @click.command("export")
 @click.argument("encoder")
-@click.option("--classes", required=True,
-              help="Comma-separated class names, background first: background,tumour,stroma.")
+@click.option("--task", type=click.Choice(["segment", "embed"]), default="segment", show_default=True,
+              help="'segment': encoder + decoder, class probabilities out; 'embed': the encoder alone, the "
+                   "publisher's patch embedding out (float32 [B, D]; see `slidefuse models`).")
+@click.option("--classes", default=None,
+              help="Comma-separated class names, background first: background,tumour,stroma (--task segment).")
 @click.option("--colors", default=None, help="Comma-separated colours, one per class: '#000000,#e41a1c,...' or "
               "'r:g:b,...'. Default: background black, then a fixed distinct palette.")
-@click.option("--mpp", type=float, required=True, help="Microns per pixel the model expects its tiles at.")
+@click.option("--mpp", type=float, default=None, help="Microns per pixel the model expects its tiles at (required, "
+              "except with --from-bundle).")
 @click.option("--tile", "tile_size", type=int, default=None,
-              help="Tile side in px [the aligned tile (a multiple of the patch size: 518 for patch 14, 512 for "
-                   "16 and 8), or the tile the decoder was trained on (its NAME.json sidecar)].")
+              help="Tile side in px [segment: the aligned tile (a multiple of the patch size: 518 for patch 14, 512 "
+                   "for 16 and 8), or the tile the decoder was trained on (its NAME.json sidecar); embed: the "
+                   "encoder's native size, e.g. 224].")
+@click.option("--from-bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="--task embed: export the encoder part of this segmentation bundle (its weights, tile, mpp and "
+                   "colour handling).")
 @click.option("--color-transform", type=click.Choice(["none", "icc-to-srgb"]), default="none", show_default=True,
               help="What the model sees of a slide's embedded ICC profile: 'none' (the decoded values, as most "
                    "training pipelines saw them) or 'icc-to-srgb' (converted through the profile to sRGB).")
@@ -60,21 +84,26 @@ def _classes(text: str) -> tuple[str, ...]:
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
 @sign_option("the bundle")
-def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int | None,
+def command(encoder: str, task: str, classes: str | None, from_bundle: Path | None, colors: str | None,
+            mpp: float | None, tile_size: int | None,
             geometry: str | None, overlap: int | None, color_transform: str,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
             parity_min_agreement: float,
             fp16_max_diff: float, fp16_min_agreement: float, key: Path | None) -> None:
-    """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle.
+    """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle; with
+    --task embed, the encoder alone (uint8 tiles in, the publisher's patch embedding out).
 
     \b
     Every export passes a parity gate (onnxruntime vs PyTorch on real and random tiles) or leaves nothing behind.
     Example:
       slidefuse export phikon --random-weights --classes background,tumour,stroma --mpp 0.5 --out phikon.bundle
+      slidefuse export phikon --task embed --encoder-weights model.safetensors --mpp 0.5 --out phikon-embed.bundle
     """
     from slidefuse.errors import UsageError
+
+    _check_task(task, classes, from_bundle, mpp, decoder_weights)
 
     if decoder_weights is not None and random_weights and encoder_weights is not None:
         raise UsageError("--random-weights with both --encoder-weights and --decoder-weights: nothing is random; "
@@ -90,9 +119,16 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
     from slidefuse.model.geometry import resolve_tile
     from slidefuse.model.registry import get_spec
 
-    tile_size, geometry = resolve_tile(get_spec(encoder).patch_size, tile_size, geometry, decoder_weights)
+    if task == "segment":
+        tile_size, geometry = resolve_tile(get_spec(encoder).patch_size, tile_size, geometry, decoder_weights)
+    elif geometry is not None:
+        raise UsageError("--geometry goes with --task segment; an embedding bundle takes --tile (default: the "
+                         "encoder's native size)")
+    else:
+        tile_size = tile_size or get_spec(encoder).native_size
     cfg = ExportConfig(
-        encoder=encoder, classes=_classes(classes), mpp=mpp, out=out, tile_size=tile_size,
+        encoder=encoder, classes=_classes(classes) if classes else (), task=task, out=out, tile_size=tile_size,
+        mpp=mpp if mpp is not None else 1.0,  # with --from-bundle (no --mpp), the bundle's replaces it
         colors=tuple(parse_color(c) for c in colors.split(",")) if colors else None, overlap=overlap,
         encoder_weights=encoder_weights, decoder_weights=decoder_weights, random_weights=random_weights,
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
@@ -101,9 +137,22 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
         fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
     )
     t0 = time.perf_counter()
-    bundle = export_bundle(cfg)
+    if from_bundle is not None:
+        from slidefuse.export.embed_export import export_embedding_bundle
+        from slidefuse.runtime.bundle import load_bundle
+
+        bundle = export_embedding_bundle(cfg, load_bundle(from_bundle))
+    else:
+        bundle = export_bundle(cfg)
     m = bundle.manifest
     click.echo(f"bundle {bundle.path} ({time.perf_counter() - t0:.0f} s); tile {m.tile_size} px, {m.geometry}")
+    if m.embedding is not None:
+        click.echo(f"  embedding: {m.embedding.rule}, float32 [B, {m.embedding.dim}]")
+        for name, rep in m.parity.items():
+            click.echo(f"  parity {name}: smallest cosine {rep['min_cosine']:.7f}, max |de| {rep['max_abs_diff']:.3g} "
+                       f"on {rep['tiles']} tiles ({rep.get('tile_origin', '?')})")
+        sign_result(bundle.path, key)
+        return
     for name, rep in m.parity.items():
         click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
                    f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles ({rep.get('tile_origin', '?')})")

@@ -77,8 +77,11 @@ def command(bundle: Path, slides: tuple[Path, ...], calibration_tiles: int, gate
                             out=out, op_types=tuple(t.strip() for t in op_types.split(",") if t.strip()))
     result = quantize_bundle(config)
     p = result.parity
-    click.echo(f"{result.bundle.path / 'model.int8.onnx'}: argmax agreement {p['argmax_agreement']:.5f}, max |dp| "
-               f"{p['max_abs_diff']:.3g} on {p['tiles']} held-out tiles (limits {min_agreement:g} / {max_diff:g}); "
+    limit = p["thresholds"].get("min_cosine", 0.999)
+    figure = (f"smallest cosine {p['min_cosine']:.5f} (limit {limit:g})" if "min_cosine" in p
+              else f"argmax agreement {p['argmax_agreement']:.5f}, max |dp| {p['max_abs_diff']:.3g} (limits "
+                   f"{min_agreement:g} / {max_diff:g})")
+    click.echo(f"{result.bundle.path / 'model.int8.onnx'}: {figure} on {p['tiles']} held-out tiles; "
                f"{result.int8_bytes / 1e6:.2f} MB vs {result.fp32_bytes / 1e6:.2f} MB fp32; "
                f"{result.seconds:.1f} s")
     for gate in result.paths:

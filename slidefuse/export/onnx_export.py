@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     import onnx
 
     from slidefuse.model.assembly import SegmentationModel
+    from slidefuse.model.embedding import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # above this many bytes of weights, use the
 SIMPLIFY_MAX_BYTES = 1_000_000_000
 INPUT_NAME = "tiles"
 OUTPUT_NAME = "probabilities"
+EMBED_OUTPUT_NAME = "embeddings"  # the output of an embedding graph (task "embed"): float32 [B, D]
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis given to the exporter
 
 
@@ -103,6 +105,7 @@ class ExportConfig:
     fp16_parity: ParityThresholds = FP16_THRESHOLDS  # fp16 graph vs fp32 graph thresholds
     parity_slides: tuple[Path, ...] = ()  # slides to cut the gate's real tiles from; () = the shipped tiles
     color_transform: str = "none"  # embedded ICC profiles: "none" (as decoded) or "icc-to-srgb"
+    task: str = "segment"  # "segment" (encoder + decoder -> probabilities) or "embed" (encoder -> embeddings)
 
     def check(self) -> None:
         """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
@@ -121,10 +124,16 @@ class ExportConfig:
             raise UsageError(f"opset={self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)",
                              field="opset")
         check_tile_counts(self.parity_real_tiles, self.parity_random_tiles, self.parity_slides)
+        if self.task not in ("segment", "embed"):
+            raise UsageError(f"task={self.task!r}: expected 'segment' or 'embed'", field="task")
+        if self.task == "embed" and (self.classes or self.decoder_weights is not None):
+            raise UsageError("task 'embed' exports the encoder alone: it takes no classes and no decoder weights",
+                             field="task")
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def export_onnx(model: SegmentationModel, path: Path, *, opset: int, external_data: bool) -> list[Path]:
+def export_onnx(model: SegmentationModel | EmbeddingModel, path: Path, *, opset: int, external_data: bool,
+                output_name: str = OUTPUT_NAME) -> list[Path]:
     """Export `model` to `path` with a dynamic batch axis; return the files written (graph [+ data file])."""
     import torch
 
@@ -136,7 +145,7 @@ def export_onnx(model: SegmentationModel, path: Path, *, opset: int, external_da
     try:
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=external_data,
+            output_names=[output_name], dynamic_shapes=({0: batch},), external_data=external_data,
             optimize=True, verbose=False, report=False,
         )
     except ImportError as exc:
@@ -157,11 +166,13 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
-def check_graph(path: Path, *, tile_size: int, num_classes: int, min_opset: int = MIN_OPSET) -> dict[str, Any]:
+def check_graph(path: Path, *, tile_size: int, num_classes: int, min_opset: int = MIN_OPSET,
+                embed_dim: int | None = None) -> dict[str, Any]:
     """ONNX checker (with strict shape inference) plus the bundle contract; returns a summary for the manifest.
 
     Contract: one input 'tiles' uint8 [batch, T, T, 3] with a symbolic batch, one output 'probabilities'
-    float32 [batch, C, T, T], default-domain opset >= `min_opset`, at least one LayerNormalization operator.
+    float32 [batch, C, T, T] (with `embed_dim`: 'embeddings' float32 [batch, D]), default-domain opset >=
+    `min_opset`, at least one LayerNormalization operator.
     """
     import onnx
 
@@ -178,25 +189,26 @@ def check_graph(path: Path, *, tile_size: int, num_classes: int, min_opset: int 
     if ops["LayerNormalization"] == 0:
         raise ExportError(f"{path.name}: no LayerNormalization operator (LayerNorm was decomposed); "
                           f"export with opset >= {MIN_OPSET}")
-    if [i.name for i in m.graph.input] != [INPUT_NAME] or [o.name for o in m.graph.output] != [OUTPUT_NAME]:
+    out_name = OUTPUT_NAME if embed_dim is None else EMBED_OUTPUT_NAME
+    if [i.name for i in m.graph.input] != [INPUT_NAME] or [o.name for o in m.graph.output] != [out_name]:
         raise ExportError(f"{path.name}: inputs {[i.name for i in m.graph.input]} / outputs "
-                          f"{[o.name for o in m.graph.output]}, expected ['{INPUT_NAME}'] / ['{OUTPUT_NAME}']")
+                          f"{[o.name for o in m.graph.output]}, expected ['{INPUT_NAME}'] / ['{out_name}']")
     inp, out = m.graph.input[0], m.graph.output[0]
     din, dout = _dims(inp), _dims(out)
-    want_in, want_out = [tile_size, tile_size, 3], [num_classes, tile_size, tile_size]
+    want_in = [tile_size, tile_size, 3]
+    want_out: list[int | str] = [num_classes, tile_size, tile_size] if embed_dim is None else [embed_dim]
     if (inp.type.tensor_type.elem_type != onnx.TensorProto.UINT8 or len(din) != 4 or not isinstance(din[0], str)
             or din[1:] != want_in):
         raise ExportError(f"{path.name}: input {din} of type {inp.type.tensor_type.elem_type}, expected uint8 "
                           f"[batch, {tile_size}, {tile_size}, 3] with a dynamic batch")
-    if (out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dout) != 4
+    if (out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dout) != 1 + len(want_out)
             or dout[1:] != want_out or dout[0] != din[0]):
-        raise ExportError(f"{path.name}: output {dout}, expected float32 [{din[0]}, {num_classes}, "
-                          f"{tile_size}, {tile_size}]")
+        raise ExportError(f"{path.name}: output {dout}, expected float32 {[din[0], *want_out]}")
     return {"opset": opset, "nodes": sum(ops.values()), "layernorm_ops": ops["LayerNormalization"],
             "ops": dict(sorted(ops.items()))}
 
 
-def simplify_graph(path: Path, *, tile_size: int, num_classes: int) -> bool:
+def simplify_graph(path: Path, *, tile_size: int, num_classes: int, embed_dim: int | None = None) -> bool:
     """Simplify a single-file graph in place with onnxslim; keep the original when slimming fails the checks.
 
     Returns True when the simplified graph replaced the original.
@@ -213,7 +225,7 @@ def simplify_graph(path: Path, *, tile_size: int, num_classes: int) -> bool:
         with atomic_path(path) as slim_path:  # replaces the graph only once the slim one passes the checks
             onnx.save(slim, str(slim_path))
             del slim
-            check_graph(slim_path, tile_size=tile_size, num_classes=num_classes)
+            check_graph(slim_path, tile_size=tile_size, num_classes=num_classes, embed_dim=embed_dim)
     except (ExportError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
         log.warning("onnxslim output rejected (%s); keeping the unsimplified graph", exc)
         return False
@@ -234,7 +246,7 @@ def save_graph(model: onnx.ModelProto, path: Path, external_data: bool) -> list[
 
 
 def write_fp16_graph(fp32_path: Path, fp16_path: Path, *, tile_size: int, num_classes: int,
-                     precision: str = "fp16") -> tuple[list[Path], dict[str, Any]]:
+                     precision: str = "fp16", embed_dim: int | None = None) -> tuple[list[Path], dict[str, Any]]:
     """Write the mixed-precision copy of `fp32_path` (see fp16.py) and check it; returns (files, summary)."""
     import onnx
 
@@ -245,8 +257,9 @@ def write_fp16_graph(fp32_path: Path, fp16_path: Path, *, tile_size: int, num_cl
     m16 = convert_to_low_precision(m32, precision)
     del m32
     files = save_graph(m16, fp16_path, external_data=weight_bytes // 2 > EXTERNAL_DATA_BYTES)
-    summary = check_graph(fp16_path, tile_size=tile_size, num_classes=num_classes)
-    summary["kept_fp32"] = ["preprocessing (cast + normalisation)", *DEFAULT_KEEP_FP32_OPS, "output softmax"]
+    summary = check_graph(fp16_path, tile_size=tile_size, num_classes=num_classes, embed_dim=embed_dim)
+    tail = "output softmax" if embed_dim is None else "output pooling"
+    summary["kept_fp32"] = ["preprocessing (cast + normalisation)", *DEFAULT_KEEP_FP32_OPS, tail]
     return files, summary
 
 
@@ -259,7 +272,7 @@ def config_record(config: ExportConfig) -> dict[str, Any]:
         if isinstance(v, Path):
             v = v.name
         elif isinstance(v, ParityThresholds):
-            v = dataclasses.asdict(v)
+            v = v.to_dict()
         elif isinstance(v, tuple):
             v = [x.name if isinstance(x, Path) else list(x) if isinstance(x, tuple) else x for x in v]
         out[f.name] = v
@@ -276,6 +289,10 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
     from slidefuse.model.assembly import save_model_state
 
     config.check()
+    if config.task == "embed":
+        from slidefuse.export.embed_export import export_embedding_bundle
+
+        return export_embedding_bundle(config)
     classes = make_classes(config.classes, config.colors)
     check_target(config.out, config.force)
     owned = model is None

@@ -51,9 +51,11 @@ from slidefuse.runtime.backends.base import Runner
 
 if TYPE_CHECKING:
     from slidefuse.model.assembly import SegmentationModel
+    from slidefuse.model.embedding import EmbeddingModel
     from slidefuse.model.registry import EncoderSpec
     from slidefuse.runtime.backends.base import Backend
     from slidefuse.runtime.bundle import Bundle, ClassInfo
+    from slidefuse.runtime.manifest_schema import EmbeddingInfo
     from slidefuse.runtime.slide import SlideReader
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,13 @@ TileOrigin = Literal["slides", "package-data", "random"]
 class ParityThresholds:
     max_abs_diff: float = 1e-3  # largest allowed |p_ref - p| (probabilities, 0..1)
     min_argmax_agreement: float = 0.999  # smallest allowed fraction of pixels with the same argmax class
+    # embeddings ([N, D] outputs) only: smallest allowed per-tile cosine similarity with the reference (None:
+    # EMBED_MIN_COSINE); their pixels have no argmax, so `min_argmax_agreement` is not used for them
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise UsageError(f"parity min_cosine {self.min_cosine} is out of range; expected -1..1")
         if not 0 < self.max_abs_diff <= 1:
             raise UsageError(f"parity max_abs_diff {self.max_abs_diff} is out of range; expected 0 < x <= 1")
         if not 0 <= self.min_argmax_agreement <= 1:
@@ -77,8 +84,22 @@ class ParityThresholds:
             )
 
 
+    def to_dict(self) -> dict[str, float]:
+        """The thresholds as recorded (`min_cosine` only when set)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def cosine(self) -> float:
+        """The smallest allowed per-tile cosine for embeddings."""
+        return self.min_cosine if self.min_cosine is not None else EMBED_MIN_COSINE
+
+
+EMBED_MIN_COSINE = 0.999  # embeddings: per-tile cosine when a threshold names none
 FP32_THRESHOLDS = ParityThresholds(1e-3, 0.999)
 FP16_THRESHOLDS = ParityThresholds(5e-2, 0.99)
+# Embeddings: fp32 graph vs torch equal to 1e-5 (absolute, and cosine 1 - 1e-5); a reduced-precision graph (fp16,
+# bf16, int8) judged by the per-tile cosine similarity alone (>= 0.999; max |de| bounded only by 1)
+EMBED_FP32_THRESHOLDS = ParityThresholds(1e-5, 0.0, min_cosine=0.99999)
+EMBED_REDUCED_THRESHOLDS = ParityThresholds(1.0, 0.0, min_cosine=0.999)
 
 
 # ---------------------------------------------------------------------------------------------- tiles
@@ -256,7 +277,7 @@ class TorchModelRunner:
     """A runner over an in-memory torch SegmentationModel on its own device, fp32, used once: leaving the
     `with` block drops the model, so a model nothing else holds is freed before the next runner starts."""
 
-    def __init__(self, model: SegmentationModel) -> None:
+    def __init__(self, model: SegmentationModel | EmbeddingModel) -> None:
         self._model: Any = model
 
     def __enter__(self) -> TorchModelRunner:
@@ -271,7 +292,8 @@ class TorchModelRunner:
         gc.collect()
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 [B, T, T, 3] RGB -> float32 [B, C, T, T] probabilities."""
+        """uint8 [B, T, T, 3] RGB -> the model's float32 output ([B, C, T, T] probabilities, or [B, D]
+        embeddings for an EmbeddingModel)."""
         import torch
 
         if self._model is None:
@@ -287,7 +309,7 @@ class TorchModelRunner:
 
 
 def staged_bundle(folder: Path, spec: EncoderSpec, classes: tuple[ClassInfo, ...], tile_size: int, mpp: float,
-                  *, fp16_model_file: str | None = None) -> Bundle:
+                  *, fp16_model_file: str | None = None, embedding: EmbeddingInfo | None = None) -> Bundle:
     """A Bundle over a folder whose graphs are written but whose manifest is not (an export's staging folder),
     so the real backends can run them. Not hashed or verified: only for the export's own parity gate."""
     from slidefuse.runtime.bundle import Bundle, Manifest
@@ -295,7 +317,8 @@ def staged_bundle(folder: Path, spec: EncoderSpec, classes: tuple[ClassInfo, ...
     mean, std = tuple(spec.mean), tuple(spec.std)
     manifest = Manifest(encoder=spec.id, patch_size=spec.patch_size, tile_size=tile_size, mpp=float(mpp),
                         classes=classes, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]),
-                        fp16_model_file=fp16_model_file)
+                        fp16_model_file=fp16_model_file, task="segment" if embedding is None else "embed",
+                        embedding=embedding, output_name="probabilities" if embedding is None else "embeddings")
     return Bundle(path=Path(folder), manifest=manifest, digest="staged")
 
 
@@ -334,9 +357,10 @@ class PairFigures:
     candidate: str  # label of the compared runner
     max_abs_diff: float  # largest |p_ref - p| (0..1); inf when the candidate gave a non-finite value
     mean_abs_diff: float  # mean |p_ref - p|
-    argmax_agreement: float  # fraction of pixels with the reference's argmax class (0..1)
+    argmax_agreement: float  # fraction of pixels with the reference's argmax class (0..1); 1.0 for embeddings
     thresholds: ParityThresholds  # what it was judged against
     passed: bool  # both figures within the thresholds
+    min_cosine: float | None = None  # embeddings ([N, D]): the smallest per-tile cosine similarity; else None
 
 
 @dataclass(frozen=True)
@@ -357,6 +381,13 @@ class ParityReport:
         for p in self.pairs:
             if not p.passed:
                 th = p.thresholds
+                if p.min_cosine is not None:
+                    raise ParityError(
+                        f"{p.candidate}: embedding parity with {p.reference} failed: smallest per-tile cosine "
+                        f"{p.min_cosine:.6f} (limit {th.cosine():g}), max |de| {p.max_abs_diff:.3g} (limit "
+                        f"{th.max_abs_diff:g}) on {self.tiles} {self.tile_origin} tiles; it does not compute what "
+                        "the reference computes: fix the export, or loosen the thresholds if the difference is "
+                        "expected")
                 raise ParityError(
                     f"{p.candidate}: parity with {p.reference} failed: max |dp| {p.max_abs_diff:.3g} (limit "
                     f"{th.max_abs_diff:g}), argmax agreement {p.argmax_agreement:.5f} (limit "
@@ -370,9 +401,10 @@ class ParityReport:
         """One pair with the tile provenance, as a flat JSON-ready dict (a bundle manifest's parity entry)."""
         p = self.pairs[pair]
         return {"reference": p.reference, "candidate": p.candidate, "max_abs_diff": p.max_abs_diff,
-                "mean_abs_diff": p.mean_abs_diff, "argmax_agreement": p.argmax_agreement, "tiles": self.tiles,
+                "mean_abs_diff": p.mean_abs_diff, "argmax_agreement": p.argmax_agreement,
+                **({"min_cosine": p.min_cosine} if p.min_cosine is not None else {}), "tiles": self.tiles,
                 "tile_origin": self.tile_origin, "tile_sources": list(self.tile_sources),
-                "batch_sizes": list(self.batch_sizes), "thresholds": asdict(p.thresholds), "passed": p.passed}
+                "batch_sizes": list(self.batch_sizes), "thresholds": p.thresholds.to_dict(), "passed": p.passed}
 
 
 ThresholdRule = Callable[[RunnerRecord], ParityThresholds]  # thresholds per candidate (e.g. by precision)
@@ -421,14 +453,28 @@ def _figures(ref_name: str, ref: np.ndarray, cand_name: str, cand: np.ndarray, t
              ) -> PairFigures:
     if ref.shape != cand.shape:
         raise ParityError(f"{cand_name}: output shape {list(cand.shape)} differs from {ref_name}'s "
-                          f"{list(ref.shape)}; expected float32 [N, C, T, T] probabilities from both")
+                          f"{list(ref.shape)}; expected float32 [N, C, T, T] probabilities (or [N, D] embeddings) "
+                          "from both")
     finite = bool(np.isfinite(cand).all())
     diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
     max_d = float(diff.max()) if finite else math.inf
     mean_d = float(diff.mean()) if finite else math.inf
+    if ref.ndim == 2:  # embeddings [N, D]
+        cos = float(cosine_rows(ref, cand).min()) if finite else -1.0
+        ok = max_d <= th.max_abs_diff and cos >= th.cosine()
+        return PairFigures(ref_name, cand_name, max_d, mean_d, 1.0, th, ok, min_cosine=cos)
     agree = float((ref.argmax(1) == cand.argmax(1)).mean())
     ok = max_d <= th.max_abs_diff and agree >= th.min_argmax_agreement
     return PairFigures(ref_name, cand_name, max_d, mean_d, agree, th, ok)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 [N]: cosine similarity of each row of `a` [N, D] with the same row of `b` (1.0 for two zero rows)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
+    dot = (a64 * b64).sum(axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    return np.where(both_zero, 1.0, dot / np.maximum(na * nb, 1e-300))
 
 
 def compare(runners: Mapping[str, Runner], tiles: ParityTiles, *,
@@ -460,8 +506,9 @@ def compare(runners: Mapping[str, Runner], tiles: ParityTiles, *,
     for rec in records[1:]:
         th = thresholds if isinstance(thresholds, ParityThresholds) else thresholds(rec)
         p = _figures(ref, cache[ref], rec.name, cache[rec.name], th)
-        log.info("parity %s vs %s: max|dp| %.3g, argmax agreement %.5f on %d %s tiles (%s)", p.candidate,
-                 p.reference, p.max_abs_diff, p.argmax_agreement, n, tiles.origin,
-                 "pass" if p.passed else "FAIL")
+        agreement = (f"smallest cosine {p.min_cosine:.7f}" if p.min_cosine is not None
+                     else f"argmax agreement {p.argmax_agreement:.5f}")
+        log.info("parity %s vs %s: max|d| %.3g, %s on %d %s tiles (%s)", p.candidate, p.reference,
+                 p.max_abs_diff, agreement, n, tiles.origin, "pass" if p.passed else "FAIL")
         pairs.append(p)
     return ParityReport(n, tiles.origin, tiles.sources, tuple(sizes), tuple(records), tuple(pairs))

@@ -267,3 +267,74 @@ def compare(encoder_id: str, spec: EncoderSpec, folder: Path, sizes: tuple[int, 
         out[size] = (got - want).abs().max().item()
         del enc
     return out
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+Embed = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (publisher's model, normalised images) -> [B, D]
+
+
+def _timm_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model cards' `model(x)`: timm's forward with num_classes=0 (its default global_pool)."""
+    return model(x)
+
+
+def _cls_mean(first_patch: int) -> Embed:
+    """The Virchow model cards' embedding: torch.cat([output[:, 0], output[:, first_patch:].mean(1)], -1)."""
+
+    def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = model.forward_features(x)  # type: ignore[operator]
+        return torch.cat([out[:, 0], out[:, first_patch:].mean(1)], dim=-1)
+
+    return embed
+
+
+def _hf_cls(**kw: Any) -> Embed:
+    def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=x, **kw).last_hidden_state[:, 0, :]
+
+    return embed
+
+
+def _hf_pooler(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(pixel_values=x).pooler_output
+
+
+def reference_embeddings() -> dict[str, Embed]:
+    """encoder id -> the publisher's patch embedding as its model card computes it, for the encoders whose
+    embedding slidefuse exports (the CONCH models' attentional pooler is not among them)."""
+    return {
+        "uni": _timm_forward, "uni2-h": _timm_forward, "prov-gigapath": _timm_forward,
+        "h-optimus-0": _timm_forward, "h-optimus-1": _timm_forward, "kaiko": _timm_forward, "lunit": _timm_forward,
+        "virchow": _cls_mean(1), "virchow2": _cls_mean(5),
+        "phikon": _hf_cls(interpolate_pos_encoding=True), "phikon-v2": _hf_cls(),
+        "hibou-b": _hf_pooler, "hibou-l": _hf_pooler,
+    }
+
+
+def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: int = 2) -> float:
+    """Build the publisher's model for `spec` (random weights, scrambled), save it in the publisher's format,
+    build slidefuse's EmbeddingModel from that file at the native tile size, and return max |embedding
+    slidefuse - publisher| over `batch` random uint8 tiles, both fed the same normalised images (the
+    normalisation inside the graph is the segmentation model's, checked with it)."""
+    from slidefuse.model.checkpoints import load_encoder_weights
+    from slidefuse.model.embedding import EmbeddingModel
+    from slidefuse.model.encoders import build_vit
+
+    ref = references()[encoder_id]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        src = ref.build(spec)
+    scramble(src)
+    path = ref.save(src, folder)
+    size = spec.native_size
+    enc = build_vit(spec, size).eval()
+    load_encoder_weights(enc, spec, path)
+    ours = EmbeddingModel(spec, enc, size).eval()
+    tiles = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(size))
+    with torch.no_grad():
+        x = ours.normalise(tiles)  # one input for both: the comparison is of the networks and their pooling
+        want, got = reference_embeddings()[encoder_id](src, x), ours.pool(enc.forward_features(x))  # type: ignore[operator]
+    if got.shape != want.shape:
+        raise ValueError(f"{encoder_id}: slidefuse embedding {list(got.shape)}, publisher's {list(want.shape)}")
+    return float((got - want).abs().max().item())

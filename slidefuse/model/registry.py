@@ -45,6 +45,11 @@ MLP_KINDS = ("gelu", "swiglu-packed", "swiglu-dinov2")
 # "bicubic-offset": DINO / iBOT style, F.interpolate(scale_factor=(g + 0.1) / g0, bicubic, no antialias) from the
 #     trunk's own grid (CONCH v1.5, whose loader first brings a checkpoint to that grid with bilinear).
 POS_RESAMPLE = ("bicubic-antialias", "bicubic", "bicubic-offset")
+# The publisher's own patch embedding (`slidefuse export --task embed`), from the trunk's tokens after its final
+# LayerNorm: "cls": the class token [d]; "cls+mean": the class token concatenated with the mean of the patch
+# tokens, registers excluded [2d]; "attn-pool": the CoCa attentional pooler (one query) + LayerNorm of the
+# CONCH models, whose weights sit beside the trunk in the publisher's file [embedding_width].
+EMBEDDING_RULES = ("cls", "cls+mean", "attn-pool")
 
 Builder = Callable[["EncoderSpec", int], "nn.Module"]
 
@@ -85,6 +90,9 @@ class EncoderSpec:
     qkv_bias: bool = True  # bias on the fused qkv projection
     pos_resample: str = "bicubic-antialias"  # the publisher's position-embedding resampling: one of POS_RESAMPLE
     reference: str = ""  # where the architecture and its options come from (model card, code, kwargs)
+    embedding: str = "cls"  # the publisher's patch embedding: one of EMBEDDING_RULES
+    embedding_source: str = ""  # the model card or code that defines `embedding`
+    embedding_width: int | None = None  # "attn-pool" only: the pooler's output width (the embedding dim)
     builder: Builder = dataclasses.field(default=_build_vit, repr=False, compare=False)  # (spec, img_size) -> nn.Module
 
     def __post_init__(self) -> None:
@@ -94,12 +102,23 @@ class EncoderSpec:
             raise ValueError(f"{self.id}: mlp {self.mlp!r} not in {MLP_KINDS}")
         if self.pos_resample not in POS_RESAMPLE:
             raise ValueError(f"{self.id}: pos_resample {self.pos_resample!r} not in {POS_RESAMPLE}")
+        if self.embedding not in EMBEDDING_RULES:
+            raise ValueError(f"{self.id}: embedding {self.embedding!r} not in {EMBEDDING_RULES}")
+        if (self.embedding == "attn-pool") != (self.embedding_width is not None):
+            raise ValueError(f"{self.id}: embedding_width is set for the 'attn-pool' embedding only")
         if self.num_prefix_tokens != 1 + self.num_registers:
             raise ValueError(f"{self.id}: num_prefix_tokens must be 1 (class token) + {self.num_registers} registers")
 
     def grid_size(self, tile_size: int) -> int:
         """Token grid side h = w = tile_size // patch_size (pixels past the last full patch are ignored)."""
         return tile_size // self.patch_size
+
+    def embedding_dim(self) -> int:
+        """Width D of the publisher's patch embedding (`embedding`): d, 2d (class token ++ mean patch token), or
+        the attentional pooler's width."""
+        if self.embedding == "cls+mean":
+            return 2 * self.width
+        return self.embedding_width if self.embedding_width is not None else self.width
 
     def mlp_hidden(self) -> int:
         """Output width of the first MLP projection (fc1): the hidden width, both halves for SwiGLU."""
@@ -116,6 +135,45 @@ class EncoderSpec:
         return d
 
 
+_TIMM_CLS = "timm forward with num_classes=0 (global_pool 'token'): the class token after the final LayerNorm"
+_TRIDENT = "TRIDENT trident/patch_encoder_models/load.py"
+# encoder id -> (embedding rule, its source, pooler width for "attn-pool")
+_EMBEDDINGS: dict[str, tuple[str, str, int | None]] = {
+    "uni": ("cls", f"MahmoodLab/UNI model card (`model(image)`, [1, 1024]): {_TIMM_CLS}; {_TRIDENT} uni_v1", None),
+    "uni2-h": ("cls", f"MahmoodLab/UNI2-h model card (`model(image)`, [1, 1536]): {_TIMM_CLS}; {_TRIDENT} uni_v2",
+               None),
+    "conch": ("attn-pool", "MahmoodLab/CONCH: `model.encode_image(image, proj_contrast=False, normalize=False)` = "
+              "VisualModel.forward_no_head: ln_contrast(attn_pool_contrast(trunk tokens)[:, 0]), before "
+              "proj_contrast (open_clip AttentionalPooler, 8 heads, 1 query, 512-d); " + _TRIDENT + " conch_v1", 512),
+    "conch-v1.5": ("attn-pool", "MahmoodLab/TITAN conch_v1_5.py CONCHVisionTower.forward: "
+                   "ln_contrast(attn_pool_contrast(trunk.forward_features(x))[:, 0]) (CoCa AttentionalPooler, "
+                   "8 heads, 1 query, 768-d); " + _TRIDENT + " conch_v15", 768),
+    "virchow": ("cls+mean", "paige-ai/Virchow model card: torch.cat([class_token, patch_tokens.mean(1)]) with "
+                "patch_tokens = output[:, 1:], 2560-d; " + _TRIDENT + " virchow", None),
+    "virchow2": ("cls+mean", "paige-ai/Virchow2 model card: torch.cat([class_token, patch_tokens.mean(1)]) with "
+                 "patch_tokens = output[:, 5:] (the 4 registers excluded), 2560-d; " + _TRIDENT + " virchow2", None),
+    "phikon": ("cls", "owkin/phikon model card: `outputs.last_hidden_state[:, 0, :]` (transformers ViTModel, "
+               "after the final LayerNorm; the pooler is not used), 768-d; " + _TRIDENT + " phikon", None),
+    "phikon-v2": ("cls", "owkin/phikon-v2 model card: `outputs.last_hidden_state[:, 0, :]` (transformers "
+                  "Dinov2Model), 1024-d; " + _TRIDENT + " phikon_v2", None),
+    "prov-gigapath": ("cls", "prov-gigapath/prov-gigapath model card (tile encoder `tile_encoder(x)`, [1, 1536]): "
+                      + _TIMM_CLS + "; " + _TRIDENT + " gigapath", None),
+    "h-optimus-0": ("cls", "bioptimus/H-optimus-0 model card (`model(x)`, [1, 1536]): " + _TIMM_CLS + "; "
+                    + _TRIDENT + " hoptimus0", None),
+    "h-optimus-1": ("cls", "bioptimus/H-optimus-1 model card (`model(x)`, [1, 1536]): " + _TIMM_CLS + "; "
+                    + _TRIDENT + " hoptimus1", None),
+    "kaiko": ("cls", "kaiko-ai/towards_large_pathology_fms (torch hub 'vitl14', `model(x)`, [1, 1024]): "
+              + _TIMM_CLS + "; " + _TRIDENT + " kaiko-vitl14", None),
+    "lunit": ("cls", "lunit-io/benchmark-ssl-pathology (timm ViT-S/8, `model(x)`, [1, 384]): " + _TIMM_CLS + "; "
+              + _TRIDENT + " lunit-vits8", None),
+    "hibou-b": ("cls", "histai/hibou-b model card: `outputs.pooler_output` = the class token after the final "
+                "LayerNorm (transformers Dinov2WithRegistersModel), 768-d", None),
+    "hibou-l": ("cls", "histai/hibou-L model card: `outputs.pooler_output` = the class token after the final "
+                "LayerNorm (transformers Dinov2WithRegistersModel), 1024-d; " + _TRIDENT + " hibou_l", None),
+    "tiny-p14-reg": ("cls+mean", "test encoder: exercises the register exclusion of 'cls+mean'", None),
+}
+
+
 def _spec(**kw: Any) -> EncoderSpec:
     kw.setdefault("num_registers", 0)
     kw.setdefault("num_prefix_tokens", 1 + kw["num_registers"])
@@ -127,6 +185,10 @@ def _spec(**kw: Any) -> EncoderSpec:
     kw.setdefault("mean", IMAGENET_MEAN)
     kw.setdefault("std", IMAGENET_STD)
     kw.setdefault("checkpoint_format", "timm")
+    rule, source, pooled = _EMBEDDINGS.get(kw["id"], ("cls", "test encoder: the class token", None))
+    kw.setdefault("embedding", rule)
+    kw.setdefault("embedding_source", source)
+    kw.setdefault("embedding_width", pooled)
     return EncoderSpec(**kw)
 
 

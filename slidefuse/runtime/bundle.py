@@ -301,6 +301,10 @@ def _parity_line(name: str, rep: dict[str, Any]) -> str:
               if {"max_abs_diff", "min_argmax_agreement"} <= set(th) else "")
     passed = rep.get("passed")
     verdict = ": passed" if passed is True else ": FAILED" if passed is False else ""
+    if "min_cosine" in rep:  # an embedding bundle's gate
+        return (f"parity     {name}: {rep.get('candidate', '?')} vs {rep.get('reference', '?')}: "
+                f"smallest cosine {rep['min_cosine']:.6f}, max |de| {rep['max_abs_diff']:.3g} "
+                f"on {rep.get('tiles', '?')} tiles{verdict}")
     return (f"parity     {name}: {rep.get('candidate', '?')} vs {rep.get('reference', '?')}: "
             f"max |dp| {rep['max_abs_diff']:.3g}, argmax agreement {rep['argmax_agreement']:.5f} "
             f"on {rep.get('tiles', '?')} tiles{limits}{verdict}")
@@ -335,14 +339,14 @@ def model_card(bundle: Bundle, verified: bool = True) -> str:
         f"tile       {m.tile_size} px at {m.mpp:g} um/px, overlap {m.overlap} px",
         f"normalise  mean {tuple(round(x, 4) for x in m.mean)}, std {tuple(round(x, 4) for x in m.std)} (in graph)",
         f"weights    {_weights_line(m)}",
-        "classes",
+        "classes" if m.embedding is None else f"embedding  {m.embedding.rule}, {m.embedding.dim}-d (task 'embed')",
     ]
     for i, c in enumerate(m.classes):
         lines.append(f"  {i}: {c.name:<16} #{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}")
     extra = "".join(f", {g}" for g in (m.fp16_model_file, m.int8_model_file) if g)
     lines.append(f"graphs     {m.model_file}{extra}"
                  + f" (opset {m.opset}; input '{m.input_name}' uint8 [B,{m.tile_size},{m.tile_size},3], "
-                 f"output '{m.output_name}' float32 [B,{m.num_classes},{m.tile_size},{m.tile_size}])")
+                 f"output '{m.output_name}' float32 [{','.join(['B', *map(str, m.output_shape(1)[1:])])}])")
     for k, v in m.parity.items():
         lines.append(_parity_line(k, v))
     if m.engines:

@@ -29,6 +29,8 @@ SHA256 = r"^[0-9a-f]{64}$"
 INTEGRITY = "integrity"  # the manifest.json key holding the seal: `bundle.manifest_digest` of the rest
 GEOMETRIES = ("aligned", "paper")
 COLOR_TRANSFORMS = ("none", "icc-to-srgb")
+TASKS = ("segment", "embed")  # what a bundle's graph computes
+EMBEDDING_RULES = ("cls", "cls+mean", "attn-pool")  # model.registry.EMBEDDING_RULES (this module imports no model)
 
 _COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9._+@=-]*"  # one path component: no '..', no hidden names
 _PART = re.compile(_COMPONENT)
@@ -93,6 +95,16 @@ class ClassInfo:
     color: tuple[Byte, Byte, Byte]  # RGB, 0..255
 
 
+@with_config(_STRICT)
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """What an embedding bundle's graph returns (task "embed")."""
+
+    dim: Annotated[int, Field(ge=1, le=65536)]  # embedding width D: the graph returns float32 [B, D]
+    rule: Annotated[str, _one_of(*EMBEDDING_RULES)]  # the encoder's patch embedding (see the encoder registry)
+    source: Annotated[str, Field(max_length=2000)] = ""  # the model card or code that defines `rule`
+
+
 def _unique_names(classes: tuple[ClassInfo, ...]) -> tuple[ClassInfo, ...]:
     names = [c.name for c in classes]
     if len(set(names)) != len(names):
@@ -110,9 +122,8 @@ class Manifest:
     tile_size: Annotated[int, Field(ge=8, le=8192)]  # model input tile side in px, at `mpp`
     # um/px the model expects
     mpp: Annotated[float, Field(ge=PLAUSIBLE_MPP[0], le=PLAUSIBLE_MPP[1], allow_inf_nan=False)]
-    # output classes; index = class id in masks
-    classes: Annotated[tuple[ClassInfo, ...], Field(min_length=2, max_length=MAX_CLASSES),
-                       AfterValidator(_unique_names)]
+    # output classes; index = class id in masks (at least 2 for task "segment"; none for task "embed")
+    classes: Annotated[tuple[ClassInfo, ...], Field(max_length=MAX_CLASSES), AfterValidator(_unique_names)]
     mean: tuple[Unit, Unit, Unit]  # normalisation mean (0..1 scale), applied inside the graph
     std: tuple[Spread, Spread, Spread]  # normalisation std (0..1 scale), applied inside the graph
     # fused fp32 graph: uint8 [B,T,T,3] -> float32 probabilities [B,C,T,T]; None: a torch-only bundle (weights, no
@@ -147,10 +158,19 @@ class Manifest:
     files: Annotated[dict[str, Sha256], Field(min_length=1, json_schema_extra={"propertyNames": _FILE_NAME_SCHEMA}),
                      AfterValidator(_plain_keys)] = field(default_factory=dict)
     format_version: Annotated[int, _one_of(FORMAT_VERSION)] = FORMAT_VERSION  # manifest schema version
+    # "segment": the graph returns class probabilities [B, C, T, T]; "embed": embeddings [B, D] (`embedding`)
+    task: Annotated[str, _one_of(*TASKS)] = "segment"
+    embedding: EmbeddingInfo | None = None  # task "embed": the embedding's width and rule
 
     def __post_init__(self) -> None:
         if self.geometry is None:  # bundles made before the field: what the tile size implies
             object.__setattr__(self, "geometry", "aligned" if self.tile_size % self.patch_size == 0 else "paper")
+
+    def output_shape(self, batch: int) -> tuple[int, ...]:
+        """The graph's output shape for `batch` tiles: [B, C, T, T] (segment) or [B, D] (embed)."""
+        if self.embedding is not None:
+            return (batch, self.embedding.dim)
+        return (batch, self.num_classes, self.tile_size, self.tile_size)
 
     @property
     def num_classes(self) -> int:
@@ -163,6 +183,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["classes"] = [{"name": c.name, "color": list(c.color)} for c in self.classes]
+        if self.embedding is None:  # a segmentation bundle's manifest.json is written as before these fields
+            del d["task"], d["embedding"]
         return d
 
     @classmethod
@@ -173,6 +195,8 @@ class Manifest:
         kw["mean"] = tuple(d["mean"])
         kw["std"] = tuple(d["std"])
         kw["engines"] = tuple(d.get("engines", ()))
+        if isinstance(d.get("embedding"), dict):
+            kw["embedding"] = EmbeddingInfo(**d["embedding"])
         if kw.get("color_transform", "none") not in COLOR_TRANSFORMS:
             raise ValueError(f"color_transform {kw['color_transform']!r} is not 'none' or 'icc-to-srgb'")
         return cls(**kw)
@@ -225,6 +249,12 @@ def _consistency(m: Manifest) -> list[str]:
     problems = []
     if m.tile_size < m.patch_size:
         problems.append(f"manifest: tile_size {m.tile_size} is smaller than patch_size {m.patch_size}")
+    if m.task == "segment" and len(m.classes) < 2:
+        problems.append(f"classes: a segmentation bundle needs at least 2 classes (got {len(m.classes)})")
+    if m.task == "embed" and (m.embedding is None or m.classes):
+        problems.append("manifest: an embedding bundle (task 'embed') has an 'embedding' record and no classes")
+    if m.task == "segment" and m.embedding is not None:
+        problems.append("manifest: 'embedding' is set but task is 'segment'")
     for ref in (m.model_file, m.fp16_model_file, m.int8_model_file):
         if ref is not None and ref not in m.files:
             problems.append(f"manifest: {ref!r} is named as a graph but not listed in files")
@@ -256,6 +286,12 @@ def json_schema() -> dict[str, Any]:
     schema = _MANIFEST.json_schema()
     schema["properties"][INTEGRITY] = {**_SEAL.json_schema(), "title": "Integrity"}
     schema["required"] = [*schema["required"], *SEALED]
+    # A segmentation bundle (task absent or "segment") has at least two classes; an embedding bundle its record
+    schema["allOf"] = [{
+        "if": {"properties": {"task": {"const": "embed"}}, "required": ["task"]},
+        "then": {"required": ["embedding"], "properties": {"embedding": {"type": "object"}}},
+        "else": {"properties": {"classes": {"minItems": 2}}},
+    }]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "slidefuse model bundle manifest"
     schema["description"] = (f"manifest.json of a slidefuse model bundle, format_version {FORMAT_VERSION}. "

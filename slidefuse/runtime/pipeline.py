@@ -32,7 +32,13 @@ import numpy as np
 
 from slidefuse.runtime.backends.base import Runner
 from slidefuse.runtime.grid import TileGrid, TileRC
-from slidefuse.runtime.stitch import Stitcher
+
+
+class TileSink(Protocol):
+    """Where the pipeline hands each tile's result, in row-major order: the `Stitcher` (probabilities
+    [C, T, T]) or an embedding writer (embeddings [D])."""
+
+    def add(self, tile_rc: TileRC, result: np.ndarray, /) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,7 @@ class _Pipeline:
     calling thread, stitching). Queues are bounded; ``stop`` ends every loop; the first failure wins."""
 
     def __init__(self, source: TileSource, grid: TileGrid, tiles: Sequence[TileRC], backend: Runner,
-                 stitcher: Stitcher, opts: PipelineOptions) -> None:
+                 stitcher: TileSink, opts: PipelineOptions) -> None:
         self.source, self.grid, self.tiles = source, grid, tiles
         self.backend, self.stitcher, self.opts = backend, stitcher, opts
         self.stats = PipelineStats()
@@ -254,12 +260,13 @@ def run_pipeline(
     grid: TileGrid,
     tiles: Sequence[TileRC],
     backend: Runner,
-    stitcher: Stitcher,
+    stitcher: TileSink,
     options: PipelineOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> PipelineStats:
     """Read ``tiles`` (model-frame ``tile_rc`` of ``grid``, row-major order) from ``source``, run them through
-    ``backend`` in batches and add the probabilities to ``stitcher`` in the same order. Does not call
+    ``backend`` in batches and add each tile's result to ``stitcher`` (a `TileSink`: the `Stitcher`, or an
+    embedding writer) in the same order. Does not call
     ``stitcher.finish()``. Re-raises the first exception of any thread. Returns per-stage timings."""
     opts = options or PipelineOptions()
     if opts.batch_size < 1 or opts.workers < 1 or opts.prefetch < 1:

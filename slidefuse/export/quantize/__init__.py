@@ -117,6 +117,10 @@ def _quantize_in_place(bundle: Bundle, config: QuantizeConfig, shown: Path) -> Q
     """Quantise, gate and install into `bundle` (a writable folder); `shown` is the folder named in messages."""
     t0 = time.perf_counter()
     m = bundle.manifest
+    if m.embedding is not None and config.thresholds == INT8_THRESHOLDS:  # embeddings: judged by cosine
+        from slidefuse.export.parity import EMBED_REDUCED_THRESHOLDS
+
+        config = dataclasses.replace(config, thresholds=EMBED_REDUCED_THRESHOLDS)
     cal, gate = calibration_and_gate_tiles(config, m.tile_size, m.mpp)
     with tempfile.TemporaryDirectory(prefix="slidefuse-int8-") as tmp:
         scratch = Path(tmp)

@@ -44,6 +44,9 @@ class PathGate:
     def line(self) -> str:
         """One line for the user, e.g. "ov-cpu int8 refused: agreement 0.9944 < 0.995 on 8 gate tiles; ..."."""
         r = self.record
+        if self.state == "passed" and "min_cosine" in r:  # an embedding bundle's gate
+            return (f"{self.path} passed: smallest cosine {r['min_cosine']:.5f} on {r['tiles']} gate tiles (limit "
+                    f"{r['thresholds'].get('min_cosine', 0.999):g}); auto may pick it")
         if self.state == "passed":
             th = r["thresholds"]
             return (f"{self.path} passed: argmax agreement {r['argmax_agreement']:.5f}, max |dp| "
@@ -74,9 +77,11 @@ def int8_gate(staged: Bundle, reference: Runner, tiles: ParityTiles, config: Qua
     p = report.pairs[0]
     if not p.passed:
         th = p.thresholds
+        figure = (f"smallest cosine {p.min_cosine:.5f} (min {th.cosine():g})" if p.min_cosine is not None else
+                  f"argmax agreement {p.argmax_agreement:.5f} (min {th.min_argmax_agreement:g})")
         raise ParityError(
-            f"{shown / INT8_FILE}: INT8 gate failed on {report.tiles} held-out tiles: argmax agreement "
-            f"{p.argmax_agreement:.5f} (min {th.min_argmax_agreement:g}), max |dp| {p.max_abs_diff:.3g} (limit "
+            f"{shown / INT8_FILE}: INT8 gate failed on {report.tiles} held-out tiles: {figure}, max |d| "
+            f"{p.max_abs_diff:.3g} (limit "
             f"{th.max_abs_diff:g}); nothing was written: try more calibration_tiles=<tiles>, another method=<minmax, "
             "percentile or entropy>, or run the fp32 graph")
     return report

@@ -182,7 +182,8 @@ class Backend(abc.ABC):
 
     # --- the contract ----------------------------------------------------------------------------
     def run(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 [B, T, T, 3] RGB tiles -> float32 [B, C, T, T] class probabilities."""
+        """uint8 [B, T, T, 3] RGB tiles -> float32 [B, C, T, T] class probabilities (an embedding bundle,
+        manifest task "embed": float32 [B, D] embeddings)."""
         if not self._loaded:
             raise RuntimeError(f"backend {self.name} used outside its 'with' block")
         t = self.bundle.manifest.tile_size
@@ -192,7 +193,7 @@ class Backend(abc.ABC):
         if tiles.ndim != 4 or tiles.shape[1:] != (t, t, 3):
             raise UsageError(f"{self.name}: tiles must have shape [B, {t}, {t}, 3], got {list(tiles.shape)}")
         out = self._run(np.ascontiguousarray(tiles))
-        expected = (tiles.shape[0], self.bundle.manifest.num_classes, t, t)
+        expected = self.bundle.manifest.output_shape(tiles.shape[0])
         if out.shape != expected:
             raise RuntimeError(f"{self.name}: engine returned shape {list(out.shape)}, expected {list(expected)}")
         return out

@@ -114,6 +114,9 @@ def failed_figures(rec: Mapping[str, Any]) -> str:
     agree, min_agree = rec.get("argmax_agreement"), th.get("min_argmax_agreement")
     diff, max_diff = rec.get("max_abs_diff"), th.get("max_abs_diff")
     parts = []
+    cos, min_cos = rec.get("min_cosine"), th.get("min_cosine")
+    if isinstance(cos, float | int) and isinstance(min_cos, float | int) and cos < min_cos:  # embeddings
+        parts.append(f"cosine {cos:.5f} < {min_cos:g}")
     if isinstance(agree, float | int) and isinstance(min_agree, float | int) and agree < min_agree:
         parts.append(f"agreement {agree:.4f} < {min_agree:g}")
     if isinstance(diff, float | int) and isinstance(max_diff, float | int) and diff > max_diff:

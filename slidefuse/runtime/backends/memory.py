@@ -47,6 +47,9 @@ def usable_memory_bytes() -> int | None:
 
 def tile_bytes(manifest: Manifest) -> int:
     """Estimated working memory of one tile in the fused graph (float32 activations)."""
+    if manifest.embedding is not None:  # an encoder alone: tokens x (about 8 x the embedding's width) floats
+        tokens = (manifest.tile_size // manifest.patch_size) ** 2 + 1
+        return tokens * 8 * manifest.embedding.dim * 4
     width = max(manifest.decoder_width, manifest.num_classes, 1)
     return ACTIVATIONS_PER_TILE * width * manifest.tile_size ** 2 * 4
 

@@ -64,7 +64,10 @@ class NullBackend(Backend):
 
     def _load(self) -> None:
         m = self.bundle.manifest
-        tile = null_probabilities(m.num_classes, m.tile_size, self.options.period)
+        if m.embedding is not None:  # an embedding bundle: one fixed unit vector [D]
+            tile = np.full(m.embedding.dim, 1.0 / np.sqrt(m.embedding.dim), dtype=np.float32)
+        else:
+            tile = null_probabilities(m.num_classes, m.tile_size, self.options.period)
         tile.flags.writeable = False
         self._tile = tile
         self._batches: dict[int, list[np.ndarray]] = {}

@@ -276,7 +276,7 @@ class _OrtBackend(Backend):
         if out is None:
             if len(self._outputs) >= _MAX_CACHED_OUTPUTS:
                 self._outputs.pop(next(iter(self._outputs)))
-            shape = [b, m.num_classes, m.tile_size, m.tile_size]
+            shape = list(m.output_shape(b))
             out = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._out_dtype, self.device,
                                                             self.device_id)
             self._outputs[b] = out

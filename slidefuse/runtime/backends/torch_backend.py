@@ -183,8 +183,13 @@ class TorchBackend(Backend):
             torch.backends.cudnn.allow_tf32 = self.options.tf32
         elif self.options.threads:
             torch.set_num_threads(self.options.threads)
-        model = build_model_from_state(m.encoder, m.num_classes, m.tile_size, m.decoder_width,
-                                       self.weights_path())
+        if m.embedding is not None:  # an embedding bundle: the encoder and its pooling alone
+            from slidefuse.model.embedding import embedding_model_from_state
+
+            model: Any = embedding_model_from_state(m.encoder, m.tile_size, self.weights_path())
+        else:
+            model = build_model_from_state(m.encoder, m.num_classes, m.tile_size, m.decoder_width,
+                                           self.weights_path())
         model = model.eval().to(self.torch_device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
