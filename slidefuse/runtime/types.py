@@ -100,3 +100,4 @@ class MaskResult:
     timings: dict[str, float]  # seconds per stage: read, tissue, inference, stitch, write, total
     backend: dict[str, Any]  # backend.info(): what ran
     extra: dict[str, Any] = field(default_factory=dict)  # anything else worth reporting (tile, overlap, ...)
+    qc: Any = None  # slidefuse.runtime.qc.QCResult: the QC maps and stain check (None: QC did not run)

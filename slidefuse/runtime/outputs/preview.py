@@ -21,6 +21,7 @@ from slidefuse.atomic import atomic_path
 from slidefuse.runtime.bundle import ClassInfo
 from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import downsample_classes, open_mask
+from slidefuse.runtime.qc.draw import draw_qc, tissue_image
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def write_preview(
     base = Image.fromarray(np.ascontiguousarray(thumb[..., :3], dtype=np.uint8))
     base = base.resize((w, h), Image.Resampling.LANCZOS)
     blended = Image.fromarray(overlay(np.asarray(base), labels, [c.color for c in classes]))
-    note = _outline_bad_tiles(blended, slide)
+    note = " | ".join(n for n in (_outline_bad_tiles(blended, slide), draw_qc(blended, result.qc)) if n)
     legend = _legend(w if w >= 480 else 480, classes, areas_mm2, title or Path(slide.path).name, note)
     canvas = Image.new("RGB", (max(w, legend.width), h + legend.height), (255, 255, 255))
     canvas.paste(blended, (0, 0))
@@ -194,12 +195,12 @@ def write_preview(
 
 
 def write_tissue_png(result: MaskResult, path: Path) -> dict[str, Any]:
-    """Write the tissue mask (bool [th, tw] on the thumbnail frame) as an 8-bit PNG (255 = tissue)."""
-    from PIL import Image
+    """Write the tissue mask (bool [th, tw] on the thumbnail frame) as an 8-bit PNG (255 = tissue); with QC, a
+    palette PNG whose other indices are the QC regions (`slidefuse.runtime.qc.draw.tissue_image`)."""
 
     tissue = np.asarray(result.tissue, dtype=bool)
     with atomic_path(Path(path)) as tmp:
-        Image.fromarray(tissue.astype(np.uint8) * 255).save(tmp, format="PNG")
+        tissue_image(tissue, result.qc).save(tmp, format="PNG")
     return {"file": Path(path).name, "width": int(tissue.shape[1]), "height": int(tissue.shape[0])}
 
 

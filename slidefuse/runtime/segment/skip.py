@@ -104,7 +104,7 @@ def slide_identity(path: str | os.PathLike[str]) -> SlideIdentity:
 def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity) -> dict[str, Any]:
     """Everything that decides a slide's outputs, as JSON: the slide's identity, the bundle's digest and the
     options that change the result (pixel sizes given, overlap in effect, tissue parameters, all tiles,
-    mask pixel size, formats, backend and its numeric options)."""
+    mask pixel size, formats, backend and its numeric options, QC policy and methods)."""
     backend_options = dict(options.backend_options)
     return {
         "version": KEY_VERSION,
@@ -120,9 +120,17 @@ def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity)
             "mask_mpp": options.mask_mpp,
             "backend": options.backend,
             "backend_numerics": {k: backend_options[k] for k in NUMERIC_BACKEND_OPTIONS if k in backend_options},
+            "qc": qc_key(options.qc),
         },
         "formats": sorted(options.formats),
     }
+
+
+def qc_key(mode: str) -> dict[str, Any]:
+    """The QC policy and, when QC runs, every method's version and thresholds (a change reruns the slide)."""
+    from slidefuse.runtime.qc.methods import method_versions
+
+    return {"mode": mode, "methods": method_versions() if mode != "off" else {}}
 
 
 def recorded_key(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -23,9 +23,11 @@ from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
-from slidefuse.runtime.keep import KeepMask
+from slidefuse.runtime.keep import CoarseKeep, KeepMask
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
+from slidefuse.runtime.qc.policy import check_mode
+from slidefuse.runtime.qc.run import QCResult, run_qc
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult, check_plausible_mpp, effective_overlap
 from slidefuse.runtime.segment.skip import result_key, slide_identity
@@ -103,6 +105,7 @@ class PlannedSlide:
     key: dict[str, Any] = field(default_factory=dict)  # the skip key (skip.result_key), made before opening
     fence: Fence | None = None  # who writes the slide's files, and whether it still may (None: unfenced)
     keep: KeepMask | None = None  # pixels the mask keeps (regions of interest, QC exclusions); None: all
+    qc: QCResult | None = None  # the QC maps and stain check (None: QC off)
 
     def close(self) -> None:
         """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
@@ -122,6 +125,25 @@ class StitchedSlide:
     seconds: float
     key: dict[str, Any] = field(default_factory=dict)  # the skip key, recorded in report.json (run.skip_key)
     fence: Fence | None = None  # the plan's fence, for the outputs
+
+
+def quality_control(slide_path: Path, slide: Any, view: Any, bundle: Bundle, options: SegmentOptions,
+                    thumb: np.ndarray, tissue: np.ndarray, thumb_mpp: float,
+                    timings: dict[str, float]) -> tuple[QCResult | None, np.ndarray, KeepMask | None]:
+    """QC after tissue detection (`slidefuse.runtime.qc`): (its result, the tissue left once the excluded regions
+    are taken out, the keep mask that cuts them out of the mask). With qc "off", the stain check alone runs."""
+    t0 = time.perf_counter()
+    m = bundle.manifest
+    qc = run_qc(thumb, tissue, thumb_mpp, check_mode(options.qc), slide=slide, view=view, model_mpp=m.mpp,
+                model_stain=m.stain, on_stain_mismatch=options.on_stain_mismatch, name=Path(slide_path).name)
+    timings["qc"] = time.perf_counter() - t0
+    excluded = qc.excluded
+    if not excluded.any():
+        return qc, tissue, None
+    log.info("%s: QC excludes %.1f%% of the tissue (%s)", Path(slide_path).name,
+             100 * float((excluded & tissue).sum()) / max(int(tissue.sum()), 1),
+             ", ".join(n for n, a in qc.actions.items() if a == "exclude" and qc.maps[n].mask.any()))
+    return qc, tissue & ~excluded, CoarseKeep(~excluded, thumb_mpp / m.mpp)
 
 
 def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path, *,
@@ -159,6 +181,8 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
                      Path(slide_path).name, view.width, view.height, m.mpp)
         timings["preload"] = time.perf_counter() - t0
         interrupt.check()
+        qc, tissue, keep = quality_control(slide_path, slide, view, bundle, options, thumb, tissue, thumb_mpp, timings)
+        interrupt.check()
         tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)
     except BaseException:
         slide.close()
@@ -167,7 +191,7 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
              Path(slide_path).name, grid.width, grid.height, m.mpp, len(tiles), grid.n_tiles, grid.n_rows,
              grid.n_cols, grid.tile, grid.overlap)
     return PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
-                        thumb_mpp, timings, time.perf_counter() - t_start, key, fence)
+                        thumb_mpp, timings, time.perf_counter() - t_start, key, fence, keep, qc)
 
 
 def _fenced(fence: Fence | None) -> contextlib.AbstractContextManager[None]:
@@ -218,6 +242,7 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
             tile_counts={"grid": grid.n_tiles, "tissue": plan.n_tissue, "run": len(tiles)},
             timings=timings,
             backend=backend.info().to_dict(),
+            qc=plan.qc,
             extra={
                 "tile": grid.tile, "overlap": grid.overlap, "stride": grid.stride, "margin": grid.margin,
                 "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "batch_size": options.batch_size,
