@@ -6,6 +6,8 @@ ground-truth PNG per artifact (level-0 frame, 255 where the artifact was drawn):
 - ``<stem>-ink.tif``: marker strokes (blue, green, black, red) drawn as a multiplicative filter (a marker is a
   coloured transparent film: out = in * (1 - a + a * ink)), with opacity ``a`` between 0.55 and 0.95 that varies
   along the stroke (texture) and falls off at the stroke's edge; strokes cross glass and tissue.
+- ``<stem>-inkglass.tif``: the same strokes kept only on the glass (60 um or more from the tissue), the usual
+  place of a pathologist's marks: the copy the class areas are compared on.
 - ``<stem>-blur.tif``: one rectangle of tissue Gaussian-blurred (sigma ``BLUR_SIGMA_UM`` um).
 - ``<stem>-fold.tif``: one strip where the tissue is doubled (the slide times itself shifted by a few hundred
   um, two layers' transmittances multiplied) and darkened a little, as a fold is.
@@ -104,13 +106,25 @@ def stroke_alpha(shape: tuple[int, int], mpp: float, rng: np.random.Generator) -
     return np.asarray(edge * (0.55 + 0.4 * texture), dtype=np.float32)
 
 
-def draw_ink(rgb: np.ndarray, mpp: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inked copy, bool truth): one stroke per ink colour."""
+def glass(rgb: np.ndarray, mpp: float, margin_um: float = 60.0) -> np.ndarray:
+    """bool [H, W]: glass at least `margin_um` from the tissue slidefuse finds (on an 8x reduced copy)."""
+    from slidefuse.runtime.tissue import detect_tissue
+
+    small = rgb[::8, ::8]
+    tissue = detect_tissue(np.ascontiguousarray(small), thumb_mpp=mpp * 8)
+    near = ndimage.distance_transform_edt(~tissue) <= margin_um / (mpp * 8)
+    return np.repeat(np.repeat(~near, 8, axis=0), 8, axis=1)[:rgb.shape[0], :rgb.shape[1]]
+
+
+def draw_ink(rgb: np.ndarray, mpp: float, seed: int, glass_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(inked copy, bool truth): one stroke per ink colour; `glass_only`: strokes cut to the glass (a
+    pathologist's marks beside the tissue), else across glass and tissue alike."""
     rng = np.random.default_rng(seed)
     out = rgb.astype(np.float32)
     truth = np.zeros(rgb.shape[:2], dtype=bool)
+    allowed = glass(rgb, mpp) if glass_only else np.ones(rgb.shape[:2], dtype=bool)
     for colour in INKS.values():
-        a = stroke_alpha(rgb.shape[:2], mpp, rng)[..., None]
+        a = (stroke_alpha(rgb.shape[:2], mpp, rng) * allowed)[..., None]
         out *= 1 - a + a * (np.asarray(colour, dtype=np.float32) / 255)
         truth |= a[..., 0] > 0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), truth
@@ -156,8 +170,9 @@ def make(key: str, out: Path) -> dict[str, Made]:
     name, mpp_given = SOURCES[key]
     rgb, mpp = read_level0(name, mpp_given)
     made: dict[str, Made] = {}
-    for kind, (img, truth) in {"ink": draw_ink(rgb, mpp, seed=sum(map(ord, key))), "blur": draw_blur(rgb, mpp),
-                               "fold": draw_fold(rgb, mpp)}.items():
+    seed = sum(map(ord, key))
+    for kind, (img, truth) in {"ink": draw_ink(rgb, mpp, seed), "inkglass": draw_ink(rgb, mpp, seed, glass_only=True),
+                               "blur": draw_blur(rgb, mpp), "fold": draw_fold(rgb, mpp)}.items():
         slide = write_tiff(img, mpp, out / f"{key}-{kind}.tif")
         made[kind] = Made(slide, write_truth(truth, out / f"{key}-{kind}.truth.png"), mpp)
     return made

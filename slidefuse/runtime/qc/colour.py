@@ -44,7 +44,9 @@ def block_average(thumb_rgb: np.ndarray, k: int) -> np.ndarray:
     h, w = thumb_rgb.shape[:2]
     hk, wk = -(-h // k), -(-w // k)
     padded = np.pad(thumb_rgb, ((0, hk * k - h), (0, wk * k - w), (0, 0)), mode="edge")
-    return np.asarray(padded.reshape(hk, k, wk, k, 3).mean(axis=(1, 3)).round(), dtype=np.uint8)
+    rows = padded.reshape(hk, k, wk * k, 3).sum(axis=1, dtype=np.uint32)  # rows first: contiguous, cheap
+    sums = rows.reshape(hk, wk, k, 3).sum(axis=2, dtype=np.uint32)
+    return np.asarray((sums + (k * k) // 2) // (k * k), dtype=np.uint8)
 
 
 def block_any(mask: np.ndarray, k: int) -> np.ndarray:

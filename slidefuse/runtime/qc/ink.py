@@ -41,9 +41,11 @@ class InkParams:
     grey_value: float = 0.5  # HSV value below which an unsaturated pixel is black ink (0..1)
     grey_saturation: float = 0.2  # saturation below which a pixel counts as unsaturated (grey)
     loose_blue_hue: tuple[float, float] = (190.0, 290.0)  # the loose rules, only where they touch sure ink:
-    loose_red_hue: tuple[float, float] = (325.0, 20.0)  # ink over tissue mixes with the stain's colour
+    loose_red_hue: tuple[float, float] = (335.0, 20.0)  # ink over tissue mixes with the stain's colour
     loose_saturation: float = 0.3  # saturation floor of the loose blue and red rules
     loose_grey: tuple[float, float] = (0.6, 0.25)  # (value, saturation) ceilings of loose black ink
+    faint: tuple[float, float] = (0.7, 0.1)  # (value floor, saturation floor) of a stroke's faint edge on glass
+    faint_excluded_hue: tuple[float, float] = (280.0, 350.0)  # ... unless pink or purple (pale tissue)
     reach_um: float = 40.0  # how far from sure ink the loose rules may add pixels, um
     min_width_um: float = 24.0  # regions thinner than this are removed (opening), um
     grow_um: float = 4.0  # the mask grows by this much to take the stroke's soft edge, um
@@ -68,6 +70,7 @@ def ink_colours(rgb: np.ndarray, p: InkParams) -> tuple[np.ndarray, np.ndarray]:
     loose = _in_band(hue, p.loose_blue_hue) & (sat >= p.loose_saturation)
     loose |= _in_band(hue, p.loose_red_hue) & (sat >= p.loose_saturation)
     loose |= (val < p.loose_grey[0]) & (sat < p.loose_grey[1])
+    loose |= (val >= p.faint[0]) & (sat >= p.faint[1]) & ~_in_band(hue, p.faint_excluded_hue)
     ink = _in_band(hue, p.blue_hue) & (sat >= p.blue_saturation)
     ink |= _in_band(hue, p.green_hue) & (sat >= p.green_saturation)
     ink |= _in_band(hue, p.red_hue) & (sat >= p.red_saturation)

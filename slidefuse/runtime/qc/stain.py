@@ -18,7 +18,7 @@ import numpy as np
 HE = "H&E"
 IHC = "H-DAB"
 UNKNOWN = "unknown"
-MAX_PIXELS = 1 << 20  # tissue pixels sampled for the estimate
+MAX_PIXELS = 1 << 16  # tissue pixels sampled (evenly) for the estimate
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ def estimate_stain(thumb_rgb: np.ndarray, tissue: np.ndarray, params: StainParam
     from skimage.color import rgb2hed
 
     p = params or StainParams()
-    pixels = thumb_rgb[tissue]
-    if len(pixels) > MAX_PIXELS:
-        pixels = pixels[:: len(pixels) // MAX_PIXELS + 1]
+    where = np.flatnonzero(tissue.ravel())
+    pixels = thumb_rgb.reshape(-1, 3)[where[:: len(where) // MAX_PIXELS + 1]]
     if len(pixels) == 0:
         zero = {"haematoxylin": 0.0, "eosin": 0.0, "dab": 0.0}
         return StainEstimate(UNKNOWN, zero, dict(zero), p)

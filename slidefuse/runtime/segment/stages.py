@@ -33,7 +33,7 @@ from slidefuse.runtime.segment.options import SegmentOptions, SlideResult, check
 from slidefuse.runtime.segment.skip import result_key, slide_identity
 from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
-from slidefuse.runtime.tissue import TissueParams, detect_tissue
+from slidefuse.runtime.tissue import TissueParams, binary_open, detect_tissue, remove_small_objects
 from slidefuse.runtime.types import MaskResult, SlideInfo, Status
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,14 @@ def quality_control(slide_path: Path, slide: Any, view: Any, bundle: Bundle, opt
     log.info("%s: QC excludes %.1f%% of the tissue (%s)", Path(slide_path).name,
              100 * float((excluded & tissue).sum()) / max(int(tissue.sum()), 1),
              ", ".join(n for n, a in qc.actions.items() if a == "exclude" and qc.maps[n].mask.any()))
-    return qc, tissue & ~excluded, CoarseKeep(~excluded, thumb_mpp / m.mpp)
+    return qc, tissue_left(tissue, excluded, thumb_mpp, options.tissue), CoarseKeep(~excluded, thumb_mpp / m.mpp)
+
+
+def tissue_left(tissue: np.ndarray, excluded: np.ndarray, thumb_mpp: float, params: TissueParams) -> np.ndarray:
+    """bool [h, w]: ``tissue`` without the ``excluded`` regions, cleaned as tissue detection cleans its mask
+    (the opening and the smallest pieces), so the frayed edge of an excluded stroke is not left as tissue."""
+    left = binary_open(tissue & ~excluded, params.opening_radius_um / thumb_mpp)
+    return remove_small_objects(left, max(1, int(params.min_object_fraction * left.size)))
 
 
 def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path, *,
