@@ -44,8 +44,13 @@ def block_average(thumb_rgb: np.ndarray, k: int) -> np.ndarray:
     h, w = thumb_rgb.shape[:2]
     hk, wk = -(-h // k), -(-w // k)
     padded = np.pad(thumb_rgb, ((0, hk * k - h), (0, wk * k - w), (0, 0)), mode="edge")
-    rows = padded.reshape(hk, k, wk * k, 3).sum(axis=1, dtype=np.uint32)  # rows first: contiguous, cheap
-    sums = rows.reshape(hk, wk, k, 3).sum(axis=2, dtype=np.uint32)
+    padded = padded.astype(np.uint16 if k <= 16 else np.uint32)  # k * k * 255 must fit
+    rows = padded[0::k].copy()  # strided adds of whole planes: cheaper than a reduction over a strided axis
+    for i in range(1, k):
+        rows += padded[i::k]
+    sums = rows[:, 0::k].copy()
+    for i in range(1, k):
+        sums += rows[:, i::k]
     return np.asarray((sums + (k * k) // 2) // (k * k), dtype=np.uint8)
 
 

@@ -26,6 +26,7 @@ from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
 from slidefuse.runtime.keep import CoarseKeep, KeepMask
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
+from slidefuse.runtime.qc.masked import MaskedView, glass_colour
 from slidefuse.runtime.qc.policy import check_mode
 from slidefuse.runtime.qc.run import QCResult, run_qc
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
@@ -129,7 +130,7 @@ class StitchedSlide:
 
 def quality_control(slide_path: Path, slide: Any, view: Any, bundle: Bundle, options: SegmentOptions,
                     thumb: np.ndarray, tissue: np.ndarray, thumb_mpp: float,
-                    timings: dict[str, float]) -> tuple[QCResult | None, np.ndarray, KeepMask | None]:
+                    timings: dict[str, float]) -> tuple[QCResult, np.ndarray, KeepMask | None]:
     """QC after tissue detection (`slidefuse.runtime.qc`): (its result, the tissue left once the excluded regions
     are taken out, the keep mask that cuts them out of the mask). With qc "off", the stain check alone runs."""
     t0 = time.perf_counter()
@@ -189,6 +190,8 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
         timings["preload"] = time.perf_counter() - t0
         interrupt.check()
         qc, tissue, keep = quality_control(slide_path, slide, view, bundle, options, thumb, tissue, thumb_mpp, timings)
+        if keep is not None:  # the model sees glass where QC excluded something (`runtime.qc.masked`)
+            view = MaskedView(view, qc.excluded, thumb_mpp / m.mpp, glass_colour(thumb, qc.tissue, qc.excluded))
         interrupt.check()
         tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)
     except BaseException:
