@@ -90,6 +90,7 @@ def test_a_changed_qc_policy_reruns_the_slide(bundle_dir: Path, inked: Path, tmp
         assert model.segment(inked, out=tmp_path).status.value == "skipped"
     with slidefuse.load_model(bundle_dir, **FAST) as model:
         assert model.segment(inked, out=tmp_path).status.value == "ok"
+        assert model.segment(inked, out=tmp_path).status.value == "skipped"  # the key survives its JSON round trip
 
 
 def test_stain_mismatch_warns_by_default_and_fails_when_asked(bundle_dir: Path, tmp_path: Path,

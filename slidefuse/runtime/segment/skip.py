@@ -15,6 +15,7 @@ scheduler, the Ray driver and its workers):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -130,7 +131,8 @@ def qc_key(mode: str) -> dict[str, Any]:
     """The QC policy and, when QC runs, every method's version and thresholds (a change reruns the slide)."""
     from slidefuse.runtime.qc.methods import method_versions
 
-    return {"mode": mode, "methods": method_versions() if mode != "off" else {}}
+    methods = method_versions() if mode != "off" else {}
+    return {"mode": mode, "methods": json.loads(json.dumps(methods))}  # as report.json will hold it (tuples: lists)
 
 
 def recorded_key(report: dict[str, Any] | None) -> dict[str, Any] | None:
