@@ -10,7 +10,8 @@ slide). Parts (each a function below):
 - stain: each slide's estimate against the demonstration model's H&E;
 - areas: the demonstration model's class areas (default policy) on the copy inked on the glass and on the
   copy inked across the tissue, against the clean slide's (the latter over the pixels no stroke was drawn on);
-- cost: segment wall time with qc "off" and "default", interleaved, `--repeats` times each.
+- cost: segment wall time and CPU time (all threads) with qc "off" and "default", interleaved, `--repeats` times
+  each; the QC stage's own time as report.json records it (timings.qc).
 
     python benchmarks/qc_slides.py --out .cache/qc_slides
     python benchmarks/qc_measure.py --slides .cache/qc_slides
@@ -186,21 +187,26 @@ def cost(repeats: int, out: Path) -> dict[str, Any]:
 
     slides = {"cmu": require_slide(SOURCES["cmu"][0]), "tcga": require_slide(SOURCES["tcga"][0])}
     times: dict[str, dict[str, list[float]]] = {k: {"off": [], "default": []} for k in slides}
+    cpu: dict[str, dict[str, list[float]]] = {k: {"off": [], "default": []} for k in slides}
     qc_s: dict[str, list[float]] = {k: [] for k in slides}
     with load_model(MODEL, qc="off") as off, load_model(MODEL) as on:
         for _ in range(repeats):
             for key, path in slides.items():
                 for mode, model in (("off", off), ("default", on)):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     res = model.segment(path, out=out / mode, overwrite=True, mpp=SOURCES[key][1])
                     times[key][mode].append(time.perf_counter() - t0)
+                    cpu[key][mode].append(time.process_time() - c0)  # every thread of this process
                     if mode == "default":
                         qc_s[key].append(float(res.report["timings"]["qc"]))
     summary = {}
     for key, t in times.items():
         off_s, on_s = statistics.median(t["off"]), statistics.median(t["default"])
+        cpu_off, cpu_on = statistics.median(cpu[key]["off"]), statistics.median(cpu[key]["default"])
         summary[key] = {"off_s": t["off"], "default_s": t["default"], "median_off_s": off_s,
                         "median_default_s": on_s, "added": round(on_s / off_s - 1, 4),
+                        "cpu_off_s": cpu[key]["off"], "cpu_default_s": cpu[key]["default"],
+                        "cpu_added": round(cpu_on / cpu_off - 1, 4),
                         "qc_stage_s": qc_s[key], "qc_stage_share": round(statistics.median(qc_s[key]) / on_s, 4)}
     return summary
 

@@ -17,11 +17,16 @@ def smoothed_rgb(thumb_rgb: np.ndarray, thumb_mpp: float, smooth_um: float) -> n
 
 
 def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue in degrees (0..360), saturation and value (0..1) of float RGB ``[h, w, 3]`` in 0..1."""
-    from skimage.color import rgb2hsv
-
-    out = rgb2hsv(rgb)
-    return out[..., 0] * np.float32(360), out[..., 1], out[..., 2]
+    """Hue in degrees (0..360), saturation and value (0..1) of float RGB ``[h, w, 3]`` in 0..1 (float32; grey
+    pixels have hue 0, black ones saturation 0)."""
+    r, g, b = (np.asarray(rgb[..., i], dtype=np.float32) for i in range(3))
+    v = np.maximum(np.maximum(r, g), b)
+    spread = v - np.minimum(np.minimum(r, g), b)
+    s = np.divide(spread, v, out=np.zeros_like(v), where=v > 0)
+    safe = np.where(spread > 0, spread, np.float32(1))
+    h = np.where(v == r, (g - b) / safe, np.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = np.where(spread > 0, (h * np.float32(60)) % np.float32(360), np.float32(0))
+    return np.asarray(h, dtype=np.float32), s, v
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
