@@ -446,7 +446,8 @@ def load_model(bundle: SlidePath | Bundle, backend: str = "auto", *, require_sig
     trust: public keys trusted besides those of SLIDEFUSE_TRUSTED_KEYS and the config file (docs/trust.md): each
       a KEYFILE.pub path, a file of keys, or a public-key line.
     options: defaults of every run: batch_size, overlap, workers, tissue (`TissueParams`), all_tiles, mpp,
-      formats, mask_mpp, overwrite, overlap_slides, backend_options (e.g. {"threads": 2}). Checked now.
+      formats, mask_mpp, overwrite, overlap_slides, backend_options (e.g. {"threads": 2}), qc ("default", "flag",
+      "exclude", "off": docs/quality-control.md), on_stain_mismatch ("warn", "fail"). Checked now.
     """
     from slidefuse.runtime.bundle import Bundle, load_bundle
 
