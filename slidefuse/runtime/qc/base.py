@@ -65,6 +65,24 @@ class QCInput:
     tiles: tuple[tuple[int, int, int, int], ...] = ()
 
 
+def check_params(params: Any, *, fractions: tuple[str, ...] = (), lengths: tuple[str, ...] = (),
+                 positive: tuple[str, ...] = ()) -> None:
+    """A method's settings in range: ``fractions`` in 0..1, ``lengths`` >= 0, ``positive`` > 0 (ValueError naming
+    the setting; these are a method's constants, not user options)."""
+    def bad(name: str, expected: str) -> ValueError:
+        return ValueError(f"{type(params).__name__}.{name} = {getattr(params, name)!r}: expected {expected}")
+
+    for name in fractions:
+        if not 0.0 <= float(getattr(params, name)) <= 1.0:
+            raise bad(name, "a number in 0..1")
+    for name in lengths:
+        if not (np.isfinite(getattr(params, name)) and getattr(params, name) >= 0):
+            raise bad(name, "a finite number >= 0")
+    for name in positive:
+        if not (np.isfinite(getattr(params, name)) and getattr(params, name) > 0):
+            raise bad(name, "a finite number > 0")
+
+
 class QCMethod(Protocol):
     """A quality-control method. ``name`` is the key in report.json and the flag it raises ("ink", "blur",
     "folds"); ``version`` changes whenever its answer for the same input may change (it is part of the skip key);

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from slidefuse.numbers import finite_float
-from slidefuse.runtime.qc.base import QCInput, QCMap
+from slidefuse.runtime.qc.base import QCInput, QCMap, check_params
 
 
 @dataclass(frozen=True)
@@ -35,11 +34,8 @@ class BlurParams:
     min_tissue: float = 0.25  # cells with less than this fraction of non-glass pixels are not assessed
 
     def __post_init__(self) -> None:
-        finite_float(self.focus_mpp, field="focus_mpp", above=0.0)
-        finite_float(self.cell_um, field="cell_um", above=0.0)
-        for name in ("relative", "glass_grey", "min_tissue"):
-            finite_float(getattr(self, name), field=name, minimum=0.0, maximum=1.0)
-        finite_float(self.absolute, field="absolute", minimum=0.0)
+        check_params(self, fractions=("relative", "glass_grey", "min_tissue"), lengths=("absolute",),
+                     positive=("focus_mpp", "cell_um"))
 
 
 def focus(grey: np.ndarray, glass_grey: float) -> tuple[float, float]:

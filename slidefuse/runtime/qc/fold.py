@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from slidefuse.numbers import finite_float
-from slidefuse.runtime.qc.base import QCInput, QCMap
+from slidefuse.runtime.qc.base import QCInput, QCMap, check_params
 from slidefuse.runtime.qc.colour import block_any, block_average, block_factor, optical_density, smoothed_rgb, upsample
 from slidefuse.runtime.tissue import binary_open
 
@@ -32,10 +31,10 @@ class FoldParams:
     min_width_um: float = 80.0  # regions thinner than this are dropped (opening), um
 
     def __post_init__(self) -> None:
-        for name in ("work_mpp", "smooth_um", "min_width_um"):
-            finite_float(getattr(self, name), field=name, minimum=0.0)
-        finite_float(self.ratio, field="ratio", above=1.0)
-        finite_float(self.max_grey, field="max_grey", minimum=0.0, maximum=1.0)
+        check_params(self, fractions=("max_grey",), lengths=("smooth_um", "min_width_um"),
+                     positive=("work_mpp",))
+        if not self.ratio > 1:
+            raise ValueError(f"FoldParams.ratio = {self.ratio!r}: expected a number > 1")
 
 
 def detect_folds(thumb_rgb: np.ndarray, tissue: np.ndarray, thumb_mpp: float,

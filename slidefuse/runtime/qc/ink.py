@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from slidefuse.numbers import finite_float
-from slidefuse.runtime.qc.base import QCInput, QCMap
+from slidefuse.runtime.qc.base import QCInput, QCMap, check_params
 from slidefuse.runtime.qc.colour import block_average, block_factor, disk, hsv, smoothed_rgb, upsample
 from slidefuse.runtime.tissue import binary_open
 
@@ -51,11 +50,9 @@ class InkParams:
     grow_um: float = 4.0  # the mask grows by this much to take the stroke's soft edge, um
 
     def __post_init__(self) -> None:
-        for name in ("blue_saturation", "green_saturation", "red_saturation", "black_value", "grey_value",
-                     "grey_saturation"):
-            finite_float(getattr(self, name), field=name, minimum=0.0, maximum=1.0)
-        for name in ("work_mpp", "smooth_um", "min_width_um", "grow_um"):
-            finite_float(getattr(self, name), field=name, minimum=0.0)
+        check_params(self, fractions=("blue_saturation", "green_saturation", "red_saturation", "black_value",
+                                      "grey_value", "grey_saturation", "loose_saturation"),
+                     lengths=("smooth_um", "min_width_um", "grow_um", "reach_um"), positive=("work_mpp",))
 
 
 def _in_band(hue: np.ndarray, band: tuple[float, float]) -> np.ndarray:
