@@ -84,8 +84,8 @@ def picture(thumb: np.ndarray, masks: list[np.ndarray | None], path: Path) -> No
         panels.append(shown)
     row = np.concatenate([np.pad(p, ((0, 0), (0, 8), (0, 0)), constant_values=255) for p in panels], axis=1)
     img = Image.fromarray(row)
-    img.thumbnail((1000, 1000))
-    img.save(path, optimize=True)
+    img.thumbnail((800, 800))
+    img.quantize(256).save(path, optimize=True)  # a palette PNG: small
 
 
 def main() -> None:

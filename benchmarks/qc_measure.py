@@ -212,7 +212,7 @@ def cost(repeats: int, out: Path) -> dict[str, Any]:
 
 
 def pictures(made_all: dict[str, Any], folder: Path) -> None:
-    """thumbnail | ink | folds | blur per test slide (each map in red over the thumbnail), 900 px wide."""
+    """thumbnail | ink | folds | blur per test slide (each map in red over the thumbnail), 800 px wide at most."""
     from PIL import Image
 
     from slidefuse.runtime.qc.base import QCInput
@@ -236,8 +236,8 @@ def pictures(made_all: dict[str, Any], folder: Path) -> None:
                 slide.close()
             row = np.concatenate([np.pad(p, ((0, 0), (0, 8), (0, 0)), constant_values=255) for p in panels], axis=1)
             img = Image.fromarray(row)
-            img.thumbnail((900, 900))
-            img.save(folder / f"{key}-{kind}.png", optimize=True)
+            img.thumbnail((800, 800))
+            img.quantize(256).save(folder / f"{key}-{kind}.png", optimize=True)  # a palette PNG: small
 
 
 def _part(part: str, key: str, made: dict[str, Any]) -> dict[str, Any]:
