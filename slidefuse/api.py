@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from slidefuse.runtime.backends.base import Backend
     from slidefuse.runtime.bundle import Bundle
+    from slidefuse.runtime.qc.draw import QCMaps
     from slidefuse.runtime.segment.options import SegmentOptions, SlideResult
 
 SlidePath = Union[str, "os.PathLike[str]"]
@@ -116,6 +117,18 @@ class SegmentationResult:
         """Level-0 slide pixels per mask pixel (x, y): mask px * l0_per_px = level-0 px."""
         info = self.report["outputs"][MASK_FORMAT]
         return float(info["l0_per_px_x"]), float(info["l0_per_px_y"])
+
+    def qc(self) -> QCMaps:
+        """The slide's quality control: bool maps ("tissue", "ink", "folds", "blur") at the thumbnail's pixel
+        size (`.mpp`), read from qc.png, and report.json's "qc" section (`.section`: areas, fractions, flags,
+        methods and thresholds, the stain check)."""
+        from slidefuse.runtime.qc.draw import read_qc_png
+
+        info = self.report.get("outputs", {}).get("qc")
+        if not info:
+            raise ResultError(f"{self.out_dir}: no qc.png (made by a slidefuse without quality control); rerun "
+                              "with overwrite=True")
+        return read_qc_png(self._need_ok("qc") / str(info["file"]), self.report.get("qc", {}), float(info["mpp"]))
 
     def mask(self) -> pyvips.Image:
         """The mask as a lazy 1-band uchar pyvips image (level 0 of mask.tif, W x H, class indices): tiles are
@@ -464,7 +477,8 @@ def load_model(bundle: SlidePath | Bundle, backend: str = "auto", *, require_sig
     trust: public keys trusted besides those of SLIDEFUSE_TRUSTED_KEYS and the config file (docs/trust.md): each
       a KEYFILE.pub path, a file of keys, or a public-key line.
     options: defaults of every run: batch_size, overlap, workers, tissue (`TissueParams`), all_tiles, mpp,
-      formats, mask_mpp, overwrite, overlap_slides, backend_options (e.g. {"threads": 2}). Checked now.
+      formats, mask_mpp, overwrite, overlap_slides, backend_options (e.g. {"threads": 2}), qc ("default", "flag",
+      "exclude", "off": docs/quality-control.md), on_stain_mismatch ("warn", "fail"). Checked now.
     """
     from slidefuse.runtime.bundle import Bundle, load_bundle
 

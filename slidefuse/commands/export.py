@@ -51,6 +51,9 @@ def _check_task(task: str, classes: str | None, from_bundle: Path | None, mpp: f
 @click.option("--color-transform", type=click.Choice(["none", "icc-to-srgb"]), default="none", show_default=True,
               help="What the model sees of a slide's embedded ICC profile: 'none' (the decoded values, as most "
                    "training pipelines saw them) or 'icc-to-srgb' (converted through the profile to sRGB).")
+@click.option("--stain", type=click.Choice(["H&E", "H-DAB", "other"]), default="H&E", show_default=True,
+              help="The stain the model was trained on: slides whose stain differs get a warning (see segment's "
+                   "--on-stain-mismatch); 'other' turns the check off.")
 @click.option("--geometry", type=click.Choice(["aligned", "paper"]), default=None,
               help="Tile geometry: 'aligned' (tile a multiple of the patch size, tokens cover it exactly) or "
                    "'paper' (512 px; with patch 14 a 36x36 grid covers 504 px and the output is resized).")
@@ -86,7 +89,7 @@ def _check_task(task: str, classes: str | None, from_bundle: Path | None, mpp: f
 @sign_option("the bundle")
 def command(encoder: str, task: str, classes: str | None, from_bundle: Path | None, colors: str | None,
             mpp: float | None, tile_size: int | None,
-            geometry: str | None, overlap: int | None, color_transform: str,
+            geometry: str | None, overlap: int | None, color_transform: str, stain: str,
             out: Path, encoder_weights: Path | None, decoder_weights: Path | None, random_weights: bool, seed: int,
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
@@ -133,7 +136,7 @@ def command(encoder: str, task: str, classes: str | None, from_bundle: Path | No
         encoder_weights=encoder_weights, decoder_weights=decoder_weights, random_weights=random_weights,
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
         simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random, parity_slides=parity_slides,
-        parity=ParityThresholds(parity_max_diff, parity_min_agreement), color_transform=color_transform,
+        parity=ParityThresholds(parity_max_diff, parity_min_agreement), color_transform=color_transform, stain=stain,
         fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
     )
     t0 = time.perf_counter()

@@ -69,6 +69,16 @@ class _FormatsOption(click.Option):
               help="A tile the image decoder reports as corrupt: 'fail' the slide (one line naming the tile; the "
                    "batch goes on), or 'warn': segment it anyway and count the bad tiles in report.json, the "
                    "preview and run.json.")
+@click.option("--qc", "qc", type=click.Choice(["off", "flag", "default", "exclude"]), default="default",
+              show_default=True,
+              help="Quality control on the thumbnail (pen ink, folds) and per 128 um cell (blur): 'default' "
+                   "excludes ink (not run, not tissue, cut out of the mask) and flags blur and folds; 'exclude' "
+                   "excludes all three; 'flag' reports all three and excludes nothing; 'off' runs none. Results in "
+                   "report.json (qc), qc.png, tissue.png and preview.png.")
+@click.option("--on-stain-mismatch", "on_stain_mismatch", type=click.Choice(["warn", "fail"]), default="warn",
+              show_default=True,
+              help="A slide whose stain (estimated by colour deconvolution) is not the model's (its bundle's "
+                   "stain, H&E by default): 'warn' (log, report.json, a banner on preview.png) or 'fail' the slide.")
 @click.option("--tissue-threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Lowest HSV saturation (0..1) counted as tissue on the thumbnail (default 0.07).")
 @click.option("--min-tile-tissue", type=click.FloatRange(0.0, 1.0), default=None,
@@ -183,6 +193,8 @@ def _api_options(f: dict[str, Any]) -> dict[str, Any]:
         force_mpp=f["force_mpp"],
         on_decode_error=f["on_decode_error"],
         roi=f["roi"],
+        qc=f["qc"],
+        on_stain_mismatch=f["on_stain_mismatch"],
         require_signature=f["require_signature"],
         trust=f["trust"],
         **optional,

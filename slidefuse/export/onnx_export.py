@@ -53,6 +53,7 @@ from slidefuse.export.parity import (
     staged_bundle,
 )
 from slidefuse.runtime.bundle import Bundle, Manifest, load_bundle, write_manifest
+from slidefuse.runtime.manifest_schema import STAINS
 
 if TYPE_CHECKING:
     import onnx
@@ -106,6 +107,7 @@ class ExportConfig:
     parity_slides: tuple[Path, ...] = ()  # slides to cut the gate's real tiles from; () = the shipped tiles
     color_transform: str = "none"  # embedded ICC profiles: "none" (as decoded) or "icc-to-srgb"
     task: str = "segment"  # "segment" (encoder + decoder -> probabilities) or "embed" (encoder -> embeddings)
+    stain: str = "H&E"  # the stain the model was trained on (manifest_schema.STAINS)
 
     def check(self) -> None:
         """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
@@ -120,6 +122,8 @@ class ExportConfig:
         if self.color_transform not in ("none", "icc-to-srgb"):
             raise UsageError(f"color_transform={self.color_transform!r}: expected 'none' or 'icc-to-srgb'",
                              field="color_transform")
+        if self.stain not in STAINS:
+            raise UsageError(f"stain={self.stain!r}: expected one of {', '.join(STAINS)}", field="stain")
         if self.opset < MIN_OPSET:
             raise UsageError(f"opset={self.opset}: expected {MIN_OPSET} or newer (LayerNormalization needs 17)",
                              field="opset")
@@ -371,7 +375,7 @@ def _manifest(config: ExportConfig, spec: Any, classes: Any, decoder_width: int,
         model_file="model.onnx", fp16_model_file=fp16_file, torch_weights="model.safetensors",
         decoder_width=decoder_width, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         opset=opset, overlap=config.overlap if config.overlap is not None else t // 8,
-        color_transform=config.color_transform,
+        color_transform=config.color_transform, stain=config.stain,
         random_weights=config.random_weights and (config.encoder_weights is None or config.decoder_weights is None),
         weights={
             "encoder": checkpoint_provenance(config.encoder_weights),

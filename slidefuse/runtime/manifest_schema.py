@@ -25,6 +25,7 @@ from slidefuse.runtime.coords import PLAUSIBLE_MPP
 FORMAT_VERSION = 2  # the manifest format this release writes
 READABLE_VERSIONS = (2,)  # the manifest formats this release reads
 MAX_CLASSES = 256  # masks are uint8 class indices
+STAINS = ("H&E", "H-DAB", "other")  # the stains a bundle may name (`Manifest.stain`)
 SHA256 = r"^[0-9a-f]{64}$"
 INTEGRITY = "integrity"  # the manifest.json key holding the seal: `bundle.manifest_digest` of the rest
 GEOMETRIES = ("aligned", "paper")
@@ -148,6 +149,9 @@ class Manifest:
     # What the model sees of a slide's embedded ICC profile: "none" (decoded values as stored, the default:
     # what most training pipelines saw) or "icc-to-srgb" (converted through the profile to sRGB).
     color_transform: Annotated[str, _one_of(*COLOR_TRANSFORMS)] = "none"
+    # The stain the model was trained on: "H&E", "H-DAB" (haematoxylin and DAB immunohistochemistry) or "other"
+    # (no stain check); a slide whose estimated stain differs gets a warning. Bundles made before the field: H&E.
+    stain: Annotated[str, _one_of(*STAINS)] = "H&E"
     weights: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint names and sha256
     parity: dict[str, Any] = field(default_factory=dict)  # parity-gate figures (fp32 vs torch, fp16 vs fp32)
     export: dict[str, Any] = field(default_factory=dict)  # how the graphs were made: exporter, simplified, ...
@@ -197,6 +201,8 @@ class Manifest:
         kw["engines"] = tuple(d.get("engines", ()))
         if isinstance(d.get("embedding"), dict):
             kw["embedding"] = EmbeddingInfo(**d["embedding"])
+        if kw.get("stain", "H&E") not in STAINS:
+            raise ValueError(f"stain {kw['stain']!r} is not one of {', '.join(STAINS)}")
         if kw.get("color_transform", "none") not in COLOR_TRANSFORMS:
             raise ValueError(f"color_transform {kw['color_transform']!r} is not 'none' or 'icc-to-srgb'")
         return cls(**kw)

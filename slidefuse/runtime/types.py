@@ -134,3 +134,4 @@ class MaskResult:
         """Remove the stitcher's raw files (those that exist)."""
         for path in self.scratch_files():
             path.unlink(missing_ok=True)
+    qc: Any = None  # slidefuse.runtime.qc.QCResult: the QC maps and stain check (None: QC did not run)

@@ -6,7 +6,8 @@ Files in a slide's output folder (`OUT/<slide stem>/`), one per registered forma
   resolution tags (see `mask_tiff`).
 - `mask.geojson` (format "geojson"): one QuPath annotation per connected region (see `geojson`).
 - `preview.png` (format "preview"): thumbnail with the mask overlaid and a legend (see `preview`).
-- `tissue.png`: the tissue mask found on the thumbnail (always written).
+- `tissue.png`: the tissue mask found on the thumbnail (always written), with the QC regions in its palette.
+- `qc.png`: the QC maps as a label image at the thumbnail's scale (when QC ran; see `slidefuse.runtime.qc.draw`).
 - `report.json` (format "report"): always written, and written last: it records the bundle digest and
   every file written with its size (a folder's: total bytes and file count), which `outputs_current` checks on
   a rerun.
@@ -124,6 +125,13 @@ def _write_tissue(context: OutputContext) -> OutputRecord:
     return OutputRecord(path, write_tissue_png(context.result, path))
 
 
+def _write_qc(context: OutputContext) -> OutputRecord:
+    from slidefuse.runtime.qc.draw import QC_FILE, write_qc_png
+
+    path = context.out_dir / QC_FILE
+    return OutputRecord(path, write_qc_png(context.result.qc, path))
+
+
 def _run_writers(
     context: OutputContext, selected: list[OutputWriter]
 ) -> dict[str, tuple[OutputRecord, float]]:
@@ -206,6 +214,8 @@ def _write_outputs(result: MaskResult, slide: SlideInfo, bundle: Bundle, out_dir
     context = OutputContext(result, slide, bundle, Path(out_dir), options)
     _prepare_folder(context.out_dir, result.scratch_files())
     done = {"tissue": _timed(lambda: _write_tissue(context))}
+    if result.qc is not None:
+        done["qc"] = _timed(lambda: _write_qc(context))
     done.update(_run_writers(context, [w for w in writers() if w.name in options.formats]))
     described = {fmt: _described(record) for fmt, (record, _) in done.items()}
     seconds = {fmt: s for fmt, (_, s) in done.items()}

@@ -28,6 +28,8 @@ from slidefuse.runtime.bundle import ClassInfo
 from slidefuse.runtime.outputs.base import OutputContext, OutputOptions, OutputRecord
 from slidefuse.runtime.outputs.raster import downsample_classes, open_mask
 from slidefuse.runtime.palette import colours_chosen, display_colors
+from slidefuse.runtime.qc.draw import draw_qc, stain_banner, tissue_image
+from slidefuse.runtime.qc.run import QCResult
 from slidefuse.runtime.types import MaskResult, SlideInfo
 
 logger = logging.getLogger(__name__)
@@ -208,10 +210,10 @@ def _banner(width: int, text: str) -> Any:
     return img
 
 
-def draw_extras(img: Any, slide: SlideInfo) -> list[str]:
+def draw_extras(img: Any, slide: SlideInfo, qc: QCResult | None = None) -> list[str]:
     """EXTRA OVERLAYS: marks drawn over the overlay panel (a PIL image covering the whole slide), each returning
-    its legend line. Decode-error tiles are outlined here; QC marks are added here too (one call each)."""
-    notes = [_outline_bad_tiles(img, slide)]
+    its legend line: decode-error tiles, then the QC regions (`runtime.qc.draw`)."""
+    notes = [_outline_bad_tiles(img, slide), draw_qc(img, qc)]
     return [n for n in notes if n]
 
 
@@ -248,7 +250,7 @@ def write_preview(
     base = base.resize((w, h), Image.Resampling.LANCZOS)
     colors = [c.color for c in classes]
     blended = Image.fromarray(outline(overlay(np.asarray(base), labels, colors), labels, colors))
-    notes = draw_extras(blended, slide)
+    notes = draw_extras(blended, slide, result.qc)
     um_per_px = slide.mpp * slide.width / w if slide.mpp else 0.0
     for panel in (base, blended):
         draw_scale_bar(panel, um_per_px)
@@ -272,12 +274,12 @@ def write_preview(
 
 
 def write_tissue_png(result: MaskResult, path: Path) -> dict[str, Any]:
-    """Write the tissue mask (bool [th, tw] on the thumbnail frame) as an 8-bit PNG (255 = tissue)."""
-    from PIL import Image
+    """Write the tissue mask (bool [th, tw] on the thumbnail frame) as an 8-bit PNG (255 = tissue); with QC, a
+    palette PNG whose other indices are the QC regions (`slidefuse.runtime.qc.draw.tissue_image`)."""
 
     tissue = np.asarray(result.tissue, dtype=bool)
     with atomic_path(Path(path)) as tmp:
-        Image.fromarray(tissue.astype(np.uint8) * 255).save(tmp, format="PNG")
+        tissue_image(tissue, result.qc).save(tmp, format="PNG")
     return {"file": Path(path).name, "width": int(tissue.shape[1]), "height": int(tissue.shape[0])}
 
 
@@ -297,8 +299,8 @@ class PreviewWriter:
         own = [c.color for c in context.classes]
         shown = display_colors(own, m.demo)
         classes = [ClassInfo(c.name, col) for c, col in zip(context.classes, shown, strict=True)]
-        # STAIN WARNING: a banner line for the whole slide goes in write_preview(banner=...).
-        info = write_preview(result, context.slide, classes, path, areas_mm2=areas, title=title)
+        info = write_preview(result, context.slide, classes, path, areas_mm2=areas, title=title,
+                             banner=stain_banner(result.qc))
         palette = "bundle" if colours_chosen(own, m.demo) else "review"
         return OutputRecord(path, {**info, "palette": palette, "colors": [list(c) for c in shown]})
 

@@ -17,11 +17,12 @@ from slidefuse.runtime.outputs.preview import TISSUE_FILE, PreviewWriter
 from slidefuse.runtime.outputs.probs import ProbsWriter
 from slidefuse.runtime.outputs.report import REPORT
 from slidefuse.runtime.outputs.zarr import ProbsZarrWriter, ZarrWriter
+from slidefuse.runtime.qc.draw import QC_FILE
 from slidefuse.runtime.types import RUN_LOG
 
 REPORT_FORMAT = "report"  # always written, last, by write_outputs itself: the record that a slide is complete
-_RESERVED_NAMES = frozenset({REPORT_FORMAT, "all", "tissue"})  # "tissue": tissue.png, written in any case
-_RESERVED_FILES = frozenset({REPORT, TISSUE_FILE, RUN_LOG})
+_RESERVED_NAMES = frozenset({REPORT_FORMAT, "all", "tissue", "qc"})  # tissue.png (always), qc.png (with QC)
+_RESERVED_FILES = frozenset({REPORT, TISSUE_FILE, QC_FILE, RUN_LOG})
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 _writers: dict[str, OutputWriter] = {}  # in registration order, which is the order of --help and report.json

@@ -214,6 +214,14 @@ def throughput(result: MaskResult) -> dict[str, float | None]:
     }
 
 
+def qc_report(result: MaskResult, slide: SlideInfo) -> dict[str, Any]:
+    """report.json's "qc" section (`slidefuse.runtime.qc.report.qc_section`)."""
+    from slidefuse.runtime.qc.report import qc_section
+
+    th, tw = np.asarray(result.tissue).shape[:2]
+    return qc_section(result.qc, (slide.width / max(tw, 1)) * (slide.height / max(th, 1)) * (slide.mpp / 1000.0) ** 2)
+
+
 def build_report(
     result: MaskResult,
     slide: SlideInfo,
@@ -246,6 +254,7 @@ def build_report(
         "outputs": outputs,
         "formats": sorted(outputs),
         "extra": dict(result.extra),
+        "qc": qc_report(result, slide),
     }
     regions = region_areas(result, bundle.manifest.class_names)
     if regions is not None:

@@ -16,6 +16,7 @@ from slidefuse.runtime.coords import PLAUSIBLE_MPP  # um/px accepted without --f
 from slidefuse.runtime.cores import usable_cores
 from slidefuse.runtime.outputs.base import OutputOptions
 from slidefuse.runtime.outputs.registry import DEFAULT_FORMATS
+from slidefuse.runtime.qc.policy import check_mode, check_on_stain_mismatch
 from slidefuse.runtime.tissue import TissueParams
 from slidefuse.runtime.types import ON_DECODE_ERROR, OnDecodeError, Status
 
@@ -67,6 +68,10 @@ class SegmentOptions:
     roi: Path | None = None  # regions of interest of the one slide run (a QuPath GeoJSON export or a mask image,
     # see runtime.roi): only tiles touching them run, the mask is 0 outside them and report.json has their areas;
     # with several slides, a list CSV's roi column gives each its own
+    qc: str = "default"  # quality control (`runtime.qc.policy`): "off", "flag" (report only), "default" (exclude pen
+    # ink, flag blur and folds) or "exclude" (exclude all three)
+    on_stain_mismatch: str = "warn"  # a slide whose stain is not the model's: "warn" (log, report, preview banner)
+    # or "fail" the slide. Not in the skip key: it decides whether outputs are written, never what they hold
     outputs: OutputOptions = field(init=False, repr=False, compare=False)  # formats, mask_mpp and geojson_frame
     # as the output writers take them, built and checked once, here
 
@@ -79,6 +84,8 @@ class SegmentOptions:
             if value is not None:
                 object.__setattr__(self, name, integer(value, field=name, minimum=minimum))
         _check_sharing(self.shard, self.claim_timeout)
+        check_mode(self.qc)
+        check_on_stain_mismatch(self.on_stain_mismatch)
         object.__setattr__(self, "claim_timeout", finite_float(self.claim_timeout, field="claim_timeout"))
         if self.on_decode_error not in ON_DECODE_ERROR:
             raise UsageError(f"on_decode_error must be one of {', '.join(ON_DECODE_ERROR)}, "

@@ -15,6 +15,7 @@ scheduler, the Ray driver and its workers):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -104,7 +105,7 @@ def slide_identity(path: str | os.PathLike[str]) -> SlideIdentity:
 def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity) -> dict[str, Any]:
     """Everything that decides a slide's outputs, as JSON: the slide's identity, the bundle's digest and the
     options that change the result (pixel sizes given, overlap in effect, tissue parameters, all tiles,
-    mask pixel size, formats, backend and its numeric options, the regions file's content)."""
+    mask pixel size, formats, backend and its numeric options, the regions file's content, QC policy and methods)."""
     backend_options = dict(options.backend_options)
     return {
         "version": KEY_VERSION,
@@ -121,6 +122,7 @@ def result_key(bundle: Bundle, options: SegmentOptions, identity: SlideIdentity)
             "backend": options.backend,
             "backend_numerics": {k: backend_options[k] for k in NUMERIC_BACKEND_OPTIONS if k in backend_options},
             "roi": roi_key(options),
+            "qc": qc_key(options.qc),
         },
         "formats": sorted(options.formats),
     }
@@ -134,6 +136,14 @@ def roi_key(options: SegmentOptions) -> dict[str, str] | None:
     from slidefuse.runtime.roi import file_digest
 
     return {"sha256": file_digest(options.roi), "frame": options.geojson_frame}
+
+
+def qc_key(mode: str) -> dict[str, Any]:
+    """The QC policy and, when QC runs, every method's version and thresholds (a change reruns the slide)."""
+    from slidefuse.runtime.qc.methods import method_versions
+
+    methods = method_versions() if mode != "off" else {}
+    return {"mode": mode, "methods": json.loads(json.dumps(methods))}  # as report.json will hold it (tuples: lists)
 
 
 def recorded_key(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -23,15 +23,18 @@ from slidefuse.runtime import interrupt
 from slidefuse.runtime.backends.base import Backend
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
-from slidefuse.runtime.keep import KeepMask, combine
+from slidefuse.runtime.keep import CoarseKeep, KeepMask, combine
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.progress import NullProgress, Progress
+from slidefuse.runtime.qc.masked import MaskedView, glass_colour
+from slidefuse.runtime.qc.policy import check_mode
+from slidefuse.runtime.qc.run import QCResult, run_qc
 from slidefuse.runtime.segment.inputs import check_out_folder, slide_stem
 from slidefuse.runtime.segment.options import SegmentOptions, SlideResult, check_plausible_mpp, effective_overlap
 from slidefuse.runtime.segment.skip import result_key, slide_identity
 from slidefuse.runtime.slide.reader import MAX_DECODE_PIXELS
 from slidefuse.runtime.stitch import Stitcher
-from slidefuse.runtime.tissue import TissueParams, detect_tissue
+from slidefuse.runtime.tissue import TissueParams, binary_open, detect_tissue, remove_small_objects
 from slidefuse.runtime.types import MaskResult, RegionsResult, SlideInfo, Status
 
 if TYPE_CHECKING:
@@ -108,6 +111,7 @@ class PlannedSlide:
     keep: KeepMask | None = None  # pixels the mask keeps (regions of interest, QC exclusions); None: all
     regions: SlideRegions | None = None  # the regions of interest placed on this slide; None: the whole slide
     n_roi: int | None = None  # tiles touching tissue inside the regions (None: no regions)
+    qc: QCResult | None = None  # the QC maps and stain check (None: QC off)
 
     def close(self) -> None:
         """Close the slide and drop the view: its libvips image (with the decoded tiles libvips caches for
@@ -127,6 +131,32 @@ class StitchedSlide:
     seconds: float
     key: dict[str, Any] = field(default_factory=dict)  # the skip key, recorded in report.json (run.skip_key)
     fence: Fence | None = None  # the plan's fence, for the outputs
+
+
+def quality_control(slide_path: Path, slide: Any, view: Any, bundle: Bundle, options: SegmentOptions,
+                    thumb: np.ndarray, tissue: np.ndarray, thumb_mpp: float,
+                    timings: dict[str, float]) -> tuple[QCResult, np.ndarray, KeepMask | None]:
+    """QC after tissue detection (`slidefuse.runtime.qc`): (its result, the tissue left once the excluded regions
+    are taken out, the keep mask that cuts them out of the mask). With qc "off", the stain check alone runs."""
+    t0 = time.perf_counter()
+    m = bundle.manifest
+    qc = run_qc(thumb, tissue, thumb_mpp, check_mode(options.qc), slide=slide, view=view, model_mpp=m.mpp,
+                model_stain=m.stain, on_stain_mismatch=options.on_stain_mismatch, name=Path(slide_path).name)
+    timings["qc"] = time.perf_counter() - t0
+    excluded = qc.excluded
+    if not excluded.any():
+        return qc, tissue, None
+    log.info("%s: QC excludes %.1f%% of the tissue (%s)", Path(slide_path).name,
+             100 * float((excluded & tissue).sum()) / max(int(tissue.sum()), 1),
+             ", ".join(n for n, a in qc.actions.items() if a == "exclude" and qc.maps[n].mask.any()))
+    return qc, tissue_left(tissue, excluded, thumb_mpp, options.tissue), CoarseKeep(~excluded, thumb_mpp / m.mpp)
+
+
+def tissue_left(tissue: np.ndarray, excluded: np.ndarray, thumb_mpp: float, params: TissueParams) -> np.ndarray:
+    """bool [h, w]: ``tissue`` without the ``excluded`` regions, cleaned as tissue detection cleans its mask
+    (the opening and the smallest pieces), so the frayed edge of an excluded stroke is not left as tissue."""
+    left = binary_open(tissue & ~excluded, params.opening_radius_um / thumb_mpp)
+    return remove_small_objects(left, max(1, int(params.min_object_fraction * left.size)))
 
 
 def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_dir: Path, *,
@@ -165,9 +195,13 @@ def plan_slide(slide_path: Path, bundle: Bundle, options: SegmentOptions, out_di
                      Path(slide_path).name, view.width, view.height, m.mpp)
         timings["preload"] = time.perf_counter() - t0
         interrupt.check()
+        qc, tissue, keep = quality_control(slide_path, slide, view, bundle, options, thumb, tissue, thumb_mpp, timings)
+        if keep is not None:  # the model sees glass where QC excluded something (`runtime.qc.masked`)
+            view = MaskedView(view, qc.excluded, thumb_mpp / m.mpp, glass_colour(thumb, qc.tissue, qc.excluded))
+        interrupt.check()
         tiles, n_tissue = plan_tiles(grid, tissue, m.mpp, thumb_mpp, options)
         plan = PlannedSlide(Path(slide_path), Path(out_dir), slide, view, grid, tiles, n_tissue, thumb, tissue,
-                            thumb_mpp, timings, 0.0, key, fence)
+                            thumb_mpp, timings, 0.0, key, fence, keep=keep, qc=qc)
         if regions is not None:
             restrict_to_regions(plan, regions, options)
     except BaseException:
@@ -262,6 +296,7 @@ def _infer_slide(plan: PlannedSlide, bundle: Bundle, options: SegmentOptions, ba
             tile_counts=_tile_counts(plan),
             timings=timings,
             backend=backend.info().to_dict(),
+            qc=plan.qc,
             extra={
                 "tile": grid.tile, "overlap": grid.overlap, "stride": grid.stride, "margin": grid.margin,
                 "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "batch_size": options.batch_size,
