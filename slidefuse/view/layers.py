@@ -63,9 +63,12 @@ def qc_flags(report: dict[str, Any] | None) -> list[str]:
 
 
 def qc_file(entry: SlideEntry) -> Path | None:
-    """The QC label image (a PNG at thumbnail scale) when the report records one."""
+    """The QC label image (qc.png, at thumbnail scale) when the report records one and QC ran any method (with
+    `--qc off` qc.png holds the tissue bit only: no layer to show)."""
     q = qc_section(entry.report) or {}
-    names = [q.get("file"), _dict(q, "labels").get("file"), _dict(entry.report, "outputs", "qc").get("file")]
+    if q.get("mode") == "off":
+        return None
+    names = [q.get("file"), _dict(q, "map").get("file"), _dict(entry.report, "outputs", "qc").get("file")]
     for n in names:
         if isinstance(n, str) and entry.file(n) is not None:
             return entry.file(n)

@@ -226,10 +226,14 @@ QC_COLOURS = ((0, 0, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128,
 
 
 def qc_image(labels: np.ndarray) -> np.ndarray:
-    """RGBA uint8 [h, w, 4] of a QC label image (uint8 [h, w], 0 = no finding): each label in its colour, half
-    opaque."""
+    """RGBA uint8 [h, w, 4] of qc.png's label image (uint8 [h, w]: bit 0 tissue, then one bit per QC method, see
+    `runtime.qc.run.LABEL_BITS`): pixels with a finding in the colour of their lowest finding bit, half opaque;
+    tissue alone and glass transparent."""
     lut = np.zeros((256, 4), dtype=np.uint8)
-    for v in range(1, 256):
-        lut[v, :3] = QC_COLOURS[1 + (v - 1) % (len(QC_COLOURS) - 1)]
-        lut[v, 3] = 160
+    for v in range(2, 256):
+        findings = v >> 1
+        if findings:
+            bit = (findings & -findings).bit_length()  # 1 for the first method's bit, 2 for the next, ...
+            lut[v, :3] = QC_COLOURS[1 + (bit - 1) % (len(QC_COLOURS) - 1)]
+            lut[v, 3] = 160
     return lut[labels]

@@ -32,7 +32,8 @@ def _bundle(folder: Path) -> Path:
 
 def add_probs_and_qc(out_dir: Path) -> None:
     """probs.ome.tif (uint8 per class, one OME plane per class, at the mask's size: 255 where mask.tif holds the
-    class, else 0) and a QC section: flags and qc.png (labels at thumbnail scale: 1 in the top-left quarter)."""
+    class, else 0) and a QC section: flags and qc.png (qc.png's bits at thumbnail scale: tissue everywhere, a finding
+    in the top-left quarter)."""
     import pyvips
     import tifffile
 
@@ -43,8 +44,8 @@ def add_probs_and_qc(out_dir: Path) -> None:
     tifffile.imwrite(out_dir / "probs.ome.tif", probs, ome=True, photometric="minisblack", tile=(256, 256),
                      metadata={"axes": "CYX"})
     t = report["tissue"]
-    labels = np.zeros((t["thumbnail_height"] // 4, t["thumbnail_width"] // 4), dtype=np.uint8)
-    labels[: labels.shape[0] // 2, : labels.shape[1] // 2] = 1
+    labels = np.ones((t["thumbnail_height"] // 4, t["thumbnail_width"] // 4), dtype=np.uint8)  # bit 0: tissue
+    labels[: labels.shape[0] // 2, : labels.shape[1] // 2] |= 1 << 1  # bit 1: the first QC method's finding
     from PIL import Image
 
     Image.fromarray(labels).save(out_dir / "qc.png")
@@ -64,7 +65,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     slides = [write_pyramid_tiff(synthetic_rgb(seed=i), root / f"s{i}.tif", 0.5) for i in range(3)]
     out = root / "out"
     with slidefuse.load_model(bundle) as model:
-        results = model.segment_batch(slides, out=out)
+        results = model.segment_batch(slides, out=out, qc="off")  # only s1 gets a QC layer, made here
     assert [r.status for r in results] == ["ok"] * 3
     add_probs_and_qc(out / f"s{PROBS_SLIDE}")
     return out
