@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,6 +13,16 @@ from slidefuse.commands.sign import check_key, sign_option, sign_result
 
 def _classes(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(","))
+
+
+def _parity_words(rep: dict[str, Any]) -> str:
+    """One parity record in words: figures, tiles, verdict and ISA class, or why it was not measured."""
+    isa = f", {rep['isa']}" if rep.get("isa") else ""
+    if rep.get("passed") is None:
+        return f"not gated ({rep.get('reason', 'no reason recorded')}{isa})"
+    verdict = "passed" if rep.get("passed") else "FAILED (never used on this CPU class)"
+    return (f"max |dp| {rep['max_abs_diff']:.3g}, argmax agreement {rep['argmax_agreement']:.5f} on {rep['tiles']} "
+            f"tiles ({rep.get('tile_origin', '?')}{isa}): {verdict}")
 
 
 @click.command("export")
@@ -59,6 +70,10 @@ def _classes(text: str) -> tuple[str, ...]:
               help="fp16 gate (vs the fp32 graph): largest allowed |dp|.")
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
+@click.option("--cpu-gates/--no-cpu-gates", default=True, show_default=True,
+              help="Gate every CPU path this machine can run (OpenVINO fp32, and bf16 where the CPU has it) on the "
+                   "parity tiles and record each result with this CPU's ISA class, so that the default backend "
+                   "(auto) may pick the fastest one. --no-cpu-gates saves their time; auto then runs fp32.")
 @sign_option("the bundle")
 def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_size: int | None,
             geometry: str | None, overlap: int | None, color_transform: str,
@@ -66,7 +81,7 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
             parity_min_agreement: float,
-            fp16_max_diff: float, fp16_min_agreement: float, key: Path | None) -> None:
+            fp16_max_diff: float, fp16_min_agreement: float, cpu_gates: bool, key: Path | None) -> None:
     """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle.
 
     \b
@@ -98,13 +113,12 @@ def command(encoder: str, classes: str, colors: str | None, mpp: float, tile_siz
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
         simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random, parity_slides=parity_slides,
         parity=ParityThresholds(parity_max_diff, parity_min_agreement), color_transform=color_transform,
-        fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
+        fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement), cpu_gates=cpu_gates,
     )
     t0 = time.perf_counter()
     bundle = export_bundle(cfg)
     m = bundle.manifest
     click.echo(f"bundle {bundle.path} ({time.perf_counter() - t0:.0f} s); tile {m.tile_size} px, {m.geometry}")
     for name, rep in m.parity.items():
-        click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
-                   f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles ({rep.get('tile_origin', '?')})")
+        click.echo(f"  parity {name}: {_parity_words(rep)}")
     sign_result(bundle.path, key)
