@@ -17,12 +17,12 @@ def _classes(text: str) -> tuple[str, ...]:
 
 def _parity_words(rep: dict[str, Any]) -> str:
     """One parity record in words: figures, tiles, verdict and ISA class, or why it was not measured."""
-    isa = f", {rep['isa']}" if rep.get("isa") else ""
+    isa = f" on ISA class {rep['isa']}" if rep.get("isa") else ""
     if rep.get("passed") is None:
-        return f"not gated ({rep.get('reason', 'no reason recorded')}{isa})"
-    verdict = "passed" if rep.get("passed") else "FAILED (never used on this CPU class)"
+        return f"not gated{isa} ({rep.get('reason', 'no reason recorded')})"
+    verdict = "passed" if rep.get("passed") else "FAILED (not used on CPUs of this class)"
     return (f"max |dp| {rep['max_abs_diff']:.3g}, argmax agreement {rep['argmax_agreement']:.5f} on {rep['tiles']} "
-            f"tiles ({rep.get('tile_origin', '?')}{isa}): {verdict}")
+            f"tiles ({rep.get('tile_origin', '?')}), {verdict}{isa}")
 
 
 @click.command("export")

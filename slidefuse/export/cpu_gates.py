@@ -18,6 +18,7 @@ the manifest before it is sealed (and signed), so a signature covers them.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ def export_cpu_gates(staged: Bundle, reference: Runner, tiles: ParityTiles, fp32
     reference (model.onnx on onnxruntime, `gates.REFERENCE`) has run already: its outputs are in `outputs`."""
     from slidefuse.runtime.backends.openvino import OvCpuBackend
 
+    t0 = time.perf_counter()
     unavailable = OvCpuBackend.availability()
     gates: list[PathGate]
     if unavailable is not None:
@@ -52,4 +54,6 @@ def export_cpu_gates(staged: Bundle, reference: Runner, tiles: ParityTiles, fp32
                  ov_path_gate(staged, OV_BF16, reference, tiles, INT8_THRESHOLDS, outputs)]
     for g in gates:
         log.info("export gate on this CPU (%s): %s", this_cpu().isa, g.line())
+    log.info("CPU gates: %.1f s on %d tiles (skip them with --no-cpu-gates)", time.perf_counter() - t0,
+             len(tiles.tiles))
     return {g.path: g.record for g in gates}
