@@ -105,6 +105,7 @@ def main() -> None:
     print(f"CPU: {machine['cpu']} ({machine['cpu_isa_summary']}; ISA class {this_cpu().isa}), {args.threads} "
           f"threads; slide {args.slide.name}; batch {args.batch}", flush=True)
     rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="slidefuse-anchors-") as tmp:
         for r in range(args.rounds):
             sf_out, tia_out = Path(tmp) / f"sf{r}", Path(tmp) / f"tia{r}"
@@ -115,6 +116,14 @@ def main() -> None:
                       flush=True)
             rows[-1]["agreement"] = _agreement(sf_out, tia_out)
             print(f"  agreement {rows[-1]['agreement']}", flush=True)
+            summary = _save(args, machine, rows)  # after every round: a cut-short run keeps its rounds
+    print(json.dumps(summary))
+
+
+def _save(args: argparse.Namespace, machine: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the results so far (with the per-round ratios) to `args.out`; returns the ratios."""
+    from slidefuse.runtime.cpuinfo import this_cpu
+
     sf = [x for x in rows if x["tool"] == "slidefuse"]
     tia = [x for x in rows if x["tool"] == "tiatoolbox"]
     summary = {"speedup_per_round": [round(t["wall_s"] / s["wall_s"], 2) for s, t in zip(sf, tia, strict=True)],
@@ -123,8 +132,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine, "isa_class": this_cpu().isa,
                                     "slide": args.slide.name, "batch": args.batch, "threads": args.threads,
-                                    "summary": summary, "runs": rows}, indent=1) + "\n")
-    print(json.dumps(summary))
+                                    "rounds_done": len(tia), "summary": summary, "runs": rows}, indent=1) + "\n")
+    return summary
 
 
 if __name__ == "__main__":
