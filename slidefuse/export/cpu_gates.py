@@ -26,14 +26,15 @@ import numpy as np
 from slidefuse.export.parity import ParityThresholds, ParityTiles, Runner
 from slidefuse.export.quantize.config import INT8_THRESHOLDS
 from slidefuse.export.quantize.gates import PathGate, ov_path_gate
-from slidefuse.runtime.backends.cpu_paths import CpuPath
+from slidefuse.runtime.backends.cpu_paths import CPU_PATHS
 from slidefuse.runtime.bundle import Bundle
 from slidefuse.runtime.cpuinfo import this_cpu
 
 log = logging.getLogger(__name__)
 
-OV_FP32 = CpuPath("ov-cpu", "fp32", 22, None)  # the same as cpu_paths.CPU_PATHS' entry
-OV_BF16 = CpuPath("ov-cpu", "bf16", 30, "ov-cpu bf16")
+# the OpenVINO paths of the one table (cpu_paths.CPU_PATHS) that need no INT8 graph
+OV_FP32, OV_BF16 = (next(p for p in CPU_PATHS if (p.backend, p.precision) == ("ov-cpu", precision))
+                    for precision in ("fp32", "bf16"))
 
 
 def export_cpu_gates(staged: Bundle, reference: Runner, tiles: ParityTiles, fp32: ParityThresholds,

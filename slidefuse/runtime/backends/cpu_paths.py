@@ -123,7 +123,7 @@ class Gate:
                 "metric": "argmax_agreement", "threshold": th.get("min_argmax_agreement"),
                 "value": rec.get("argmax_agreement"), "max_abs_diff": rec.get("max_abs_diff"),
                 "max_abs_diff_limit": th.get("max_abs_diff"), "tiles": rec.get("tiles"),
-                "tile_origin": rec.get("tile_origin"), "measured_by": rec.get("measured_by", "manifest"),
+                "tile_origin": rec.get("tile_origin"), "recorded_in": "manifest",
                 **({"note": self.note} if self.note else {})}
 
 
