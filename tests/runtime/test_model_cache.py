@@ -50,7 +50,7 @@ def test_ov_cpu_stores_and_reuses_its_compiled_model(bundle_dir: Path, tmp_path:
     tiles = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     outs, folders = [], []
     for _ in range(2):
-        with open_backend("ov-cpu", bundle, threads=1, cache_dir=str(tmp_path)) as be:
+        with open_backend("ov-cpu", bundle, threads=1, cache=True, cache_dir=str(tmp_path)) as be:
             outs.append(be.run(tiles))
             info = be.info().to_dict()
             assert be.compile_config()["CACHE_DIR"] == info["model_cache"]
@@ -61,6 +61,6 @@ def test_ov_cpu_stores_and_reuses_its_compiled_model(bundle_dir: Path, tmp_path:
     blobs = [p for p in folders[0].iterdir() if p.suffix == ".blob"]
     assert len(blobs) == 1  # written by the first start, imported (not written again) by the second
     np.testing.assert_array_equal(outs[0], outs[1])
-    with open_backend("ov-cpu", bundle, threads=1, cache=False) as be:
+    with open_backend("ov-cpu", bundle, threads=1) as be:  # off by default
         assert "CACHE_DIR" not in be.compile_config() and be.info().to_dict()["model_cache"] is None
         np.testing.assert_array_equal(be.run(tiles), outs[0])
