@@ -53,7 +53,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     if args.variant.startswith("ov-cpu"):
         precision = args.variant.split()[1]
         opts: dict[str, Any] = {"precision": precision, "threads": args.threads, "unverified": "allow",
-                                "cache_dir": args.cache_dir, "cache": not args.variant.endswith("nocache")}  # cache: off by default
+                                "cache_dir": args.cache_dir, "cache": not args.variant.endswith("nocache")}
         backend = open_backend("ov-cpu", bundle, **opts)
     else:
         backend = open_backend("ort-cpu", bundle, threads=args.threads)

@@ -19,9 +19,10 @@ Gates: bf16 and int8 change the arithmetic, so each is gated per bundle by `slid
 integer kernels round differently). A failed gate is refused (`can_run` and the constructor); an ungated one runs
 when asked for, with a WARNING, and `auto` only takes a passed one (see `cpu_paths`).
 
-Start-up: OpenVINO's model cache (CACHE_DIR, option `cache=true`; off by default, see OvOptions.cache) keeps the compiled model in the user
-cache folder (`runtime.cache`: $SLIDEFUSE_CACHE_DIR, else ~/.cache/slidefuse; option `cache_dir`), one folder
-per bundle digest and OpenVINO version; a second process on the same bundle imports it instead of compiling.
+Start-up: OpenVINO's model cache (CACHE_DIR, option `cache=true`; off by default, see `OvOptions.cache`) keeps
+the compiled model in the user cache folder (`runtime.cache`: $SLIDEFUSE_CACHE_DIR, else ~/.cache/slidefuse;
+option `cache_dir`), one folder per bundle digest and OpenVINO version; a second process on the same bundle
+imports it instead of compiling.
 
 Running: in throughput mode a batch is split into contiguous chunks over the compiled model's
 OPTIMAL_NUMBER_OF_INFER_REQUESTS infer requests (one per stream, created once at load), started together and
