@@ -94,3 +94,14 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bundles") / "colour"
     make_bundle(folder, tile_size=64, mpp=2.0, overlap=16)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compiled-model caches (OpenVINO's CACHE_DIR) go to a session folder, not the user's ~/.cache/slidefuse."""
+    import os
+
+    from slidefuse.runtime.cache import ENV_VAR
+
+    if not os.environ.get(ENV_VAR):
+        os.environ[ENV_VAR] = str(tmp_path_factory.mktemp("model-cache"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,6 +29,16 @@ def _check_task(task: str, classes: str | None, from_bundle: Path | None, mpp: f
         raise UsageError("--task embed exports the encoder alone: drop --classes and --decoder-weights")
     if mpp is None and from_bundle is None:
         raise UsageError("--mpp is required: the microns per pixel the model expects its tiles at, e.g. --mpp 0.5")
+
+
+def _parity_words(rep: dict[str, Any]) -> str:
+    """One parity record in words: figures, tiles, verdict and ISA class, or why it was not measured."""
+    isa = f" on ISA class {rep['isa']}" if rep.get("isa") else ""
+    if rep.get("passed") is None:
+        return f"not gated{isa} ({rep.get('reason', 'no reason recorded')})"
+    verdict = "passed" if rep.get("passed") else "FAILED (not used on CPUs of this class)"
+    return (f"max |dp| {rep['max_abs_diff']:.3g}, argmax agreement {rep['argmax_agreement']:.5f} on {rep['tiles']} "
+            f"tiles ({rep.get('tile_origin', '?')}), {verdict}{isa}")
 
 
 @click.command("export")
@@ -86,6 +97,10 @@ def _check_task(task: str, classes: str | None, from_bundle: Path | None, mpp: f
               help="fp16 gate (vs the fp32 graph): largest allowed |dp|.")
 @click.option("--fp16-min-agreement", type=float, default=0.99, show_default=True,
               help="fp16 gate: smallest allowed argmax agreement.")
+@click.option("--cpu-gates/--no-cpu-gates", default=True, show_default=True,
+              help="Gate every CPU path this machine can run (OpenVINO fp32, and bf16 where the CPU has it) on the "
+                   "parity tiles and record each result with this CPU's ISA class, so that the default backend "
+                   "(auto) may pick the fastest one. --no-cpu-gates saves their time; auto then runs fp32.")
 @sign_option("the bundle")
 def command(encoder: str, task: str, classes: str | None, from_bundle: Path | None, colors: str | None,
             mpp: float | None, tile_size: int | None,
@@ -94,7 +109,7 @@ def command(encoder: str, task: str, classes: str | None, from_bundle: Path | No
             decoder_width: int | None, fp16: bool, opset: int, force: bool, external_data: bool | None,
             no_simplify: bool, parity_tiles: str, parity_slides: tuple[Path, ...], parity_max_diff: float,
             parity_min_agreement: float,
-            fp16_max_diff: float, fp16_min_agreement: float, key: Path | None) -> None:
+            fp16_max_diff: float, fp16_min_agreement: float, cpu_gates: bool, key: Path | None) -> None:
     """Export ENCODER + decoder as one ONNX graph (uint8 tiles in, probabilities out) into a bundle; with
     --task embed, the encoder alone (uint8 tiles in, the publisher's patch embedding out).
 
@@ -137,7 +152,7 @@ def command(encoder: str, task: str, classes: str | None, from_bundle: Path | No
         seed=seed, decoder_width=decoder_width, opset=opset, fp16=fp16, force=force, external_data=external_data,
         simplify=not no_simplify, parity_real_tiles=n_real, parity_random_tiles=n_random, parity_slides=parity_slides,
         parity=ParityThresholds(parity_max_diff, parity_min_agreement), color_transform=color_transform, stain=stain,
-        fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement),
+        fp16_parity=ParityThresholds(fp16_max_diff, fp16_min_agreement), cpu_gates=cpu_gates,
     )
     t0 = time.perf_counter()
     if from_bundle is not None:
@@ -157,6 +172,5 @@ def command(encoder: str, task: str, classes: str | None, from_bundle: Path | No
         sign_result(bundle.path, key)
         return
     for name, rep in m.parity.items():
-        click.echo(f"  parity {name}: max |dp| {rep['max_abs_diff']:.3g}, argmax agreement "
-                   f"{rep['argmax_agreement']:.5f} on {rep['tiles']} tiles ({rep.get('tile_origin', '?')})")
+        click.echo(f"  parity {name}: {_parity_words(rep)}")
     sign_result(bundle.path, key)

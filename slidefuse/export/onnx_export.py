@@ -53,6 +53,7 @@ from slidefuse.export.parity import (
     staged_bundle,
 )
 from slidefuse.runtime.bundle import Bundle, Manifest, load_bundle, write_manifest
+from slidefuse.runtime.cpuinfo import this_cpu
 from slidefuse.runtime.manifest_schema import STAINS
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class ExportConfig:
     color_transform: str = "none"  # embedded ICC profiles: "none" (as decoded) or "icc-to-srgb"
     task: str = "segment"  # "segment" (encoder + decoder -> probabilities) or "embed" (encoder -> embeddings)
     stain: str = "H&E"  # the stain the model was trained on (manifest_schema.STAINS)
+    # gate every CPU path this machine can run (ov-cpu fp32, ov-cpu bf16 where the CPU has it) on the parity tiles
+    # and record the results with this CPU's ISA class (export/cpu_gates.py), so that `auto` may pick them
+    cpu_gates: bool = True
 
     def check(self) -> None:
         """Raise UsageError for values out of range (classes and colours are checked by make_classes)."""
@@ -290,6 +294,7 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
     Raises ParityError (leaving no bundle behind) when the graph's outputs differ from the model's beyond
     `config.parity`, UsageError for bad options, ExportError for a broken graph."""
     from slidefuse.export.bundle_writer import check_target
+    from slidefuse.export.cpu_gates import export_cpu_gates
     from slidefuse.model.assembly import save_model_state
 
     config.check()
@@ -323,10 +328,13 @@ def export_bundle(config: ExportConfig, model: SegmentationModel | None = None) 
             del model
         outputs: dict[str, np.ndarray] = {}  # runner label -> probabilities, reused by the fp16 comparison
         fp32_graph = gate_backend(staged_bundle(stage, spec, classes, t, config.mpp), low_memory=external)
-        parity: dict[str, Any] = {"fp32": compare(
+        parity: dict[str, Any] = {"fp32": {**compare(
             {"torch fp32 (cpu)": reference, "model.onnx (onnxruntime CPU)": fp32_graph}, tiles,
             thresholds=config.parity, outputs=outputs,
-        ).check().pair_record()}
+        ).check().pair_record(), **this_cpu().record()}}
+        if config.cpu_gates:
+            parity.update(export_cpu_gates(staged_bundle(stage, spec, classes, t, config.mpp), fp32_graph, tiles,
+                                           config.parity, outputs))
         fp16_file: str | None = None
         fp16_graph: dict[str, Any] | None = None
         if config.fp16:

@@ -144,8 +144,8 @@ def test_int8_refused_without_int8_graph(bundle: Bundle) -> None:
 
 
 @pytest.mark.parametrize(("options", "pattern"), [
-    ({"thread": 2}, r"backend ov-cpu: unknown option 'thread'; valid options: max_memory_gb, mode, pin, "
-                   r"precision, streams, threads, unverified"),
+    ({"thread": 2}, r"backend ov-cpu: unknown option 'thread'; valid options: cache, cache_dir, max_memory_gb, "
+                   r"mode, pin, precision, streams, threads, unverified"),
     ({"precision": "fp16"}, r"backend ov-cpu: precision 'fp16' is not offered; choose one of fp32, bf16, int8"),
     ({"mode": "fast"}, r"backend ov-cpu: mode 'fast' is not offered; choose one of throughput, latency"),
     ({"streams": 0}, r"backend ov-cpu: option streams=0: expected a value >= 1"),

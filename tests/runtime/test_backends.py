@@ -40,8 +40,10 @@ def tiny_bundle(base: Path) -> Bundle:
     folder = base / "tiny-backends.bundle"
     if (folder / "manifest.json").exists():
         return load_bundle(folder)
+    # cpu_gates=False: a bundle without gated accelerated CPU paths (test_auto_isa.py covers the gated ones)
     return export_bundle(ExportConfig(encoder="tiny", classes=CLASSES, mpp=2.0, out=folder, tile_size=TILE,
-                                      random_weights=True, fp16=True, parity_real_tiles=1, parity_random_tiles=1))
+                                      random_weights=True, fp16=True, parity_real_tiles=1, parity_random_tiles=1,
+                                      cpu_gates=False))
 
 
 def agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:

@@ -32,6 +32,7 @@ from slidefuse.runtime.backends.base import Placement
 from slidefuse.runtime.backends.ort import OrtCpuBackend, OrtOptions
 from slidefuse.runtime.backends.registry import available_backends
 from slidefuse.runtime.bundle import Bundle, load_bundle, model_card, read_manifest, write_manifest
+from slidefuse.runtime.cpuinfo import this_cpu
 
 OV = available_backends()["ov-cpu"] is None
 needs_ov = pytest.mark.skipif(not OV, reason="needs openvino: pip install 'slidefuse[openvino]'")
@@ -126,7 +127,7 @@ def test_without_openvino_the_ov_paths_are_recorded_as_not_gated(bundle_dir: Pat
     assert b.manifest.parity["int8"]["passed"] is True
     for key in ("ov-cpu int8", "ov-cpu bf16"):
         assert b.manifest.parity[key] == {"passed": None, "reason": "openvino is not installed: pip install "
-                                                                   "'slidefuse[openvino]'"}
+                                                                   "'slidefuse[openvino]'", **this_cpu().record()}
         assert cpu_paths.gate_of(b, *key.split()).state == "unverified"
     assert "parity     ov-cpu int8: not measured (openvino is not installed" in model_card(b)
 
@@ -144,7 +145,7 @@ def test_an_openvino_path_that_cannot_run_is_recorded_with_the_reason(bundle_dir
     b = load_bundle(_quantized(bundle_dir, tmp_path / "b", cmu_slide))
     assert b.manifest.parity["ov-cpu int8"] == {
         "passed": None, "reason": "OpenVINO could not run it (model.int8.onnx: OpenVINO cannot compile the graph "
-                                  "for the CPU (test) more)"}  # one line
+                                  "for the CPU (test) more)", **this_cpu().record()}  # one line
     assert cpu_paths.gate_of(b, "ov-cpu", "int8").state == "unverified"
 
 

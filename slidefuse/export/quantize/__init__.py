@@ -68,6 +68,7 @@ from slidefuse.export.quantize.install import (
 from slidefuse.export.quantize.tiles import calibration_and_gate_tiles, split_tiles
 from slidefuse.paths import check_out_path
 from slidefuse.runtime.bundle import Bundle, load_bundle
+from slidefuse.runtime.cpuinfo import this_cpu
 
 __all__ = [
     "DEFAULT_METHOD", "DEFAULT_OP_TYPES", "INT8_FILE", "INT8_THRESHOLDS", "METHODS", "QUANTIZABLE_OPS", "PathGate",
@@ -137,7 +138,7 @@ def _quantize_in_place(bundle: Bundle, config: QuantizeConfig, shown: Path) -> Q
         install_files(bundle, scratch, names)
     seconds = time.perf_counter() - t0
     record = calibration_record(bundle, config, summary, cal, gate, names, int8_bytes, seconds)
-    parity = report.pair_record()
+    parity = {**report.pair_record(), **this_cpu().record()}
     record_in_manifest(bundle, staged[0], {"int8": parity, **{g.path: g.record for g in paths}}, record)
     log.info("%s: %s added (%d calibration, %d gate tiles, %.1f s)", shown, INT8_FILE, len(cal.tiles),
              len(gate.tiles), seconds)

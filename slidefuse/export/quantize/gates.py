@@ -21,10 +21,11 @@ from typing import Any, Literal
 import numpy as np
 
 from slidefuse.errors import ParityError, SlidefuseError, one_line
-from slidefuse.export.parity import ParityReport, ParityTiles, Runner, compare, gate_backend
+from slidefuse.export.parity import ParityReport, ParityThresholds, ParityTiles, Runner, compare, gate_backend
 from slidefuse.export.quantize.config import INT8_FILE, QuantizeConfig
 from slidefuse.runtime.backends.cpu_paths import GATED, CpuPath, failed_figures
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.cpuinfo import this_cpu
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +95,29 @@ def _ov_runner(staged: Bundle, precision: str) -> Runner:
     return OvCpuBackend(staged, precision=precision, unverified="allow")
 
 
-def _ov_gate(staged: Bundle, path: CpuPath, reference: Runner, tiles: ParityTiles, config: QuantizeConfig,
-             outputs: dict[str, np.ndarray]) -> PathGate:
-    """One OpenVINO path against the fp32 reference outputs (in `outputs`) on the same gate tiles."""
+def ov_path_gate(staged: Bundle, path: CpuPath, reference: Runner, tiles: ParityTiles,
+                 thresholds: ParityThresholds, outputs: dict[str, np.ndarray]) -> PathGate:
+    """One OpenVINO path against the fp32 reference outputs (in `outputs`, under `REFERENCE`) on the same tiles;
+    the record names this CPU (`cpuinfo.this_cpu`: ISA class, model) as every gate record does."""
     import openvino
 
     from slidefuse.runtime.backends.openvino import OvCpuBackend, OvOptions, cpu_capabilities
 
+    cpu = this_cpu().record()
     why = OvCpuBackend.can_run(staged, OvOptions.parse("ov-cpu", {"precision": path.precision,
                                                                   "unverified": "allow"}))
     if why is not None:
-        return PathGate(path.name, "not gated", {"passed": None, "reason": f"cannot run here ({why})"})
+        return PathGate(path.name, "not gated", {"passed": None, "reason": f"cannot run here ({why})", **cpu})
     graph = OvCpuBackend.graph_file(staged, path.precision).name
     label = f"{graph} (OpenVINO CPU, {path.precision})"
     try:
         report = compare({REFERENCE: reference, label: _ov_runner(staged, path.precision)}, tiles,
-                         thresholds=config.thresholds, outputs=outputs)
+                         thresholds=thresholds, outputs=outputs)
     except (SlidefuseError, RuntimeError) as exc:  # OpenVINO could not compile or run it: recorded, not hidden
         return PathGate(path.name, "not gated", {"passed": None,
-                                                 "reason": f"OpenVINO could not run it ({one_line(exc)})"})
+                                                 "reason": f"OpenVINO could not run it ({one_line(exc)})", **cpu})
     record = {**report.pair_record(), "backend": path.backend, "precision": path.precision,
-              "openvino": openvino.__version__, "cpu": " ".join(cpu_capabilities())}
+              "openvino": openvino.__version__, "cpu": " ".join(cpu_capabilities()), **cpu}
     return PathGate(path.name, "passed" if record["passed"] else "failed", record)
 
 
@@ -126,10 +129,11 @@ def ov_gates(staged: tuple[Bundle, Bundle], reference: Runner, tiles: ParityTile
 
     unavailable = OvCpuBackend.availability()
     if unavailable is not None:
-        return tuple(PathGate(p.name, "not gated", {"passed": None, "reason": unavailable}) for p in OV_PATHS)
+        return tuple(PathGate(p.name, "not gated", {"passed": None, "reason": unavailable, **this_cpu().record()})
+                     for p in OV_PATHS)
     scratch, own = staged
-    gates = tuple(_ov_gate(scratch if p.precision == "int8" else own, p, reference, tiles, config, outputs)
-                  for p in OV_PATHS)
+    gates = tuple(ov_path_gate(scratch if p.precision == "int8" else own, p, reference, tiles, config.thresholds,
+                               outputs) for p in OV_PATHS)
     for g in gates:
         log.debug("%s", g.line())
     return gates

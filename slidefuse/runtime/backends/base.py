@@ -84,6 +84,9 @@ class BackendInfo:
     threads: int | None = None  # host compute threads, where the backend sets them
     versions: Mapping[str, str | None] = field(default_factory=dict)  # runtime versions, e.g. {"onnxruntime": ...}
     settings: Mapping[str, JsonScalar | Mapping[str, int]] = field(default_factory=dict)  # backend-specific
+    # the accuracy gate this run relies on (CPU paths: `cpu_paths.relied_on`: path, state, ISA class, metric,
+    # threshold, value, where measured); None where the backend records none
+    gate: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -96,6 +99,7 @@ class BackendInfo:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                                if f.name not in ("versions", "settings")}
         out["providers"] = list(self.providers)
+        out["gate"] = dict(self.gate) if self.gate is not None else None
         out.update(self.versions)
         out.update({k: dict(v) if isinstance(v, Mapping) else v for k, v in self.settings.items()})
         return out

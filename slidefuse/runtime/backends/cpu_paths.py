@@ -17,6 +17,12 @@ A path's gate state for a bundle (`gate_of`): "passed", "failed", "unverified" (
 "none" (a path without a gate). The `ort-cpu` int8 graph is only ever added to a bundle after its gate passed, so
 an int8 graph without a record counts as passed for `ort-cpu`; a record with `passed: false` is a failure.
 
+Gates hold per ISA class (`runtime.cpuinfo`): bf16 on an AMX CPU runs on other units than on an AVX-512-BF16 one,
+and integer kernels differ between AVX2 and AVX-512-VNNI. A record names the class of the CPU that measured it
+(`isa`, `cpu_model`, written by `slidefuse export` and `slidefuse quantize`); it counts only on a CPU of the same
+class. On a CPU of another class the path is "unverified" (`Gate.note` says where it was gated), so `auto` falls
+back to the next path. A record without `isa` (written before slidefuse recorded it) counts on every CPU.
+
 The backends enforce it (`refusal`, from their `can_run` and constructor): a failed path is always refused, with
 the figures; an unverified one runs with a logged WARNING, unless the backend option `unverified` says "refuse"
 (what `auto`'s placements for accelerated paths set, so that `auto` only picks gated paths) or "allow" (the
@@ -33,6 +39,7 @@ from typing import Any, Literal
 
 from slidefuse.runtime.backends.base import Placement
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.cpuinfo import this_cpu
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +102,29 @@ def find_path(backend: str, precision: str) -> CpuPath | None:
 
 @dataclass(frozen=True)
 class Gate:
-    """A path's gate for one bundle, read from its manifest."""
+    """A path's gate for one bundle on this CPU, read from its manifest."""
 
     path: str  # e.g. "ov-cpu int8"
     key: str | None  # the manifest parity key; None = no gate for this path
     state: GateState
-    record: Mapping[str, Any] = field(default_factory=dict)  # the manifest's record ({} when there is none)
+    record: Mapping[str, Any] = field(default_factory=dict)  # the record that applies here ({} when none does)
+    note: str = ""  # why a record in the manifest does not apply here (measured on another ISA class), or ""
 
     def figures(self) -> str:
         """The failed figures in words, e.g. "agreement 0.9944 < 0.995 on 8 gate tiles"."""
         return failed_figures(self.record)
+
+    def summary(self) -> dict[str, Any]:
+        """What report.json records of the gate a backend relied on: the path, its state, where and on which CPU
+        it was measured, the metric, its threshold and value."""
+        rec, th = self.record, self.record.get("thresholds") or {}
+        return {"path": self.path, "key": self.key, "state": self.state, "isa": rec.get("isa"),
+                "cpu_model": rec.get("cpu_model"), "this_isa": this_cpu().isa,
+                "metric": "argmax_agreement", "threshold": th.get("min_argmax_agreement"),
+                "value": rec.get("argmax_agreement"), "max_abs_diff": rec.get("max_abs_diff"),
+                "max_abs_diff_limit": th.get("max_abs_diff"), "tiles": rec.get("tiles"),
+                "tile_origin": rec.get("tile_origin"), "recorded_in": "manifest",
+                **({"note": self.note} if self.note else {})}
 
 
 def failed_figures(rec: Mapping[str, Any]) -> str:
@@ -126,13 +146,27 @@ def failed_figures(rec: Mapping[str, Any]) -> str:
     return f"{', '.join(parts)} on {rec.get('tiles', '?')} gate tiles"
 
 
+def other_class(rec: Mapping[str, Any]) -> str:
+    """Why `rec` does not hold on this CPU (it names another ISA class), or "" when it does (same class, or no
+    class recorded)."""
+    isa = rec.get("isa")
+    here = this_cpu()
+    if not isinstance(isa, str) or isa == here.isa:
+        return ""
+    on = f" ({rec['cpu_model']})" if rec.get("cpu_model") else ""
+    return f"gated on ISA class {isa}{on}, and this CPU is {here.isa} ({here.model or 'model unknown'})"
+
+
 def gate_of(bundle: Bundle, backend: str, precision: str) -> Gate:
-    """The gate state of `backend` at `precision` for `bundle` (see the module docstring)."""
+    """The gate state of `backend` at `precision` for `bundle` on this CPU (see the module docstring)."""
     path = find_path(backend, precision)
     if path is None or path.gate is None:
         return Gate(f"{backend} {precision}", None, "none")
     rec = bundle.manifest.parity.get(path.gate)
     rec = rec if isinstance(rec, Mapping) else {}
+    note = other_class(rec)
+    if note:
+        return Gate(path.name, path.gate, "unverified", {}, note)
     passed = rec.get("passed")
     if passed is True:
         return Gate(path.name, path.gate, "passed", rec)
@@ -143,6 +177,23 @@ def gate_of(bundle: Bundle, backend: str, precision: str) -> Gate:
     return Gate(path.name, path.gate, "unverified", rec)
 
 
+def relied_on(bundle: Bundle, backend: str, precision: str) -> dict[str, Any] | None:
+    """The gate a CPU backend relies on to run `bundle` at `precision` here, as report.json records it: the
+    path's own gate when it has one, else the bundle's fp32 parity (the path's own "ov-cpu fp32" record where the
+    export wrote one); None when the manifest holds neither."""
+    gate = gate_of(bundle, backend, precision)
+    if gate.state != "none":
+        return gate.summary()
+    for key in (f"{backend} {precision}", "fp32"):
+        rec = bundle.manifest.parity.get(key)
+        if isinstance(rec, Mapping) and "argmax_agreement" in rec:
+            note = other_class(rec)
+            state: GateState = "passed" if rec.get("passed") is True else "failed" if rec.get("passed") is False \
+                else "unverified"
+            return Gate(f"{backend} {precision}", key, state, rec, note).summary()
+    return None
+
+
 def refusal(bundle: Bundle, backend: str, precision: str, unverified: Unverified) -> str | None:
     """Why `backend` must not run `bundle` at `precision` (one line), or None. A failed gate is always refused;
     an unverified path only with `unverified="refuse"`."""
@@ -151,7 +202,8 @@ def refusal(bundle: Bundle, backend: str, precision: str, unverified: Unverified
         return (f"backend {backend}: precision {precision} failed its gate for bundle {bundle.path} "
                 f"({gate.figures()}, measured by slidefuse quantize); use precision fp32")
     if gate.state == "unverified" and unverified == "refuse":
-        why = f" ({gate.record['reason']})" if gate.record.get("reason") else ""
+        why = gate.note or gate.record.get("reason")
+        why = f" ({why})" if why else ""
         return (f"backend {backend}: precision {precision} is not verified for this bundle{why}: gate it with "
                 "`slidefuse quantize` (or slidefuse.export.quantize.quantize_bundle), or use precision fp32")
     return None
@@ -168,9 +220,9 @@ def check(bundle: Bundle, backend: str, precision: str, unverified: Unverified, 
         raise UsageError(reason)
     gate = gate_of(bundle, backend, precision)
     if runnable and gate.state == "unverified" and unverified == "warn":
-        log.warning("%s: precision %s is not verified for bundle %s (no passed '%s' gate in its manifest; run "
-                    "slidefuse quantize %s --slides ... to gate it); running it as asked", backend, precision,
-                    bundle.path, gate.key, bundle.path)
+        why = gate.note or f"no passed '{gate.key}' gate in its manifest"
+        log.warning("%s: precision %s is not verified for bundle %s (%s; run slidefuse quantize %s --slides ... "
+                    "to gate it); running it as asked", backend, precision, bundle.path, why, bundle.path)
 
 
 def int8_graph(bundle: Bundle, backend: str) -> Path:

@@ -19,6 +19,11 @@ Gates: bf16 and int8 change the arithmetic, so each is gated per bundle by `slid
 integer kernels round differently). A failed gate is refused (`can_run` and the constructor); an ungated one runs
 when asked for, with a WARNING, and `auto` only takes a passed one (see `cpu_paths`).
 
+Start-up: OpenVINO's model cache (CACHE_DIR, option `cache=true`; off by default, see `OvOptions.cache`) keeps
+the compiled model in the user cache folder (`runtime.cache`: $SLIDEFUSE_CACHE_DIR, else ~/.cache/slidefuse;
+option `cache_dir`), one folder per bundle digest and OpenVINO version; a second process on the same bundle
+imports it instead of compiling.
+
 Running: in throughput mode a batch is split into contiguous chunks over the compiled model's
 OPTIMAL_NUMBER_OF_INFER_REQUESTS infer requests (one per stream, created once at load), started together and
 awaited in order; in latency mode one request runs the whole batch. Results are copied out of OpenVINO's output
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +47,7 @@ from slidefuse.runtime.backends.base import Backend, BackendInfo, JsonScalar
 from slidefuse.runtime.backends.memory import in_sub_batches, tiles_per_call
 from slidefuse.runtime.backends.options import BackendOptions
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.cache import model_cache
 from slidefuse.runtime.cores import usable_cores
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,13 @@ class OvOptions(BackendOptions):
     # budget in GiB for the engine's working memory; larger batches run in sub-batches (see memory.py).
     # None = 40% of the usable memory; 0 = no limit
     max_memory_gb: float | None = None
+    # OpenVINO's model cache (CACHE_DIR): the compiled model is stored in the user cache folder, keyed by the
+    # bundle's digest and the OpenVINO version, and imported instead of compiled on the next start. Off by
+    # default: with it on, a later slide read in the same process missed a corrupt JPEG tile that the decode-error
+    # check (runtime/slide/decode.py) otherwise reports (tests/reliability/test_decode_errors.py after
+    # tests/runtime/test_backends.py); on again once that is understood
+    cache: bool = False
+    cache_dir: str | None = None  # the cache root; None = $SLIDEFUSE_CACHE_DIR, else ~/.cache/slidefuse (XDG)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +138,8 @@ class OvCpuBackend(Backend):
         self._requests: list[Any] = []
         self._output: Any = None
         self._int8_layers = 0
+        self._cache_dir: Path | None = None
+        self._compile_s: float | None = None
         self.max_batch, self.memory_reason = tiles_per_call(bundle.manifest, self.options.max_memory_gb)
         cpu_paths.check(bundle, self.name, self.precision, self.options.unverified,
                         runnable=self.can_run(bundle, self.options) is None)
@@ -175,7 +191,18 @@ class OvCpuBackend(Backend):
             config["NUM_STREAMS"] = self.options.streams
         if self.options.pin is not None:
             config["ENABLE_CPU_PINNING"] = self.options.pin
+        if self._cache_dir is not None:
+            config["CACHE_DIR"] = str(self._cache_dir)
         return config
+
+    def _model_cache(self) -> Path | None:
+        """The folder of OpenVINO's model cache for this bundle and OpenVINO version (None: option cache off, or
+        a bundle without a digest, or a folder that cannot be made: see `runtime.cache`)."""
+        import openvino as ov
+
+        if not self.options.cache:
+            return None
+        return model_cache("openvino", self.bundle.digest, ov.__version__, self.options.cache_dir)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -193,20 +220,24 @@ class OvCpuBackend(Backend):
         self._check_io(path, model)
         t = self.bundle.manifest.tile_size
         model.reshape({self.bundle.manifest.input_name: ov.PartialShape([-1, t, t, 3])})  # batch stays dynamic
+        self._cache_dir = self._model_cache()
+        t0 = time.perf_counter()
         try:
             self._compiled = core.compile_model(model, "CPU", self.compile_config())
         except Exception as exc:
             raise BundleError(f"{path}: OpenVINO cannot compile the graph for the CPU ({_first_line(exc)}); "
                               "re-export the bundle") from exc
+        self._compile_s = time.perf_counter() - t0
         self._output = self._compiled.output(self.bundle.manifest.output_name)
         n = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         n = 1 if self.options.mode == "latency" else max(1, n)
         self._requests = [self._compiled.create_infer_request() for _ in range(n)]
         self._int8_layers = int8_layers(self._compiled)
         s = self.settings()
-        log.info("%s: %s on the CPU (precision %s, compiled %s, %d threads, %s mode, %s streams, %d requests; %s)",
-                 self.name, path.name, self.precision, s["inference_precision"], self.threads, self.options.mode,
-                 s["streams"], n, self.memory_reason)
+        log.info("%s: %s on the CPU (precision %s, compiled %s, %d threads, %s mode, %s streams, %d requests; %s; "
+                 "compiled in %.1f s, model cache %s)", self.name, path.name, self.precision, s["inference_precision"],
+                 self.threads, self.options.mode, s["streams"], n, self.memory_reason, self._compile_s,
+                 self._cache_dir or "off")
 
     def _check_io(self, path: Path, model: Any) -> None:
         """The graph's one input must be the manifest's uint8 [?, T, T, 3] (tile axes T or dynamic) and its
@@ -259,7 +290,8 @@ class OvCpuBackend(Backend):
         import openvino as ov
 
         return BackendInfo(self.name, "cpu", self.precision, graph=self.graph_path().name, threads=self.threads,
-                           versions={"openvino": ov.__version__}, settings=self.settings())
+                           versions={"openvino": ov.__version__}, settings=self.settings(),
+                           gate=cpu_paths.relied_on(self.bundle, self.name, self.precision))
 
     def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
         """The backend-specific part of `info()`: what the compiled model actually uses."""
@@ -267,11 +299,14 @@ class OvCpuBackend(Backend):
                                                          "requests": len(self._requests) or None,
                                                          "inference_precision": None, "pinned": None,
                                                          "cpu_isa": None, "int8_layers": None,
-                                                         "max_batch": self.max_batch, "memory": self.memory_reason}
+                                                         "max_batch": self.max_batch, "memory": self.memory_reason,
+                                                         "model_cache": str(self._cache_dir) if self._cache_dir
+                                                         else None, "compile_s": None}
         if self._compiled is not None:
             out["streams"] = int(self._compiled.get_property("NUM_STREAMS"))
             out["inference_precision"] = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
             out["pinned"] = bool(self._compiled.get_property("ENABLE_CPU_PINNING"))
             out["cpu_isa"] = " ".join(c for c in cpu_capabilities() if c.startswith(("FP", "BF", "INT")))
             out["int8_layers"] = self._int8_layers
+            out["compile_s"] = round(self._compile_s, 2) if self._compile_s is not None else None
         return out

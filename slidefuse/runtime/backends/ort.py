@@ -294,7 +294,9 @@ class _OrtBackend(Backend):
         return BackendInfo(self.name, self.device, self.precision,
                            device_id=self.device_id if self.device == "cuda" else None,
                            providers=tuple(providers), graph=self.graph_path().name, threads=self.threads,
-                           versions={"onnxruntime": ort.__version__}, settings=self.settings())
+                           versions={"onnxruntime": ort.__version__}, settings=self.settings(),
+                           gate=cpu_paths.relied_on(self.bundle, self.name, self.precision)
+                           if self.device == "cpu" else None)
 
     def settings(self) -> dict[str, JsonScalar | dict[str, int]]:
         """The backend-specific part of `info()`."""
