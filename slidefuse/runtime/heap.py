@@ -32,17 +32,23 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim  # type: ignore[no-any-return]
 
 
+def drop_operation_cache() -> None:
+    """Empty libvips' operation cache, keeping its limit: later loads build new operations (and decode again)
+    instead of reusing a cached one. Safe at any time and from any thread: images in use keep their operations."""
+    import pyvips
+
+    limit = pyvips.cache_get_max()
+    pyvips.cache_set_max(0)  # libvips drops cached operations beyond the new limit at once
+    pyvips.cache_set_max(limit)
+
+
 def release_memory() -> bool:
     """Empty libvips' operation cache (its limit is kept) and return free heap pages to the OS.
 
     Safe at any time and from any thread: cached operations are only re-created when asked for again.
     Returns whether the heap could be trimmed (False where the C library has no malloc_trim).
     """
-    import pyvips
-
-    limit = pyvips.cache_get_max()
-    pyvips.cache_set_max(0)  # libvips drops cached operations beyond the new limit at once
-    pyvips.cache_set_max(limit)
+    drop_operation_cache()
     trim = _malloc_trim()
     if trim is None:
         return False

@@ -215,3 +215,26 @@ def test_dicom_series_with_a_corrupt_frame(bad_dicom: tuple, slide: Path, bundle
     report = json.loads((tmp_path / "warn" / "cmu-dicom" / "report.json").read_text())
     errors = report["slide"]["decode_errors"]
     assert errors["count"] == 1 and _box(errors["tiles"][0]) == box
+
+
+def test_a_slide_opened_again_in_one_process_is_decoded_again(bad_tiff: tuple,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvips caches a load with its decoded tiles: without a fresh load, a second open of the same corrupt file
+    (an API user's rerun, QC then segmentation, this file's own tests) read cached pixels and reported nothing.
+    Reads from 4 threads over overlapping boxes: each open records the one bad tile once, never the box."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(reader, "SMALL_LEVEL_PIXELS", 0)
+    bad, box = bad_tiff
+    for _ in range(5):
+        with open_slide(bad, on_decode_error="warn") as s:
+            view = s.scaled(s.info.mpp)
+            boxes = [(x, y, 96, 96) for y in range(0, view.height, 80) for x in range(0, view.width, 80)]
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda b, v=view: v.read(*b), boxes))
+            errors = s.decode_errors()
+        assert errors.count == 1 and (errors.tiles[0].l0_x, errors.tiles[0].l0_y) == box[:2]
+        with open_slide(bad) as s, pytest.raises(SlideDecodeError):
+            view = s.scaled(s.info.mpp)
+            for b in boxes:
+                view.read(*b)

@@ -104,6 +104,11 @@ class DecodeLog:
             self._checked.update(t.key for t in todo)
         return todo
 
+    def any_recorded(self, tiles: list[SourceTile]) -> bool:
+        """Whether one of `tiles` is already recorded as bad (a later message about it is no new finding)."""
+        with self._lock:
+            return any(t.key in self._tiles for t in tiles)
+
     def summary(self) -> DecodeErrors:
         """Count and the first MAX_LISTED bad tiles, in the order found."""
         with self._lock:
@@ -210,6 +215,9 @@ def _trace(messages: list[str], own: _Read, reads: list[_Read]) -> None:
         if tiles is None:
             untraceable = untraceable or read is own
             continue
+        # a tile recorded before explains the message: two reads of overlapping boxes (or two threads missing
+        # libvips' tile cache at once) decode the same bad tile, and each decode reports it again
+        found = found or read.source.decode_log.any_recorded(tiles)
         for tile in read.source.decode_log.first_unchecked(tiles):
             message = check_encoded(tile.encoded())
             if message is not None:

@@ -29,6 +29,7 @@ import pyvips
 
 from slidefuse.errors import InvalidPixelSize, MissingPixelSize, SlideNotFound, SlideReadError, one_line
 from slidefuse.runtime import coords
+from slidefuse.runtime.heap import drop_operation_cache
 from slidefuse.runtime.slide import colour, decode, metadata, tiffdir
 from slidefuse.runtime.slide.colour import ColourTransform, LevelColour
 from slidefuse.runtime.slide.decode import DecodeLog, L0Box, LevelBox, OnDecodeError, SourceTile
@@ -491,6 +492,9 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
     if colour_transform not in colour.COLOUR_TRANSFORMS:
         raise ValueError(f"colour_transform must be one of {colour.COLOUR_TRANSFORMS}, got {colour_transform!r}")
     transform = cast(ColourTransform, colour_transform)
+    # A slide opened before in this process must be decoded again, not served from libvips' cached load (whose
+    # tiles are decoded already): the decoders' reports of corrupt tiles come only from a decode.
+    drop_operation_cache()
     info, level_args = _read_info(p)
     info = with_pixel_size(info, mpp, default_mpp, require_mpp)
     reader = _VipsFileSlide(info, level_args, fail_on=info.loader == "tiffload",
