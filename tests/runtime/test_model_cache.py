@@ -61,6 +61,8 @@ def test_ov_cpu_stores_and_reuses_its_compiled_model(bundle_dir: Path, tmp_path:
     blobs = [p for p in folders[0].iterdir() if p.suffix == ".blob"]
     assert len(blobs) == 1  # written by the first start, imported (not written again) by the second
     np.testing.assert_array_equal(outs[0], outs[1])
-    with open_backend("ov-cpu", bundle, threads=1) as be:  # off by default
+    with open_backend("ov-cpu", bundle, threads=1, cache=False) as be:  # off: compiled, nothing written
         assert "CACHE_DIR" not in be.compile_config() and be.info().to_dict()["model_cache"] is None
         np.testing.assert_array_equal(be.run(tiles), outs[0])
+    with open_backend("ov-cpu", bundle, threads=1) as be:  # on by default, in $SLIDEFUSE_CACHE_DIR (the tests')
+        assert Path(be.info().to_dict()["model_cache"]).parent == cache.cache_root() / "openvino"

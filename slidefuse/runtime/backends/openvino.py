@@ -19,7 +19,7 @@ Gates: bf16 and int8 change the arithmetic, so each is gated per bundle by `slid
 integer kernels round differently). A failed gate is refused (`can_run` and the constructor); an ungated one runs
 when asked for, with a WARNING, and `auto` only takes a passed one (see `cpu_paths`).
 
-Start-up: OpenVINO's model cache (CACHE_DIR, option `cache=true`; off by default, see `OvOptions.cache`) keeps
+Start-up: OpenVINO's model cache (CACHE_DIR; on by default, option `cache=false` turns it off) keeps
 the compiled model in the user cache folder (`runtime.cache`: $SLIDEFUSE_CACHE_DIR, else ~/.cache/slidefuse;
 option `cache_dir`), one folder per bundle digest and OpenVINO version; a second process on the same bundle
 imports it instead of compiling.
@@ -96,11 +96,9 @@ class OvOptions(BackendOptions):
     # None = 40% of the usable memory; 0 = no limit
     max_memory_gb: float | None = None
     # OpenVINO's model cache (CACHE_DIR): the compiled model is stored in the user cache folder, keyed by the
-    # bundle's digest and the OpenVINO version, and imported instead of compiled on the next start. Off by
-    # default: with it on, a later slide read in the same process missed a corrupt JPEG tile that the decode-error
-    # check (runtime/slide/decode.py) otherwise reports (tests/reliability/test_decode_errors.py after
-    # tests/runtime/test_backends.py); on again once that is understood
-    cache: bool = False
+    # bundle's digest and the OpenVINO version, and imported instead of compiled on the next start (cache=false:
+    # compile at every start, write nothing)
+    cache: bool = True
     cache_dir: str | None = None  # the cache root; None = $SLIDEFUSE_CACHE_DIR, else ~/.cache/slidefuse (XDG)
 
     def __post_init__(self) -> None:
