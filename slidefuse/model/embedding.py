@@ -147,7 +147,7 @@ def embedding_from_segmentation(model: nn.Module) -> EmbeddingModel:
     if spec.embedding == "attn-pool":
         raise UsageError(f"encoder '{spec.id}': its embedding comes from an attentional pooler that a "
                          "segmentation bundle does not hold; export the embedding bundle from the publisher's "
-                         "checkpoint (`slidefuse export ENCODER --task embed --encoder-weights FILE`)",
+                         "checkpoint instead (encoder_weights=FILE, no source bundle)",
                          field="from_bundle")
     return EmbeddingModel(spec, model.encoder, int(model.tile_size)).eval()  # type: ignore[arg-type]
 

@@ -105,5 +105,5 @@ def test_segmentation_encoders_of_pooled_models_cannot_embed(encoder_id: str) ->
     from slidefuse.model.embedding import embedding_from_segmentation
 
     seg = SimpleNamespace(spec=_small(encoder_id), encoder=torch.nn.Identity(), tile_size=224)  # its 3 fields
-    with pytest.raises(UsageError, match=f"'{encoder_id}'.*attentional pooler.*--encoder-weights"):
+    with pytest.raises(UsageError, match=f"'{encoder_id}'.*attentional pooler.*encoder_weights=FILE"):
         embedding_from_segmentation(seg)  # type: ignore[arg-type]
