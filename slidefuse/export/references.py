@@ -155,14 +155,117 @@ def conch15_load_pos(model: nn.Module, pos: torch.Tensor) -> torch.Tensor:
                                   interpolation="bilinear", antialias=False)
 
 
-def _conch15_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _conch15_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """CONCH v1.5's trunk.forward_features: patch embed, class token, DINO-style position embeddings, blocks,
-    LayerNorm; patch tokens returned."""
+    LayerNorm; all tokens [B, 1 + N, d]."""
     t = model.patch_embed.proj(x).flatten(2).transpose(1, 2)  # type: ignore[union-attr,operator]
     t = torch.cat((model.cls_token.expand(t.shape[0], -1, -1), t), dim=1)  # type: ignore[union-attr,operator]
     t = t + conch15_pos_embed(model.pos_embed, x.shape[-2] // 16)  # type: ignore[arg-type]
-    t = model.norm(model.blocks(t))  # type: ignore[operator]
-    return t[:, 1:]
+    return model.norm(model.blocks(t))  # type: ignore[operator,no-any-return]
+
+
+def _conch15_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CONCH v1.5's patch tokens (`_conch15_features` without the class token)."""
+    return _conch15_features(model, x)[:, 1:]
+
+
+# ---------------------------------------------------------------------------------------------- CONCH poolers
+class OpenClipPooler(nn.Module):
+    """MahmoodLab/CONCH conch/open_clip_custom/transformer.py `AttentionalPooler`, as written there."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int = 8, n_queries: int = 1) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.attn = nn.MultiheadAttention(d_model, n_head, kdim=context_dim, vdim=context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln_k(x).permute(1, 0, 2)  # NLD -> LND
+        n = x.shape[1]
+        q = self.ln_q(self.query)
+        out = self.attn(q.unsqueeze(1).repeat(1, n, 1), x, x, need_weights=False)[0]
+        return out.permute(1, 0, 2)  # type: ignore[no-any-return]  # LND -> NLD
+
+
+class TitanPooler(nn.Module):
+    """TITAN / TRIDENT conch_v1_5.py `AttentionalPooler`; its einops `rearrange`/`repeat`/`einsum` restated in
+    torch ('b t n (h d) -> b h t n d' splits the last axis heads-outer)."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int = 8, n_queries: int = 1) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        dim_head = d_model // n_head
+        self.scale = dim_head**-0.5
+        self.heads = n_head
+        inner_dim = dim_head * n_head
+        self.ln_k = nn.LayerNorm(context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.to_q = nn.Linear(d_model, inner_dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, inner_dim * 2, bias=False)
+        self.to_out = nn.Linear(inner_dim, d_model, bias=False)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:  # 'b t n (h d) -> b h t n d'
+        b, m, n, hd = t.shape
+        return t.reshape(b, m, n, self.heads, hd // self.heads).permute(0, 3, 1, 2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            x = x.unsqueeze(1)  # 'b n d -> b 1 n d'
+        q = self.query.expand(x.shape[0], x.shape[1], -1, -1)  # 'n d -> b m n d'
+        x = self.ln_k(x)
+        q = self.ln_q(q)
+        q = self.to_q(q)
+        k, v = self.to_kv(x).chunk(2, dim=-1)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        q = q * self.scale
+        sim = torch.einsum("...id,...jd->...ij", q, k)
+        sim = sim - sim.amax(dim=-1, keepdim=True).detach()
+        attn = sim.softmax(dim=-1)
+        out = torch.einsum("...ij,...jd->...id", attn, v)
+        b, h, m, n, d = out.shape
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, m, n, h * d)  # 'b h t n d -> b t n (h d)'
+        return self.to_out(out).squeeze(dim=1)  # type: ignore[no-any-return]
+
+
+class ConchTower(nn.Module):
+    """The vision tower around a trunk: CONCH's `VisualModel` (forward_no_head) or CONCH v1.5's
+    `CONCHVisionTower`: ln_contrast(attn_pool_contrast(trunk tokens)[:, 0])."""
+
+    def __init__(self, trunk: nn.Module, pooler: nn.Module, d: int, features: Tokens, projection: bool) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.attn_pool_contrast = pooler
+        self.ln_contrast = nn.LayerNorm(d)
+        if projection:  # CONCH's proj_contrast: in the file, not in the embedding (proj_contrast=False)
+            self.proj_contrast = nn.Parameter(d**-0.5 * torch.randn(d, d))
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.attn_pool_contrast(self.features(self.trunk, x))[:, 0]
+        return self.ln_contrast(pooled)  # type: ignore[no-any-return]
+
+
+def _timm_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_features(x)  # type: ignore[operator,no-any-return]
+
+
+def conch_tower(encoder_id: str, spec: EncoderSpec) -> ConchTower:
+    """The publisher's vision tower of "conch" / "conch-v1.5" at the spec's size (random weights, eval)."""
+    d, ctx = spec.embedding_dim(), spec.width
+    trunk = references()[encoder_id].build(spec)
+    if encoder_id == "conch":
+        return ConchTower(trunk, OpenClipPooler(d, ctx), d, _timm_features, projection=True).eval()
+    return ConchTower(trunk, TitanPooler(d, ctx), d, _conch15_features, projection=False).eval()
+
+
+def save_conch_tower(encoder_id: str, tower: nn.Module, folder: Path) -> Path:
+    """The tower in its publisher's file: CONCH's whole CoCa `pytorch_model.bin` (`visual.*` + text tower
+    stand-ins), CONCH v1.5's `pytorch_model_vision.bin` (`trunk.*`, `attn_pool_contrast.*`, `ln_contrast.*`)."""
+    if encoder_id == "conch":
+        text = {k: v for k, v in _COCA.items() if not k.startswith("visual.")}
+        return _torch_file("pytorch_model.bin", "visual.", text)(tower, folder)
+    return _torch_file("pytorch_model_vision.bin")(tower, folder)
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -229,7 +332,7 @@ def scramble(module: nn.Module, seed: int = 1) -> None:
         for name, p in module.named_parameters():
             noise = torch.randn(p.shape, generator=g) * 0.1
             leaf = name.rsplit(".", 2)[-2:]  # e.g. ["norm1", "weight"]
-            if len(leaf) == 2 and "norm" in leaf[0] and leaf[1] == "weight":
+            if len(leaf) == 2 and ("norm" in leaf[0] or leaf[0].startswith("ln_")) and leaf[1] == "weight":
                 noise += 1.0  # keep LayerNorm scales near 1
             p.copy_(noise)
 
@@ -301,7 +404,7 @@ def _hf_pooler(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def reference_embeddings() -> dict[str, Embed]:
     """encoder id -> the publisher's patch embedding as its model card computes it, for the encoders whose
-    embedding slidefuse exports (the CONCH models' attentional pooler is not among them)."""
+    embedding is a token rule of the trunk (the CONCH models pool with their towers: `conch_tower`)."""
     return {
         "uni": _timm_forward, "uni2-h": _timm_forward, "prov-gigapath": _timm_forward,
         "h-optimus-0": _timm_forward, "h-optimus-1": _timm_forward, "kaiko": _timm_forward, "lunit": _timm_forward,
@@ -311,30 +414,43 @@ def reference_embeddings() -> dict[str, Embed]:
     }
 
 
-def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: int = 2) -> float:
+def _publisher_embedder(encoder_id: str, spec: EncoderSpec, folder: Path) -> tuple[nn.Module, Path, Embed]:
+    """(publisher's model, scrambled; its checkpoint file under `folder`; its embedding function)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        src = conch_tower(encoder_id, spec) if spec.embedding == "attn-pool" else references()[encoder_id].build(spec)
+    scramble(src)
+    if spec.embedding == "attn-pool":
+        return src, save_conch_tower(encoder_id, src, folder), lambda model, x: model(x)
+    return src, references()[encoder_id].save(src, folder), reference_embeddings()[encoder_id]
+
+
+def compare_embedding(encoder_id: str, spec: EncoderSpec, folder: Path, batch: int = 2,
+                      size: int | None = None) -> float:
     """Build the publisher's model for `spec` (random weights, scrambled), save it in the publisher's format,
-    build slidefuse's EmbeddingModel from that file at the native tile size, and return max |embedding
-    slidefuse - publisher| over `batch` random uint8 tiles, both fed the same normalised images (the
-    normalisation inside the graph is the segmentation model's, checked with it)."""
+    build slidefuse's EmbeddingModel from that file at `size` px (default: the native tile size; the trunk, and
+    for "attn-pool" the pooler, each loaded by slidefuse's own loaders), and return max |embedding slidefuse -
+    publisher| over `batch` random uint8 tiles, both fed the same normalised images (the normalisation inside
+    the graph is the segmentation model's, checked with it)."""
+    from slidefuse.model.attn_pool import build_pooler, load_pooler_weights
     from slidefuse.model.checkpoints import load_encoder_weights
     from slidefuse.model.embedding import EmbeddingModel
     from slidefuse.model.encoders import build_vit
 
-    ref = references()[encoder_id]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        src = ref.build(spec)
-    scramble(src)
-    path = ref.save(src, folder)
-    size = spec.native_size
+    src, path, embed = _publisher_embedder(encoder_id, spec, folder)
+    size = size or spec.native_size
     enc = build_vit(spec, size).eval()
     load_encoder_weights(enc, spec, path)
-    ours = EmbeddingModel(spec, enc, size).eval()
+    pooler = None
+    if spec.embedding == "attn-pool":
+        pooler = build_pooler(spec)
+        load_pooler_weights(pooler, spec, path)
+    ours = EmbeddingModel(spec, enc, size, pooler).eval()
     tiles = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(size))
     with torch.no_grad():
         x = ours.normalise(tiles)  # one input for both: the comparison is of the networks and their pooling
-        want, got = reference_embeddings()[encoder_id](src, x), ours.pool(enc.forward_features(x))  # type: ignore[operator]
+        want, got = embed(src, x), ours.pool(enc.forward_features(x))  # type: ignore[operator]
     if got.shape != want.shape:
         raise ValueError(f"{encoder_id}: slidefuse embedding {list(got.shape)}, publisher's {list(want.shape)}")
     return float((got - want).abs().max().item())

@@ -7,8 +7,9 @@ builder, and `embedding_from_segmentation`, the encoder part of a segmentation m
       -> the encoder's embedding rule (`EncoderSpec.embedding`) -> float32 embeddings [B, D]
 
 Rules (registry.EMBEDDING_RULES): "cls" the class token; "cls+mean" the class token concatenated with the mean
-of the patch tokens (registers excluded). The CONCH models' "attn-pool" needs their attentional pooler, which
-slidefuse does not load: building one raises a UsageError that says so.
+of the patch tokens (registers excluded); "attn-pool" (CONCH, CONCH v1.5) the publisher's attentional pooler
++ LayerNorm over all tokens (`slidefuse.model.attn_pool`), loaded from the same publisher checkpoint as the
+trunk. A segmentation model holds no pooler, so its encoder part embeds with "cls" / "cls+mean" rules only.
 """
 
 from __future__ import annotations
@@ -20,24 +21,30 @@ import torch
 from torch import nn
 
 from slidefuse.errors import UsageError
+from slidefuse.model.attn_pool import AttentionalPool, build_pooler, load_pooler_weights
 from slidefuse.model.registry import EncoderSpec, get_spec
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_RULES = ("cls", "cls+mean")  # the rules this release computes
+SUPPORTED_RULES = ("cls", "cls+mean", "attn-pool")  # the rules this release computes
 
 
 class EmbeddingModel(nn.Module):
     """Encoder + the publisher's pooling. `forward(tiles uint8 [B, T, T, 3]) -> float32 embeddings [B, D]`.
 
-    Attributes: `spec`, `tile_size` (T), `dim` (D = spec.embedding_dim()), `encoder` (timm VisionTransformer).
-    The state dict holds the encoder's weights only (`encoder.*`), the same keys as a SegmentationModel's
-    encoder part.
+    Attributes: `spec`, `tile_size` (T), `dim` (D = spec.embedding_dim()), `encoder` (timm VisionTransformer),
+    `pooler` (the "attn-pool" rule's AttentionalPool, else None). The state dict holds the encoder's weights
+    (`encoder.*`, the same keys as a SegmentationModel's encoder part) and, for "attn-pool", `pooler.*`.
     """
 
-    def __init__(self, spec: EncoderSpec, encoder: nn.Module, tile_size: int) -> None:
+    def __init__(self, spec: EncoderSpec, encoder: nn.Module, tile_size: int,
+                 pooler: AttentionalPool | None = None) -> None:
         super().__init__()
         check_rule(spec)
+        if (spec.embedding == "attn-pool") != (pooler is not None):
+            raise ValueError(f"encoder '{spec.id}' ({spec.embedding!r} embedding): an attentional pooler is "
+                             "needed for 'attn-pool' and only for it")
+        self.pooler = pooler
         self.spec = spec
         self.tile_size = tile_size
         self.dim = spec.embedding_dim()
@@ -60,6 +67,8 @@ class EmbeddingModel(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens float [B, prefix + h*w, d] after the final LayerNorm -> embeddings [B, D] by the spec's rule."""
+        if self.pooler is not None:
+            return self.pooler(tokens)  # type: ignore[no-any-return]
         return pool_tokens(tokens, self.spec)
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -80,14 +89,15 @@ def check_rule(spec: EncoderSpec) -> None:
 
 def pool_tokens(tokens: torch.Tensor, spec: EncoderSpec) -> torch.Tensor:
     """The embedding rule over tokens [B, prefix + h*w, d]: "cls" -> [B, d]; "cls+mean" -> [B, 2d] (class
-    token, then the mean of the h*w patch tokens; the registers between them are excluded)."""
+    token, then the mean of the h*w patch tokens; the registers between them are excluded). "attn-pool" has
+    weights of its own: `EmbeddingModel.pool` runs it."""
     cls = tokens[:, 0]
     if spec.embedding == "cls":
         return cls
     if spec.embedding == "cls+mean":
         return torch.cat([cls, tokens[:, spec.num_prefix_tokens:].mean(dim=1)], dim=-1)
-    check_rule(spec)
-    raise AssertionError("unreachable")  # check_rule raised
+    raise ValueError(f"encoder '{spec.id}': the {spec.embedding!r} embedding needs its pooler's weights "
+                     "(EmbeddingModel.pool)")
 
 
 def build_embedding_model(encoder_id: str, *, tile_size: int | None = None, encoder_weights: Path | None = None,
@@ -111,17 +121,34 @@ def build_embedding_model(encoder_id: str, *, tile_size: int | None = None, enco
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = spec.builder(spec, size)
+        pooler = _random_pooler(spec)
     if encoder_weights is not None:
         load_encoder_weights(encoder, spec, encoder_weights)
+        if pooler is not None:
+            load_pooler_weights(pooler, spec, encoder_weights)
     else:
         log.warning("encoder '%s' has RANDOM weights (--random-weights): embeddings are meaningless", encoder_id)
-    return EmbeddingModel(spec, encoder, size).eval()
+    return EmbeddingModel(spec, encoder, size, pooler).eval()
+
+
+def _random_pooler(spec: EncoderSpec) -> AttentionalPool | None:
+    """The "attn-pool" rule's pooler with random weights (query ~ N(0, 1) as the publishers initialise it)."""
+    if spec.embedding != "attn-pool":
+        return None
+    pooler = build_pooler(spec)
+    nn.init.normal_(pooler.query)
+    return pooler
 
 
 def embedding_from_segmentation(model: nn.Module) -> EmbeddingModel:
     """The encoder part of a SegmentationModel (`model.encoder`, shared, not copied) with its publisher's
     embedding rule, at the segmentation model's tile size."""
     spec: EncoderSpec = model.spec  # type: ignore[assignment]
+    if spec.embedding == "attn-pool":
+        raise UsageError(f"encoder '{spec.id}': its embedding comes from an attentional pooler that a "
+                         "segmentation bundle does not hold; export the embedding bundle from the publisher's "
+                         "checkpoint instead (encoder_weights=FILE, no source bundle)",
+                         field="from_bundle")
     return EmbeddingModel(spec, model.encoder, int(model.tile_size)).eval()  # type: ignore[arg-type]
 
 
@@ -131,7 +158,8 @@ def embedding_model_from_state(encoder_id: str, tile_size: int, state_path: Path
     from slidefuse.model.checkpoints import load_strict, read_state_file
 
     spec = get_spec(encoder_id)
-    model = EmbeddingModel(spec, spec.builder(spec, tile_size), tile_size)
+    pooler = build_pooler(spec) if spec.embedding == "attn-pool" else None
+    model = EmbeddingModel(spec, spec.builder(spec, tile_size), tile_size, pooler)
     load_strict(model, read_state_file(state_path), f"the '{encoder_id}' embedding model (tile {tile_size})",
                 state_path)
     return model.eval()
