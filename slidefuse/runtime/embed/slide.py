@@ -82,7 +82,7 @@ def plan_embedding(slide_path: Path, bundle: Bundle, options: EmbedOptions, *, r
         before = len(tiles) if tissue is found else len(_candidates(grid, found, float(m.mpp), thumb_mpp, options))
         plan = EmbedPlan(Path(slide_path), slide, view, grid, tiles, stride, float(m.mpp), tissue, thumb_mpp,
                          float(slide.info.mpp), tile_qc, before - len(tiles))
-        if options.tile_filter is not None:  # e.g. QC exclusion: a subset, kept in row-major order
+        if options.tile_filter is not None:  # a further filter: a subset, kept in row-major order
             kept = set(options.tile_filter(plan, tiles))
             plan.tiles = [rc for rc in tiles if rc in kept]
     except BaseException:
