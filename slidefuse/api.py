@@ -537,6 +537,8 @@ class EmbeddingResult:
     mpp: float  # um/px the tiles were cut at (the bundle's)
     tile_size: int  # tile side in px at `mpp`
     encoder: str  # encoder registry id
+    qc_flags: np.ndarray | None = None  # uint8 [N]: each tile's QC bits (`runtime.embed.qc.FLAG_BITS`: ink, folds,
+    # blur); tiles mostly excluded by the model's qc policy are not in the result
 
 
 class _Rows:
@@ -545,11 +547,13 @@ class _Rows:
     def __init__(self, l0_xy: Callable[[tuple[int, int]], tuple[int, int]]) -> None:
         self.l0_xy = l0_xy
         self.rows: list[np.ndarray] = []
+        self.tiles: list[tuple[int, int]] = []
         self.xy: list[tuple[int, int]] = []
 
     def add(self, tile_rc: tuple[int, int], result: np.ndarray, /) -> None:
         self.rows.append(np.asarray(result, dtype=np.float32))
         self.xy.append(self.l0_xy(tile_rc))
+        self.tiles.append(tile_rc)
 
 
 def _embed(model: Model, slide: SlidePath | np.ndarray, mpp: float | None) -> EmbeddingResult:
@@ -563,7 +567,8 @@ def _embed(model: Model, slide: SlidePath | np.ndarray, mpp: float | None) -> Em
     check_embedding_bundle(bundle)
     o = model.options
     options = EmbedOptions(batch_size=o.batch_size, workers=o.workers, tissue=o.tissue, all_tiles=o.all_tiles,
-                           mpp=o.mpp, override_mpp=mpp if not isinstance(slide, np.ndarray) else None)
+                           mpp=o.mpp, override_mpp=mpp if not isinstance(slide, np.ndarray) else None, qc=o.qc,
+                           on_stain_mismatch=o.on_stain_mismatch)
     reader = None
     if isinstance(slide, np.ndarray):
         from slidefuse.runtime.slide import InMemorySlide
@@ -583,4 +588,5 @@ def _embed(model: Model, slide: SlidePath | np.ndarray, mpp: float | None) -> Em
     dim = m.embedding.dim if m.embedding is not None else 0
     features = np.stack(rows.rows) if rows.rows else np.zeros((0, dim), np.float32)
     coords = np.asarray(rows.xy, dtype=np.int64).reshape(-1, 2)
-    return EmbeddingResult(features, coords, float(m.mpp), int(m.tile_size), m.encoder)
+    qc_flags = np.asarray([plan.tile_qc.flags(rc) for rc in rows.tiles], dtype=np.uint8)
+    return EmbeddingResult(features, coords, float(m.mpp), int(m.tile_size), m.encoder, qc_flags)

@@ -47,11 +47,13 @@ from slidefuse.bench.machine import machine_info, peak_rss_mib
 from slidefuse.errors import UsageError
 from slidefuse.numbers import is_number
 from slidefuse.runtime.bundle import Bundle
+from slidefuse.runtime.qc.policy import check_mode
 
 log = logging.getLogger(__name__)
 
 STAGE_NOTES = {
     "tissue": "thumbnail read + tissue detection",
+    "qc": "quality control after tissue detection (ink, folds and blur maps, stain check; see --qc)",
     "preload": "small slides (<= 16 Mpx at the model's mpp): the whole view decoded once, before the pipeline",
     "read_decode_resample": "merged: libvips reads, decodes and resamples each region in one lazy pipeline; "
                             "summed over reader threads (overlaps inference)",
@@ -76,6 +78,7 @@ class SlideBenchConfig:
     all_tiles: bool = False  # run every grid tile, not only those touching tissue
     out_dir: Path | None = None  # keep the outputs here (default: a temporary folder, removed)
     overlap_slides: bool = True  # with several slides: plan ahead / write behind on a background thread
+    qc: str = "default"  # quality control, as segment's --qc (off, flag, default, exclude)
 
     def check(self) -> None:
         """Raise UsageError for out-of-range values."""
@@ -86,6 +89,7 @@ class SlideBenchConfig:
                 raise UsageError(f"{name}={value}: expected at least {low}", field=name)
         if self.mpp is not None and not (is_number(self.mpp) and math.isfinite(self.mpp) and self.mpp > 0):
             raise UsageError(f"mpp={self.mpp}: expected a positive pixel size in um/px, e.g. 0.5", field="mpp")
+        check_mode(self.qc)
 
     def open_options(self) -> dict[str, Any]:
         return open_options(self.backend_options, self.precision)
@@ -127,6 +131,7 @@ def stage_times(timings: dict[str, float], total_s: float) -> dict[str, float]:
     """The runtime's timings under the stage names of this benchmark (see the module docstring)."""
     out = {
         "tissue": timings.get("tissue", 0.0),
+        "qc": timings.get("qc", 0.0),
         "preload": timings.get("preload", 0.0),
         "read_decode_resample": timings.get("read", 0.0),
         "inference": timings.get("inference", 0.0),
@@ -136,7 +141,7 @@ def stage_times(timings: dict[str, float], total_s: float) -> dict[str, float]:
         "infer_wait": timings.get("infer_wait", 0.0),
         "pipeline": timings.get("pipeline", 0.0),
     }
-    out["other"] = max(total_s - out["tissue"] - out["preload"] - out["pipeline"] - out["write"], 0.0)
+    out["other"] = max(total_s - out["tissue"] - out["qc"] - out["preload"] - out["pipeline"] - out["write"], 0.0)
     out["total"] = total_s
     return out
 
@@ -150,7 +155,8 @@ def _one_run(slides: list[Path], bundle: Bundle, backend: Any, config: SlideBenc
 
     options = SegmentOptions(backend=backend_name, backend_options=config.open_options(),
                              batch_size=config.batch_size, mpp=config.mpp, workers=config.workers,
-                             all_tiles=config.all_tiles, overwrite=True, overlap_slides=config.overlap_slides)
+                             all_tiles=config.all_tiles, overwrite=True, overlap_slides=config.overlap_slides,
+                             qc=config.qc)
     recorder = RecordingBackend(backend, config.max_engine_tiles)
     t0 = time.perf_counter()
     results = segment_many(slides, bundle, out_root, options, backend=cast(Any, recorder))
@@ -214,7 +220,8 @@ def bench_slide(slide: Path | Sequence[Path], bundle: Bundle, backend_name: str,
         "peak": peak.to_dict(),
         "settings": {"batch_size": config.batch_size, "workers": config.workers, "mpp": config.mpp,
                      "warmup": config.warmup, "repeats": config.repeats, "all_tiles": config.all_tiles,
-                     "max_engine_tiles": config.max_engine_tiles, "overlap_slides": config.overlap_slides},
+                     "max_engine_tiles": config.max_engine_tiles, "overlap_slides": config.overlap_slides,
+                     "qc": config.qc},
         "stage_notes": STAGE_NOTES,
         "host_peak_rss_mib": rss,
         "summary": summary,

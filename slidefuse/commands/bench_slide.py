@@ -29,7 +29,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         f"slide   {doc['slide']}",
         f"model   {m['encoder']} tile {m['tile_size']} px at {m['mpp']:g} um/px; backend {name} "
         f"({b['device']}, {b['precision']}), batch {doc['settings']['batch_size']}, "
-        f"{doc['settings']['workers']} reader threads",
+        f"{doc['settings']['workers']} reader threads, qc {doc['settings'].get('qc', 'default')}",
         f"tiles   {s['tiles_run']} run{_over(doc)}; end to end {s['end_to_end_tiles_per_s']:.2f} tiles/s "
         f"({s['end_to_end_megapixels_per_s']:.2f} MP/s), pipeline {s['pipeline_tiles_per_s']:.2f} tiles/s, "
         f"engine only {s['engine_tiles_per_s']:.2f} tiles/s",
@@ -64,13 +64,17 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 @click.option("--overlap-slides/--one-slide-at-a-time", "overlap_slides", default=True, show_default=True,
               help="With several slides: plan the next slide and write the previous one's outputs while a "
                    "slide's tiles run (as 'slidefuse segment' does).")
+@click.option("--qc", "qc", type=click.Choice(["off", "flag", "default", "exclude"]), default="default",
+              show_default=True,
+              help="Quality control, as 'slidefuse segment --qc' (its time is the qc stage); run 'default' and "
+                   "'off' alternately to measure what QC costs.")
 @click.option("--keep-outputs", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the segmentation outputs here instead of a temporary folder.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full results to this JSON file.")
 def command(slides: tuple[Path, ...], model: Path, backend: str, batch_size: int, mpp: float | None, workers: int,
             precision: str | None, backend_options: tuple[str, ...], warmup: int, repeats: int, max_engine_tiles: int,
-            all_tiles: bool, overlap_slides: bool, keep_outputs: Path | None, json_path: Path | None) -> None:
+            all_tiles: bool, overlap_slides: bool, qc: str, keep_outputs: Path | None, json_path: Path | None) -> None:
     """Segment SLIDES end to end (into a temporary folder) with time per stage, then run the engine alone on
     the same tiles from memory, and report both rates and their ratio.
 
@@ -88,7 +92,7 @@ def command(slides: tuple[Path, ...], model: Path, backend: str, batch_size: int
     config = SlideBenchConfig(batch_size=batch_size, mpp=mpp, workers=workers, precision=precision,
                               backend_options=parse_options(backend_options), warmup=warmup, repeats=repeats,
                               max_engine_tiles=max_engine_tiles, all_tiles=all_tiles, out_dir=keep_outputs,
-                              overlap_slides=overlap_slides)
+                              overlap_slides=overlap_slides, qc=qc)
     config.check()
     check_backend_choice(backend, config.open_options())  # before the model loads: usage errors exit 2 at once
     doc = bench_slide(list(slides), load_bundle(model), backend, config)

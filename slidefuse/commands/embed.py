@@ -38,6 +38,15 @@ import click
 @click.option("--threads", type=int, default=None, help="Engine CPU threads (ort-cpu, ov-cpu). Default: all cores.")
 @click.option("--option", "backend_options", multiple=True, metavar="KEY=VALUE",
               help="A backend option (repeatable), e.g. --option precision=bf16.")
+@click.option("--qc", "qc", type=click.Choice(["off", "flag", "default", "exclude"]), default="default",
+              show_default=True,
+              help="Quality control, as in segment: 'default' leaves out tiles mostly pen ink and marks blur and "
+                   "folds; 'exclude' leaves out all three; 'flag' marks all three and leaves out nothing; 'off' runs "
+                   "none. Marks: the qc_flags dataset of features.h5 (one bit per method).")
+@click.option("--on-stain-mismatch", "on_stain_mismatch", type=click.Choice(["warn", "fail"]), default="warn",
+              show_default=True,
+              help="A slide whose stain (estimated by colour deconvolution) is not the model's (its bundle's "
+                   "stain, H&E by default): 'warn' (log, features.h5 attributes) or 'fail' the slide.")
 @click.option("--tissue-threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Lowest HSV saturation (0..1) counted as tissue on the thumbnail (default 0.07).")
 @click.option("--min-tile-tissue", type=click.FloatRange(0.0, 1.0), default=None,
@@ -74,7 +83,8 @@ def command(ctx: click.Context, inputs: tuple[Path, ...], model: Path, out: Path
         mpp=flags["mpp"], override_mpp=flags["override_mpp"],
         formats=tuple(f.strip() for f in flags["formats"].split(",") if f.strip()),
         fp16_features=flags["fp16_features"], overwrite=flags["overwrite"], shard=_shard(flags["shard"]),
-        claim_timeout=flags["claim_timeout"], **optional,
+        claim_timeout=flags["claim_timeout"], qc=flags["qc"], on_stain_mismatch=flags["on_stain_mismatch"],
+        **optional,
     )
     bundle = load_bundle(model)
     check_embedding_bundle(bundle)

@@ -77,6 +77,8 @@ def test_stage_times_names_and_remainder() -> None:
     st = stage_times({"tissue": 1.0, "read": 5.0, "inference": 3.0, "stitch": 0.5, "write": 2.0,
                       "pipeline": 4.0, "read_wait": 0.2, "infer_wait": 0.1}, total_s=7.5)
     assert st["read_decode_resample"] == 5.0 and st["other"] == pytest.approx(0.5) and st["total"] == 7.5
+    with_qc = stage_times({"tissue": 1.0, "qc": 0.25, "pipeline": 4.0, "write": 2.0}, total_s=7.5)
+    assert with_qc["qc"] == 0.25 and with_qc["other"] == pytest.approx(0.25)
 
 
 def test_several_slides_run_as_one_batch(tiny_bundle: Bundle, cmu_slide: Path, runner: CliRunner,
@@ -96,3 +98,25 @@ def test_several_slides_run_as_one_batch(tiny_bundle: Bundle, cmu_slide: Path, r
     assert run["tiles_run"] == run["engine_tiles"] == 2 * (run["tiles"]["run"] // 2) > 0  # both slides' tiles
     assert run["stages_s"]["total"] > 0 and run["end_to_end_tiles_per_s"] == pytest.approx(
         run["tiles_run"] / run["stages_s"]["total"])
+
+
+def test_qc_option_times_qc_and_off_skips_it(tiny_bundle: Bundle, cmu_slide: Path, runner: CliRunner,
+                                             tmp_path: Path) -> None:
+    docs = {}
+    for mode in ("default", "off"):
+        out = tmp_path / f"{mode}.json"
+        kept = tmp_path / f"{mode}-out"
+        res = runner.invoke(cli, ["bench", "slide", str(cmu_slide), "--model", str(tiny_bundle.path), "--backend",
+                                  "ort-cpu", "--warmup", "0", "--workers", "2", "--qc", mode, "--json", str(out),
+                                  "--keep-outputs", str(kept)])
+        assert res.exit_code == 0, res.output
+        assert f"qc {mode}" in res.output
+        docs[mode] = json.loads(out.read_text())
+        report = json.loads(next(kept.glob("run0/*/report.json")).read_text())
+        assert report["qc"]["mode"] == mode  # the policy asked for is the one that ran
+    on, off = (docs[m]["summary"]["stages_s"] for m in ("default", "off"))
+    assert docs["default"]["settings"]["qc"] == "default" and docs["off"]["settings"]["qc"] == "off"
+    assert on["qc"] > 0 and off["qc"] > 0  # timed in both: off still runs the stain check
+    assert "quality control" in docs["default"]["stage_notes"]["qc"]
+    res = runner.invoke(cli, ["bench", "slide", str(cmu_slide), "--model", str(tiny_bundle.path), "--qc", "never"])
+    assert res.exit_code == 2 and "--qc" in res.output

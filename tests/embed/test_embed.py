@@ -75,7 +75,7 @@ def test_embed_writes_tridents_layout_and_the_bundles_embeddings(runner: CliRunn
     _run(runner, str(embed_slide), "--model", str(embed_bundle), "--out", str(out), "--formats", "h5,zarr")
     path = out / "blobs" / "features.h5"
     with h5py.File(path, "r") as f:
-        assert set(f) == {"features", "coords"}
+        assert set(f) == {"features", "coords", "qc_flags"}  # qc_flags: slidefuse's own (tests/embed/test_embed_qc.py)
         feats, xy = f["features"][:], f["coords"][:]
         assert f["features"].dtype == np.float32 and f["coords"].dtype == np.int64
         assert f["features"].maxshape == (None, 64) and f["coords"].maxshape == (None, 2)

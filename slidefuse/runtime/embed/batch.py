@@ -24,7 +24,7 @@ from slidefuse.runtime.embed.slide import embed_plan, plan_embedding
 from slidefuse.runtime.segment.claims import ClaimPolicy, ClaimSet, new_run_id
 from slidefuse.runtime.segment.inputs import collect_slides, list_overrides, output_dirs
 from slidefuse.runtime.segment.runlog import RunLog
-from slidefuse.runtime.segment.skip import slide_identity
+from slidefuse.runtime.segment.skip import qc_key, slide_identity
 from slidefuse.runtime.types import Status
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def embed_key(bundle: Bundle, options: EmbedOptions, slide: Path) -> dict[str, A
         "bundle": bundle.digest,
         "options": {"mpp": options.mpp, "override_mpp": options.override_mpp,
                     "stride": options.check_stride(bundle.manifest.tile_size), "tissue": options.tissue.to_dict(),
-                    "all_tiles": options.all_tiles, "fp16_features": options.fp16_features},
+                    "all_tiles": options.all_tiles, "fp16_features": options.fp16_features,
+                    "qc": qc_key(options.qc)},
     }
 
 

@@ -8,8 +8,12 @@ features.h5 (as TRIDENT's `save_h5` / `coords_to_h5` write it, so TRIDENT's and 
             `patch_size` (px at the target pixel size), `patch_size_level0`, `level0_magnification`,
             `target_magnification`, `overlap` (px at the target pixel size), `name`, `savetodir`, `level0_width`,
             `level0_height`, plus slidefuse's: `mpp` (target um/px), `level0_mpp`, `stride`
-  file attrs: `slidefuse_key` (the skip key, JSON) and `complete` (True once every row is in)
-features.zarr holds the same two arrays and attributes (zarr v3 group).
+    qc_flags  uint8 [N] (slidefuse's; TRIDENT's and CLAM's readers ignore it): each tile's quality-control flags,
+            bit i set when QC's `bit_names[i]` (attr; ink, folds, blur) map covers a tenth of the tile or more
+            (`runtime.embed.qc`). The features attrs add `qc_mode`, `qc_excluded_tiles` (tiles QC left out),
+            `qc_found`, `qc_stain` (the estimate), `qc_model_stain` and `qc_stain_mismatch`
+file attrs: `slidefuse_key` (the skip key, JSON) and `complete` (True once every row is in)
+features.zarr holds the same three arrays and attributes (zarr v3 group).
 
 Rows are buffered (`CHUNK_ROWS`) and appended; a whole slide's features are never held in memory. The file is
 written under a temporary name beside its final one and renamed into place once complete.
@@ -45,12 +49,13 @@ class FeatureAttrs:
     features: dict[str, Any]
     coords: dict[str, Any]
     key: dict[str, Any]  # the skip key
+    qc_flags: dict[str, Any]  # of the qc_flags dataset
 
 
 class FeatureStore(Protocol):
     """One format's writer: rows appended in order, then `finish()` (renamed into place) or `abort()`."""
 
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None: ...
+    def append(self, features: np.ndarray, coords: np.ndarray, qc_flags: np.ndarray) -> None: ...
 
     def finish(self) -> Path: ...
 
@@ -70,17 +75,21 @@ class H5Store:
                                             chunks=(rows, dim))
         self._coords = self._f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64,
                                               chunks=(rows, 2))
+        self._flags = self._f.create_dataset("qc_flags", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                             chunks=(rows,))
         _set_attrs(self._feat.attrs, attrs.features)
         _set_attrs(self._coords.attrs, attrs.coords)
+        _set_attrs(self._flags.attrs, attrs.qc_flags)
         self._f.attrs[KEY_ATTR] = json.dumps(attrs.key, sort_keys=True)
         self._f.attrs["complete"] = False
 
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None:
+    def append(self, features: np.ndarray, coords: np.ndarray, qc_flags: np.ndarray) -> None:
         n0, n = self._feat.shape[0], len(features)
-        self._feat.resize(n0 + n, axis=0)
-        self._coords.resize(n0 + n, axis=0)
+        for ds in (self._feat, self._coords, self._flags):
+            ds.resize(n0 + n, axis=0)
         self._feat[n0:] = features
         self._coords[n0:] = coords
+        self._flags[n0:] = qc_flags
 
     def finish(self) -> Path:
         self._f.attrs["complete"] = True
@@ -110,11 +119,14 @@ class ZarrStore:
         self._coords = self._g.create_array("coords", shape=(0, 2), dtype=np.int64, chunks=(rows, 2))
         self._feat.attrs.update(_jsonable(attrs.features))
         self._coords.attrs.update(_jsonable(attrs.coords))
+        self._flags = self._g.create_array("qc_flags", shape=(0,), dtype=np.uint8, chunks=(rows,))
+        self._flags.attrs.update(_jsonable(attrs.qc_flags))
         self._g.attrs.update({KEY_ATTR: json.dumps(attrs.key, sort_keys=True), "complete": False})
 
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None:
+    def append(self, features: np.ndarray, coords: np.ndarray, qc_flags: np.ndarray) -> None:
         self._feat.append(features, axis=0)
         self._coords.append(coords, axis=0)
+        self._flags.append(qc_flags, axis=0)
 
     def finish(self) -> Path:
         self._g.attrs["complete"] = True

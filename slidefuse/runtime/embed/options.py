@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from slidefuse.errors import UsageError
 from slidefuse.numbers import finite_float, integer
 from slidefuse.runtime.cores import usable_cores
+from slidefuse.runtime.qc.policy import check_mode, check_on_stain_mismatch
 from slidefuse.runtime.tissue import TissueParams
 from slidefuse.runtime.types import Status
 
@@ -46,11 +47,17 @@ class EmbedOptions:
     prefetch: int = 2  # batches read ahead of the engine
     shard: tuple[int, int] | None = None  # (i, n): slides i, i+n, ... of the list
     claim_timeout: float = 120.0  # s without a heartbeat after which another process takes a claim over
-    tile_filter: TileFilter | None = field(default=None, compare=False)  # e.g. QC exclusion; None: keep all
+    qc: str = "default"  # quality control, as segment's (`runtime.qc.policy`): "off", "flag", "default" (tiles
+    # mostly pen ink are not embedded; blur and folds are marked in qc_flags) or "exclude" (all three left out)
+    on_stain_mismatch: str = "warn"  # a slide whose stain is not the model's: "warn" (log, feature attributes)
+    # or "fail" the slide
+    tile_filter: TileFilter | None = field(default=None, compare=False)  # a further filter; None: keep all
 
     def __post_init__(self) -> None:
         for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1)):
             object.__setattr__(self, name, integer(getattr(self, name), field=name, minimum=minimum))
+        check_mode(self.qc)
+        check_on_stain_mismatch(self.on_stain_mismatch)
         if self.stride is not None:
             object.__setattr__(self, "stride", integer(self.stride, field="stride", minimum=1))
         for name in ("mpp", "override_mpp"):

@@ -21,6 +21,7 @@ from slidefuse._version import __version__
 from slidefuse.runtime import coords, interrupt
 from slidefuse.runtime.embed.features import CHUNK_ROWS, FeatureAttrs, FeatureStore, open_store
 from slidefuse.runtime.embed.options import EmbedOptions
+from slidefuse.runtime.embed.qc import FLAG_BITS, FLAG_MIN_FRACTION, TileQC, qc_attrs, run_embed_qc
 from slidefuse.runtime.grid import TileGrid, TileRC, select_tiles
 from slidefuse.runtime.pipeline import PipelineOptions, run_pipeline
 from slidefuse.runtime.segment.stages import find_tissue
@@ -46,6 +47,8 @@ class EmbedPlan:
     tissue: np.ndarray  # bool [h, w] on the thumbnail
     thumb_mpp: float  # um/px of the thumbnail
     l0_mpp: float  # um per level-0 px of the slide (after any override)
+    tile_qc: TileQC  # the QC maps read per tile (the qc_flags byte of each tile)
+    qc_excluded_tiles: int = 0  # tiles left out because QC excluded most of their area
 
     def l0_xy(self, tile_rc: TileRC) -> tuple[int, int]:
         """Level-0 (x, y) of the tile's top-left corner, rounded to the nearest pixel."""
@@ -70,21 +73,33 @@ def plan_embedding(slide_path: Path, bundle: Bundle, options: EmbedOptions, *, r
         stride = options.check_stride(m.tile_size)
         view = slide.scaled(m.mpp)
         grid = TileGrid(view.width, view.height, m.tile_size, m.tile_size - stride, margin=0)
-        _, tissue, thumb_mpp = find_tissue(slide, options.tissue)
+        thumb, found, thumb_mpp = find_tissue(slide, options.tissue)
         interrupt.check()
-        tiles = list(grid.tiles()) if options.all_tiles else select_tiles(
-            grid, tissue, m.mpp, thumb_mpp, options.tissue.tile_min_fraction)
+        qc, tissue = run_embed_qc(Path(slide_path), slide, view, bundle, options, thumb, found, thumb_mpp)
+        tile_qc = TileQC(qc, m.tile_size, stride, float(m.mpp))
+        interrupt.check()
+        tiles = tile_qc.kept(_candidates(grid, tissue, float(m.mpp), thumb_mpp, options))
+        before = len(tiles) if tissue is found else len(_candidates(grid, found, float(m.mpp), thumb_mpp, options))
         plan = EmbedPlan(Path(slide_path), slide, view, grid, tiles, stride, float(m.mpp), tissue, thumb_mpp,
-                         float(slide.info.mpp))
-        if options.tile_filter is not None:  # e.g. QC exclusion: a subset, kept in row-major order
+                         float(slide.info.mpp), tile_qc, before - len(tiles))
+        if options.tile_filter is not None:  # a further filter: a subset, kept in row-major order
             kept = set(options.tile_filter(plan, tiles))
             plan.tiles = [rc for rc in tiles if rc in kept]
     except BaseException:
         slide.close()
         raise
-    log.info("%s: %d x %d px at %g um/px, %d of %d tiles to embed (tile %d, stride %d)", Path(slide_path).name,
-             grid.width, grid.height, m.mpp, len(plan.tiles), grid.n_tiles, grid.tile, stride)
+    log.info("%s: %d x %d px at %g um/px, %d of %d tiles to embed (tile %d, stride %d; %d left out by QC)",
+             Path(slide_path).name, grid.width, grid.height, m.mpp, len(plan.tiles), grid.n_tiles, grid.tile, stride,
+             plan.qc_excluded_tiles)
     return plan
+
+
+def _candidates(grid: TileGrid, tissue: np.ndarray, mpp: float, thumb_mpp: float,
+                options: EmbedOptions) -> list[TileRC]:
+    """Every tile (all_tiles), or those touching `tissue`, row-major."""
+    if options.all_tiles:
+        return list(grid.tiles())
+    return select_tiles(grid, tissue, mpp, thumb_mpp, options.tissue.tile_min_fraction)
 
 
 class FeatureSink:
@@ -95,6 +110,7 @@ class FeatureSink:
         self.plan, self.stores, self.dim, self.dtype, self.chunk_rows = plan, stores, dim, dtype, chunk_rows
         self._rows: list[np.ndarray] = []
         self._xy: list[tuple[int, int]] = []
+        self._flags: list[int] = []
         self.written = 0
 
     def add(self, tile_rc: TileRC, result: np.ndarray, /) -> None:
@@ -102,6 +118,7 @@ class FeatureSink:
             raise ValueError(f"embedding of shape {list(result.shape)}, expected [{self.dim}]")
         self._rows.append(result)
         self._xy.append(self.plan.l0_xy(tile_rc))
+        self._flags.append(self.plan.tile_qc.flags(tile_rc))
         if len(self._rows) >= self.chunk_rows:
             self.flush()
 
@@ -110,10 +127,11 @@ class FeatureSink:
             return
         feats = np.stack(self._rows).astype(self.dtype, copy=False)
         xy = np.asarray(self._xy, dtype=np.int64)
+        flags = np.asarray(self._flags, dtype=np.uint8)
         for store in self.stores:
-            store.append(feats, xy)
+            store.append(feats, xy, flags)
         self.written += len(self._rows)
-        self._rows, self._xy = [], []
+        self._rows, self._xy, self._flags = [], [], []
 
 
 def feature_attrs(plan: EmbedPlan, bundle: Bundle, key: dict[str, Any], name: str, folder: Path) -> FeatureAttrs:
@@ -126,14 +144,16 @@ def feature_attrs(plan: EmbedPlan, bundle: Bundle, key: dict[str, Any], name: st
     target_mag = l0_mag * l0_mpp / m.mpp
     feats = {"name": name, "savetodir": str(folder), "encoder": m.encoder,
              "embedding_rule": m.embedding.rule if m.embedding else None, "bundle_digest": bundle.digest,
-             "slidefuse_version": __version__}
+             "slidefuse_version": __version__, **qc_attrs(plan.tile_qc.qc, plan.qc_excluded_tiles)}
     coords_attrs = {
         "patch_size": m.tile_size, "patch_size_level0": int(round(m.tile_size * m.mpp / l0_mpp)),
         "level0_magnification": _mag(l0_mag), "target_magnification": _mag(target_mag),
         "overlap": m.tile_size - plan.stride, "name": name, "savetodir": str(folder), "level0_width": int(info.width),
         "level0_height": int(info.height), "mpp": float(m.mpp), "level0_mpp": l0_mpp, "stride": plan.stride,
     }
-    return FeatureAttrs(feats, coords_attrs, key)
+    flags_attrs = {"bit_names": list(FLAG_BITS), "description": f"bit i (value 2**i) set: QC's bit_names[i] map covers "
+                   f"at least {FLAG_MIN_FRACTION:g} of the tile"}
+    return FeatureAttrs(feats, coords_attrs, key, flags_attrs)
 
 
 def _mag(value: float) -> int | float:

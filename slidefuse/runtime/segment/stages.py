@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -133,7 +133,20 @@ class StitchedSlide:
     fence: Fence | None = None  # the plan's fence, for the outputs
 
 
-def quality_control(slide_path: Path, slide: Any, view: Any, bundle: Bundle, options: SegmentOptions,
+class QCOptions(Protocol):
+    """The options the QC stage reads (SegmentOptions and the embed command's EmbedOptions both have them)."""
+
+    @property
+    def qc(self) -> str: ...
+
+    @property
+    def on_stain_mismatch(self) -> str: ...
+
+    @property
+    def tissue(self) -> TissueParams: ...
+
+
+def quality_control(slide_path: Path, slide: Any, view: Any, bundle: Bundle, options: QCOptions,
                     thumb: np.ndarray, tissue: np.ndarray, thumb_mpp: float,
                     timings: dict[str, float]) -> tuple[QCResult, np.ndarray, KeepMask | None]:
     """QC after tissue detection (`slidefuse.runtime.qc`): (its result, the tissue left once the excluded regions
