@@ -128,3 +128,15 @@ def test_a_qc_map_must_be_a_bool_raster() -> None:
         QCMap("x", np.zeros((3, 3), np.uint8), 1.0)
     with pytest.raises(ValueError, match="positive"):
         QCMap("x", np.zeros((3, 3), bool), 0.0)
+
+
+def test_rgb_to_hed_equals_scikit_images_rgb2hed() -> None:
+    """The stain check's colour deconvolution (numpy, so the base install needs no scikit-image) against the
+    library it repeats."""
+    skcolor = pytest.importorskip("skimage.color")
+    from slidefuse.runtime.qc.stain import rgb_to_hed
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(4096, 3), dtype=np.uint8)
+    pixels[:3] = [[0, 0, 0], [255, 255, 255], [120, 60, 200]]
+    np.testing.assert_allclose(rgb_to_hed(pixels), skcolor.rgb2hed(pixels[None])[0], rtol=0, atol=1e-12)
