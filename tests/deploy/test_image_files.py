@@ -36,7 +36,8 @@ def test_cpu_requirements_are_setup_cfg_install_requires_and_openvino() -> None:
     base = _names(cfg["options"]["install_requires"].splitlines())
     openvino = _names(cfg["options.extras_require"]["openvino"].splitlines())
     view = _names(cfg["options.extras_require"]["view"].splitlines())
-    assert _requirements("cpu") == {**base, **openvino, **view}
+    embed = _names(cfg["options.extras_require"]["embed"].splitlines())
+    assert _requirements("cpu") == {**base, **openvino, **view, **embed}
 
 
 def test_gpu_requirements_swap_onnxruntime_for_onnxruntime_gpu_and_pin_tensorrt_10() -> None:
@@ -46,7 +47,8 @@ def test_gpu_requirements_swap_onnxruntime_for_onnxruntime_gpu_and_pin_tensorrt_
     assert "onnxruntime" not in gpu and gpu["onnxruntime-gpu"].startswith("onnxruntime-gpu[cuda,cudnn]")
     assert {k: v for k, v in gpu.items() if k in base} == {k: v for k, v in base.items() if k != "onnxruntime"}
     view = _names(cfg["options.extras_require"]["view"].splitlines())
-    assert {k: v for k, v in gpu.items() if k in view} == view
+    embed = _names(cfg["options.extras_require"]["embed"].splitlines())
+    assert {k: v for k, v in gpu.items() if k in {**view, **embed}} == {**view, **embed}
     assert _requirements("tensorrt") == {"tensorrt-cu12": "tensorrt-cu12>=10,<11"}
     trt = _names(cfg["options.extras_require"]["trt"].splitlines())
     assert trt["tensorrt"] == "tensorrt>=10,<11" and gpu["cuda-python"] == trt["cuda-python"]
