@@ -83,6 +83,14 @@ def test_only_tiles_touching_a_region_run(cmu_runs: dict[str, Any]) -> None:
     assert "roi" not in full
 
 
+def test_the_cohort_table_counts_and_names_the_regions(cmu_runs: dict[str, Any]) -> None:
+    import csv
+
+    names = [r.get("name") or r.get("id") for r in _report(cmu_runs["regions"])["regions"]["regions"]]
+    (row,) = list(csv.DictReader((cmu_runs["out"] / "summary.csv").open(newline="", encoding="utf-8")))
+    assert row["regions"] == str(len(names)) == "2" and row["region_names"] == ";".join(names)
+
+
 def test_the_mask_is_zero_outside_the_regions_and_unchanged_inside(cmu_runs: dict[str, Any]) -> None:
     report = _report(cmu_runs["regions"])
     a, b = shapely.Polygon(REGION_A[0]), shapely.Polygon(REGION_B[0], REGION_B[1:])

@@ -128,10 +128,11 @@ def test_text_cells_are_quoted_and_formula_safe(tmp_path: Path) -> None:
     assert '"a,b ""c""\nd"' in text  # RFC 4180: quotes doubled inside a quoted cell
 
 
-def test_qc_flags_and_regions_are_read_generically(tmp_path: Path) -> None:
+def test_qc_flags_and_regions_are_read_from_their_sections(tmp_path: Path) -> None:
     a = _report(tmp_path / "a", {"background": 1.0}, qc={"flags": ["pen", {"name": "blur"}]},
-                regions=[{"name": "tumour", "areas": {}}, {"id": 7}])
-    b = _report(tmp_path / "b", {"background": 1.0}, qc={"flags": []}, regions={"r1": {}, "r2": {}, "r3": {}})
+                regions={"file": "r.geojson", "regions": [{"name": "tumour", "areas": {}}, {"id": 7}]})
+    b = _report(tmp_path / "b", {"background": 1.0}, qc={"flags": []},
+                regions={"kind": "mask", "regions": [{"name": "r1"}, {"name": "r2"}, {"name": "r3"}]})
     ra, rb = _rows(csv_text(summary_table([_entry("a.svs", "ok", a), _entry("b.svs", "ok", b)])))
     assert (ra["qc_flags"], ra["regions"], ra["region_names"]) == ("pen;blur", "2", "tumour;7")
     assert (rb["qc_flags"], rb["regions"], rb["region_names"]) == ("", "3", "r1;r2;r3")

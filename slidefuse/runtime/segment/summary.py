@@ -87,6 +87,13 @@ def _names(items: Any) -> list[str]:
     return out
 
 
+def _region_list(report: Mapping[str, Any]) -> list[Any] | None:
+    """report.json's regions of interest: the list under `regions.regions` (None without regions)."""
+    section = report.get("regions")
+    regions = section.get("regions") if isinstance(section, Mapping) else None
+    return regions if isinstance(regions, list) else None
+
+
 def _joined(items: Any) -> str | None:
     names = _names(items)
     return LIST_SEPARATOR.join(names) if names else None
@@ -166,10 +173,10 @@ COLUMNS: tuple[Column | ClassColumns, ...] = (
            entry=lambda e: _count(e.get("decode_errors")), report=_decode_errors),
     Column("qc_flags", "text", "", f"quality-control flags of report.json's qc section, '{LIST_SEPARATOR}'-separated",
            report=lambda r: _joined(_dig(r, "qc", "flags"))),
-    Column("regions", "int", "regions", "regions of interest the slide was restricted to (report.json's regions)",
-           report=lambda r: len(_names(r["regions"])) if isinstance(r.get("regions"), list | Mapping) else None),
+    Column("regions", "int", "regions", "regions of interest the slide was restricted to (report.json's "
+           "regions.regions)", report=lambda r: len(_region_list(r)) if _region_list(r) is not None else None),
     Column("region_names", "text", "", f"their names or ids, '{LIST_SEPARATOR}'-separated",
-           report=lambda r: _joined(r.get("regions"))),
+           report=lambda r: _joined(_region_list(r))),
 )
 
 
