@@ -94,6 +94,11 @@ def _region_list(report: Mapping[str, Any]) -> list[Any] | None:
     return regions if isinstance(regions, list) else None
 
 
+def _region_count(report: Mapping[str, Any]) -> int | None:
+    regions = _region_list(report)
+    return None if regions is None else len(regions)
+
+
 def _joined(items: Any) -> str | None:
     names = _names(items)
     return LIST_SEPARATOR.join(names) if names else None
@@ -174,7 +179,7 @@ COLUMNS: tuple[Column | ClassColumns, ...] = (
     Column("qc_flags", "text", "", f"quality-control flags of report.json's qc section, '{LIST_SEPARATOR}'-separated",
            report=lambda r: _joined(_dig(r, "qc", "flags"))),
     Column("regions", "int", "regions", "regions of interest the slide was restricted to (report.json's "
-           "regions.regions)", report=lambda r: len(_region_list(r)) if _region_list(r) is not None else None),
+           "regions.regions)", report=lambda r: _region_count(r)),
     Column("region_names", "text", "", f"their names or ids, '{LIST_SEPARATOR}'-separated",
            report=lambda r: _joined(_region_list(r))),
 )
